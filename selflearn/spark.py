@@ -1,0 +1,59 @@
+"""The Spark session and the few helpers that apply stage functions to DataFrames.
+
+Stage modules hold the logic as pandas/Arrow functions; this module only decides where
+the data lives: it never interprets a row."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from .config import Settings
+
+
+def get_spark(settings: Settings, app_name: str = "selflearn"):
+    """The one SparkSession of the process (created on first use, reused after)."""
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .master(settings.spark_master)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
+        .config("spark.driver.memory", settings.spark_driver_memory)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")
+        .config("spark.sql.adaptive.enabled", "true")
+        .config("spark.python.worker.reuse", "true")
+        .config("spark.executorEnv.HF_HUB_OFFLINE", "1")
+        .config("spark.executorEnv.TRANSFORMERS_OFFLINE", "1")
+        .config("spark.executorEnv.TOKENIZERS_PARALLELISM", "false")
+        .config("spark.driver.extraJavaOptions", "-Dlog4j2.level=ERROR")
+    )
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def map_batches(df, fn: Callable, table_or_schema):
+    """Apply a pandas function batch by batch (mapInPandas) with a contract output schema."""
+    from .schema import spark_schema
+
+    schema = spark_schema(table_or_schema) if isinstance(table_or_schema, str) else table_or_schema
+
+    def _apply(batches):
+        for pdf in batches:
+            yield fn(pdf)
+
+    return df.mapInPandas(_apply, schema)

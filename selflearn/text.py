@@ -1,0 +1,120 @@
+"""Text keys (contract section 3) and the lexical similarity features rephrase scoring uses.
+
+Everything here is pure Python over strings, so the Spark path calls these very functions
+in batches: the JVM's lower-casing and regexes differ from Python's (ß, Unicode versions).
+"""
+from __future__ import annotations
+
+import unicodedata
+from functools import lru_cache
+
+# Bumped whenever normalize_text changes: embedding caches are keyed by it.
+NORMALIZER_VERSION = "1"
+
+_APOSTROPHES = ("'", "\u2019")
+
+
+def _is_letter_or_mark(ch: str) -> bool:
+    return unicodedata.category(ch)[0] in ("L", "M")
+
+
+def normalize_text(text: str) -> str:
+    """The contract's text key: NFKC, casefold, punctuation/symbols to spaces (but an
+    apostrophe between two letters/marks, kept as U+0027), whitespace collapsed."""
+    s = unicodedata.normalize("NFKC", text).casefold()
+    out = []
+    n = len(s)
+    for i, ch in enumerate(s):
+        cat = unicodedata.category(ch)
+        if ch in _APOSTROPHES and 0 < i < n - 1 and _is_letter_or_mark(s[i - 1]) and _is_letter_or_mark(s[i + 1]):
+            out.append("'")
+        elif cat[0] in ("P", "S"):
+            out.append(" ")
+        else:
+            out.append(ch)
+    # str.split() with no argument splits on Unicode whitespace, as "collapsed" means.
+    return " ".join("".join(out).split())
+
+
+# --- script-aware tokens -------------------------------------------------------------
+
+# Scripts written without spaces between words: there a "token" is a character bigram.
+_UNSPACED_PREFIXES = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN", "HANGUL")
+
+
+@lru_cache(maxsize=65536)
+def _is_unspaced_char(ch: str) -> bool:
+    try:
+        name = unicodedata.name(ch)
+    except ValueError:
+        return False
+    return name.startswith(_UNSPACED_PREFIXES) and not name.startswith("HANGUL")
+
+
+def tokens(key: str) -> list[str]:
+    """Word tokens of a key; runs of unspaced-script characters become character
+    bigrams (Japanese, Chinese, Thai...), so overlap means the same thing in every script."""
+    out: list[str] = []
+    for word in key.split():
+        run: list[str] = []
+        run_unspaced = False
+        for ch in word:
+            unspaced = _is_unspaced_char(ch)
+            if run and unspaced != run_unspaced:
+                out.extend(_bigrams(run) if run_unspaced else ["".join(run)])
+                run = []
+            run.append(ch)
+            run_unspaced = unspaced
+        if run:
+            out.extend(_bigrams(run) if run_unspaced else ["".join(run)])
+    return out
+
+
+def _bigrams(chars: list[str]) -> list[str]:
+    if len(chars) == 1:
+        return [chars[0]]
+    return [chars[i] + chars[i + 1] for i in range(len(chars) - 1)]
+
+
+def char_ngrams(key: str, n: int = 3) -> set[str]:
+    """Character n-grams over the key with word boundaries marked; works for any script
+    because it never needs to know where words end."""
+    s = f" {key} "
+    if len(s) <= n:
+        return {s}
+    return {s[i : i + n] for i in range(len(s) - n + 1)}
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insert, delete, substitute), O(len(a)*len(b)) with two rows."""
+    if a == b:
+        return 0
+    if len(a) < len(b):
+        a, b = b, a
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def _dice(x: set, y: set) -> float:
+    if not x and not y:
+        return 1.0
+    return 2.0 * len(x & y) / (len(x) + len(y)) if (x or y) else 0.0
+
+
+def similarity_features(a: str, b: str) -> dict[str, float]:
+    """Lexical similarity of two text keys, each in [0, 1]: token overlap (Dice over
+    script-aware tokens), character-trigram Dice, normalized edit similarity, and whether
+    one key contains the other."""
+    ta, tb = set(tokens(a)), set(tokens(b))
+    longest = max(len(a), len(b)) or 1
+    return {
+        "token_dice": _dice(ta, tb),
+        "char3_dice": _dice(char_ngrams(a), char_ngrams(b)),
+        "edit_sim": 1.0 - levenshtein(a, b) / longest,
+        "contains": float(bool(a) and bool(b) and (a in b or b in a)),
+    }

@@ -1,0 +1,55 @@
+"""Shared fixtures: one local Spark session and one Prefect test harness for the whole
+suite (each costs seconds to start), plus small real-data samples."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Quiet, offline, loopback-only: set before pyspark / prefect / transformers import.
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = (REPO.parent / "shared" / "data").resolve()
+MASSIVE = DATA / "massive" / "locales"
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from selflearn.config import Settings
+
+    return Settings(spark_master="local[2]", spark_shuffle_partitions=4)
+
+
+@pytest.fixture(scope="session")
+def spark(settings):
+    from selflearn.spark import get_spark
+
+    session = get_spark(settings, app_name="selflearn-tests")
+    yield session
+    session.stop()
+
+
+def massive_records(locale: str, limit: int | None = None) -> list[dict]:
+    """Real MASSIVE records of one locale (id, intent, utt, annot_utt, ...)."""
+    out = []
+    with gzip.open(MASSIVE / f"{locale}.jsonl.gz", "rt", encoding="utf-8") as fh:
+        for line in fh:
+            out.append(json.loads(line))
+            if limit is not None and len(out) >= limit:
+                break
+    return out
+
+
+@pytest.fixture(scope="session")
+def massive():
+    return massive_records
