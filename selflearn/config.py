@@ -25,17 +25,17 @@ class DefectModel:
     within reask_window_s), low_asr (asr_confidence < 0.5).
     """
 
-    bias: float = -2.6
-    status_error: float = 4.5
-    status_unhandled: float = 5.0
-    barge_in: float = 1.6
-    feedback_negative: float = 2.5
-    feedback_positive: float = -2.5
-    short_dwell: float = 1.2
-    long_dwell: float = -1.0
-    reask: float = 3.2
-    quick_next: float = 0.6
-    low_asr: float = 0.7
+    bias: float = -4.0
+    status_error: float = 6.0
+    status_unhandled: float = 7.0
+    barge_in: float = 2.0
+    feedback_negative: float = 2.0
+    feedback_positive: float = -2.0
+    short_dwell: float = 2.5
+    long_dwell: float = -2.5
+    reask: float = 2.8
+    quick_next: float = 2.5
+    low_asr: float = 2.5
     short_dwell_ms: int = 3000
     long_dwell_ms: int = 15000
     reask_window_s: float = 30.0
@@ -45,15 +45,19 @@ class DefectModel:
 @dataclass(frozen=True)
 class RephraseModel:
     """Logistic rephrase score over a candidate pair of consecutive turns:
-    score = sigmoid(bias + w_sim * similarity + w_defect * first_defect_prob
-    + w_gap * min(gap_s, window) / window + w_same * (first == second)).
-    similarity is the max of token Dice, char-trigram Dice and edit similarity."""
+    score = sigmoid(bias + w_similarity * sim + w_defect * d + w_sim_defect * sim * d
+                    + w_gap * min(gap_s, window) / window)
+    with sim the pair's lexical similarity (the best of token Dice, char-trigram Dice and
+    edit similarity) and d the first turn's defect probability. The interaction term
+    says a failure makes even a loosely similar quick follow-up a likely re-ask, while
+    after a success only the gap and similarity speak (and a success followed by a
+    near-identical request, "... for six" after "... for five", stays below threshold)."""
 
-    bias: float = -6.0
-    w_similarity: float = 7.0
-    w_defect: float = 4.0
-    w_gap: float = -1.5
-    w_same: float = 0.5
+    bias: float = -3.5
+    w_similarity: float = 2.5
+    w_defect: float = 5.0
+    w_sim_defect: float = 6.0
+    w_gap: float = -10.0
     threshold: float = 0.5
 
 

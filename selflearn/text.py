@@ -8,6 +8,8 @@ from __future__ import annotations
 import unicodedata
 from functools import lru_cache
 
+from rapidfuzz.distance import Levenshtein
+
 # Bumped whenever normalize_text changes: embedding caches are keyed by it.
 NORMALIZER_VERSION = "1"
 
@@ -43,7 +45,7 @@ _UNSPACED_PREFIXES = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MY
 
 
 @lru_cache(maxsize=65536)
-def _is_unspaced_char(ch: str) -> bool:
+def is_unspaced_char(ch: str) -> bool:
     try:
         name = unicodedata.name(ch)
     except ValueError:
@@ -59,7 +61,7 @@ def tokens(key: str) -> list[str]:
         run: list[str] = []
         run_unspaced = False
         for ch in word:
-            unspaced = _is_unspaced_char(ch)
+            unspaced = is_unspaced_char(ch)
             if run and unspaced != run_unspaced:
                 out.extend(_bigrams(run) if run_unspaced else ["".join(run)])
                 run = []
@@ -86,18 +88,8 @@ def char_ngrams(key: str, n: int = 3) -> set[str]:
 
 
 def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insert, delete, substitute), O(len(a)*len(b)) with two rows."""
-    if a == b:
-        return 0
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+    """Edit distance (insert, delete, substitute), in C++ via rapidfuzz."""
+    return Levenshtein.distance(a, b)
 
 
 def _dice(x: set, y: set) -> float:

@@ -1,0 +1,1 @@
+"""Orchestration only: Prefect flows and batch entry points that call selflearn's stages in order."""

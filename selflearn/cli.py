@@ -1,0 +1,121 @@
+"""The `selflearn` command: run, simulate, evaluate, forget (contract section 5).
+
+Every failure exits non-zero with one line on stderr; tracebacks only with
+SELFLEARN_DEBUG=1."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+
+def _setup_env() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+
+def _progress_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    start = time.perf_counter()
+
+    class Elapsed(logging.Formatter):
+        def format(self, record):
+            return f"[{time.perf_counter() - start:7.1f}s] {record.getMessage()}"
+
+    handler.setFormatter(Elapsed())
+    logger = logging.getLogger("selflearn")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def cmd_run(args) -> int:
+    from pipelines.mine_flow import mine
+
+    from .config import load_settings
+
+    load_settings(args.config)  # fail fast, before Spark or Prefect start
+    _progress_logging()
+    final = mine(args.input, args.output, args.config)
+    print(final)
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from .simulate import simulate
+
+    kwargs = {}
+    if args.users is not None:
+        kwargs["users"] = args.users
+    if args.locales:
+        kwargs["locales"] = [x.strip() for x in args.locales.split(",") if x.strip()]
+    if args.seed is not None:
+        kwargs["seed"] = args.seed
+    summary = simulate(args.output, **kwargs)
+    print(f"simulated {summary.get('turns', '?')} turns of {summary.get('users', '?')} users into {args.output}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_cli
+
+    return evaluate_cli(args.run, args.sim)
+
+
+def cmd_forget(args) -> int:
+    from .forget import forget_user
+
+    removed = forget_user(args.output, args.user)
+    print(f"removed the evidence of one user from {args.output}: {removed}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="selflearn", description="Self-learning utterance mining for voice assistants")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="mine an interaction log into ROOT/runs/<run_id>/")
+    r.add_argument("--input", required=True, help="parquet file/dir (hive partitions ok) or JSON Lines (.jsonl, .jsonl.gz)")
+    r.add_argument("--output", required=True, help="output ROOT")
+    r.add_argument("--config", help="YAML settings file")
+    r.set_defaults(fn=cmd_run)
+    s = sub.add_parser("simulate", help="write a simulated log with its ground truth")
+    s.add_argument("--output", required=True)
+    s.add_argument("--users", type=int)
+    s.add_argument("--locales", help="comma-separated, e.g. en-US,de-DE,ja-JP")
+    s.add_argument("--seed", type=int)
+    s.set_defaults(fn=cmd_simulate)
+    e = sub.add_parser("evaluate", help="judge a run against a simulation's truth")
+    e.add_argument("--run", required=True, help="ROOT (its LATEST run) or a run directory")
+    e.add_argument("--sim", required=True)
+    e.set_defaults(fn=cmd_evaluate)
+    f = sub.add_parser("forget", help="remove a user's evidence from state and caches")
+    f.add_argument("--user", required=True)
+    f.add_argument("--output", required=True)
+    f.set_defaults(fn=cmd_forget)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _setup_env()
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except KeyboardInterrupt:
+        print("selflearn: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line, never a traceback, unless debugging
+        if os.environ.get("SELFLEARN_DEBUG"):
+            raise
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"selflearn {args.command}: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

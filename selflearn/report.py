@@ -1,0 +1,102 @@
+"""report.html: the page a speech scientist opens first. Self-contained (plots are
+inline SVG from matplotlib), so it opens offline."""
+from __future__ import annotations
+
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import networkx as nx  # noqa: E402
+import pandas as pd  # noqa: E402
+
+TOP_REWRITES = 30
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _hist(values, title: str, xlabel: str) -> str:
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    ax.hist(list(values), bins=20, range=(0, 1), color="#3b6ea5")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    return _svg(fig)
+
+
+def _table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "<p><em>none</em></p>"
+    return df.to_html(index=False, escape=True, float_format=lambda v: f"{v:.3f}", border=0, classes="t")
+
+
+def _graph_drawing(run_dir: Path, rewrites: pd.DataFrame) -> str:
+    edges_path = run_dir / "rewrite_graph" / "edges"
+    if rewrites.empty or not edges_path.exists():
+        return "<p><em>no rewrite to draw</em></p>"
+    edges = pd.read_parquet(edges_path)
+    top = rewrites.sort_values(["n_users", "confidence"], ascending=False).iloc[0]
+    sub = edges[edges["locale"] == top["locale"]]
+    g = nx.DiGraph()
+    g.add_weighted_edges_from(sub[["source", "target", "prob"]].itertuples(index=False))
+    if top["source"] not in g:
+        return "<p><em>no graph piece</em></p>"
+    nodes = {top["source"], top["target"]} | set(nx.descendants(g, top["source"])) | set(g.predecessors(top["target"]))
+    piece = g.subgraph(sorted(nodes)[:25])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    pos = nx.spring_layout(piece, seed=0)
+    nx.draw_networkx(piece, pos, ax=ax, node_size=300, font_size=7, node_color="#9cc3e6", arrows=True)
+    nx.draw_networkx_edge_labels(piece, pos, ax=ax, font_size=6, edge_labels={(u, v): f"{d['weight']:.2f}" for u, v, d in piece.edges(data=True)})
+    ax.set_title(f"{top['locale']}: around '{top['source']}' -> '{top['target']}'")
+    ax.axis("off")
+    return _svg(fig)
+
+
+def write_report(run_dir: Path, manifest: dict, work_dir: Path) -> Path:
+    run_dir = Path(run_dir)
+    turns = pd.read_parquet(run_dir / "turns")
+    pairs = pd.read_parquet(run_dir / "rephrase_pairs")
+    rewrites = pd.read_parquet(run_dir / "rewrites")
+    training = pd.read_parquet(run_dir / "training")
+    per_locale = turns.groupby("locale").agg(turns=("event_id", "size"), mean_defect_prob=("defect_prob", "mean"))
+    per_locale["rephrase_pairs"] = pairs.groupby("locale").size()
+    per_locale["rephrases"] = pairs[pairs["is_rephrase"]].groupby("locale").size()
+    per_locale["rewrites"] = rewrites.groupby("locale").size()
+    per_locale["training_rows"] = training.groupby("locale").size()
+    per_locale = per_locale.fillna(0).reset_index()
+    stage_rows = pd.DataFrame(
+        [(k, manifest["timings_s"].get(k), ", ".join(f"{a}={b}" for a, b in v.items() if not isinstance(b, dict)))
+         for k, v in manifest["counts"].items()],
+        columns=["stage", "seconds", "counts"],
+    )
+    top = rewrites.sort_values(["n_users", "confidence"], ascending=False).head(TOP_REWRITES)
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>selflearn run " + html.escape(manifest["run_id"]) + "</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table.t{border-collapse:collapse;font-size:13px}"
+        "table.t td,table.t th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}.plots{display:flex;flex-wrap:wrap;gap:1em}</style></head><body>",
+        f"<h1>selflearn run {html.escape(manifest['run_id'])}</h1>",
+        f"<p>{manifest['rows_in']} rows in, {manifest['rows_accepted']} accepted, {manifest['rows_quarantined']} quarantined. "
+        f"Embedding: {html.escape(str(manifest['embedding']))}.</p>",
+        "<h2>Stages</h2>", _table(stage_rows),
+        "<h2>Per locale</h2>", _table(per_locale),
+        "<h2>Distributions</h2><div class='plots'>",
+        _hist(turns["defect_prob"], "defect probability of turns", "defect_prob"),
+        _hist(pairs["score"], "rephrase score of candidate pairs", "score"),
+        _hist(rewrites["confidence"], "rewrite confidence", "confidence") if len(rewrites) else "",
+        "</div>",
+        f"<h2>Top rewrites ({len(rewrites)} in all)</h2>", _table(top),
+        "<h2>A piece of the rewrite graph</h2>", _graph_drawing(run_dir, rewrites),
+        "</body></html>",
+    ]
+    out = run_dir / "report.html"
+    out.write_text("\n".join(parts), encoding="utf-8")
+    return out

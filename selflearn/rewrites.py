@@ -1,0 +1,72 @@
+"""From absorption results to published rewrites: the emission rules.
+
+A candidate (source, target, confidence) from the rewrite graph becomes a rewrite only if
+  1. the source is defective often enough: source_defect_rate >= min_source_defect_rate
+     (organic turns only; a source that now succeeds on its own is dropped);
+  2. the target is significantly better than the source: the one-sided Wilson lower bound
+     of the target's success rate exceeds the Wilson upper bound of the source's, both at
+     z = significance_z with n = distinct users of each key (users, not turns, so a
+     flood cannot shrink the interval);
+  3. confidence >= min_rewrite_confidence;
+  4. at least min_users distinct users stand behind it (users whose sessions went from
+     the source to the target, directly or through a paraphrase-cluster mate);
+  5. its served evidence does not retract it: among turns served through this rewrite
+     (`rewritten_from`), once there are served_min_turns of them, the mean defect
+     probability must stay <= served_max_defect_rate.
+Every rejected candidate keeps the first rule it failed, for the report.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .config import Settings
+
+REWRITE_COLUMNS = [
+    "locale", "source", "target", "confidence", "n_users", "n_sessions",
+    "source_defect_rate", "target_success_rate", "evidence",
+]
+
+
+def wilson_bounds(p, n, z: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval (lower, upper) for success rate p observed over n trials."""
+    p = np.asarray(p, dtype=np.float64)
+    n = np.maximum(np.asarray(n, dtype=np.float64), 1e-9)
+    z2 = z * z
+    centre = p + z2 / (2 * n)
+    margin = z * np.sqrt(np.clip(p * (1 - p), 0, None) / n + z2 / (4 * n * n))
+    denom = 1 + z2 / n
+    return (centre - margin) / denom, (centre + margin) / denom
+
+
+def select_rewrites(candidates: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """`candidates` columns: locale, source, target, confidence, n_users, n_sessions,
+    source_defect_rate, source_n_users, target_success_rate, target_n_users, evidence,
+    served_turns, served_defect_rate. Returns them with `decision` ('emit' or the failed
+    rule) in a stable order."""
+    c = candidates.copy()
+    _, source_upper = wilson_bounds(1.0 - c["source_defect_rate"], c["source_n_users"], settings.significance_z)
+    target_lower, _ = wilson_bounds(c["target_success_rate"], c["target_n_users"], settings.significance_z)
+    served_n = c["served_turns"].fillna(0)
+    served_bad = (served_n >= settings.served_min_turns) & (c["served_defect_rate"].fillna(0) > settings.served_max_defect_rate)
+    rules = [
+        ("source_not_defective", c["source_defect_rate"] < settings.min_source_defect_rate),
+        ("not_significant", target_lower <= source_upper),
+        ("low_confidence", c["confidence"] < settings.min_rewrite_confidence),
+        ("too_few_users", c["n_users"] < settings.min_users),
+        ("retracted_by_served_turns", served_bad),
+    ]
+    decision = pd.Series("emit", index=c.index, dtype=object)
+    for name, failed in reversed(rules):  # the first failing rule wins
+        decision = decision.where(~failed.fillna(False).to_numpy(), name)
+    c["decision"] = decision
+    return c.sort_values(["locale", "source", "target"], kind="mergesort").reset_index(drop=True)
+
+
+def published_rewrites(decided: pd.DataFrame) -> pd.DataFrame:
+    out = decided[decided["decision"] == "emit"][REWRITE_COLUMNS].copy()
+    out["n_users"] = out["n_users"].astype("int64")
+    out["n_sessions"] = out["n_sessions"].astype("int64")
+    for col in ("confidence", "source_defect_rate", "target_success_rate"):
+        out[col] = out[col].clip(0.0, 1.0).round(9)
+    return out.reset_index(drop=True)

@@ -1,0 +1,91 @@
+"""Sessions and turn enrichment: text keys, sessions, each turn's successor, defect
+probability and the rephrase score of (turn, successor).
+
+`enrich_turns` takes all turns of some (user_id, device_id) groups -- sessions never span
+devices -- so Spark applies it to partitions clustered by those keys (spark.map_groups);
+it is plain pandas, vectorised across groups, and testable without Spark.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from .config import Settings
+from .defects import defect_probability
+from .rephrase import pair_similarity, rephrase_score
+from .text import normalize_text
+
+_SLOTS = pa.list_(pa.struct([pa.field("name", pa.string()), pa.field("value", pa.string())]))
+
+# Operator data (holds user ids): kept under state/, never published as is.
+ENRICHED_TURNS = pa.schema([
+    ("event_id", pa.string()), ("user_id", pa.string()), ("device_id", pa.string()),
+    ("session", pa.string()), ("locale", pa.string()), ("ts", pa.timestamp("us", tz="UTC")),
+    ("seq", pa.int64()), ("text", pa.string()), ("response_status", pa.string()),
+    ("nlu_intent", pa.string()), ("nlu_domain", pa.string()), ("nlu_slots", _SLOTS),
+    ("rewritten_from", pa.string()), ("defect_prob", pa.float64()),
+    ("next_event_id", pa.string()), ("next_text", pa.string()), ("gap_s", pa.float64()),
+    ("similarity", pa.float64()), ("pair_score", pa.float64()), ("is_rephrase", pa.bool_()),
+])
+
+
+def normalize_series(texts: pd.Series) -> pd.Series:
+    """normalize_text over a column, computing each distinct string once."""
+    uniq = pd.unique(texts)
+    mapping = {t: (normalize_text(t) if isinstance(t, str) else None) for t in uniq}
+    return texts.map(mapping)
+
+
+GROUP_KEYS = ["user_id", "device_id"]
+
+
+def cut_sessions(turns: pd.DataFrame, gap_s: float) -> pd.Series:
+    """Session label per turn; turns sorted by (user_id, device_id, ts, order). The given
+    session_id when present, else a new session after `gap_s` of inactivity."""
+    same_group = (turns["user_id"].eq(turns["user_id"].shift()) & turns["device_id"].eq(turns["device_id"].shift()))
+    gaps = turns["ts"].diff().dt.total_seconds()
+    new = ~same_group | gaps.isna() | (gaps > gap_s)
+    # Named by its first turn's time: the same label whatever else shares the batch.
+    start = turns["ts"].dt.strftime("%Y%m%dT%H%M%S.%f").where(new).ffill()
+    cut = turns["user_id"].astype(str) + "|" + turns["device_id"].astype(str) + "|" + start
+    given = turns["session_id"]
+    has_given = given.notna() & (given.astype("string").str.len() > 0).fillna(False)
+    return given.where(has_given, cut).astype(str)
+
+
+def enrich_turns(turns: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """Turns of any number of (user, device) groups in -- every turn of each group that
+    is present -- one enriched row per turn out (ENRICHED_TURNS)."""
+    if turns.empty:
+        return pd.DataFrame({f.name: pd.Series(dtype=object) for f in ENRICHED_TURNS})
+    df = turns.copy()
+    df["device_id"] = df["device_id"].fillna("")
+    df["ts"] = pd.to_datetime(df["ts"], utc=True)
+    df = df.sort_values(GROUP_KEYS + ["ts", "order"], kind="mergesort").reset_index(drop=True)
+    df["session"] = cut_sessions(df, settings.session_gap_s)
+    df["text"] = normalize_series(df["utterance"])
+    by_session = df.groupby(GROUP_KEYS + ["session"], sort=False)
+    df["seq"] = by_session.cumcount().astype("int64")
+    nxt = by_session[["event_id", "text", "ts"]].shift(-1)
+    df["next_event_id"] = nxt["event_id"]
+    df["next_text"] = nxt["text"]
+    df["gap_s"] = (pd.to_datetime(nxt["ts"], utc=True) - df["ts"]).dt.total_seconds()
+    has_next = df["next_event_id"].notna().to_numpy()
+    sim = np.full(len(df), np.nan)
+    texts, next_texts = df["text"].to_numpy(), df["next_text"].to_numpy()
+    for i in np.flatnonzero(has_next):
+        sim[i] = pair_similarity(texts[i], next_texts[i])
+    df["similarity"] = sim
+
+    df["defect_prob"] = defect_probability(df, settings.defect_model)
+
+    in_window = has_next & (df["gap_s"] <= settings.rephrase_window_s).to_numpy()
+    score = rephrase_score(
+        df["similarity"].fillna(0.0), df["gap_s"].fillna(settings.rephrase_window_s), df["defect_prob"],
+        settings.rephrase_window_s, settings.rephrase_model,
+    )
+    df["pair_score"] = np.where(in_window, score, np.nan)
+    df["is_rephrase"] = in_window & (df["pair_score"] >= settings.rephrase_model.threshold)
+    df["rewritten_from"] = normalize_series(df["rewritten_from"])
+    return df[[f.name for f in ENRICHED_TURNS]]

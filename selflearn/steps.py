@@ -1,0 +1,318 @@
+"""Spark steps: one function per stage of the run, each applying a stage module's pure
+functions to DataFrames (applyInPandas / mapInPandas / aggregations).
+
+Where the data lives is decided here; what it means is decided in the stage modules.
+Per-locale work (a FAISS index, a graph) runs inside one applyInPandas group; nothing
+collects the log to the driver. The driver only sees key-level tables that are small by
+construction (rewrite candidates, per-stage counts).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
+
+from . import graph as graph_mod
+from .config import Settings
+from .labels import paraphrase_labels, rewrite_labels, training_rows
+from .rewrites import published_rewrites, select_rewrites
+from .sessions import ENRICHED_TURNS, enrich_turns
+from .spark import map_groups
+
+SUCCESS, FAILURE = graph_mod.SUCCESS, graph_mod.FAILURE
+
+
+# --- sessions, defects, rephrases ----------------------------------------------------
+
+def sessions_step(accepted: DataFrame, settings: Settings) -> DataFrame:
+    """Enriched turns: text keys, sessions, defect probability, rephrase score of each
+    turn with its successor. Whole (user, device) groups per pandas batch."""
+    cols = ["event_id", "user_id", "device_id", "session_id", "ts", "locale", "utterance",
+            "asr_confidence", "response_status", "barge_in", "feedback", "dwell_ms",
+            "nlu_intent", "nlu_domain", "nlu_slots", "rewritten_from", "order"]
+    df = accepted.select(*cols).withColumn("device_id", F.coalesce("device_id", F.lit("")))
+
+    def apply(pdf: pd.DataFrame) -> pd.DataFrame:
+        return enrich_turns(pdf, settings)
+
+    return map_groups(df, ["user_id", "device_id"], ["ts", "order"], apply, from_arrow_schema(ENRICHED_TURNS))
+
+
+def turns_output(enriched: DataFrame) -> DataFrame:
+    return enriched.select("event_id", "locale", "text", F.round("defect_prob", 9).alias("defect_prob"))
+
+
+def rephrase_pairs_output(enriched: DataFrame, settings: Settings) -> DataFrame:
+    return (
+        enriched.where(F.col("next_event_id").isNotNull() & (F.col("gap_s") <= settings.rephrase_window_s))
+        .select(
+            "locale",
+            F.col("event_id").alias("first_event_id"),
+            F.col("next_event_id").alias("second_event_id"),
+            F.col("text").alias("first"),
+            F.col("next_text").alias("second"),
+            F.round("gap_s", 6).alias("gap_s"),
+            F.round("pair_score", 9).alias("score"),
+            "is_rephrase",
+        )
+    )
+
+
+# --- key-level statistics ------------------------------------------------------------
+
+def _organic(enriched: DataFrame) -> DataFrame:
+    return enriched.where(F.col("rewritten_from").isNull())
+
+
+def key_stats_step(enriched: DataFrame, settings: Settings) -> DataFrame:
+    """Per (locale, text): n_turns, n_users, user-weighted defect_rate, n_success, the
+    slot values the NLU recognised on any turn, and the dominant successful
+    interpretation (intent, domain, slots_json, its user agreement)."""
+    org = _organic(enriched)
+    per_user = org.groupBy("locale", "text", "user_id").agg(
+        F.count("*").alias("n"), F.avg("defect_prob").alias("user_defect")
+    )
+    base = per_user.groupBy("locale", "text").agg(
+        F.sum("n").alias("n_turns"),
+        F.count("*").alias("n_users"),
+        F.avg("user_defect").alias("defect_rate"),
+    )
+    slot_values = (
+        org.select("locale", "text", F.explode("nlu_slots").alias("s"))
+        .groupBy("locale", "text")
+        .agg(F.sort_array(F.collect_set(F.col("s.value"))).alias("nlu_slot_values"))
+    )
+    good = org.where((F.col("response_status") == "success") & (F.col("defect_prob") < 0.5) & F.col("nlu_intent").isNotNull())
+    n_success = good.groupBy("locale", "text").agg(F.count("*").alias("n_success"))
+    interp = good.withColumn("slots_json", F.to_json(F.coalesce("nlu_slots", F.array())))
+    votes = interp.groupBy("locale", "text", "nlu_intent", "nlu_domain", "slots_json").agg(
+        F.countDistinct("user_id").alias("votes")
+    )
+    w = Window.partitionBy("locale", "text").orderBy(F.desc("votes"), "nlu_intent", "slots_json")
+    total = votes.groupBy("locale", "text").agg(F.sum("votes").alias("all_votes"))
+    dominant = (
+        votes.withColumn("rk", F.row_number().over(w)).where("rk = 1").join(total, ["locale", "text"])
+        .select("locale", "text", F.col("nlu_intent").alias("intent"), F.col("nlu_domain").alias("domain"),
+                "slots_json", (F.col("votes") / F.col("all_votes")).alias("agreement"))
+    )
+    return (
+        base.join(slot_values, ["locale", "text"], "left")
+        .join(n_success, ["locale", "text"], "left")
+        .join(dominant, ["locale", "text"], "left")
+        .withColumn("n_success", F.coalesce("n_success", F.lit(0)).cast("long"))
+        .withColumn("nlu_slot_values", F.coalesce("nlu_slot_values", F.array().cast("array<string>")))
+    )
+
+
+# --- paraphrase clusters -------------------------------------------------------------
+
+CLUSTERS = pa.schema([
+    ("locale", pa.string()), ("cluster_id", pa.string()), ("text", pa.string()),
+    ("n_users", pa.int64()), ("cluster_n_users", pa.int64()), ("cluster_size", pa.int64()),
+    ("success_rate", pa.float64()), ("intent", pa.string()), ("intent_agreement", pa.float64()),
+])
+
+
+def paraphrase_step(key_stats: DataFrame, vectors: DataFrame, settings: Settings) -> DataFrame:
+    """Per locale: FAISS kNN over the key embeddings and slot-respecting clusters."""
+    from .paraphrase import cluster_paraphrases
+
+    keyed = key_stats.join(vectors, ["locale", "text"], "inner").select(
+        "locale", "text", "n_users", "n_turns", "n_success", "intent", "slots_json", "nlu_slot_values", "vector"
+    )
+
+    def apply(pdf: pd.DataFrame) -> pd.DataFrame:
+        pdf = pdf.sort_values("text", kind="mergesort").reset_index(drop=True)
+        vecs = np.stack(pdf["vector"].to_numpy()).astype(np.float32) if len(pdf) else np.zeros((0, 1), np.float32)
+        keys = pdf.drop(columns=["vector"])
+        keys["slots"] = [json.loads(s) if isinstance(s, str) else [] for s in keys["slots_json"]]
+        keys["nlu_slot_values"] = [list(v) if v is not None else [] for v in keys["nlu_slot_values"]]
+        out = cluster_paraphrases(keys.drop(columns=["slots_json"]), vecs, settings)
+        return out[[f.name for f in CLUSTERS]]
+
+    return keyed.groupBy("locale").applyInPandas(apply, from_arrow_schema(CLUSTERS))
+
+
+# --- the rewrite graph ---------------------------------------------------------------
+
+def edges_step(enriched: DataFrame, settings: Settings) -> DataFrame:
+    """Pooled transition probabilities (locale, src, dst, prob, n_users): each user's
+    outcome distribution at a key, weighted by min(turns, per_user_edge_cap)."""
+    org = _organic(enriched)
+    s = F.when(F.col("is_rephrase"), F.col("pair_score")).otherwise(F.lit(0.0))
+    d = F.col("defect_prob")
+    outcomes = F.array(
+        F.struct(F.col("next_text").alias("dst"), s.alias("mass")),
+        F.struct(F.lit(SUCCESS).alias("dst"), ((1 - s) * (1 - d)).alias("mass")),
+        F.struct(F.lit(FAILURE).alias("dst"), ((1 - s) * d).alias("mass")),
+    )
+    exploded = org.select("locale", "user_id", "text", F.explode(outcomes).alias("o")).select(
+        "locale", "user_id", "text", F.col("o.dst").alias("dst"), F.col("o.mass").alias("mass")
+    )
+    turns_per_user = org.groupBy("locale", "user_id", "text").agg(F.count("*").alias("n"))
+    user_mass = (
+        exploded.where(F.col("mass") > 0).groupBy("locale", "user_id", "text", "dst").agg(F.sum("mass").alias("mass"))
+        .join(turns_per_user, ["locale", "user_id", "text"])
+        .withColumn("w", F.least(F.col("n").cast("double"), F.lit(float(settings.per_user_edge_cap))))
+        .withColumn("wm", F.col("w") * F.col("mass") / F.col("n"))
+    )
+    denom = turns_per_user.withColumn(
+        "w", F.least(F.col("n").cast("double"), F.lit(float(settings.per_user_edge_cap)))
+    ).groupBy("locale", "text").agg(F.sum("w").alias("wsum"))
+    return (
+        user_mass.groupBy("locale", "text", "dst").agg(F.sum("wm").alias("num"), F.countDistinct("user_id").alias("n_users"))
+        .join(denom, ["locale", "text"])
+        .select("locale", F.col("text").alias("src"), "dst", (F.col("num") / F.col("wsum")).alias("prob"), "n_users")
+    )
+
+
+def reach_step(enriched: DataFrame) -> DataFrame:
+    """(locale, source, target, user_id, session) for every pair of turns linked by a
+    chain of rephrases in one session (A -> B -> C gives A->B, A->C, B->C)."""
+    schema = "locale string, source string, target string, user_id string, session string"
+
+    def apply(pdf: pd.DataFrame) -> pd.DataFrame:
+        rows = []
+        pdf = pdf.sort_values(["session", "seq"], kind="mergesort")
+        for (session, user), g in pdf.groupby(["session", "user_id"], sort=False):
+            chain: list[str] = []
+            for text, is_reph, locale in zip(g["text"], g["is_rephrase"], g["locale"]):
+                chain.append(text)
+                if not is_reph:
+                    _emit_chain(chain, locale, user, session, rows)
+                    chain = []
+            if chain:
+                _emit_chain(chain, locale, user, session, rows)
+        return pd.DataFrame(rows, columns=["locale", "source", "target", "user_id", "session"])
+
+    org = _organic(enriched).select("locale", "user_id", "session", "seq", "text", "is_rephrase")
+    return org.groupBy("user_id").applyInPandas(apply, schema)
+
+
+MAX_CHAIN = 8
+
+
+def _emit_chain(chain, locale, user, session, rows):
+    chain = chain[-MAX_CHAIN:]
+    for i in range(len(chain) - 1):
+        for j in range(i + 1, len(chain)):
+            if chain[i] != chain[j]:
+                rows.append((locale, chain[i], chain[j], user, session))
+
+
+CANDIDATES = pa.schema([
+    ("locale", pa.string()), ("source", pa.string()), ("target", pa.string()),
+    ("confidence", pa.float64()), ("source_success", pa.float64()), ("evidence", pa.string()),
+])
+
+
+def mates_step(clusters: DataFrame, key_stats: DataFrame, settings: Settings) -> DataFrame:
+    """(locale, key, mate): two failing members of one paraphrase cluster."""
+    failing = clusters.join(key_stats.select("locale", "text", "defect_rate"), ["locale", "text"]).where(
+        F.col("defect_rate") >= settings.min_source_defect_rate
+    ).select("locale", "cluster_id", "text")
+    a, b = failing.alias("a"), failing.alias("b")
+    return a.join(b, (F.col("a.locale") == F.col("b.locale")) & (F.col("a.cluster_id") == F.col("b.cluster_id")) & (F.col("a.text") != F.col("b.text"))).select(
+        F.col("a.locale").alias("locale"), F.col("a.text").alias("key"), F.col("b.text").alias("mate")
+    )
+
+
+def solve_step(edges: DataFrame, mates: DataFrame, key_stats: DataFrame, settings: Settings) -> DataFrame:
+    """Per locale: paraphrase inheritance, then the absorbing chain's best target per
+    defective source key."""
+    users = key_stats.select("locale", F.col("text").alias("src"), F.col("n_users").alias("src_users"),
+                             F.col("defect_rate").alias("src_defect"))
+    e = edges.join(users, ["locale", "src"], "left")
+
+    def apply(edges_pdf: pd.DataFrame, mates_pdf: pd.DataFrame) -> pd.DataFrame:
+        if edges_pdf.empty:
+            return pd.DataFrame(columns=[f.name for f in CANDIDATES])
+        locale = edges_pdf["locale"].iloc[0]
+        edges_pdf = edges_pdf.sort_values(["src", "dst"], kind="mergesort")
+        n_users = dict(zip(edges_pdf["src"], edges_pdf["src_users"].fillna(0)))
+        mixed = graph_mod.inherit_paraphrase_evidence(edges_pdf, mates_pdf.sort_values(["key", "mate"]), n_users, settings.paraphrase_evidence_weight)
+        defect = dict(zip(edges_pdf["src"], edges_pdf["src_defect"].fillna(0)))
+        sources = sorted(k for k, v in defect.items() if v >= settings.min_source_defect_rate)
+        solved = graph_mod.solve_rewrite_targets(mixed, sources)
+        if solved.empty:
+            return pd.DataFrame(columns=[f.name for f in CANDIDATES])
+        direct = _descendants(edges_pdf)
+        via_mates = mixed[mixed["inherited"] > 0].groupby("src")["dst"].apply(set).to_dict()
+        evidence = []
+        for src, tgt in zip(solved["source"], solved["target"]):
+            d = tgt in direct.get(src, set())
+            p = any(tgt == x or tgt in direct.get(x, set()) for x in via_mates.get(src, ()))
+            evidence.append("both" if d and p else ("rephrase" if d else "paraphrase"))
+        solved["evidence"] = evidence
+        solved["locale"] = locale
+        return solved[[f.name for f in CANDIDATES]]
+
+    return e.groupBy("locale").cogroup(mates.groupBy("locale")).applyInPandas(apply, from_arrow_schema(CANDIDATES))
+
+
+def _descendants(edges_pdf: pd.DataFrame) -> dict[str, set[str]]:
+    import networkx as nx
+
+    g = nx.DiGraph()
+    g.add_edges_from((s, d) for s, d in edges_pdf[["src", "dst"]].itertuples(index=False) if d not in (SUCCESS, FAILURE))
+    return {n: nx.descendants(g, n) for n in g.nodes}
+
+
+def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, key_stats: DataFrame, enriched: DataFrame) -> pd.DataFrame:
+    """Rewrite candidates with the users behind them, key statistics and served evidence;
+    key-level and small, so it comes to the driver as pandas."""
+    inherited = reach.join(mates.select("locale", F.col("mate").alias("source"), F.col("key").alias("via_key")), ["locale", "source"]).select(
+        "locale", F.col("via_key").alias("source"), "target", "user_id", "session"
+    )
+    behind = (
+        reach.unionByName(inherited)
+        .join(candidates.select("locale", "source", "target"), ["locale", "source", "target"])
+        .groupBy("locale", "source", "target")
+        .agg(F.countDistinct("user_id").alias("n_users"), F.countDistinct("user_id", "session").alias("n_sessions"))
+    )
+    src = key_stats.select("locale", F.col("text").alias("source"), F.col("defect_rate").alias("source_defect_rate"),
+                           F.col("n_users").alias("source_n_users"))
+    tgt = key_stats.select("locale", F.col("text").alias("target"), (1 - F.col("defect_rate")).alias("target_success_rate"),
+                           F.col("n_users").alias("target_n_users"))
+    served = (
+        enriched.where(F.col("rewritten_from").isNotNull())
+        .groupBy("locale", F.col("rewritten_from").alias("source"), F.col("text").alias("target"))
+        .agg(F.count("*").alias("served_turns"), F.avg("defect_prob").alias("served_defect_rate"))
+    )
+    joined = (
+        candidates.join(behind, ["locale", "source", "target"], "left")
+        .join(src, ["locale", "source"], "left").join(tgt, ["locale", "target"], "left")
+        .join(served, ["locale", "source", "target"], "left")
+        .fillna({"n_users": 0, "n_sessions": 0, "target_success_rate": 0.0, "target_n_users": 0})
+    )
+    return joined.toPandas()
+
+
+def rewrites_step(candidates_pdf: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    decided = select_rewrites(candidates_pdf, settings)
+    return decided, published_rewrites(decided)
+
+
+def labels_step(rewrites_pdf: pd.DataFrame, clusters_pdf: pd.DataFrame, key_stats: DataFrame, settings: Settings) -> pd.DataFrame:
+    """Weak labels; reads only the key statistics of keys named by rewrites/clusters."""
+    needed = pd.concat([
+        rewrites_pdf[["locale", "target"]].rename(columns={"target": "text"}),
+        rewrites_pdf[["locale", "source"]].rename(columns={"source": "text"}),
+        clusters_pdf[["locale", "text"]],
+    ]).drop_duplicates()
+    spark = key_stats.sparkSession
+    if needed.empty:
+        stats = pd.DataFrame(columns=["locale", "text", "defect_rate", "intent", "domain", "slots_json"])
+    else:
+        stats = key_stats.join(spark.createDataFrame(needed), ["locale", "text"]).select(
+            "locale", "text", "defect_rate", "intent", "domain", "slots_json"
+        ).toPandas()
+    interp = stats[stats["intent"].notna()][["locale", "text", "intent", "domain", "slots_json"]]
+    rw = rewrite_labels(rewrites_pdf, interp)
+    pp = paraphrase_labels(clusters_pdf, stats[["locale", "text", "defect_rate"]], interp, settings)
+    return training_rows(rw, pp, settings.dev_share)

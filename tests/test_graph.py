@@ -1,0 +1,65 @@
+"""The absorbing Markov chain against chains solvable by hand."""
+import pandas as pd
+import pytest
+
+from selflearn.graph import FAILURE, SUCCESS, inherit_paraphrase_evidence, solve_rewrite_targets
+
+
+def edges(rows):
+    return pd.DataFrame(rows, columns=["src", "dst", "prob"])
+
+
+def test_chain_a_b_c_by_hand():
+    e = edges([
+        ("a", "b", 0.8), ("a", FAILURE, 0.2),
+        ("b", "c", 0.5), ("b", SUCCESS, 0.1), ("b", FAILURE, 0.4),
+        ("c", SUCCESS, 0.9), ("c", FAILURE, 0.1),
+    ])
+    out = solve_rewrite_targets(e, ["a", "b"]).set_index("source")
+    assert out.loc["a", "target"] == "c"
+    assert out.loc["a", "confidence"] == pytest.approx(0.8 * 0.5 * 0.9)
+    assert out.loc["a", "source_success"] == pytest.approx(0.0)
+    assert out.loc["b", "target"] == "c"
+    assert out.loc["b", "confidence"] == pytest.approx(0.45)
+    assert out.loc["b", "source_success"] == pytest.approx(0.1)
+
+
+def test_cycle_needs_the_linear_solve():
+    # b sends mass back to a: x_b = 0.45 + 0.2 * x_a, x_a = 0.8 * x_b
+    e = edges([
+        ("a", "b", 0.8), ("a", FAILURE, 0.2),
+        ("b", "c", 0.5), ("b", "a", 0.2), ("b", FAILURE, 0.3),
+        ("c", SUCCESS, 0.9), ("c", FAILURE, 0.1),
+    ])
+    out = solve_rewrite_targets(e, ["a", "b"]).set_index("source")
+    assert out.loc["b", "confidence"] == pytest.approx(0.45 / 0.84)
+    assert out.loc["a", "confidence"] == pytest.approx(0.8 * 0.45 / 0.84)
+
+
+def test_components_are_solved_apart_and_best_target_wins():
+    e = edges([
+        ("a", "b", 0.3), ("a", "c", 0.6), ("a", FAILURE, 0.1),
+        ("b", SUCCESS, 1.0), ("c", SUCCESS, 0.5), ("c", FAILURE, 0.5),
+        ("x", "y", 1.0), ("y", SUCCESS, 1.0),
+    ])
+    out = solve_rewrite_targets(e).set_index("source")
+    # a -> c: 0.6*0.5 = 0.30; a -> b: 0.3*1.0 = 0.30 + tie broken by index order -> both 0.3
+    assert out.loc["a", "confidence"] == pytest.approx(0.3)
+    assert out.loc["x", "target"] == "y" and out.loc["x", "confidence"] == pytest.approx(1.0)
+
+
+def test_paraphrase_inheritance_gives_a_failing_key_its_mates_continuation():
+    e = edges([
+        ("a", FAILURE, 1.0),                      # a: fails, nobody rephrased it
+        ("m", "t", 0.9), ("m", FAILURE, 0.1),     # m: a paraphrase of a, users rephrase m -> t
+        ("t", SUCCESS, 1.0),
+    ])
+    mates = pd.DataFrame([("a", "m"), ("m", "a")], columns=["key", "mate"])
+    mixed = inherit_paraphrase_evidence(e, mates, {"a": 2, "m": 4, "t": 5}, weight=0.5)
+    rows = mixed.groupby("src")["prob"].sum()
+    assert rows["a"] == pytest.approx(1.0) and rows["m"] == pytest.approx(1.0)
+    out = solve_rewrite_targets(mixed, ["a"]).set_index("source")
+    # a's row: (2 * fail + 0.5*4 * (0.9 -> t, 0.1 fail)) / (2 + 2) -> t with 0.45
+    assert out.loc["a", "target"] == "t"
+    assert out.loc["a", "confidence"] == pytest.approx(0.45)
+    assert mixed[(mixed.src == "a") & (mixed.dst == "t")]["inherited"].iloc[0] == pytest.approx(0.45)
