@@ -83,13 +83,15 @@ class Settings:
     # --- rewrite graph and rewrites ---
     per_user_edge_cap: float = 1.0  # one user's contribution to any one edge
     min_source_defect_rate: float = 0.5
-    min_rewrite_confidence: float = 0.5
+    min_rewrite_confidence: float = 0.2
+    min_paraphrase_confidence: float = 0.5  # for rewrites resting on paraphrase evidence alone
     significance_z: float = 1.645  # one-sided 95% Wilson bound
     paraphrase_evidence_weight: float = 0.5
     served_min_turns: int = 5  # served turns needed before a rewrite can be retracted
     served_max_defect_rate: float = 0.5
     # --- weak labels ---
     min_label_agreement: float = 0.9
+    min_label_supporters: int = 2  # served cluster members carrying the interpretation
     # --- models ---
     defect_model: DefectModel = field(default_factory=DefectModel)
     rephrase_model: RephraseModel = field(default_factory=RephraseModel)

@@ -10,9 +10,12 @@ Transitions are pooled across users, each user's outcome distribution at a key w
 by min(turns, per_user_edge_cap): with the default cap of 1 every user is one vote, so a
 user flooding a pair hundreds of times counts once.
 
-For a source a, B = N R with N = (I - Q)^-1 gives the absorption probabilities; the
-rewrite target is the k != a maximising B[a, success(k)], and that probability is the
-rewrite's `confidence`. Solved per connected component with one sparse LU factorisation
+For a source a, B = N R with N = (I - Q)^-1 gives the absorption probabilities. Success
+states of keys the NLU served the same way (same intent and slots) are one outcome for
+the user: the rewrite target is the key with the largest B[a, success(k)] inside the
+interpretation class with the largest total, k != a, and that class total is the
+rewrite's `confidence` (with no interpretation known, a key is its own class, and this is
+the plain per-key argmax). Solved per connected component with one sparse LU factorisation
 reused for every source of the component (never a dense inverse).
 """
 from __future__ import annotations
@@ -57,12 +60,19 @@ def components(rows: dict[str, dict[str, float]]) -> list[list[str]]:
     return sorted(comps, key=lambda c: c[0])
 
 
-def absorb_component(keys: list[str], rows: dict[str, dict[str, float]], sources: list[str]) -> list[Absorption]:
+def absorb_component(keys: list[str], rows: dict[str, dict[str, float]], sources: list[str],
+                     classes: dict[str, str] | None = None) -> list[Absorption]:
     """Absorption into success(k) from each source, for one component.
 
     With Q the transient block and r[k] = P(k -> success(k)), the probability of being
     absorbed at success(k) from a is N[a, k] * r[k]. Row a of N solves (I - Q)^T x = e_a,
-    so one LU factorisation of (I - Q)^T serves every source."""
+    so one LU factorisation of (I - Q)^T serves every source.
+
+    `classes` maps keys to their interpretation (what the NLU did when the key was
+    served). Keys served the same way are one outcome for the user, so the target is
+    chosen by the class with the largest total absorption (the source itself excluded),
+    and within it the key with the largest absorption; `confidence` is the class total.
+    Without classes every key is its own class (the plain per-key argmax)."""
     index = {k: i for i, k in enumerate(keys)}
     n = len(keys)
     data, ri, ci = [], [], []
@@ -81,23 +91,28 @@ def absorb_component(keys: list[str], rows: dict[str, dict[str, float]], sources
     q = sp.csc_matrix((data, (ri, ci)), shape=(n, n))
     system = (sp.identity(n, format="csc") - q).T.tocsc()
     lu = splu(system)
+    labels = np.array([(classes or {}).get(k) or f"key:{k}" for k in keys], dtype=object)
+    class_ids, class_of = np.unique(labels, return_inverse=True)
     out = []
     for src in sources:
         e = np.zeros(n)
         e[index[src]] = 1.0
-        n_row = lu.solve(e)
-        absorbed = n_row * r
+        absorbed = lu.solve(e) * r
         a = index[src]
         source_success = float(absorbed[a])
-        absorbed[a] = -1.0
-        best = int(np.argmax(absorbed))
-        if absorbed[best] <= 0.0:
+        absorbed[a] = 0.0
+        totals = np.bincount(class_of, weights=absorbed, minlength=len(class_ids))
+        best_class = int(np.argmax(totals))
+        if totals[best_class] <= 1e-12:
             continue
-        out.append(Absorption(src, keys[best], float(absorbed[best]), source_success))
+        members = np.flatnonzero(class_of == best_class)
+        best = int(members[np.argmax(absorbed[members])])
+        out.append(Absorption(src, keys[best], float(min(totals[best_class], 1.0)), source_success))
     return out
 
 
-def solve_rewrite_targets(edges: pd.DataFrame, sources: list[str] | None = None) -> pd.DataFrame:
+def solve_rewrite_targets(edges: pd.DataFrame, sources: list[str] | None = None,
+                          classes: dict[str, str] | None = None) -> pd.DataFrame:
     """For each source key (default: every key with transient out-edges), its best
     target and confidence. `edges` columns: src, dst, prob (dst SUCCESS/FAILURE/key)."""
     rows = transition_rows(edges)
@@ -106,7 +121,7 @@ def solve_rewrite_targets(edges: pd.DataFrame, sources: list[str] | None = None)
     for comp in components(rows):
         comp_sources = [k for k in comp if k in wanted and any(d not in (SUCCESS, FAILURE) for d in rows.get(k, {}))]
         if comp_sources:
-            results.extend(absorb_component(comp, rows, comp_sources))
+            results.extend(absorb_component(comp, rows, comp_sources, classes))
     return pd.DataFrame(
         [(a.source, a.target, a.confidence, a.source_success) for a in results],
         columns=["source", "target", "confidence", "source_success"],

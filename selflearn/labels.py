@@ -7,8 +7,9 @@ Two labeling sources:
   a slot value (a misheard name) fails projection: it stays a rewrite, never an NLU row,
   since it would teach that the span is no slot.
 - `paraphrase`: a failing member of a paraphrase cluster gets the cluster's dominant
-  successful interpretation when its agreement is at least min_label_agreement, weighted
-  by that agreement, with the same projection rule.
+  successful interpretation when its agreement is at least min_label_agreement and at
+  least min_label_supporters served members carry it, weighted by that agreement, with
+  the same projection rule.
 Rows go to `train` or `dev` by a stable hash of (locale, text).
 """
 from __future__ import annotations
@@ -81,6 +82,10 @@ def paraphrase_labels(clusters: pd.DataFrame, key_stats: pd.DataFrame, interpret
     # The cluster's interpretation: the one its successful members received.
     succ = c[c["defect_rate"] < settings.min_source_defect_rate].merge(interpretations, on=["locale", "text"], how="inner", suffixes=("", "_i"))
     succ = succ[succ["intent_i"] == succ["intent"]]
+    # Agreement means several served members, not one key agreeing with itself.
+    supporters = succ.groupby(["locale", "cluster_id"])["text"].nunique().rename("supporters").reset_index()
+    succ = succ.merge(supporters, on=["locale", "cluster_id"])
+    succ = succ[succ["supporters"] >= settings.min_label_supporters]
     best = succ.sort_values(["locale", "cluster_id", "n_users", "text"], ascending=[True, True, False, True]).drop_duplicates(["locale", "cluster_id"])
     failing = failing.merge(best[["locale", "cluster_id", "domain", "slots_json"]], on=["locale", "cluster_id"], how="inner")
     rows = []

@@ -61,7 +61,8 @@ class RunDirs:
             d.mkdir(parents=True, exist_ok=True)
 
     def release(self) -> None:
-        shutil.rmtree(self.work, ignore_errors=True)
+        if not os.environ.get("SELFLEARN_KEEP_WORK"):  # kept for debugging a run's stages
+            shutil.rmtree(self.work, ignore_errors=True)
         if self._lock_fh is not None:
             fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
             self._lock_fh.close()

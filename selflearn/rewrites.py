@@ -3,14 +3,18 @@
 A candidate (source, target, confidence) from the rewrite graph becomes a rewrite only if
   1. the source is defective often enough: source_defect_rate >= min_source_defect_rate
      (organic turns only; a source that now succeeds on its own is dropped);
-  2. the target is significantly better than the source: the one-sided Wilson lower bound
+  2. at least min_users distinct users stand behind it (users whose sessions went from
+     the source to the target, directly or through a paraphrase-cluster mate);
+  3. the target is significantly better than the source: the one-sided Wilson lower bound
      of the target's success rate exceeds the Wilson upper bound of the source's, both at
      z = significance_z with n = distinct users of each key (users, not turns, so a
      flood cannot shrink the interval);
-  3. confidence >= min_rewrite_confidence;
-  4. at least min_users distinct users stand behind it (users whose sessions went from
-     the source to the target, directly or through a paraphrase-cluster mate);
-  5. its served evidence does not retract it: among turns served through this rewrite
+  4. confidence >= min_rewrite_confidence;
+  5. paraphrase-only evidence (no user of the source itself went there) must agree
+     with the source's cluster: the target was served with the intent the cluster's
+     successful members were served with, every slot value the target was served with
+     occurs in the source text, and confidence >= min_paraphrase_confidence;
+  6. its served evidence does not retract it: among turns served through this rewrite
      (`rewritten_from`), once there are served_min_turns of them, the mean defect
      probability must stay <= served_max_defect_rate.
 Every rejected candidate keeps the first rule it failed, for the report.
@@ -48,17 +52,26 @@ def select_rewrites(candidates: pd.DataFrame, settings: Settings) -> pd.DataFram
     _, source_upper = wilson_bounds(1.0 - c["source_defect_rate"], c["source_n_users"], settings.significance_z)
     target_lower, _ = wilson_bounds(c["target_success_rate"], c["target_n_users"], settings.significance_z)
     served_n = c["served_turns"].fillna(0)
+    from .labels import parse_slots, project_slots
+
+    slots_project = pd.Series(
+        [project_slots(s, parse_slots(j)) is not None for s, j in zip(c["source"], c["target_slots_json"])], index=c.index
+    )
     served_bad = (served_n >= settings.served_min_turns) & (c["served_defect_rate"].fillna(0) > settings.served_max_defect_rate)
     rules = [
         ("source_not_defective", c["source_defect_rate"] < settings.min_source_defect_rate),
-        ("not_significant", target_lower <= source_upper),
-        ("low_confidence", c["confidence"] < settings.min_rewrite_confidence),
         ("too_few_users", c["n_users"] < settings.min_users),
+        ("not_significant", pd.Series(target_lower <= source_upper, index=c.index)),
+        ("low_confidence", c["confidence"] < settings.min_rewrite_confidence),
+        ("paraphrase_disagrees", (c["evidence"] == "paraphrase") & (
+            (c["target_intent"].astype(object) != c["source_cluster_intent"].astype(object))
+            | c["source_cluster_intent"].isna() | ~slots_project
+            | (c["confidence"] < settings.min_paraphrase_confidence))),
         ("retracted_by_served_turns", served_bad),
     ]
     decision = pd.Series("emit", index=c.index, dtype=object)
     for name, failed in reversed(rules):  # the first failing rule wins
-        decision = decision.where(~failed.fillna(False).to_numpy(), name)
+        decision = decision.where(~pd.Series(failed, index=c.index).fillna(False).to_numpy(dtype=bool), name)
     c["decision"] = decision
     return c.sort_values(["locale", "source", "target"], kind="mergesort").reset_index(drop=True)
 

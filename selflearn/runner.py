@@ -145,6 +145,7 @@ class Run:
         cands = candidates_step(
             self._read(self.dirs.work / "candidates"), self._read(self.dirs.work / "reach"),
             self._read(self.dirs.work / "mates"), self._read(self.dirs.work / "key_stats"), enriched,
+            self._read(self.dirs.output("paraphrase_clusters")), self.settings,
         )
         decided, published = rewrites_step(cands, self.settings)
         decided.to_parquet(self.dirs.work / "decided.parquet", index=False)

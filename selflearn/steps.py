@@ -222,11 +222,20 @@ def mates_step(clusters: DataFrame, key_stats: DataFrame, settings: Settings) ->
     )
 
 
+def interpretation_class(key_stats: DataFrame, settings: Settings):
+    """A served key's interpretation (intent and slots it was served with): keys with the
+    same class are the same outcome for the user. Null for keys not served."""
+    return F.when(
+        (F.col("defect_rate") < settings.min_source_defect_rate) & F.col("intent").isNotNull(),
+        F.concat_ws("|", F.col("intent"), F.coalesce(F.col("slots_json"), F.lit("[]"))),
+    )
+
+
 def solve_step(edges: DataFrame, mates: DataFrame, key_stats: DataFrame, settings: Settings) -> DataFrame:
     """Per locale: paraphrase inheritance, then the absorbing chain's best target per
     defective source key."""
     users = key_stats.select("locale", F.col("text").alias("src"), F.col("n_users").alias("src_users"),
-                             F.col("defect_rate").alias("src_defect"))
+                             F.col("defect_rate").alias("src_defect"), interpretation_class(key_stats, settings).alias("src_class"))
     e = edges.join(users, ["locale", "src"], "left")
 
     def apply(edges_pdf: pd.DataFrame, mates_pdf: pd.DataFrame) -> pd.DataFrame:
@@ -238,7 +247,8 @@ def solve_step(edges: DataFrame, mates: DataFrame, key_stats: DataFrame, setting
         mixed = graph_mod.inherit_paraphrase_evidence(edges_pdf, mates_pdf.sort_values(["key", "mate"]), n_users, settings.paraphrase_evidence_weight)
         defect = dict(zip(edges_pdf["src"], edges_pdf["src_defect"].fillna(0)))
         sources = sorted(k for k, v in defect.items() if v >= settings.min_source_defect_rate)
-        solved = graph_mod.solve_rewrite_targets(mixed, sources)
+        classes = {k: c for k, c in zip(edges_pdf["src"], edges_pdf["src_class"]) if isinstance(c, str)}
+        solved = graph_mod.solve_rewrite_targets(mixed, sources, classes)
         if solved.empty:
             return pd.DataFrame(columns=[f.name for f in CANDIDATES])
         direct = _descendants(edges_pdf)
@@ -263,30 +273,52 @@ def _descendants(edges_pdf: pd.DataFrame) -> dict[str, set[str]]:
     return {n: nx.descendants(g, n) for n in g.nodes}
 
 
-def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, key_stats: DataFrame, enriched: DataFrame) -> pd.DataFrame:
+def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, key_stats: DataFrame,
+                    enriched: DataFrame, clusters: DataFrame, settings: Settings) -> pd.DataFrame:
     """Rewrite candidates with the users behind them, key statistics and served evidence;
-    key-level and small, so it comes to the driver as pandas."""
+    key-level and small, so it comes to the driver as pandas.
+
+    The users behind (source, target) are those whose sessions went from the source (or
+    a failing paraphrase-cluster mate of it) to any key served like the target (same
+    interpretation class); the target's success is pooled over that class too. Each
+    candidate also carries the target's intent and the dominant successful intent of the
+    source's paraphrase cluster, which paraphrase-only evidence must agree with."""
+    cls = key_stats.select("locale", F.col("text").alias("key"), interpretation_class(key_stats, settings).alias("cls"))
+    cls = cls.withColumn("cls", F.coalesce("cls", F.concat(F.lit("key:"), F.col("key"))))
     inherited = reach.join(mates.select("locale", F.col("mate").alias("source"), F.col("key").alias("via_key")), ["locale", "source"]).select(
         "locale", F.col("via_key").alias("source"), "target", "user_id", "session"
     )
+    reach_cls = reach.unionByName(inherited).join(
+        cls.withColumnRenamed("key", "target").withColumnRenamed("cls", "target_cls"), ["locale", "target"]
+    ).drop("target")
+    cand = candidates.join(cls.withColumnRenamed("key", "target").withColumnRenamed("cls", "target_cls"), ["locale", "target"], "left")
     behind = (
-        reach.unionByName(inherited)
-        .join(candidates.select("locale", "source", "target"), ["locale", "source", "target"])
+        reach_cls.join(cand.select("locale", "source", "target", "target_cls"), ["locale", "source", "target_cls"])
         .groupBy("locale", "source", "target")
         .agg(F.countDistinct("user_id").alias("n_users"), F.countDistinct("user_id", "session").alias("n_sessions"))
     )
     src = key_stats.select("locale", F.col("text").alias("source"), F.col("defect_rate").alias("source_defect_rate"),
                            F.col("n_users").alias("source_n_users"))
-    tgt = key_stats.select("locale", F.col("text").alias("target"), (1 - F.col("defect_rate")).alias("target_success_rate"),
-                           F.col("n_users").alias("target_n_users"))
+    tgt = (
+        key_stats.join(cls.withColumnRenamed("key", "text"), ["locale", "text"])
+        .groupBy("locale", F.col("cls").alias("target_cls"))
+        .agg(
+            (F.sum((1 - F.col("defect_rate")) * F.col("n_users")) / F.sum("n_users")).alias("target_success_rate"),
+            F.sum("n_users").alias("target_n_users"),
+        )
+    )
     served = (
         enriched.where(F.col("rewritten_from").isNotNull())
         .groupBy("locale", F.col("rewritten_from").alias("source"), F.col("text").alias("target"))
         .agg(F.count("*").alias("served_turns"), F.avg("defect_prob").alias("served_defect_rate"))
     )
+    target_intent = key_stats.select("locale", F.col("text").alias("target"), F.col("intent").alias("target_intent"),
+                                     F.col("slots_json").alias("target_slots_json"))
+    source_cluster = clusters.select("locale", F.col("text").alias("source"), F.col("intent").alias("source_cluster_intent"))
     joined = (
-        candidates.join(behind, ["locale", "source", "target"], "left")
-        .join(src, ["locale", "source"], "left").join(tgt, ["locale", "target"], "left")
+        cand.join(behind, ["locale", "source", "target"], "left")
+        .join(target_intent, ["locale", "target"], "left").join(source_cluster, ["locale", "source"], "left")
+        .join(src, ["locale", "source"], "left").join(tgt, ["locale", "target_cls"], "left")
         .join(served, ["locale", "source", "target"], "left")
         .fillna({"n_users": 0, "n_sessions": 0, "target_success_rate": 0.0, "target_n_users": 0})
     )

@@ -1,0 +1,203 @@
+"""readers.ingest on real local Spark: JSONL (.jsonl and .jsonl.gz) with one bad row of every
+reason code, hive-partitioned parquet with a file missing a column and files of wrong
+types, sources pointing at the right line/row, accounting, and InputError."""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import massive_records
+from selflearn.readers import InputError, ingest, list_input_files
+from selflearn.schema import arrow_schema
+
+NOW = datetime(2026, 11, 24, 23, 0, tzinfo=timezone.utc)
+RECS = massive_records("en-US", 60)
+
+
+def turn(i: int, **over) -> dict:
+    rec = RECS[i]
+    row = {"event_id": f"ev{i}", "user_id": f"user{i % 3}", "device_id": "kitchen",
+           "ts": f"2026-11-24T08:{i:02d}:00Z", "locale": rec["locale"], "utterance": rec["utt"],
+           "nlu_domain": rec["scenario"], "nlu_intent": rec["intent"], "response_status": "success"}
+    row.update(over)
+    return row
+
+
+def line(row: dict) -> bytes:
+    return json.dumps(row, ensure_ascii=False).encode("utf-8")
+
+
+# (bytes of the line, expected reason); None = accepted; b"" = blank line, not a row.
+def jsonl_lines() -> list[tuple[bytes, str | None]]:
+    long_utt = " ".join(r["utt"] for r in RECS)[:2000]
+    no_user = turn(5)
+    del no_user["user_id"]
+    utt3 = RECS[3]["utt"]
+    return [
+        (line(turn(0)), None),
+        (line(turn(1))[:40], "unparseable"),
+        (line(turn(2, utterance="X")).replace(b'"X"', b'"' + RECS[2]["utt"].encode()[:5] + b"\xff\xfe" + RECS[2]["utt"].encode()[5:] + b'"'), "bad_encoding"),
+        (line(turn(3)).replace(utt3[:4].encode(), utt3[:4].encode() + b"\\ud800", 1), "bad_encoding"),
+        (line(no_user), "missing_field"),
+        (line(turn(6, asr_confidence="high")), "bad_type"),
+        (line(turn(7, ts="1970-01-01T00:00:00Z")), "bad_timestamp"),
+        (line(turn(8, locale="english!")), "bad_locale"),
+        (line(turn(9, utterance="   ")), "empty_utterance"),
+        (line(turn(10, utterance=long_utt)), "utterance_too_long"),
+        (line(turn(11, response_status="maybe")), "unknown_status"),
+        (b"", None),  # blank: skipped
+        (line(turn(12, event_id="ev0", ts="2026-11-24T09:00:00Z")), "duplicate_event_id"),
+        # heavy user: 3 turns on one UTC day with max_turns_per_user_day=2, out of ts order
+        (line(turn(13, user_id="heavy", ts="2026-11-24T12:00:00Z")), "user_rate_limited"),
+        (line(turn(14, user_id="heavy", ts="2026-11-24T11:00:00Z")), None),
+        (line(turn(15, user_id="heavy", ts="2026-11-24T10:00:00Z")), None),
+        (line(turn(16, user_id="heavy", ts="2026-11-23T23:59:59Z")), None),  # previous day
+        (line(turn(17, nlu_slots=[{"name": "date", "value": "friday"}], asr_confidence=0.87,
+                   feedback=1, barge_in=False, dwell_ms=5300, session_id="s1")), None),
+    ]
+
+
+@pytest.fixture(scope="module")
+def cfg(settings):
+    return dataclasses.replace(settings, max_turns_per_user_day=2)
+
+
+def expected_by_source(path, lines):
+    out = {}
+    for n, (data, reason) in enumerate(lines, start=1):
+        if data:
+            out[f"{path}:{n}"] = reason
+    return out
+
+
+def check_result(res, expected):
+    q = {r["source"]: r["reason"] for r in res.quarantine.collect()}
+    acc = res.accepted.collect()
+    assert len(q) + len(acc) == len(expected)
+    assert q == {s: r for s, r in expected.items() if r is not None}
+    counts = res.counts()
+    assert counts["rows_in"] == len(expected)
+    assert counts["rows_in"] == counts["rows_accepted"] + counts["rows_quarantined"]
+    assert counts["rows_accepted"] == len(acc)
+    assert sum(counts["by_reason"].values()) == counts["rows_quarantined"]
+    return acc
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_jsonl_every_reason_code(spark, cfg, tmp_path, gz):
+    lines = jsonl_lines()
+    data = b"\n".join(d for d, _ in lines) + b"\n"
+    path = tmp_path / ("log.jsonl.gz" if gz else "log.jsonl")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    res = ingest(spark, path, cfg, now=NOW)
+    acc = check_result(res, expected_by_source(path, lines))
+    assert set(res.by_reason) == {r for _, r in lines if r}
+    assert res.by_reason["bad_encoding"] == 2
+    assert res.accepted.columns == list(arrow_schema("log").names) + ["order"]
+    by_id = {r["event_id"]: r for r in acc}
+    assert by_id["ev0"]["utterance"] == RECS[0]["utt"]  # the first by ts kept
+    assert by_id["ev17"]["nlu_slots"][0].asDict() == {"name": "date", "value": "friday"}
+    assert by_id["ev17"]["feedback"] == 1 and by_id["ev17"]["dwell_ms"] == 5300
+    quarantined = {r["source"]: r["raw"] for r in res.quarantine.collect()}
+    # raw is the line as read: the cut line verbatim, the bad bytes replaced by U+FFFD
+    assert quarantined[f"{path}:2"] == lines[1][0].decode()
+    assert "\ufffd" in quarantined[f"{path}:3"]
+    res.unpersist()
+
+
+def _parquet_turns(idx, **cols):
+    rows = [turn(i) for i in idx]
+    table = {k: [r[k] for r in rows] for k in ("event_id", "user_id", "locale", "utterance",
+                                                "response_status")}
+    table["ts"] = pa.array([datetime.fromisoformat(r["ts"].replace("Z", "+00:00")) for r in rows],
+                           pa.timestamp("us", tz="UTC"))
+    table.update(cols)
+    return pa.table(table)
+
+
+def test_hive_parquet_missing_column_and_wrong_types(spark, cfg, tmp_path):
+    root = tmp_path / "log"
+    good = _parquet_turns(range(20, 23), extra_col=[1, 2, 3],
+                          nlu_slots=pa.array([[{"name": "time", "value": "five am"}], None, []],
+                                             arrow_schema("log").field("nlu_slots").type))
+    day1, day2 = root / "dt=2026-11-23", root / "dt=2026-11-24"
+    day1.mkdir(parents=True)
+    day2.mkdir()
+    pq.write_table(good, day1 / "part-0.parquet", row_group_size=2)
+    (day1 / "_SUCCESS").write_bytes(b"")
+    (day1 / ".part-9.parquet.crc").write_bytes(b"junk")  # hidden: skipped
+    pq.write_table(_parquet_turns(range(23, 25)).drop_columns(["locale"]), day2 / "part-1.parquet")
+    pq.write_table(_parquet_turns(range(25, 27), asr_confidence=["high", None]), day2 / "part-2.parquet")
+    pq.write_table(_parquet_turns(range(27, 29), dwell_ms=pa.array([1500.0, None])), day2 / "part-3.parquet")
+    ts_int = _parquet_turns(range(29, 30)).set_column(5, "ts", pa.array([1764000000], pa.int64()))
+    pq.write_table(ts_int, day2 / "part-4.parquet")
+
+    kind, files = list_input_files(root)
+    assert kind == "parquet" and len(files) == 5
+    res = ingest(spark, root, cfg, now=NOW)
+    p = lambda d, n, row: f"{d}/part-{n}.parquet:{row}"  # noqa: E731
+    expected = {p(day1, 0, 0): None, p(day1, 0, 1): None, p(day1, 0, 2): None,
+                p(day2, 1, 0): "missing_field", p(day2, 1, 1): "missing_field",
+                p(day2, 2, 0): "bad_type", p(day2, 2, 1): None,
+                p(day2, 3, 0): "bad_type", p(day2, 3, 1): None,
+                p(day2, 4, 0): "bad_timestamp"}
+    acc = check_result(res, expected)
+    assert sorted(r["event_id"] for r in acc) == ["ev20", "ev21", "ev22", "ev26", "ev28"]
+    first = next(r for r in acc if r["event_id"] == "ev20")
+    assert first["ts"].replace(tzinfo=None) == datetime(2026, 11, 24, 8, 20)  # session tz UTC
+    assert [s.asDict() for s in first["nlu_slots"]] == [{"name": "time", "value": "five am"}]
+    # extra and partition columns never reach outputs, not even the quarantined raw
+    assert "extra_col" not in res.accepted.columns and "dt" not in res.accepted.columns
+    for r in res.quarantine.collect():
+        row = json.loads(r["raw"])
+        assert "dt" not in row and "extra_col" not in row
+        if r["reason"] == "missing_field":
+            assert "locale" not in row and row["utterance"] in (RECS[23]["utt"], RECS[24]["utt"])
+    res.unpersist()
+
+
+def test_input_errors(spark, cfg, tmp_path):
+    with pytest.raises(InputError) as e:
+        ingest(spark, tmp_path / "nope", cfg)
+    assert "nope" in str(e.value) and "\n" not in str(e.value)
+
+    not_log = tmp_path / "notlog" / "x.parquet"
+    not_log.parent.mkdir()
+    pq.write_table(pa.table({"intent": [r["intent"] for r in RECS[:3]], "utt": [r["utt"] for r in RECS[:3]]}),
+                   not_log)
+    with pytest.raises(InputError) as e:
+        ingest(spark, not_log.parent, cfg)
+    assert str(not_log) in str(e.value) and "\n" not in str(e.value)
+
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(line(turn(0)) * 3)
+    with pytest.raises(InputError) as e:
+        ingest(spark, corrupt, cfg)
+    assert "corrupt.parquet" in str(e.value) and "\n" not in str(e.value)
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a.jsonl").write_bytes(line(turn(0)))
+    pq.write_table(_parquet_turns([1]), mixed / "b.parquet")
+    with pytest.raises(InputError, match="mixed"):
+        list_input_files(mixed)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "_SUCCESS").write_bytes(b"")
+    with pytest.raises(InputError, match="no input files"):
+        list_input_files(empty)
+
+
+def test_empty_jsonl_files_contribute_nothing(spark, cfg, tmp_path):
+    (tmp_path / "a.jsonl").write_bytes(b"")
+    (tmp_path / "b.jsonl").write_bytes(line(turn(40)) + b"\n\n" + line(turn(41)))
+    res = ingest(spark, tmp_path, cfg, now=NOW)
+    assert res.counts() == {"rows_in": 2, "rows_accepted": 2, "rows_quarantined": 0, "by_reason": {}}
+    orders = sorted(r["order"] for r in res.accepted.collect())
+    assert orders == [(1 << 40) + 1, (1 << 40) + 3]  # file index 1, lines 1 and 3
