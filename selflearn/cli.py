@@ -40,7 +40,10 @@ def cmd_run(args) -> int:
 
     from .config import load_settings
 
+    from .readers import check_input
+
     load_settings(args.config)  # fail fast, before Spark or Prefect start
+    check_input(args.input)
     _progress_logging()
     final = mine(args.input, args.output, args.config)
     print(final)

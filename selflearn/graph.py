@@ -134,9 +134,12 @@ def reachable_direct(edges: pd.DataFrame, source: str, target: str) -> bool:
     return g.has_node(source) and g.has_node(target) and nx.has_path(g, source, target)
 
 
-def inherit_paraphrase_evidence(edges: pd.DataFrame, mates: pd.DataFrame, n_users: dict[str, int], weight: float) -> pd.DataFrame:
+def inherit_paraphrase_evidence(edges: pd.DataFrame, mates: pd.DataFrame, n_users: dict[str, int], weight: float,
+                                rephrase_users: dict[str, int] | None = None, enough_users: int = 0) -> pd.DataFrame:
     """Cross-user paraphrase evidence: a failing key inherits the rephrase continuations
-    of its cluster's other failing members.
+    of its cluster's other failing members -- where its own rephrase evidence is thin
+    (fewer than `enough_users` users rephrased it; `rephrase_users` counts them), so
+    keys with enough direct evidence keep exactly their own row.
 
     `mates` rows (key, mate): both failing members of one paraphrase cluster. The key's
     row becomes the user-weighted mix
@@ -152,6 +155,8 @@ def inherit_paraphrase_evidence(edges: pd.DataFrame, mates: pd.DataFrame, n_user
         return out
     mixed: dict[str, dict[str, tuple[float, float]]] = {}
     for key, group in mates.groupby("key", sort=True):
+        if rephrase_users is not None and rephrase_users.get(key, 0) >= enough_users:
+            continue
         own_n = float(n_users.get(key, 0))
         acc: dict[str, list[float]] = {}
         for dst, p in rows.get(key, {}).items():

@@ -100,7 +100,7 @@ def paraphrase_labels(clusters: pd.DataFrame, key_stats: pd.DataFrame, interpret
 def training_rows(rewrite_rows: pd.DataFrame, paraphrase_rows: pd.DataFrame, dev_share: float) -> pd.DataFrame:
     """One row per (locale, text): a rewrite label wins over a paraphrase label, then the
     higher weight. Stable order."""
-    both = pd.concat([rewrite_rows, paraphrase_rows], ignore_index=True)
+    both = pd.concat([f for f in (rewrite_rows, paraphrase_rows) if len(f)], ignore_index=True) if len(rewrite_rows) or len(paraphrase_rows) else pd.DataFrame()
     if both.empty:
         return pd.DataFrame(columns=TRAINING_COLUMNS)
     both["_rank"] = (both["label_source"] != "rewrite").astype(int)

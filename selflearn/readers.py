@@ -142,9 +142,10 @@ def _compatible(name: str, dtype) -> bool:
     return isinstance(dtype, T.StringType)
 
 
-def _read_parquet(spark, files: list[str]):
+def _parquet_groups(files: list[str]) -> dict[tuple, list[tuple[int, str]]]:
+    """Files grouped by their contract columns' types, read from footers only (bounded
+    work on the driver). Raises InputError for a file that is unreadable or cannot be a log."""
     import pyarrow.parquet as pq
-    from pyspark.sql import functions as F
 
     log_cols = arrow_schema("log").names
     required = set(required_fields("log"))
@@ -161,7 +162,21 @@ def _read_parquet(spark, files: list[str]):
                              f"{', '.join(sorted(required))}): {f}")
         key = tuple((c, str(schema.field(c).type)) for c in log_cols if c in names)
         groups.setdefault(key, []).append((i, f))
+    return groups
 
+
+def check_input(path: str | os.PathLike) -> tuple[str, list[str]]:
+    """Fail fast, before Spark starts, on input that cannot be a log at all."""
+    kind, files = list_input_files(path)
+    if kind == "parquet":
+        _parquet_groups(files)
+    return kind, files
+
+
+def _read_parquet(spark, files: list[str]):
+    from pyspark.sql import functions as F
+
+    groups = _parquet_groups(files)
     parts = []
     for key, members in groups.items():
         cols = [c for c, _ in key]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import io
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -18,7 +19,9 @@ TOP_REWRITES = 30
 
 def _svg(fig) -> str:
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
+    with warnings.catch_warnings():  # keys in scripts the plot font lacks still render as boxes
+        warnings.filterwarnings("ignore", message="Glyph .* missing")
+        fig.savefig(buf, format="svg", bbox_inches="tight")
     plt.close(fig)
     text = buf.getvalue()
     return text[text.index("<svg"):]

@@ -10,6 +10,8 @@ from typing import Callable
 
 from .config import Settings
 
+_LOG4J = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
+
 
 def get_spark(settings: Settings, app_name: str = "selflearn"):
     """The one SparkSession of the process (created on first use, reused after)."""
@@ -39,7 +41,8 @@ def get_spark(settings: Settings, app_name: str = "selflearn"):
         .config("spark.executorEnv.HF_HUB_OFFLINE", "1")
         .config("spark.executorEnv.TRANSFORMERS_OFFLINE", "1")
         .config("spark.executorEnv.TOKENIZERS_PARALLELISM", "false")
-        .config("spark.driver.extraJavaOptions", "-Dlog4j2.level=ERROR")
+        .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{_LOG4J}")
+        .config("spark.executor.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{_LOG4J}")
     )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")

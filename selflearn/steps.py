@@ -244,7 +244,12 @@ def solve_step(edges: DataFrame, mates: DataFrame, key_stats: DataFrame, setting
         locale = edges_pdf["locale"].iloc[0]
         edges_pdf = edges_pdf.sort_values(["src", "dst"], kind="mergesort")
         n_users = dict(zip(edges_pdf["src"], edges_pdf["src_users"].fillna(0)))
-        mixed = graph_mod.inherit_paraphrase_evidence(edges_pdf, mates_pdf.sort_values(["key", "mate"]), n_users, settings.paraphrase_evidence_weight)
+        transient = edges_pdf[~edges_pdf["dst"].isin([SUCCESS, FAILURE])]
+        rephrased_by = transient.groupby("src")["n_users"].max().to_dict()  # a lower bound of distinct users
+        mixed = graph_mod.inherit_paraphrase_evidence(
+            edges_pdf, mates_pdf.sort_values(["key", "mate"]), n_users, settings.paraphrase_evidence_weight,
+            rephrased_by, settings.min_users,
+        )
         defect = dict(zip(edges_pdf["src"], edges_pdf["src_defect"].fillna(0)))
         sources = sorted(k for k, v in defect.items() if v >= settings.min_source_defect_rate)
         classes = {k: c for k, c in zip(edges_pdf["src"], edges_pdf["src_class"]) if isinstance(c, str)}

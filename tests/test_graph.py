@@ -63,3 +63,16 @@ def test_paraphrase_inheritance_gives_a_failing_key_its_mates_continuation():
     assert out.loc["a", "target"] == "t"
     assert out.loc["a", "confidence"] == pytest.approx(0.45)
     assert mixed[(mixed.src == "a") & (mixed.dst == "t")]["inherited"].iloc[0] == pytest.approx(0.45)
+
+
+def test_keys_with_enough_direct_evidence_keep_their_own_row():
+    e = edges([
+        ("a", "b", 0.9), ("a", FAILURE, 0.1),
+        ("b", "c", 0.97), ("b", FAILURE, 0.03),
+        ("c", SUCCESS, 1.0),
+    ])
+    mates = pd.DataFrame([("a", "b"), ("b", "a")], columns=["key", "mate"])
+    mixed = inherit_paraphrase_evidence(e, mates, {"a": 4, "b": 4}, weight=0.5, rephrase_users={"a": 4, "b": 4}, enough_users=3)
+    assert mixed["inherited"].sum() == 0
+    out = solve_rewrite_targets(mixed, ["b"]).set_index("source")
+    assert out.loc["b", "confidence"] == pytest.approx(0.97)

@@ -358,7 +358,7 @@ class _Sim:
                 r["utterance"] = rng.choice(["   ", "", " \t "])
             elif reason == "utterance_too_long":
                 parts = []
-                while sum(len(p) + 1 for p in parts) <= 1000:
+                while len(" ".join(parts)) <= 1000:  # strictly longer than the default limit
                     parts.append(rng.choice(long_src))
                 r["utterance"] = " ".join(parts)
             elif reason == "unknown_status":
