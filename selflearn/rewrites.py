@@ -51,13 +51,13 @@ def select_rewrites(candidates: pd.DataFrame, settings: Settings) -> pd.DataFram
     c = candidates.copy()
     _, source_upper = wilson_bounds(1.0 - c["source_defect_rate"], c["source_n_users"], settings.significance_z)
     target_lower, _ = wilson_bounds(c["target_success_rate"], c["target_n_users"], settings.significance_z)
-    served_n = c["served_turns"].fillna(0)
+    served_n = pd.to_numeric(c["served_turns"], errors="coerce").fillna(0)
     from .labels import parse_slots, project_slots
 
     slots_project = pd.Series(
         [project_slots(s, parse_slots(j)) is not None for s, j in zip(c["source"], c["target_slots_json"])], index=c.index
     )
-    served_bad = (served_n >= settings.served_min_turns) & (c["served_defect_rate"].fillna(0) > settings.served_max_defect_rate)
+    served_bad = (served_n >= settings.served_min_turns) & (pd.to_numeric(c["served_defect_rate"], errors="coerce").fillna(0) > settings.served_max_defect_rate)
     rules = [
         ("source_not_defective", c["source_defect_rate"] < settings.min_source_defect_rate),
         ("too_few_users", c["n_users"] < settings.min_users),
