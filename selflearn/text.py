@@ -16,6 +16,20 @@ NORMALIZER_VERSION = "1"
 _APOSTROPHES = ("'", "\u2019")
 
 
+class _PunctuationToSpace(dict):
+    """str.translate table filled lazily: P*/S* -> space; apostrophes are left for the
+    context rule in normalize_text."""
+
+    def __missing__(self, cp: int):
+        ch = chr(cp)
+        value = cp if ch in _APOSTROPHES or unicodedata.category(ch)[0] not in "PS" else " "
+        self[cp] = value
+        return value
+
+
+_TABLE = _PunctuationToSpace()
+
+
 def _is_letter_or_mark(ch: str) -> bool:
     return unicodedata.category(ch)[0] in ("L", "M")
 
@@ -23,19 +37,16 @@ def _is_letter_or_mark(ch: str) -> bool:
 def normalize_text(text: str) -> str:
     """The contract's text key: NFKC, casefold, punctuation/symbols to spaces (but an
     apostrophe between two letters/marks, kept as U+0027), whitespace collapsed."""
-    s = unicodedata.normalize("NFKC", text).casefold()
-    out = []
-    n = len(s)
-    for i, ch in enumerate(s):
-        cat = unicodedata.category(ch)
-        if ch in _APOSTROPHES and 0 < i < n - 1 and _is_letter_or_mark(s[i - 1]) and _is_letter_or_mark(s[i + 1]):
-            out.append("'")
-        elif cat[0] in ("P", "S"):
-            out.append(" ")
-        else:
-            out.append(ch)
+    s = unicodedata.normalize("NFKC", text).casefold().translate(_TABLE)
+    if "'" in s or "\u2019" in s:
+        n = len(s)
+        s = "".join(
+            ("'" if 0 < i < n - 1 and _is_letter_or_mark(s[i - 1]) and _is_letter_or_mark(s[i + 1]) else " ")
+            if ch in _APOSTROPHES else ch
+            for i, ch in enumerate(s)
+        )
     # str.split() with no argument splits on Unicode whitespace, as "collapsed" means.
-    return " ".join("".join(out).split())
+    return " ".join(s.split())
 
 
 # --- script-aware tokens -------------------------------------------------------------

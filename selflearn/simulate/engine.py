@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ._norm import normalize_text
+from ..text import normalize_text
 from .config import SimConfig
 from .world import SLOTS_TYPE, World, h64, rng_for
 
