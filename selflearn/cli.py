@@ -72,11 +72,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_forget(args) -> int:
-    from .forget import forget_user
-
-    removed = forget_user(args.output, args.user)
-    print(f"removed the evidence of one user from {args.output}: {removed}")
-    return 0
+    # Planned with the privacy work (issue #5); refuse plainly rather than pretend.
+    raise NotImplementedError("forget is not available in this version")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -128,12 +128,6 @@ def solve_rewrite_targets(edges: pd.DataFrame, sources: list[str] | None = None,
     )
 
 
-def reachable_direct(edges: pd.DataFrame, source: str, target: str) -> bool:
-    g = nx.DiGraph()
-    g.add_edges_from((s, d) for s, d in edges[["src", "dst"]].itertuples(index=False) if d not in (SUCCESS, FAILURE))
-    return g.has_node(source) and g.has_node(target) and nx.has_path(g, source, target)
-
-
 def inherit_paraphrase_evidence(edges: pd.DataFrame, mates: pd.DataFrame, n_users: dict[str, int], weight: float,
                                 rephrase_users: dict[str, int] | None = None, enough_users: int = 0) -> pd.DataFrame:
     """Cross-user paraphrase evidence: a failing key inherits the rephrase continuations

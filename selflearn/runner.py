@@ -204,7 +204,7 @@ class Run:
 
 
 def run_all(run: Run) -> Path:
-    """Every stage in order, without Prefect (spark-submit and tests use this)."""
+    """Every stage in order, without Prefect (for batch entry points and debugging)."""
     run.start()
     try:
         for name in STAGES:

@@ -49,19 +49,6 @@ def get_spark(settings: Settings, app_name: str = "selflearn"):
     return spark
 
 
-def map_batches(df, fn: Callable, table_or_schema):
-    """Apply a pandas function batch by batch (mapInPandas) with a contract output schema."""
-    from .schema import spark_schema
-
-    schema = spark_schema(table_or_schema) if isinstance(table_or_schema, str) else table_or_schema
-
-    def _apply(batches):
-        for pdf in batches:
-            yield fn(pdf)
-
-    return df.mapInPandas(_apply, schema)
-
-
 def map_groups(df, keys: list[str], order: list[str], fn: Callable, schema, partitions: int | None = None):
     """Apply `fn` to pandas frames each holding *whole* groups of `keys`, many groups per
     frame (vectorised work, unlike one Python call per group with applyInPandas).
