@@ -18,7 +18,7 @@ Checks, first failing one wins:
    as missing: an id that identifies nothing);
 5. `bad_type`: a field of the wrong JSON type, optional ones included: strings must be
    strings; confidences numbers in [0, 1]; `feedback` an integer in {-1, 0, 1};
-   `dwell_ms` an integer (not 1.0) in [0, 2^63); `barge_in` a boolean; `nlu_slots` a list
+   `dwell_ms` an integer in [0, 2^63) (an integral float such as 4200.0 counts); `barge_in` a boolean; `nlu_slots` a list
    of objects with string `name` and `value` (extra keys are dropped). Also any field that
    the optional input column `type_errors` (comma-separated names, set by the parquet
    reader for columns of a wrong physical type) names and that is not null;
@@ -181,6 +181,11 @@ def _check(raw: Any, type_errors: Any, max_chars: int, lo_us: int, hi_us: int):
             (type(nlu_conf) is float or type(nlu_conf) is int) and 0 <= nlu_conf <= 1):
         return "bad_type"
     barge, feedback, dwell = g("barge_in"), g("feedback"), g("dwell_ms")
+    # JSON has one number type and pandas writes nullable ints as 4200.0: integral floats count.
+    if type(feedback) is float and feedback.is_integer():
+        feedback = int(feedback)
+    if type(dwell) is float and dwell.is_integer() and abs(dwell) < 2.0**63:
+        dwell = int(dwell)
     if barge is not None and type(barge) is not bool:
         return "bad_type"
     if feedback is not None and (type(feedback) is not int or feedback not in (-1, 0, 1)):

@@ -111,9 +111,9 @@ def test_empty_ids_are_missing():
     {"device_id": 3}, {"nlu_intent": {"x": 1}},
     {"asr_confidence": "high"}, {"asr_confidence": 7.5}, {"asr_confidence": -0.1},
     {"asr_confidence": True}, {"nlu_confidence": 1.01},
-    {"feedback": 2}, {"feedback": 1.0}, {"feedback": True}, {"feedback": "1"},
+    {"feedback": 2}, {"feedback": 0.5}, {"feedback": True}, {"feedback": "1"},
     {"barge_in": "true"}, {"barge_in": 1},
-    {"dwell_ms": -1}, {"dwell_ms": 1.5}, {"dwell_ms": 100.0}, {"dwell_ms": 2**63},
+    {"dwell_ms": -1}, {"dwell_ms": 1.5}, {"dwell_ms": -100.0}, {"dwell_ms": 2**63},
     {"nlu_slots": {"name": "a", "value": "b"}}, {"nlu_slots": ["time"]},
     {"nlu_slots": [{"name": "time"}]}, {"nlu_slots": [{"name": "time", "value": 5}]},
 ])
@@ -227,3 +227,12 @@ def test_property_one_row_out_per_row_in(rows):
         assert pd.Timestamp("2000-01-01", tz="UTC") <= r.ts <= pd.Timestamp(NOW) + pd.Timedelta(days=1)
     rejected = out[out["reason"].notna()]
     assert rejected[list(LOG_COLUMNS)].isna().all().all()
+
+
+def test_integral_floats_count_as_integers():
+    """pandas writes nullable integer columns as 4200.0 in JSON; that is still an integer."""
+    rec = RECS[0]
+    row = dict(event_id="e1", user_id="u1", ts="2026-11-24T10:00:00Z", locale="en-US", utterance=rec["utt"],
+               response_status="success", feedback=-1.0, dwell_ms=4200.0)
+    r = run([json.dumps(row)]).iloc[0]
+    assert r["reason"] is None and (r["feedback"], r["dwell_ms"]) == (-1, 4200)
