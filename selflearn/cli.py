@@ -51,9 +51,16 @@ def cmd_run(args) -> int:
 
 
 def cmd_simulate(args) -> int:
+    import yaml
+
     from .simulate import simulate
 
     kwargs = {}
+    if args.config:  # any SimConfig knob, e.g. supported_share: 0.6
+        with open(args.config, encoding="utf-8") as fh:
+            kwargs.update(yaml.safe_load(fh) or {})
+    if args.data_dir:
+        kwargs["data_dir"] = args.data_dir
     if args.users is not None:
         kwargs["users"] = args.users
     if args.locales:
@@ -89,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--users", type=int)
     s.add_argument("--locales", help="comma-separated, e.g. en-US,de-DE,ja-JP")
     s.add_argument("--seed", type=int)
+    s.add_argument("--config", help="YAML file of simulator knobs (selflearn.simulate.SimConfig fields)")
+    s.add_argument("--data-dir", help="folder of MASSIVE <locale>.jsonl.gz files (default: shared/data/massive/locales beside the checkout)")
     s.set_defaults(fn=cmd_simulate)
     e = sub.add_parser("evaluate", help="judge a run against a simulation's truth")
     e.add_argument("--run", required=True, help="ROOT (its LATEST run) or a run directory")

@@ -6,7 +6,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_LOCALES = ("en-US", "de-DE", "ja-JP", "ar-SA", "hi-IN", "ru-RU")
-DEFAULT_DATA_DIR = "/work/shared/data/massive/locales"
+DEFAULT_DATA_DIR = ""  # empty: resolve_data_dir looks in the usual places
+DATA_DIR_ENV = "SELFLEARN_MASSIVE_DIR"
+
+
+def resolve_data_dir(configured: str = "") -> str:
+    """The MASSIVE locales folder: the configured one, else $SELFLEARN_MASSIVE_DIR, else
+    shared/data/massive/locales beside the checkout (where this project keeps its data)."""
+    import os
+    from pathlib import Path
+
+    if configured:
+        return configured
+    if os.environ.get(DATA_DIR_ENV):
+        return os.environ[DATA_DIR_ENV]
+    repo = Path(__file__).resolve().parents[2]
+    for base in (repo.parent, repo, Path.cwd().parent, Path.cwd()):
+        candidate = base / "shared" / "data" / "massive" / "locales"
+        if candidate.is_dir():
+            return str(candidate)
+    raise FileNotFoundError(
+        f"MASSIVE locale files not found: pass --data-dir or set {DATA_DIR_ENV} to the folder of <locale>.jsonl.gz files"
+    )
 
 
 @dataclass
@@ -25,7 +46,7 @@ class SimConfig:
     """Master seed: the same seed and knobs give byte-identical outputs."""
 
     data_dir: str = DEFAULT_DATA_DIR
-    """Folder holding MASSIVE 1.1 ``<locale>.jsonl.gz`` files."""
+    """Folder holding MASSIVE 1.1 ``<locale>.jsonl.gz`` files (empty: see resolve_data_dir)."""
 
     start_date: str = "2026-11-01"
     """First simulated day (UTC)."""

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..text import normalize_text
-from .config import SimConfig
+from .config import SimConfig, resolve_data_dir
 
 _SLOT_RE = re.compile(r"\[\s*([^\[\]:]+?)\s*:\s*([^\[\]]*?)\s*\]")
 
@@ -183,7 +183,7 @@ class World:
 
     def _build_locale(self, loc: str) -> None:
         cfg = self.config
-        path = os.path.join(cfg.data_dir, f"{loc}.jsonl.gz")
+        path = os.path.join(resolve_data_dir(cfg.data_dir), f"{loc}.jsonl.gz")
         if not os.path.exists(path):
             raise FileNotFoundError(f"MASSIVE locale file not found: {path}")
         frame_tmpls: dict[tuple, dict[str, dict]] = defaultdict(dict)  # frame -> skel -> tmpl
