@@ -119,7 +119,6 @@ def test_snippet_blinded(snippet):
     assert read(blind["labels"]).equals(read(conv["labels"]))
 
 
-@pytest.mark.skipif(not DATA.is_file(), reason="DSTC2 test file not present")
 def test_real_test_set(tmp_path):
     conv = dstc2.convert(DATA, tmp_path / "c")
     log = read(conv["log"])

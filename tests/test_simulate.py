@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from selflearn.simulate import LOG_SCHEMA, TRUTH_SCHEMA, SimConfig, World, simulate
+from selflearn.simulate.config import resolve_data_dir
 from selflearn.text import normalize_text
 
-DATA = SimConfig().data_dir
-pytestmark = pytest.mark.skipif(not os.path.isdir(DATA), reason="MASSIVE data not available")
+DATA = resolve_data_dir()  # the real data must be there: no silent skip
 
 REASONS = {"missing_field", "bad_timestamp", "bad_locale", "empty_utterance",
            "utterance_too_long", "unknown_status", "duplicate_event_id", "bad_type"}
