@@ -296,7 +296,9 @@ def embed_keys(spark, keys_df, settings: Settings, cache_dir: str | Path, stats:
     cached = _read_cache(spark, path)
     missing = wanted if cached is None else wanted.join(cached.select("text"), "text", "left_anti")
     # Adaptive execution may fold a small shuffle into one partition: one busy core.
-    missing = missing.repartition(spark.sparkContext.defaultParallelism * 2)
+    missing = missing.repartition(spark.sparkContext.defaultParallelism * 2).cache()
+    n_missing = missing.count()
+    log.info("embed_keys: %d keys not in the cache %s; encoding them", n_missing, cache_id)
 
     new_vectors = missing.mapInPandas(_embed_partition_fn(settings, device), _VECTOR_SCHEMA)
     tmp = path / f"_tmp-{uuid.uuid4().hex}"
@@ -314,6 +316,7 @@ def embed_keys(spark, keys_df, settings: Settings, cache_dir: str | Path, stats:
             os.replace(f, path / f"part-{batch}-{i:05d}.parquet")
     finally:
         _rmtree(tmp)
+        missing.unpersist()
     log.info("embed_keys: cache %s, %d new vectors", cache_id, embedded)
     if stats is not None:
         stats.update({"cache_id": cache_id, "cache_path": str(path), "embedded": embedded})

@@ -88,7 +88,7 @@ def write_report(run_dir: Path, manifest: dict, work_dir: Path) -> Path:
         "table.t td,table.t th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}.plots{display:flex;flex-wrap:wrap;gap:1em}</style></head><body>",
         f"<h1>selflearn run {html.escape(manifest['run_id'])}</h1>",
         f"<p>{manifest['rows_in']} rows in, {manifest['rows_accepted']} accepted, {manifest['rows_quarantined']} quarantined. "
-        f"Embedding: {html.escape(str(manifest['embedding']))}.</p>",
+        f"Embedding: {html.escape(manifest['embedding']['model'])} ({html.escape(manifest['embedding']['backend'])}).</p>",
         "<h2>Stages</h2>", _table(stage_rows),
         "<h2>Per locale</h2>", _table(per_locale),
         "<h2>Distributions</h2><div class='plots'>",
@@ -97,6 +97,8 @@ def write_report(run_dir: Path, manifest: dict, work_dir: Path) -> Path:
         _hist(rewrites["confidence"], "rewrite confidence", "confidence") if len(rewrites) else "",
         "</div>",
         f"<h2>Top rewrites ({len(rewrites)} in all)</h2>", _table(top),
+        "<h2>Rewrite candidates not emitted, by the first rule they failed</h2>",
+        _table(pd.DataFrame(sorted(manifest["counts"].get("rewrites", {}).get("rejected_by_rule", {}).items()), columns=["rule", "candidates"])),
         "<h2>A piece of the rewrite graph</h2>", _graph_drawing(run_dir, rewrites),
         "</body></html>",
     ]
