@@ -114,12 +114,12 @@ class Run:
         self.counts["embed"] = {"keys_embedded": self._read(self.dirs.work / "vectors").count()}
 
     def stage_paraphrase(self) -> None:
-        from .steps import CLUSTERS, paraphrase_step
+        from .steps import paraphrase_step
 
         clusters = paraphrase_step(
             self._read(self.dirs.work / "key_stats"), self._read(self.dirs.work / "vectors"), self.settings
         ).toPandas()
-        n = write_table(clusters, self.dirs.output("paraphrase_clusters"), CLUSTERS, ["locale", "cluster_id", "text"])
+        n = write_table(clusters, self.dirs.output("paraphrase_clusters"), "paraphrase_clusters", ["locale", "cluster_id", "text"])
         self.counts["paraphrase"] = {"clustered_keys": n, "clusters": int(clusters["cluster_id"].nunique()) if n else 0}
 
     def stage_graph(self) -> None:

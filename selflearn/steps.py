@@ -21,6 +21,7 @@ from . import graph as graph_mod
 from .config import Settings
 from .labels import paraphrase_labels, rewrite_labels, training_rows
 from .rewrites import published_rewrites, select_rewrites
+from .schema import arrow_schema
 from .sessions import ENRICHED_TURNS, enrich_turns
 from .spark import map_groups
 
@@ -111,11 +112,7 @@ def key_stats_step(enriched: DataFrame, settings: Settings) -> DataFrame:
 
 # --- paraphrase clusters -------------------------------------------------------------
 
-CLUSTERS = pa.schema([
-    ("locale", pa.string()), ("cluster_id", pa.string()), ("text", pa.string()),
-    ("n_users", pa.int64()), ("cluster_n_users", pa.int64()), ("cluster_size", pa.int64()),
-    ("success_rate", pa.float64()), ("intent", pa.string()), ("intent_agreement", pa.float64()),
-])
+CLUSTERS = arrow_schema("paraphrase_clusters")
 
 
 def paraphrase_step(key_stats: DataFrame, vectors: DataFrame, settings: Settings) -> DataFrame:
