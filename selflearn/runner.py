@@ -85,6 +85,7 @@ class Run:
         result.accepted.write.mode("overwrite").parquet(str(self.dirs.work / "accepted"))
         result.quarantine.orderBy("source").coalesce(1).write.mode("overwrite").parquet(str(self.dirs.quarantine_staging))
         c = result.counts()
+        result.unpersist()
         self.counts["ingest"] = c
         self._say(f"[ingest] {c['rows_in']} rows in, {c['rows_accepted']} accepted, {c['rows_quarantined']} quarantined")
 
