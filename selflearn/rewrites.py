@@ -4,11 +4,12 @@ A candidate (source, target, confidence) from the rewrite graph becomes a rewrit
   1. the source is defective often enough: source_defect_rate >= min_source_defect_rate
      (organic turns only; a source that now succeeds on its own is dropped);
   2. at least min_users distinct users stand behind it (users whose sessions went from
-     the source to the target, directly or through a paraphrase-cluster mate);
+     the source to the target's class, directly or, for paraphrase evidence, through a
+     failing paraphrase-cluster mate);
   3. the target is significantly better than the source: the one-sided Wilson lower bound
      of the target's success rate exceeds the Wilson upper bound of the source's, both at
-     z = significance_z with n = distinct users of each key (users, not turns, so a
-     flood cannot shrink the interval);
+     z = significance_z with n = distinct users of the source key and of the target's
+     interpretation class (users, not turns, so a flood cannot shrink the interval);
   4. confidence >= min_rewrite_confidence;
   5. paraphrase-only evidence (no user of the source itself went there) must agree
      with the source's cluster: the target was served with the intent the cluster's

@@ -280,15 +280,19 @@ def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, k
     """Rewrite candidates with the users behind them, key statistics and served evidence;
     key-level and small, so it comes to the driver as pandas.
 
-    The users behind (source, target) are those whose sessions went from the source (or
-    a failing paraphrase-cluster mate of it) to any key served like the target (same
-    interpretation class); the target's success is pooled over that class too. Each
+    The users behind (source, target) are those whose sessions went from the source (or,
+    where the rewrite rests on paraphrase evidence, a failing cluster mate of it) to any
+    key served like the target (same interpretation class); the target's success is pooled over that class too. Each
     candidate also carries the target's intent and the dominant successful intent of the
     source's paraphrase cluster, which paraphrase-only evidence must agree with."""
     cls = key_stats.select("locale", F.col("text").alias("key"), interpretation_class(key_stats, settings).alias("cls"))
     cls = cls.withColumn("cls", F.coalesce("cls", F.concat(F.lit("key:"), F.col("key"))))
-    inherited = reach.join(mates.select("locale", F.col("mate").alias("source"), F.col("key").alias("via_key")), ["locale", "source"]).select(
-        "locale", F.col("via_key").alias("source"), "target", "user_id", "session"
+    # A mate's users stand behind a rewrite only where the graph used the mate's evidence.
+    uses_mates = candidates.where(F.col("evidence") != "rephrase").select("locale", F.col("source").alias("via_key")).distinct()
+    inherited = (
+        reach.join(mates.select("locale", F.col("mate").alias("source"), F.col("key").alias("via_key")), ["locale", "source"])
+        .join(uses_mates, ["locale", "via_key"])
+        .select("locale", F.col("via_key").alias("source"), "target", "user_id", "session")
     )
     reach_cls = reach.unionByName(inherited).join(
         cls.withColumnRenamed("key", "target").withColumnRenamed("cls", "target_cls"), ["locale", "target"]
