@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-import unicodedata
-from functools import lru_cache
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
 from .config import Settings
-from .text import normalize_text
+from .text import is_unspaced_char, normalize_text
 
 # IVF: nprobe starts here and doubles until recall@10 on a sample of the data's own queries
 # (against exact search) reaches IVF_TARGET_RECALL. Measured on real MiniLM embeddings of
@@ -164,17 +162,6 @@ def knn_pairs(vectors: np.ndarray, k: int, min_cosine: float, settings: Settings
 
 # --- slot-respecting admissibility ------------------------------------------------------
 
-_UNSPACED_PREFIXES = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN")
-
-
-@lru_cache(maxsize=65536)
-def _unspaced(ch: str) -> bool:
-    try:
-        return unicodedata.name(ch).startswith(_UNSPACED_PREFIXES)
-    except ValueError:
-        return False
-
-
 def value_occurs(value_key: str, text_key: str) -> bool:
     """Whether a normalized slot value occurs in a text key as a token sequence: a substring
     whose ends sit at the key's ends, at spaces, or next to a character of a script written
@@ -189,8 +176,8 @@ def value_occurs(value_key: str, text_key: str) -> bool:
         if i < 0:
             return False
         j = i + m
-        left = i == 0 or text_key[i - 1] == " " or _unspaced(text_key[i - 1]) or _unspaced(value_key[0])
-        right = j == n or text_key[j] == " " or _unspaced(text_key[j]) or _unspaced(value_key[-1])
+        left = i == 0 or text_key[i - 1] == " " or is_unspaced_char(text_key[i - 1]) or is_unspaced_char(value_key[0])
+        right = j == n or text_key[j] == " " or is_unspaced_char(text_key[j]) or is_unspaced_char(value_key[-1])
         if left and right:
             return True
         start = i + 1

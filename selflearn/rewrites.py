@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Settings
+from .labels import parse_slots, project_slots
 
 REWRITE_COLUMNS = [
     "locale", "source", "target", "confidence", "n_users", "n_sessions",
@@ -53,8 +54,6 @@ def select_rewrites(candidates: pd.DataFrame, settings: Settings) -> pd.DataFram
     _, source_upper = wilson_bounds(1.0 - c["source_defect_rate"], c["source_n_users"], settings.significance_z)
     target_lower, _ = wilson_bounds(c["target_success_rate"], c["target_n_users"], settings.significance_z)
     served_n = pd.to_numeric(c["served_turns"], errors="coerce").fillna(0)
-    from .labels import parse_slots, project_slots
-
     slots_project = pd.Series(
         [project_slots(s, parse_slots(j)) is not None for s, j in zip(c["source"], c["target_slots_json"])], index=c.index
     )

@@ -253,12 +253,12 @@ def solve_step(edges: DataFrame, mates: DataFrame, key_stats: DataFrame, setting
         solved = graph_mod.solve_rewrite_targets(mixed, sources, classes)
         if solved.empty:
             return pd.DataFrame(columns=[f.name for f in CANDIDATES])
-        direct = _descendants(edges_pdf)
+        reach = _Reach(edges_pdf)
         via_mates = mixed[mixed["inherited"] > 0].groupby("src")["dst"].apply(set).to_dict()
         evidence = []
         for src, tgt in zip(solved["source"], solved["target"]):
-            d = tgt in direct.get(src, set())
-            p = any(tgt == x or tgt in direct.get(x, set()) for x in via_mates.get(src, ()))
+            d = reach.reaches(src, tgt)
+            p = any(tgt == x or reach.reaches(x, tgt) for x in via_mates.get(src, ()))
             evidence.append("both" if d and p else ("rephrase" if d else "paraphrase"))
         solved["evidence"] = evidence
         solved["locale"] = locale
@@ -267,12 +267,22 @@ def solve_step(edges: DataFrame, mates: DataFrame, key_stats: DataFrame, setting
     return e.groupBy("locale").cogroup(mates.groupBy("locale")).applyInPandas(apply, from_arrow_schema(CANDIDATES))
 
 
-def _descendants(edges_pdf: pd.DataFrame) -> dict[str, set[str]]:
-    import networkx as nx
+class _Reach:
+    """Reachability over the direct (un-augmented) rephrase edges, computed only for the
+    keys asked about: a locale's graph has many keys, and few are rewrite sources."""
 
-    g = nx.DiGraph()
-    g.add_edges_from((s, d) for s, d in edges_pdf[["src", "dst"]].itertuples(index=False) if d not in (SUCCESS, FAILURE))
-    return {n: nx.descendants(g, n) for n in g.nodes}
+    def __init__(self, edges_pdf: pd.DataFrame):
+        import networkx as nx
+
+        self._nx = nx
+        self._g = nx.DiGraph()
+        self._g.add_edges_from((s, d) for s, d in edges_pdf[["src", "dst"]].itertuples(index=False) if d not in (SUCCESS, FAILURE))
+        self._seen: dict[str, set[str]] = {}
+
+    def reaches(self, src: str, tgt: str) -> bool:
+        if src not in self._seen:
+            self._seen[src] = self._nx.descendants(self._g, src) if src in self._g else set()
+        return tgt in self._seen[src]
 
 
 def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, key_stats: DataFrame,

@@ -52,16 +52,17 @@ def normalize_text(text: str) -> str:
 # --- script-aware tokens -------------------------------------------------------------
 
 # Scripts written without spaces between words: there a "token" is a character bigram.
-_UNSPACED_PREFIXES = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN", "HANGUL")
+# (Korean Hangul is written with spaces between words, so it is not listed.)
+_UNSPACED_PREFIXES = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN")
 
 
 @lru_cache(maxsize=65536)
 def is_unspaced_char(ch: str) -> bool:
+    """A character of a script written without spaces between words."""
     try:
-        name = unicodedata.name(ch)
+        return unicodedata.name(ch).startswith(_UNSPACED_PREFIXES)
     except ValueError:
         return False
-    return name.startswith(_UNSPACED_PREFIXES) and not name.startswith("HANGUL")
 
 
 def tokens(key: str) -> list[str]:
@@ -106,18 +107,16 @@ def levenshtein(a: str, b: str) -> int:
 def _dice(x: set, y: set) -> float:
     if not x and not y:
         return 1.0
-    return 2.0 * len(x & y) / (len(x) + len(y)) if (x or y) else 0.0
+    return 2.0 * len(x & y) / (len(x) + len(y))
 
 
 def similarity_features(a: str, b: str) -> dict[str, float]:
     """Lexical similarity of two text keys, each in [0, 1]: token overlap (Dice over
-    script-aware tokens), character-trigram Dice, normalized edit similarity, and whether
-    one key contains the other."""
+    script-aware tokens), character-trigram Dice and normalized edit similarity."""
     ta, tb = set(tokens(a)), set(tokens(b))
     longest = max(len(a), len(b)) or 1
     return {
         "token_dice": _dice(ta, tb),
         "char3_dice": _dice(char_ngrams(a), char_ngrams(b)),
         "edit_sim": 1.0 - levenshtein(a, b) / longest,
-        "contains": float(bool(a) and bool(b) and (a in b or b in a)),
     }
