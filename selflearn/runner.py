@@ -158,7 +158,8 @@ class Run:
         rel = f"tails/{self.run_id}"
         tails.write.mode("overwrite").parquet(str(state.path(rel)))
         n_tails = self.spark.read.parquet(str(state.path(rel))).count()
-        pending["tails"] = rel if n_tails else None
+        if new_days:  # an input with no accepted turn leaves the open sessions open
+            pending["tails"] = rel if n_tails else None
         # Committed only after the run is published (stage_publish).
         (self.dirs.work / "state.json").write_text(json.dumps(pending, sort_keys=True), encoding="utf-8")
         self.counts["evidence"] = {"input_days": new_days, "days_merged": sorted(pending["days"]),
