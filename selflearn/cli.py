@@ -79,8 +79,14 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_forget(args) -> int:
-    # Planned with the privacy work (issue #5); refuse plainly rather than pretend.
-    raise NotImplementedError("forget is not available in this version")
+    from .forget import forget_user
+
+    if not args.user.strip():
+        raise ValueError("--user must not be empty")
+    r = forget_user(args.output, args.user)
+    print(f"forgot one user: {r['evidence_rows']} evidence rows in {r['days']} days, {r['tail_turns']} session-tail "
+          f"turns, {r['cached_keys']} cached embeddings removed; later ingests drop the user's rows")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -89,6 +89,8 @@ class Settings:
     paraphrase_evidence_weight: float = 0.5
     served_min_turns: int = 5  # served turns needed before a rewrite can be retracted
     served_max_defect_rate: float = 0.5
+    # --- incremental runs (docs/incremental.md) ---
+    evidence_window_days: int = 28  # days of evidence kept, back from the newest day in state; 0 keeps all
     # --- weak labels ---
     min_label_agreement: float = 0.9
     min_label_supporters: int = 2  # served cluster members carrying the interpretation

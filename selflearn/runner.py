@@ -8,6 +8,7 @@ the logic is in `steps` and the stage modules.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import platform
 import time
@@ -23,7 +24,7 @@ from .publish import RunDirs, content_checksum, input_fingerprint, new_run_id, p
 
 log = logging.getLogger("selflearn")
 
-STAGES = ("ingest", "sessions", "keys", "embed", "paraphrase", "graph", "rewrites", "labels", "publish")
+STAGES = ("ingest", "sessions", "evidence", "keys", "embed", "paraphrase", "graph", "rewrites", "labels", "publish")
 PUBLISHED_TABLES = ("turns", "rephrase_pairs", "paraphrase_clusters", "rewrites", "training")
 
 
@@ -59,6 +60,20 @@ class Run:
     def _read(self, where: Path):
         return self.spark.read.parquet(str(where))
 
+    @property
+    def state(self):
+        from .state import State
+
+        return State(self.dirs.state)
+
+    def _evidence(self):
+        """The retained days' evidence (state/ plus what this run wrote): what the key,
+        graph and rewrite stages read, so every run sees all days, not only its input."""
+        from .incremental import read_evidence
+
+        pending = json.loads((self.dirs.work / "state.json").read_text(encoding="utf-8"))
+        return read_evidence(self.spark, self.state, pending)
+
     def _write_spark(self, df, where: Path, order: list[str]) -> int:
         # One sorted file: outputs have rows in a defined order whatever the core count.
         df.orderBy(*order).coalesce(1).write.mode("overwrite").parquet(str(where))
@@ -79,30 +94,82 @@ class Run:
 
     # -- stages ----------------------------------------------------------------------
     def stage_ingest(self) -> None:
-        from .readers import ingest
+        from pyspark import StorageLevel
+        from pyspark.sql import functions as F
 
-        result = ingest(self.spark, self.input_path, self.settings, now=self.now)
-        result.accepted.write.mode("overwrite").parquet(str(self.dirs.work / "accepted"))
+        from .incremental import drop_forgotten, mark_cross_run_duplicates, pseudonymize, with_day
+        from .readers import IngestResult, ingest
+        from .schema import arrow_schema
+
+        first = ingest(self.spark, self.input_path, self.settings, now=self.now)
+        annotated = mark_cross_run_duplicates(self.spark, with_day(self.spark, first.annotated, self.input_path), self.state)
+        result = IngestResult(annotated.persist(StorageLevel.MEMORY_AND_DISK))
+        accepted = pseudonymize(annotated.where(F.col("reason").isNull()).select(*arrow_schema("log").names, "order", "day"), self.state)
+        kept, forgotten = drop_forgotten(self.spark, accepted, self.state)
+        kept.write.mode("overwrite").parquet(str(self.dirs.work / "accepted"))
         result.quarantine.orderBy("source").coalesce(1).write.mode("overwrite").parquet(str(self.dirs.quarantine_staging))
-        c = result.counts()
+        c = dict(result.counts())
+        # Rows of forgotten users: counted, never silently gone (rows_in = accepted + quarantined + forgotten).
+        c["rows_forgotten"] = accepted.where(F.col("user_id").isin(forgotten)).count() if forgotten else 0
+        c["rows_accepted"] -= c["rows_forgotten"]
         result.unpersist()
+        first.unpersist()
         self.counts["ingest"] = c
-        self._say(f"[ingest] {c['rows_in']} rows in, {c['rows_accepted']} accepted, {c['rows_quarantined']} quarantined")
+        self._say(f"[ingest] {c['rows_in']} rows in, {c['rows_accepted']} accepted, {c['rows_quarantined']} quarantined, "
+                  f"{c['rows_forgotten']} of forgotten users")
 
     def stage_sessions(self) -> None:
+        from pyspark.sql import functions as F
+
+        from .incremental import carried_tails
         from .steps import rephrase_pairs_output, sessions_step, turns_output
 
-        enriched = sessions_step(self._read(self.dirs.work / "accepted"), self.settings)
+        accepted = self._read(self.dirs.work / "accepted")
+        new_days = sorted(r["day"] for r in accepted.select("day").distinct().collect())
+        # Turns of sessions the previous run left open go first, so they meet their successors.
+        tails = carried_tails(self.spark, self.state, accepted, new_days)
+        turns = accepted.withColumn("carried", F.lit(False))
+        if tails is not None:
+            turns = turns.unionByName(tails.withColumn("carried", F.lit(True)))
+        turns.write.mode("overwrite").parquet(str(self.dirs.work / "turns_in"))
+        turns = self._read(self.dirs.work / "turns_in")
+        enriched = sessions_step(turns, self.settings).join(turns.select("event_id", "day", "carried"), "event_id")
         enriched.write.mode("overwrite").parquet(str(self.dirs.work / "enriched"))
         enriched = self._read(self.dirs.work / "enriched")
-        n_turns = self._write_spark(turns_output(enriched), self.dirs.output("turns"), ["event_id"])
-        n_pairs = self._write_spark(rephrase_pairs_output(enriched, self.settings), self.dirs.output("rephrase_pairs"), ["first_event_id"])
-        self.counts["sessions"] = {"turns": n_turns, "rephrase_pairs": n_pairs}
+        # turns and rephrase_pairs describe this run's input: carried turns only as the
+        # first turn of a pair whose second is new.
+        n_turns = self._write_spark(turns_output(enriched.where(~F.col("carried"))), self.dirs.output("turns"), ["event_id"])
+        carried = enriched.where(F.col("carried")).select("event_id")
+        pairs = rephrase_pairs_output(enriched, self.settings).join(
+            carried.withColumnRenamed("event_id", "second_event_id"), "second_event_id", "left_anti")
+        n_pairs = self._write_spark(pairs, self.dirs.output("rephrase_pairs"), ["first_event_id"])
+        self.counts["sessions"] = {"turns": n_turns, "rephrase_pairs": n_pairs,
+                                   "tails_carried_in": 0 if tails is None else turns.where(F.col("carried")).count()}
+
+    def stage_evidence(self) -> None:
+        from .incremental import evidence_rows, session_tails, write_evidence
+
+        state = self.state
+        enriched = self._read(self.dirs.work / "enriched")
+        new_days = sorted(r["day"] for r in self._read(self.dirs.work / "accepted").select("day").distinct().collect())
+        pending, info = write_evidence(self.spark, state, evidence_rows(enriched, state), new_days, self.run_id,
+                                       self.settings.evidence_window_days)
+        tails = session_tails(enriched, self._read(self.dirs.work / "turns_in").drop("carried"), self.settings.session_gap_s)
+        rel = f"tails/{self.run_id}"
+        tails.write.mode("overwrite").parquet(str(state.path(rel)))
+        n_tails = self.spark.read.parquet(str(state.path(rel))).count()
+        if new_days:  # an input with no accepted turn leaves the open sessions open
+            pending["tails"] = rel if n_tails else None
+        # Committed only after the run is published (stage_publish).
+        (self.dirs.work / "state.json").write_text(json.dumps(pending, sort_keys=True), encoding="utf-8")
+        self.counts["evidence"] = {"input_days": new_days, "days_merged": sorted(pending["days"]),
+                                   "days_dropped": info["dropped_days"], "days_written": info["touched_days"],
+                                   "window_days": self.settings.evidence_window_days, "tails_kept": n_tails}
 
     def stage_keys(self) -> None:
         from .steps import key_stats_step
 
-        stats = key_stats_step(self._read(self.dirs.work / "enriched"), self.settings)
+        stats = key_stats_step(self._evidence(), self.settings)
         stats.write.mode("overwrite").parquet(str(self.dirs.work / "key_stats"))
         self.counts["keys"] = {"distinct_keys": self._read(self.dirs.work / "key_stats").count()}
 
@@ -127,7 +194,7 @@ class Run:
         from .graph_output import write_rewrite_graph
         from .steps import edges_step, mates_step, solve_step
 
-        enriched = self._read(self.dirs.work / "enriched")
+        enriched = self._evidence()
         stats = self._read(self.dirs.work / "key_stats")
         clusters = self._read(self.dirs.output("paraphrase_clusters"))
         edges_step(enriched, self.settings).write.mode("overwrite").parquet(str(self.dirs.work / "edges"))
@@ -141,7 +208,7 @@ class Run:
     def stage_rewrites(self) -> None:
         from .steps import candidates_step, reach_step, rewrites_step
 
-        enriched = self._read(self.dirs.work / "enriched")
+        enriched = self._evidence()
         reach_step(enriched).write.mode("overwrite").parquet(str(self.dirs.work / "reach"))
         cands = candidates_step(
             self._read(self.dirs.work / "candidates"), self._read(self.dirs.work / "reach"),
@@ -173,6 +240,9 @@ class Run:
         write_json_atomic(self.dirs.output("manifest.json"), manifest)
         write_report(self.dirs.staging, manifest, self.dirs.work)
         publish(self.dirs)
+        # State moves only with a published run: a crash before this line leaves the state
+        # of the previous run, and re-running this input gives the same result.
+        self.state.commit(json.loads((self.dirs.work / "state.json").read_text(encoding="utf-8")))
 
     # -- record ----------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
@@ -196,6 +266,9 @@ class Run:
             "rows_in": ingest.get("rows_in"),
             "rows_accepted": ingest.get("rows_accepted"),
             "rows_quarantined": ingest.get("rows_quarantined"),
+            "rows_forgotten": ingest.get("rows_forgotten", 0),
+            # Which days of evidence the key, graph and rewrite outputs rest on.
+            "evidence": self.counts.get("evidence", {}),
             "counts": self.counts,
             "timings_s": self.timings,
             "versions": {"python": platform.python_version(), **versions},
