@@ -114,7 +114,10 @@ def pack_venv(venv: Path, out: Path) -> Path:
         raise RuntimeError("packing a venv needs venv-pack: pip install 'selflearn[deploy]'") from None
     tmp = out.with_name(out.name + ".tmp.tar.gz")
     tmp.unlink(missing_ok=True)
-    venv_pack.pack(prefix=str(venv), output=str(tmp), format="tar.gz", verbose=False)
+    try:
+        venv_pack.pack(prefix=str(venv), output=str(tmp), format="tar.gz", verbose=False)
+    except venv_pack.VenvPackException as exc:  # e.g. an editable install or a path-line .pth
+        raise RuntimeError(f"venv-pack: {exc}") from None
     tmp.replace(out)
     return out
 

@@ -3,6 +3,7 @@
 # built in dist/ (see docs/spark-submit.md).
 #
 #   deploy/submit.sh --master URL --input PATH --output ROOT [--config FILE] [-- SPARK_SUBMIT_ARGS...]
+#   deploy/submit.sh --master URL --probe [-- SPARK_SUBMIT_ARGS...]   # check the setup, no run
 #
 # Environment:
 #   SELFLEARN_DIST             the dist folder (default: dist/ beside this folder)
@@ -17,25 +18,26 @@
 # --conf ...).
 set -euo pipefail
 
-usage() { sed -n '4,5p' "$0" | sed 's/^# *//'; }
+usage() { sed -n '5,6p' "$0" | sed 's/^# *//'; }
 
 here=$(cd "$(dirname "$0")" && pwd)
 dist=${SELFLEARN_DIST:-$here/../dist}
 ship=${SELFLEARN_SHIP:-pyfiles}
-master="" input="" output="" config=""
+master="" input="" output="" config="" probe=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --master) master=${2:?}; shift 2 ;;
         --input) input=${2:?}; shift 2 ;;
         --output) output=${2:?}; shift 2 ;;
         --config) config=${2:?}; shift 2 ;;
+        --probe) probe=1; shift ;;
         --) shift; break ;;
         -h|--help) usage; exit 0 ;;
         *) echo "submit.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
-if [ -z "$master" ] || [ -z "$input" ] || [ -z "$output" ]; then
-    echo "submit.sh: --master, --input and --output are required" >&2; exit 2
+if [ -z "$master" ] || { [ -z "$probe" ] && { [ -z "$input" ] || [ -z "$output" ]; }; }; then
+    echo "submit.sh: --master, and --input and --output (or --probe), are required" >&2; exit 2
 fi
 dist=$(cd "$dist" 2>/dev/null && pwd) || { echo "submit.sh: no dist folder: run deploy/package.py first" >&2; exit 2; }
 app=$dist/batch.py
@@ -77,6 +79,10 @@ case "$ship" in
     *) echo "submit.sh: SELFLEARN_SHIP must be pyfiles or archive, got '$ship'" >&2; exit 2 ;;
 esac
 
-app_args=(--input "$input" --output "$output")
+if [ -n "$probe" ]; then
+    app_args=(--probe)
+else
+    app_args=(--input "$input" --output "$output")
+fi
 [ -n "$config" ] && app_args+=(--config "$config")
 exec "$submit" "${args[@]}" "$@" "$app" "${app_args[@]}"

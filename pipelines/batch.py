@@ -2,6 +2,7 @@
 
     spark-submit [--master ...] --py-files selflearn-<v>-pyfiles.zip batch.py \\
         --input PATH --output ROOT [--config FILE]
+    spark-submit ... batch.py --probe     # where the code runs, as JSON; no run
 
 (deploy/submit.sh builds that command.) The session comes from spark-submit: its master
 and resources stand, whatever `spark_master` the config holds. The manifest gets a
@@ -15,6 +16,7 @@ Exits 0 and prints the run directory; on failure one line on stderr and exit 2
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Any, Iterator
@@ -54,10 +56,14 @@ def executor_probe(spark) -> list[dict[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="batch.py", description="one selflearn mining run under spark-submit")
-    p.add_argument("--input", required=True, help="parquet file/dir or JSON Lines")
-    p.add_argument("--output", required=True, help="output ROOT (on a filesystem the driver and executors share)")
+    p.add_argument("--input", help="parquet file/dir or JSON Lines")
+    p.add_argument("--output", help="output ROOT (on a filesystem the driver and executors share)")
     p.add_argument("--config", help="YAML settings file (spark_master is ignored: spark-submit's --master stands)")
+    p.add_argument("--probe", action="store_true",
+                   help="only print (JSON) which Python and which selflearn the driver and executors use, then exit")
     args = p.parse_args(argv)
+    if not args.probe and not (args.input and args.output):
+        p.error("--input and --output are required (or --probe)")
     try:
         from selflearn.cli import _progress_logging
         from selflearn.config import load_settings
@@ -66,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
         from selflearn.spark import SUBMIT
 
         settings = load_settings(args.config, spark_master=SUBMIT)
+        if args.probe:
+            from selflearn.spark import get_spark
+
+            spark = get_spark(settings, app_name="selflearn-probe")
+            print(json.dumps({"spark_master": spark.sparkContext.master, "driver": where_code_runs(),
+                              "executors": executor_probe(spark)}))
+            return 0
         check_input(args.input)
         _progress_logging()
 

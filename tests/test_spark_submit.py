@@ -103,23 +103,34 @@ class Daemon:
         self._fh.close()
 
 
+def _image(folder: Path, leave_out: re.Pattern) -> Path:
+    """The stand-in for a cluster's Python image: symlinks to this interpreter's
+    site-packages entries, less those matching leave_out (and the .pth files)."""
+    folder.mkdir(parents=True)
+    for entry in SITE.iterdir():
+        if not leave_out.match(entry.name) and not entry.name.endswith(".pth"):
+            (folder / entry.name).symlink_to(entry)
+    return folder
+
+
+def _bare_venv(venv: Path) -> tuple[Path, Path]:
+    """(python, site-packages) of a new venv of the base interpreter, without pip."""
+    subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True, cwd=venv).stdout.strip()
+    return py, Path(purelib)
+
+
 @pytest.fixture(scope="module")
 def worker_python(tmp_path_factory) -> Path:
     """A Python without the project: a venv whose site-packages holds one .pth naming the
     stand-in image folder. Plain path lines in a .pth are added to sys.path without reading
     that folder's own .pth files, so no editable-install finder comes along."""
     base = tmp_path_factory.mktemp("workerpy")
-    image = base / "image"
-    image.mkdir()
-    for entry in SITE.iterdir():
-        if not NOT_IN_IMAGE.match(entry.name) and not entry.name.endswith(".pth"):
-            (image / entry.name).symlink_to(entry)
-    venv = base / "venv"
-    subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(venv)], check=True)
-    py = venv / "bin" / "python"
-    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
-    Path(purelib, "image.pth").write_text(f"{image}\n", encoding="utf-8")
+    image = _image(base / "image", NOT_IN_IMAGE)
+    py, site = _bare_venv(base / "venv")
+    (site / "image.pth").write_text(f"{image}\n", encoding="utf-8")
     return py
 
 
@@ -247,3 +258,46 @@ def test_cluster_run_publishes_what_the_local_run_does(cluster, dist, sim, worke
     assert remote["checksums"] == local["checksums"]
     assert remote["rows_in"] == local["rows_in"] and remote["counts"] == local["counts"]
     assert local["counts"]["rewrites"]["emitted"] > 0 and local["counts"]["paraphrase"]["clustered_keys"] > 0
+
+
+def test_archive_mode_executors_run_the_packed_venv(cluster, dist, tmp_path):
+    """--archives: venv-pack packs a non-editable venv holding selflearn; executors unpack
+    it as ./environment and run its Python. To keep the archive small its heavy stack is
+    the stand-in image, appended to sys.path by a sitecustomize.py inside the venv (a
+    full `package.py --venv-pack` archive holds that stack itself, about 2.5 GB)."""
+    image = _image(tmp_path / "image", re.compile(r"^(__editable__|selflearn)", re.IGNORECASE))
+    py, site = _bare_venv(tmp_path / "env")
+    (site / "sitecustomize.py").write_text(f"import sys\nsys.path.append({str(image)!r})\n", encoding="utf-8")
+    (wheel,) = dist.glob("selflearn-*.whl")
+    # Without PYTHONPATH: pip would take a checkout on it for selflearn already installed.
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--quiet", "--no-deps", "--no-index",
+                    "--disable-pip-version-check", str(wheel)], check=True, capture_output=True, timeout=300,
+                   env=cluster["env"], cwd=tmp_path)
+    assert (site / "selflearn" / "__init__.py").is_file() and (site / "pipelines" / "batch.py").is_file()
+    dist2 = tmp_path / "dist"
+    subprocess.run([sys.executable, str(REPO / "deploy" / "package.py"), "--dist", str(dist2), "--pack-venv", str(tmp_path / "env")],
+                   check=True, capture_output=True, timeout=300)
+    # The driver (client mode) runs the unpacked venv's Python here; executors their copy.
+    env = {**cluster["env"], "SELFLEARN_DIST": str(dist2), "SELFLEARN_SHIP": "archive", "SELFLEARN_DRIVER_PYTHON": str(py)}
+    out = tmp_path / "probe.log"
+    with open(out, "wb") as fh:
+        proc = subprocess.Popen(
+            ["bash", str(REPO / "deploy" / "submit.sh"), "--master", cluster["url"], "--probe", "--",
+             "--driver-memory", "512m", "--executor-memory", "512m"],
+            env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=tmp_path,
+        )
+    try:
+        rc = proc.wait(timeout=SUBMIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        rc = None
+    finally:
+        _stop(proc)
+    text = _tail(out, 100_000)
+    assert rc == 0, text[-3000:]
+    probe = json.loads(text.strip().splitlines()[-1])
+    assert probe["spark_master"] == cluster["url"]
+    assert probe["driver"]["selflearn"].startswith(str(site) + os.sep)
+    assert probe["executors"]
+    for ex in probe["executors"]:
+        unpacked = os.path.join(ex["cwd"], "environment") + os.sep
+        assert ex["python"].startswith(unpacked) and ex["selflearn"].startswith(unpacked), probe
