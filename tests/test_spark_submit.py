@@ -24,8 +24,6 @@ import pytest
 from selflearn.config import load_settings
 from selflearn.runner import PUBLISHED_TABLES, Run, run_all
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[1]
 SITE = Path(sysconfig.get_paths()["purelib"])
 # Left out of the stand-in image: the project itself (the editable install's finder too)
@@ -180,6 +178,27 @@ def sim(tmp_path_factory) -> Path:
     return out / "log"
 
 
+def test_submit_master_needs_spark_submit(monkeypatch):
+    from selflearn.config import Settings
+    from selflearn.spark import get_spark
+
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    with pytest.raises(RuntimeError, match="spark-submit"):
+        get_spark(Settings(spark_master="submit"))
+
+
+def test_batch_app_fails_in_one_line_from_the_zip(worker_python, dist, tmp_path):
+    """dist/batch.py runs pipelines.batch from the zip; bad input: exit 2, one line."""
+    (zip_path,) = dist.glob("selflearn-*-pyfiles.zip")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(zip_path)
+    r = subprocess.run([str(worker_python), str(dist / "batch.py"), "--input", str(tmp_path / "missing"), "--output",
+                        str(tmp_path / "root")], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("selflearn batch: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "root").exists()
+
+
 def test_worker_python_does_not_have_the_project(worker_python, dist):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
@@ -208,6 +227,7 @@ def test_worker_python_does_not_have_the_project(worker_python, dist):
     assert "confidence" in names and "rootLogger.level" in log4j
 
 
+@pytest.mark.slow
 def test_cluster_run_publishes_what_the_local_run_does(cluster, dist, sim, worker_python, spark, tmp_path):
     cfg = tmp_path / "settings.yaml"
     cfg.write_text("spark_master: 'local[2]'\nspark_shuffle_partitions: 4\n", encoding="utf-8")
@@ -260,6 +280,7 @@ def test_cluster_run_publishes_what_the_local_run_does(cluster, dist, sim, worke
     assert local["counts"]["rewrites"]["emitted"] > 0 and local["counts"]["paraphrase"]["clustered_keys"] > 0
 
 
+@pytest.mark.slow
 def test_archive_mode_executors_run_the_packed_venv(cluster, dist, tmp_path):
     """--archives: venv-pack packs a non-editable venv holding selflearn; executors unpack
     it as ./environment and run its Python. To keep the archive small its heavy stack is
