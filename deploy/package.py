@@ -43,6 +43,23 @@ SOURCES = ("pyproject.toml", "README.md", "selflearn", "schemas", "pipelines")
 NATIVE_SUFFIXES = (".so", ".pyd", ".dylib")
 
 
+def _setuptools_builds_wheels() -> bool:
+    """setuptools >= 70.1 builds wheels itself; older ones (>= 68, pyproject.toml's floor)
+    need the `wheel` package (a Python 3.11 venv comes with setuptools 65 and no wheel)."""
+    try:
+        parts = metadata.version("setuptools").split(".")
+        version = (int(parts[0]), int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0)
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+    if version >= (70, 1):
+        return True
+    try:
+        metadata.version("wheel")
+    except metadata.PackageNotFoundError:
+        return False
+    return version >= (68, 0)
+
+
 def build_wheel(out_dir: Path, repo: Path = REPO) -> Path:
     """The project's wheel, built from a copy of the sources (no build/ left in the checkout)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,9 +75,12 @@ def build_wheel(out_dir: Path, repo: Path = REPO) -> Path:
                 shutil.copy2(p, src / name)
         for old in out_dir.glob("selflearn-*.whl"):
             old.unlink()
-        # No build isolation: setuptools is already here, and the cluster build may be offline.
+        # Offline when this Python's setuptools can build wheels; else pip fetches the
+        # build backend from the package index (build isolation).
+        isolation = [] if _setuptools_builds_wheels() else ["--use-pep517"]
+        no_isolation = ["--no-build-isolation"] if not isolation else []
         subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", *no_isolation, *isolation, "--quiet",
              "--disable-pip-version-check", "-w", str(out_dir), str(src)],
             check=True,
         )
