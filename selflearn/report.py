@@ -12,7 +12,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import networkx as nx  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from .publish import _table_files  # noqa: E402
 
 TOP_REWRITES = 30
 
@@ -27,9 +31,13 @@ def _svg(fig) -> str:
     return text[text.index("<svg"):]
 
 
-def _hist(values, title: str, xlabel: str) -> str:
+BINS = np.linspace(0.0, 1.0, 21)
+
+
+def _hist(counts, title: str, xlabel: str) -> str:
+    """A histogram over [0, 1] in 20 bins, from counts per bin (np.histogram(..., BINS))."""
     fig, ax = plt.subplots(figsize=(5, 2.6))
-    ax.hist(list(values), bins=20, range=(0, 1), color="#3b6ea5")
+    ax.hist(BINS[:-1], bins=BINS, weights=np.asarray(counts, dtype=float), color="#3b6ea5")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
@@ -64,15 +72,33 @@ def _graph_drawing(run_dir: Path, rewrites: pd.DataFrame) -> str:
     return _svg(fig)
 
 
+def _per_locale(path: Path, value: str, flag: str | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """Per locale: rows, sum of `value` (and of `flag`), and the histogram of `value`,
+    reading one batch at a time: turns/ and rephrase_pairs/ grow with the log, so they
+    are never loaded whole on the driver."""
+    parts, hist = [], np.zeros(len(BINS) - 1, dtype=np.int64)
+    for f in _table_files(path):
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=65536, columns=["locale", value] + ([flag] if flag else [])):
+            pdf = batch.to_pandas()
+            hist += np.histogram(pdf[value].to_numpy(dtype=float), BINS)[0]
+            agg = {"rows": (value, "size"), "sum": (value, "sum")}
+            if flag:
+                agg["flagged"] = (flag, "sum")
+            parts.append(pdf.groupby("locale").agg(**agg))
+    cols = ["rows", "sum"] + (["flagged"] if flag else [])
+    table = pd.concat(parts).groupby(level=0).sum() if parts else pd.DataFrame(columns=cols, index=pd.Index([], name="locale"))
+    return table, hist
+
+
 def write_report(run_dir: Path, manifest: dict, work_dir: Path) -> Path:
     run_dir = Path(run_dir)
-    turns = pd.read_parquet(run_dir / "turns")
-    pairs = pd.read_parquet(run_dir / "rephrase_pairs")
+    turns, turns_hist = _per_locale(run_dir / "turns", "defect_prob")
+    pairs, pairs_hist = _per_locale(run_dir / "rephrase_pairs", "score", "is_rephrase")
     rewrites = pd.read_parquet(run_dir / "rewrites")
     training = pd.read_parquet(run_dir / "training")
-    per_locale = turns.groupby("locale").agg(turns=("event_id", "size"), mean_defect_prob=("defect_prob", "mean"))
-    per_locale["rephrase_pairs"] = pairs.groupby("locale").size()
-    per_locale["rephrases"] = pairs[pairs["is_rephrase"]].groupby("locale").size()
+    per_locale = pd.DataFrame({"turns": turns["rows"].astype("int64"), "mean_defect_prob": turns["sum"] / turns["rows"]})
+    per_locale["rephrase_pairs"] = pairs["rows"]
+    per_locale["rephrases"] = pairs.loc[pairs["flagged"] > 0, "flagged"]
     per_locale["rewrites"] = rewrites.groupby("locale").size()
     per_locale["training_rows"] = training.groupby("locale").size()
     per_locale = per_locale.fillna(0).reset_index()
@@ -92,9 +118,9 @@ def write_report(run_dir: Path, manifest: dict, work_dir: Path) -> Path:
         "<h2>Stages</h2>", _table(stage_rows),
         "<h2>Per locale</h2>", _table(per_locale),
         "<h2>Distributions</h2><div class='plots'>",
-        _hist(turns["defect_prob"], "defect probability of turns", "defect_prob"),
-        _hist(pairs["score"], "rephrase score of candidate pairs", "score"),
-        _hist(rewrites["confidence"], "rewrite confidence", "confidence") if len(rewrites) else "",
+        _hist(turns_hist, "defect probability of turns", "defect_prob"),
+        _hist(pairs_hist, "rephrase score of candidate pairs", "score"),
+        _hist(np.histogram(rewrites["confidence"], BINS)[0], "rewrite confidence", "confidence") if len(rewrites) else "",
         "</div>",
         f"<h2>Top rewrites ({len(rewrites)} in all)</h2>", _table(top),
         "<h2>Rewrite candidates not emitted, by the first rule they failed</h2>",

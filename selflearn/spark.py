@@ -10,11 +10,40 @@ from typing import Callable
 
 from .config import Settings
 
-_LOG4J = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
+SUBMIT = "submit"  # spark_master value: take the master from spark-submit
+
+
+def submitted() -> bool:
+    """True when spark-submit started this process: its JVM is already up and hands Python
+    the gateway port, so --master, --driver-memory and the like are already decided."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def log4j_file() -> str:
+    """A real file holding the package's log4j2.properties. The JVM needs a path, and with
+    --py-files the package is a zip (zipimport), where there is no such file: copy it out."""
+    import hashlib
+    import tempfile
+    from importlib import resources
+    from pathlib import Path
+
+    ref = resources.files("selflearn") / "log4j2.properties"
+    if isinstance(ref, Path):
+        return str(ref)
+    data = ref.read_bytes()
+    out = Path(tempfile.gettempdir()) / f"selflearn-log4j2-{hashlib.sha1(data).hexdigest()[:10]}.properties"
+    if not out.is_file():
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+    return str(out)
 
 
 def get_spark(settings: Settings, app_name: str = "selflearn"):
-    """The one SparkSession of the process (created on first use, reused after)."""
+    """The one SparkSession of the process (created on first use, reused after).
+
+    Under spark-submit the submitted master and driver settings stand (whatever
+    `spark_master` says); `spark_master: submit` demands spark-submit."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -23,15 +52,25 @@ def get_spark(settings: Settings, app_name: str = "selflearn"):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from pyspark.sql import SparkSession
 
+    from_submit = submitted()
+    if settings.spark_master == SUBMIT and not from_submit:
+        raise RuntimeError("spark_master 'submit' takes the master from spark-submit: run the job with deploy/submit.sh or spark-submit")
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    builder = SparkSession.builder.appName(app_name)
+    if not from_submit:
+        # Driver JVM options only count before the JVM starts, i.e. outside spark-submit.
+        log4j = log4j_file()
+        builder = (
+            builder.master(settings.spark_master)
+            .config("spark.driver.memory", settings.spark_driver_memory)
+            .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{log4j}")
+            .config("spark.executor.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{log4j}")
+        )
     builder = (
-        SparkSession.builder.appName(app_name)
-        .master(settings.spark_master)
-        .config("spark.sql.session.timeZone", "UTC")
+        builder.config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
-        .config("spark.driver.memory", settings.spark_driver_memory)
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
@@ -41,8 +80,6 @@ def get_spark(settings: Settings, app_name: str = "selflearn"):
         .config("spark.executorEnv.HF_HUB_OFFLINE", "1")
         .config("spark.executorEnv.TRANSFORMERS_OFFLINE", "1")
         .config("spark.executorEnv.TOKENIZERS_PARALLELISM", "false")
-        .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{_LOG4J}")
-        .config("spark.executor.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{_LOG4J}")
     )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
