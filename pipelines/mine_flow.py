@@ -3,9 +3,9 @@ live in selflearn.runner / selflearn.steps; this file only orders them and names
 for the Prefect UI. Without PREFECT_API_URL, Prefect runs it on a temporary local server.
 
 Scheduled use (deploy/prefect.yaml): `input_path` may hold a `{date}` placeholder, e.g.
-`s3a://bucket/logs/dt={date}`; it becomes the `date` parameter, or, when that is not
-given, the UTC day before the run's scheduled start (so a late or retried daily run still
-mines the day it was scheduled for)."""
+`/data/logs/dt={date}`; it becomes the `date` parameter, or, when that is not given,
+the UTC day before the run's scheduled start (so a late or retried daily run still mines
+the day it was scheduled for)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -24,7 +24,7 @@ from selflearn.config import load_settings  # noqa: E402
 from selflearn.runner import STAGES, Run  # noqa: E402
 
 # Stages that read the input or move the run into place touch storage that can fail
-# transiently (a partition landing late, an object store hiccup); both are safe to
+# transiently (a partition landing late, a network file system hiccup); both are safe to
 # repeat: ingest overwrites its work dirs, publish resumes after a partial move.
 STORAGE_STAGES = ("ingest", "publish")
 DATE_PLACEHOLDER = "{date}"
