@@ -19,5 +19,9 @@ PREFECT_DEFAULTS = {
 
 
 def quiet_prefect() -> None:
+    # Against a real server (an operator's, or a worker running a deployment) Prefect's
+    # own defaults stand: INFO logs go to the API, where the UI shows them.
+    if os.environ.get("PREFECT_API_URL") or os.environ.get("PREFECT__FLOW_RUN_ID"):
+        return
     for key, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(key, value)

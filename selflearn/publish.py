@@ -142,13 +142,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def publish(dirs: RunDirs) -> Path:
-    """Move the complete staging directories into place, then move LATEST."""
-    (dirs.staging / "_SUCCESS").write_text("")
-    dirs.final.parent.mkdir(parents=True, exist_ok=True)
-    if dirs.quarantine_staging.exists():
-        dirs.quarantine.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(dirs.quarantine_staging, dirs.quarantine)
-    os.replace(dirs.staging, dirs.final)
+    """Move the complete staging directories into place, then move LATEST. Safe to call
+    again after a failure part-way (a retried publish task): done moves are skipped."""
+    if not (dirs.final / "_SUCCESS").is_file():
+        (dirs.staging / "_SUCCESS").write_text("")
+        dirs.final.parent.mkdir(parents=True, exist_ok=True)
+        if dirs.quarantine_staging.exists():
+            dirs.quarantine.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(dirs.quarantine_staging, dirs.quarantine)
+        os.replace(dirs.staging, dirs.final)
     latest_tmp = dirs.root / "LATEST.tmp"
     latest_tmp.write_text(dirs.run_id + "\n", encoding="utf-8")
     os.replace(latest_tmp, dirs.root / "LATEST")

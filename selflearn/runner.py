@@ -236,9 +236,10 @@ class Run:
     def stage_publish(self) -> None:
         from .report import write_report
 
-        manifest = self.manifest()
-        write_json_atomic(self.dirs.output("manifest.json"), manifest)
-        write_report(self.dirs.staging, manifest, self.dirs.work)
+        if not (self.dirs.final / "_SUCCESS").is_file():  # else a retry after the move
+            manifest = self.manifest()
+            write_json_atomic(self.dirs.output("manifest.json"), manifest)
+            write_report(self.dirs.staging, manifest, self.dirs.work)
         publish(self.dirs)
         # State moves only with a published run: a crash before this line leaves the state
         # of the previous run, and re-running this input gives the same result.
