@@ -122,29 +122,38 @@ class Server:
         self.procs.append(proc)
         return proc
 
-    def cli(self, *args: str, env: dict | None = None, timeout: float = 90) -> str:
+    def cli(self, *args: str, env: dict | None = None, timeout: float = 180) -> str:
         done = subprocess.run([PREFECT, *args], cwd=REPO, env=env or self.env, capture_output=True,
                               text=True, timeout=timeout)
         assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
-    def get(self, path: str):
+    def request(self, method: str, path: str, body: dict | None = None):
+        """One API call; a loaded machine can stall the server's SQLite for seconds, so
+        transport errors are retried a few times before they fail the test."""
         import httpx
 
-        r = httpx.get(self.api + path, timeout=10)
-        r.raise_for_status()
-        return r.json()
+        for attempt in range(4):
+            try:
+                r = httpx.request(method, self.api + path, json=body, timeout=60)
+                r.raise_for_status()
+                return r.json() if r.content else None
+            except httpx.TransportError:
+                if attempt == 3:
+                    raise
+                time.sleep(2)
+
+    def get(self, path: str):
+        return self.request("GET", path)
 
     def post(self, path: str, body: dict):
-        import httpx
-
-        r = httpx.post(self.api + path, json=body, timeout=10)
-        r.raise_for_status()
-        return r.json() if r.content else None
+        return self.request("POST", path, body)
 
     def healthy(self) -> bool:
+        import httpx
+
         try:
-            return self.get("/health") is True
+            return httpx.get(self.api + "/health", timeout=5).json() is True
         except Exception:
             return False
 
@@ -219,7 +228,7 @@ def daily_run(server, tmp_path_factory):
         state = server.get(f"/flow_runs/{run_id}")["state"]
         return state if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
 
-    state = _wait("the flow run to finish", finished, timeout=420, every=1)
+    state = _wait("the flow run to finish", finished, timeout=600, every=1)
     return dict(server=server, run_id=run_id, state=state, deployment=deployment, root=root, day=day,
                 partition=partition, template=template)
 
