@@ -17,7 +17,8 @@ Every input row becomes one raw record `(raw, source, order, type_errors)`:
   is wrong for the contract (comma-separated, null when none); their non-null values make
   the row `bad_type` (`bad_timestamp` for `ts`).
 
-Blank (whitespace-only) JSONL lines are not rows and are skipped, like empty files.
+Blank (whitespace-only) JSONL lines are not rows and are skipped, like empty (0-byte)
+files of either format.
 Parquet files are grouped by the types of their contract columns (read from each footer
 with pyarrow on the driver), so a file missing a column is never read as nulls: its rows
 lack the field and are quarantined `missing_field`.
@@ -151,6 +152,8 @@ def _parquet_groups(files: list[str]) -> dict[tuple, list[tuple[int, str]]]:
     required = set(required_fields("log"))
     groups: dict[tuple, list[tuple[int, str]]] = {}
     for i, f in enumerate(files):
+        if os.path.getsize(f) == 0:  # no footer, no rows: like an empty JSONL file
+            continue
         try:
             schema = pq.read_schema(f)
         except Exception as exc:  # noqa: BLE001 - any footer failure means unreadable
@@ -177,6 +180,8 @@ def _read_parquet(spark, files: list[str]):
     from pyspark.sql import functions as F
 
     groups = _parquet_groups(files)
+    if not groups:  # every file empty
+        return spark.createDataFrame([], _raw_schema())
     parts = []
     for key, members in groups.items():
         cols = [c for c, _ in key]
