@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -61,7 +60,8 @@ FAULT_POINTS = ("publish:staged", "publish:moved", "publish:latest_tmp")
 def fault_point(name: str) -> None:
     """Pause here when SELFLEARN_FAULT_PAUSE names this point (a test then kills the run)."""
     if os.environ.get("SELFLEARN_FAULT_PAUSE") == name:
-        print(f"[fault] paused at {name}", file=sys.stderr, flush=True)
+        # os.write, not print: Prefect's log_prints would route a print to its logger.
+        os.write(2, f"[fault] paused at {name}\n".encode())
         time.sleep(float(os.environ.get("SELFLEARN_FAULT_PAUSE_S", "600")))
 
 

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings as hsettings, strategies as st
 
 from conftest import massive_records
+from damaged import damaged_parquet_dir, table as _table
 from selflearn.config import Settings
 from selflearn.ingest import LOG_COLUMNS, validate_rows
 from selflearn.readers import check_input, ingest
@@ -217,50 +218,6 @@ def test_arbitrary_raw_lines_each_give_one_row(raws):
 
 
 # --- Spark: a damaged directory of parquet files -------------------------------------------
-
-def _table(ids, **over):
-    n = len(ids)
-    cols = {"event_id": list(ids), "user_id": [f"u{i % 3}" for i in range(n)],
-            "ts": pa.array([datetime(2026, 11, 20, 8, tzinfo=timezone.utc) + timedelta(minutes=i) for i in range(n)],
-                           pa.timestamp("us", tz="UTC")),
-            "locale": [RECS[i]["locale"] for i in range(n)], "utterance": [RECS[i]["utt"] for i in range(n)],
-            "response_status": ["success"] * n}
-    cols.update(over)
-    return pa.table(cols)
-
-
-def damaged_parquet_dir(root):
-    """(directory, {file name: [expected reason per row]}); None = accepted."""
-    expected = {}
-    day = root / "dt=2026-11-20"
-    day.mkdir(parents=True)
-
-    def put(name, table, reasons):
-        pq.write_table(table, day / name)
-        expected[name] = reasons
-
-    put("a-good.parquet", _table(["a0", "a1", "a2"]), [None, None, None])
-    # strings that are not UTF-8 (a writer that skipped validation): U+FFFD once read
-    broken = pa.array([b"ok then", b"\xff\xfe wake me", b"caf\xc3", b"\xed\xa0\x80 x"], pa.binary()).view(pa.string())
-    put("b-utf8.parquet", _table(["b0", "b1", "b2", "b3"], utterance=broken), [None, "bad_encoding", "bad_encoding", "bad_encoding"])
-    put("c-nan.parquet", _table(["c0", "c1", "c2"], asr_confidence=pa.array([float("nan"), float("inf"), 0.5])),
-        ["bad_type", "bad_type", None])
-    # micros outside Spark's years 1..9999 and outside the contract's window
-    far = pa.array([-10**17, 10**18, 0, 4102444800 * 10**6], pa.int64()).cast(pa.timestamp("us", tz="UTC"))
-    put("d-far.parquet", _table(["d0", "d1", "d2", "d3"], ts=far), ["bad_timestamp"] * 4)
-    put("e-ctl.parquet", _table(["e0", "e1", "e2"], utterance=["wake\x00me", "\x1b[31mred\x1b[0m", "tab\tis fine"]),
-        ["bad_encoding", "bad_encoding", None])
-    huge = (RECS[0]["utt"] + " ") * (100_000 // (len(RECS[0]["utt"]) + 1) + 1)
-    put("f-long.parquet", _table(["f0", "f1"], utterance=[huge[:100_000], "?!"]), ["utterance_too_long", "empty_utterance"])
-    # another table's schema in the same directory: ids but no utterance, an extra column
-    other = pa.table({"event_id": ["g0", "g1"], "user_id": ["u1", "u2"], "text": ["x", "y"], "score": [1.0, 2.0]})
-    put("g-other.parquet", other, ["missing_field", "missing_field"])
-    put("h-dup.parquet", _table(["a0", "a1"]), ["duplicate_event_id", "duplicate_event_id"])
-    put("i-norows.parquet", _table([]), [])
-    (day / "j-zero-bytes.parquet").write_bytes(b"")  # a writer that died before its first byte
-    expected["j-zero-bytes.parquet"] = []
-    return root, expected
-
 
 def test_damaged_parquet_directory_every_row_accounted(spark, tmp_path):
     root, expected = damaged_parquet_dir(tmp_path / "log")
