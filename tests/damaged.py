@@ -30,7 +30,7 @@ def damaged_parquet_dir(root):
     day.mkdir(parents=True)
 
     def put(name, table, reasons):
-        pq.writetable(table, day / name)
+        pq.write_table(table, day / name)
         expected[name] = reasons
 
     put("a-good.parquet", table(["a0", "a1", "a2"]), [None, None, None])

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from selflearn.publish import RootBusyError, RunDirs, content_checksum, ensure_root_free, publish
+from selflearn.publish import FAULT_POINTS, RootBusyError, RunDirs, content_checksum, ensure_root_free, publish
 
 
 def _dead_run(root, run_id, *, staged_success=False):
@@ -147,3 +147,61 @@ def test_checksum_changes_with_any_one_value_and_not_with_file_layout(tmp_path):
     f.mkdir()
     pq.write_table(t.take([1, 0, 2, 3, 4, 5]), f / "part-00000.parquet")
     assert content_checksum(f) != ref
+
+
+# --- SIGKILL at each point inside publish (plain files; tests/test_faults.py does it to real runs)
+
+_PUBLISHER = """
+import sys
+from selflearn.publish import RunDirs, publish
+d = RunDirs(sys.argv[1], sys.argv[2])
+d.acquire()
+(d.output("turns")).mkdir()
+(d.output("turns") / "part-00000.parquet").write_bytes(b"rows")
+d.quarantine_staging.mkdir(parents=True)
+(d.quarantine_staging / "part-00000.parquet").write_bytes(b"bad rows")
+publish(d)
+d.release()
+"""
+
+
+def _publish_in_subprocess(root, run_id, pause=None):
+    import signal
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("SELFLEARN_FAULT_PAUSE", None)
+    if pause:
+        env["SELFLEARN_FAULT_PAUSE"] = pause
+    p = subprocess.Popen([sys.executable, "-c", _PUBLISHER, str(root), run_id], stderr=subprocess.PIPE,
+                         text=True, env=env, start_new_session=True)
+    if pause is None:
+        assert p.wait(timeout=60) == 0, p.stderr.read()
+        return
+    assert p.stderr.readline().strip() == f"[fault] paused at {pause}"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=60)
+
+
+@pytest.mark.parametrize("point", FAULT_POINTS)
+def test_sigkill_inside_publish_keeps_latest_and_leaves_nothing_partial(tmp_path, point):
+    root = tmp_path / "root"
+    _publish_in_subprocess(root, "20260101T000000Z-prev01")
+    killed = "20260102T000000Z-kill01"
+    _publish_in_subprocess(root, killed, pause=point)
+    # the kill: LATEST on the previous run, nothing partial in runs/, no orphan quarantine
+    assert (root / "LATEST").read_text().strip() == "20260101T000000Z-prev01"
+    for run in (root / "runs").iterdir():
+        assert (run / "_SUCCESS").is_file() and (run / "turns" / "part-00000.parquet").is_file()
+    for q in (root / "quarantine").iterdir():
+        assert (root / "runs" / q.name / "_SUCCESS").is_file(), q
+    moved = (root / "runs" / killed).exists()
+    assert moved == (point != "publish:staged")
+    ensure_root_free(root)
+    # the next run: cleans up, and a quarantine whose run was published is kept, in place
+    _publish_in_subprocess(root, "20260103T000000Z-next01")
+    assert (root / "LATEST").read_text().strip() == "20260103T000000Z-next01"
+    assert list((root / ".staging").iterdir()) == [] and list((root / ".work").iterdir()) == []
+    assert not (root / "LATEST.tmp").exists()
+    assert (root / "quarantine" / killed).is_dir() == moved
+    for q in (root / "quarantine").iterdir():
+        assert (root / "runs" / q.name / "_SUCCESS").is_file(), q
