@@ -237,3 +237,82 @@ def test_only_empty_files_is_an_empty_log(spark, tmp_path):
     pq.write_table(_table([]), tmp_path / "b.parquet")
     res = ingest(spark, tmp_path, CFG, now=NOW)
     assert res.counts()["rows_in"] == 0
+
+
+# --- gzip JSONL: damaged streams -----------------------------------------------------------
+
+def _jsonl_rows(n: int) -> list[bytes]:
+    return [json.dumps(good_row(i) | {"event_id": f"z{i}", "user_id": f"u{i % 50}"},
+                       ensure_ascii=False).encode() for i in range(n)]
+
+
+def test_gzip_lines_are_numbered_as_in_the_plain_file(spark, tmp_path):
+    """The gzip reader (Python zlib) and Hadoop's text reader agree line for line: LF, CRLF
+    and CR line ends, a BOM, blank lines, broken bytes, and two concatenated gzip members."""
+    import gzip
+
+    from selflearn.readers import read_raw
+
+    rows = _jsonl_rows(40)
+    data = (b"\xef\xbb\xbf" + rows[0] + b"\r\n" + rows[1] + b"\r" + rows[2] + b"\n\n  \n"
+            + rows[3].replace(b"wake", b"wa\xffke") + b"\n" + b"\n".join(rows[4:]))  # no final newline
+    plain = tmp_path / "plain" / "log.jsonl"
+    plain.parent.mkdir()
+    plain.write_bytes(data)
+    gz = tmp_path / "gz" / "log.jsonl.gz"
+    gz.parent.mkdir()
+    cut = len(data) // 2
+    gz.write_bytes(gzip.compress(data[:cut]) + gzip.compress(data[cut:]))  # two members
+
+    def lines(path):
+        return [(r["raw"], r["source"].rsplit(":", 1)[1], r["order"])
+                for r in read_raw(spark, path).orderBy("order").collect()]
+
+    got, want = lines(gz), lines(plain)
+    assert len(want) == 40 and got == want
+
+
+@pytest.mark.parametrize("cut_at", [0.37, 0.81])
+def test_truncated_gzip_keeps_every_line_before_the_cut(spark, tmp_path, cut_at):
+    import gzip
+    import zlib
+
+    rows = _jsonl_rows(3000)
+    blob = gzip.compress(b"\n".join(rows) + b"\n")
+    cut = blob[: int(len(blob) * cut_at)]
+    (tmp_path / "log.jsonl.gz").write_bytes(cut)
+    readable = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(cut)
+    complete = readable.count(b"\n")  # lines whole before the cut
+    assert 0 < complete < len(rows)
+    res = ingest(spark, tmp_path, Settings(), now=NOW)
+    c = res.counts()
+    assert c["rows_accepted"] == complete
+    assert c["by_reason"] == {"unparseable": 1}  # the cut line, on record
+    assert c["rows_in"] == complete + 1
+    q = res.quarantine.collect()[0]
+    assert q["source"].endswith(f"log.jsonl.gz:{complete + 1}")
+    assert rows[complete].decode().startswith(q["raw"])
+    res.unpersist()
+
+
+def test_corrupt_gzip_completes_and_accounts_for_every_row(spark, tmp_path):
+    import gzip
+
+    rows = _jsonl_rows(3000)
+    blob = bytearray(gzip.compress(b"\n".join(rows) + b"\n"))
+    mid = len(blob) // 2
+    blob[mid: mid + 64] = bytes(64)  # a damaged block in the middle
+    (tmp_path / "log.jsonl.gz").write_bytes(bytes(blob))
+    res = ingest(spark, tmp_path, Settings(), now=NOW)
+    c = res.counts()
+    assert c["rows_in"] == c["rows_accepted"] + c["rows_quarantined"]
+    assert c["rows_quarantined"] >= 1 and 0 < c["rows_accepted"] < len(rows)
+    res.unpersist()
+
+
+def test_a_gz_file_that_is_not_gzip_cannot_be_a_log(tmp_path):
+    from selflearn.readers import InputError
+
+    (tmp_path / "log.jsonl.gz").write_bytes(b"\n".join(_jsonl_rows(3)))
+    with pytest.raises(InputError, match="not a gzip file"):
+        check_input(tmp_path)
