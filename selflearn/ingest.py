@@ -65,8 +65,10 @@ _BAD_CHARS = re.compile("[\ud800-\udfff\ufffd]")
 _BAD_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|[fF]{3}[dD])")
 # Control characters but the whitespace ones (tab, LF, CR): C0, DEL, C1.
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-# Where the raw JSON text can hold one: an escape (\\u00XX, \\b, \\f) or a raw DEL/C1.
-_CONTROL_RAW = re.compile(r"\\u00[0189][0-9a-fA-F]|\\u007[fF]|\\[bf]|[\x7f-\x9f]")
+# Where the raw JSON text can hold one: an escape (\\u00XX, \\b, \\f; the literal "\\" first
+# keeps the scan fast), a raw DEL, or a raw C1 (UTF-8 C2 80..C2 9F).
+_CONTROL_ESC = re.compile(r"\\(?:u00[0189][0-9a-fA-F]|u007[fF]|[bf])")
+_C1_UTF8 = re.compile(b"\xc2[\x80-\x9f]")
 _TEXT_FIELDS = ("event_id", "user_id", "device_id", "session_id", "locale", "utterance",
                 "nlu_domain", "nlu_intent", "rewritten_from", "nlu_model_version")
 # An alphanumeric character survives normalize_text: no need to normalize to know the key
@@ -173,13 +175,15 @@ def _check(raw: Any, type_errors: Any, max_chars: int, lo_us: int, hi_us: int):
     """The first failing reason code (str) or the tuple of typed log values."""
     if type(raw) is not str:
         return "unparseable"
+    c1 = False
     if not raw.isascii():
         if "\ufffd" in raw:
             return "bad_encoding"
         try:
-            raw.encode("utf-8")  # fails on a lone surrogate; faster than a regex scan
+            enc = raw.encode("utf-8")  # fails on a lone surrogate; faster than a regex scan
         except UnicodeEncodeError:
             return "bad_encoding"
+        c1 = b"\xc2" in enc and _C1_UTF8.search(enc) is not None
     try:
         obj = _DECODE(raw)
     except (ValueError, RecursionError):
@@ -188,7 +192,7 @@ def _check(raw: Any, type_errors: Any, max_chars: int, lo_us: int, hi_us: int):
         return "unparseable"
     if "\\u" in raw and _BAD_ESCAPE.search(raw) is not None and _bad_strings(obj):
         return "bad_encoding"
-    if _CONTROL_RAW.search(raw) is not None and _has_control(obj):
+    if (c1 or "\x7f" in raw or ("\\" in raw and _CONTROL_ESC.search(raw) is not None)) and _has_control(obj):
         return "bad_encoding"
     g = obj.get
     event_id, user_id, ts = g("event_id"), g("user_id"), g("ts")
