@@ -59,6 +59,21 @@ def survivors(procs: dict[int, str]) -> list[int]:
     return alive
 
 
+_STARTED: list["CliRun"] = []
+
+
+def kill_all_alive() -> None:
+    """Kill the process group of every run still alive (a failed test's leftovers)."""
+    while _STARTED:
+        r = _STARTED.pop()
+        if r.proc.poll() is None:
+            try:
+                os.killpg(r.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            r.proc.wait(timeout=60)
+
+
 class CliRun:
     def __init__(self, log: Path, root: Path, config: Path, env: dict, extra_env: dict | None = None):
         self.proc = subprocess.Popen(
@@ -67,6 +82,7 @@ class CliRun:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
             env={**env, **(extra_env or {})},
         )
+        _STARTED.append(self)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stderr: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
@@ -77,7 +93,7 @@ class CliRun:
             self.lines.put(line)
         self.lines.put(None)
 
-    def wait_for(self, pattern: str, timeout: float = 300) -> str:
+    def wait_for(self, pattern: str, timeout: float = 1800) -> str:
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         while True:
@@ -99,7 +115,7 @@ class CliRun:
         self.proc.wait(timeout=60)
         return procs
 
-    def finish(self, timeout: float = 600) -> tuple[int, str]:
+    def finish(self, timeout: float = 1800) -> tuple[int, str]:
         rc = self.proc.wait(timeout=timeout)
         out = self.proc.stdout.read()
         time.sleep(0.2)

@@ -38,6 +38,14 @@ from selflearn.runner import PUBLISHED_TABLES, STAGES
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_run_outlives_its_test():
+    from cliproc import kill_all_alive
+
+    yield
+    kill_all_alive()
 # Boundaries "[stage] done" -> next stage; publish's own "done" is a finished run.
 BOUNDARIES = STAGES[:-1]
 DEFAULT_BOUNDARIES = ("ingest",)  # before publish, every boundary leaves the same kind of state

@@ -29,6 +29,14 @@ HEAVY_TURNS = 100_000
 HEAVY_GAP_S = 3
 T0 = datetime(2026, 11, 1, 6, tzinfo=timezone.utc)
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _no_run_outlives_its_test():
+    from cliproc import kill_all_alive
+
+    yield
+    kill_all_alive()
 # A skewed run may use this many times the memory of an unskewed run of the same size.
 MAX_WORKER_RATIO = 3.0  # the largest PySpark worker (it holds the heavy user's group)
 MAX_TOTAL_RATIO = 2.0  # every process of the run together, at its peak
