@@ -6,7 +6,7 @@ outside Spark's range, a file of another schema, empty files) accounts for every
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pandas as pd
 import pyarrow as pa
