@@ -8,7 +8,7 @@ run and nothing partial under runs/. A lock file keeps two runs off one ROOT; wh
 takes it removes what killed runs left in .staging/ and .work/ (no live run can own them).
 
 Fault injection (tests only, inert unless set): SELFLEARN_FAULT_PAUSE=<point> makes the
-run print "[fault] paused at <point>" to stderr and sleep there, so a test can SIGKILL
+run write "[fault] paused at <point>" to stderr and sleep there, so a test can SIGKILL
 it at that exact point. Points: see FAULT_POINTS.
 """
 from __future__ import annotations
