@@ -160,9 +160,9 @@ class MemoryWatch:
             for p in descendants(self.pid):
                 rss, hwm = memory_kb(p)
                 total += rss
-                if p not in self.kind:
+                if self.kind.get(p, "other") == "other":  # again: spark-submit execs into java
                     cmd = _cmdline(p)
-                    self.kind[p] = ("jvm" if "java" in cmd.split(" ")[0] else
+                    self.kind[p] = ("jvm" if cmd.split(" ")[0].endswith("java") else
                                     "python_worker" if "pyspark.daemon" in cmd else "other")
                 self.peak[p] = max(self.peak.get(p, 0), hwm)
             self.total_peak_kb = max(self.total_peak_kb, total)
