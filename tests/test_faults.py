@@ -114,7 +114,7 @@ def test_sigkill_anywhere_then_rerun_gives_equal_content(sim, baseline):
     ref = checksums(first)
     assert set(ref) >= set(PUBLISHED_TABLES)
     prev = (root / "LATEST").read_text().strip()  # the previous complete run
-    published_by_killed = []
+    published_by_killed, leftovers = [], []
     for point in KILL_AT:
         before = {p.name for p in (root / "runs").iterdir()}
         if point.startswith("after:"):
@@ -129,6 +129,7 @@ def test_sigkill_anywhere_then_rerun_gives_equal_content(sim, baseline):
             time.sleep(0.5)
         assert survivors(procs) == [], f"{point}: processes of the killed run still alive"
         assert_consistent(root, prev)
+        leftovers += [d for d in (root / ".staging").iterdir()] + [d for d in (root / ".work").iterdir()]
         new = {p.name for p in (root / "runs").iterdir()} - before
         if point == "publish:staged":
             assert not new  # complete in .staging, _SUCCESS and all, but not published
@@ -142,8 +143,8 @@ def test_sigkill_anywhere_then_rerun_gives_equal_content(sim, baseline):
             assert checksums(root / "runs" / next(iter(new))) == ref
         else:
             assert not new
-    # what the killed runs left behind, for the rerun to clean
-    assert any((root / ".work").iterdir()) and any((root / ".staging").iterdir())
+    # what the killed runs left behind (each attempt cleans the one before; the rerun, the last)
+    assert leftovers and all(p.exists() for p in leftovers[-1:])
     assert (root / "LATEST.tmp").exists()
     two = base / "two-cores.yaml"  # the rerun also checks determinism across cores
     two.write_text("spark_master: 'local[2]'\nspark_shuffle_partitions: 5\n")
@@ -154,6 +155,7 @@ def test_sigkill_anywhere_then_rerun_gives_equal_content(sim, baseline):
     assert json.loads((rerun / "manifest.json").read_text())["config"]["spark_master"] == "local[2]"
     assert_consistent(root, rerun.name)
     assert list((root / ".staging").iterdir()) == [] and list((root / ".work").iterdir()) == []
+    assert [p for p in leftovers if p.exists()] == []  # every killed run's staging and work dirs
     assert not (root / "LATEST.tmp").exists()
     # killed between moving the run and moving its quarantine: the rerun rolled it forward
     for run_id in published_by_killed:
