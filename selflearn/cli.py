@@ -40,10 +40,12 @@ def cmd_run(args) -> int:
 
     from .config import load_settings
 
+    from .publish import ensure_root_free
     from .readers import check_input
 
     load_settings(args.config)  # fail fast, before Spark or Prefect start
     check_input(args.input)
+    ensure_root_free(args.output)  # a busy ROOT: refuse with one line (exit 2), never wait
     _progress_logging()
     final = mine(args.input, args.output, args.config)
     print(final)

@@ -13,7 +13,9 @@ Checks, first failing one wins:
    broken bytes is `bad_encoding` even when the damage also breaks the JSON);
 2. `unparseable`: not strict JSON (NaN/Infinity rejected) or not a JSON object;
 3. `bad_encoding`: U+FFFD or a lone surrogate (e.g. the escape ``\\ud800``) in any string
-   of the parsed object, keys and unknown fields included;
+   of the parsed object, keys and unknown fields included; or a control character
+   (C0 but tab, LF and CR; DEL; C1) in a string field of the contract (slot names and
+   values included): text no ASR or id system emits, the mark of a broken producer;
 4. `missing_field`: a required field absent or null (an empty `event_id`/`user_id` counts
    as missing: an id that identifies nothing);
 5. `bad_type`: a field of the wrong JSON type, optional ones included: strings must be
@@ -26,7 +28,8 @@ Checks, first failing one wins:
    (`YYYY-MM-DD[T ]hh:mm[:ss[.f]][Z|+hh[:mm]]`, no offset = UTC), or outside
    [2000-01-01T00:00Z, now + 1 day]; sub-microsecond digits are truncated;
 7. `bad_locale`: not `^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$`;
-8. `empty_utterance` (empty after `str.strip`), 9. `utterance_too_long`
+8. `empty_utterance` (empty after `str.strip`, or an empty text key: only punctuation
+   and symbols, which no turn can be compared or counted by), 9. `utterance_too_long`
    (> `settings.max_utterance_chars` code points), 10. `unknown_status`.
 
 `duplicate_event_id` and `user_rate_limited` need all rows and are applied with Spark
@@ -46,6 +49,7 @@ import pyarrow as pa
 
 from .config import Settings
 from .schema import REASON_CODES, arrow_schema, required_fields
+from .text import normalize_text
 
 LOG_COLUMNS: tuple[str, ...] = tuple(arrow_schema("log").names)
 PASSTHROUGH = ("raw", "source", "order")
@@ -59,6 +63,17 @@ _MAX_I64 = 2**63 - 1
 
 _BAD_CHARS = re.compile("[\ud800-\udfff\ufffd]")
 _BAD_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|[fF]{3}[dD])")
+# Control characters but the whitespace ones (tab, LF, CR): C0, DEL, C1.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Where the raw JSON text can hold one: an escape (\\u00XX, \\b, \\f; the literal "\\" first
+# keeps the scan fast), a raw DEL, or a raw C1 (UTF-8 C2 80..C2 9F).
+_CONTROL_ESC = re.compile(r"\\(?:u00[0189][0-9a-fA-F]|u007[fF]|[bf])")
+_C1_UTF8 = re.compile(b"\xc2[\x80-\x9f]")
+_TEXT_FIELDS = ("event_id", "user_id", "device_id", "session_id", "locale", "utterance",
+                "nlu_domain", "nlu_intent", "rewritten_from", "nlu_model_version")
+# An alphanumeric character survives normalize_text: no need to normalize to know the key
+# is not empty.
+_ALNUM = re.compile(r"[^\W_]")
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*")
 _TS = re.compile(
     r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:[.,]([0-9]{1,9}))?)?"
@@ -141,17 +156,34 @@ def _bad_strings(obj: Any) -> bool:
     return False
 
 
+def _has_control(obj: dict) -> bool:
+    for name in _TEXT_FIELDS:
+        v = obj.get(name)
+        if type(v) is str and _CONTROL.search(v) is not None:
+            return True
+    slots = obj.get("nlu_slots")
+    if type(slots) is list:
+        for s in slots:
+            if type(s) is dict:
+                for v in (s.get("name"), s.get("value")):
+                    if type(v) is str and _CONTROL.search(v) is not None:
+                        return True
+    return False
+
+
 def _check(raw: Any, type_errors: Any, max_chars: int, lo_us: int, hi_us: int):
     """The first failing reason code (str) or the tuple of typed log values."""
     if type(raw) is not str:
         return "unparseable"
+    c1 = False
     if not raw.isascii():
         if "\ufffd" in raw:
             return "bad_encoding"
         try:
-            raw.encode("utf-8")  # fails on a lone surrogate; faster than a regex scan
+            enc = raw.encode("utf-8")  # fails on a lone surrogate; faster than a regex scan
         except UnicodeEncodeError:
             return "bad_encoding"
+        c1 = b"\xc2" in enc and _C1_UTF8.search(enc) is not None
     try:
         obj = _DECODE(raw)
     except (ValueError, RecursionError):
@@ -159,6 +191,8 @@ def _check(raw: Any, type_errors: Any, max_chars: int, lo_us: int, hi_us: int):
     if type(obj) is not dict:
         return "unparseable"
     if "\\u" in raw and _BAD_ESCAPE.search(raw) is not None and _bad_strings(obj):
+        return "bad_encoding"
+    if (c1 or "\x7f" in raw or ("\\" in raw and _CONTROL_ESC.search(raw) is not None)) and _has_control(obj):
         return "bad_encoding"
     g = obj.get
     event_id, user_id, ts = g("event_id"), g("user_id"), g("ts")
@@ -220,7 +254,7 @@ def _check(raw: Any, type_errors: Any, max_chars: int, lo_us: int, hi_us: int):
         return "bad_timestamp"
     if _LOCALE.fullmatch(locale) is None:
         return "bad_locale"
-    if not utterance.strip():
+    if not utterance.strip() or (_ALNUM.search(utterance) is None and not normalize_text(utterance)):
         return "empty_utterance"
     if len(utterance) > max_chars:
         return "utterance_too_long"

@@ -4,7 +4,12 @@ A run builds ROOT/.staging/<run_id>/ (outputs, manifest, report), writes `_SUCCE
 renames the directory to ROOT/runs/<run_id>/ (atomic on one file system), and only then
 replaces ROOT/LATEST (write a temp file, os.replace). The quarantine goes the same way to
 ROOT/quarantine/<run_id>/. A crash at any point leaves LATEST on the previous complete
-run and nothing partial under runs/. A lock file keeps two runs off one ROOT.
+run and nothing partial under runs/. A lock file keeps two runs off one ROOT; whoever
+takes it removes what killed runs left in .staging/ and .work/ (no live run can own them).
+
+Fault injection (tests only, inert unless set): SELFLEARN_FAULT_PAUSE=<point> makes the
+run write "[fault] paused at <point>" to stderr and sleep there, so a test can SIGKILL
+it at that exact point. Points: see FAULT_POINTS.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,36 @@ from .schema import arrow_schema
 
 class RootBusyError(RuntimeError):
     """Another run holds this output ROOT."""
+
+
+def ensure_root_free(root: str | Path) -> None:
+    """Raise RootBusyError when a live run holds ROOT's lock (checked and released at once:
+    the CLI refuses early, with one line, before Spark or Prefect start; the run itself
+    still takes the lock for good in RunDirs.acquire)."""
+    lock = Path(root) / ".lock"
+    if not lock.is_file():
+        return
+    with open(lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RootBusyError(_busy_message(Path(root).resolve())) from None
+        fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _busy_message(root: Path) -> str:
+    return f"another selflearn run is using {root}; wait for it to finish"
+
+
+FAULT_POINTS = ("publish:staged", "publish:moved", "publish:latest_tmp")
+
+
+def fault_point(name: str) -> None:
+    """Pause here when SELFLEARN_FAULT_PAUSE names this point (a test then kills the run)."""
+    if os.environ.get("SELFLEARN_FAULT_PAUSE") == name:
+        # os.write, not print: Prefect's log_prints would route a print to its logger.
+        os.write(2, f"[fault] paused at {name}\n".encode())
+        time.sleep(float(os.environ.get("SELFLEARN_FAULT_PAUSE_S", "600")))
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -55,10 +91,38 @@ class RunDirs:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.close()
-            raise RootBusyError(f"another selflearn run is using {self.root}; wait for it to finish") from None
+            raise RootBusyError(_busy_message(self.root)) from None
         self._lock_fh = fh
+        self.clean_leftovers()
         for d in (self.staging, self.work, self.state):
             d.mkdir(parents=True, exist_ok=True)
+
+    def clean_leftovers(self) -> list[Path]:
+        """Remove what killed runs left behind; call only while holding the lock (then no
+        live run owns anything in .staging/ or .work/). A quarantine staged by a run that
+        reached runs/ (killed between the two moves) is moved into place, not deleted."""
+        assert self._lock_fh is not None, "clean_leftovers needs the ROOT lock"
+        removed: list[Path] = []
+        staging_root = self.root / ".staging"
+        for d in sorted(staging_root.iterdir()) if staging_root.is_dir() else []:
+            if d.name.endswith(".quarantine"):
+                run_id = d.name[: -len(".quarantine")]
+                if (self.root / "runs" / run_id / "_SUCCESS").is_file() and not (self.root / "quarantine" / run_id).exists():
+                    (self.root / "quarantine").mkdir(parents=True, exist_ok=True)
+                    os.replace(d, self.root / "quarantine" / run_id)
+                    continue
+            _remove(d)
+            removed.append(d)
+        work_root = self.root / ".work"
+        keep = bool(os.environ.get("SELFLEARN_KEEP_WORK"))  # kept for debugging: leave them
+        for d in sorted(work_root.iterdir()) if work_root.is_dir() and not keep else []:
+            _remove(d)
+            removed.append(d)
+        for f in (self.root / "LATEST.tmp",):
+            if f.exists():
+                f.unlink()
+                removed.append(f)
+        return removed
 
     def release(self) -> None:
         if not os.environ.get("SELFLEARN_KEEP_WORK"):  # kept for debugging a run's stages
@@ -70,6 +134,13 @@ class RunDirs:
 
     def output(self, name: str) -> Path:
         return self.staging / name
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
 
 
 def write_table(pdf: pd.DataFrame, path: Path, table: str | pa.Schema, sort_by: list[str]) -> int:
@@ -143,16 +214,23 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def publish(dirs: RunDirs) -> Path:
     """Move the complete staging directories into place, then move LATEST. Safe to call
-    again after a failure part-way (a retried publish task): done moves are skipped."""
+    again after a failure part-way (a retried publish task): done moves are skipped.
+
+    The run goes first, its quarantine second: a kill in between leaves a complete run and
+    a staged quarantine that the next run moves into place, never a quarantine/<run_id>
+    of a run that does not exist."""
     if not (dirs.final / "_SUCCESS").is_file():
         (dirs.staging / "_SUCCESS").write_text("")
+        fault_point("publish:staged")
         dirs.final.parent.mkdir(parents=True, exist_ok=True)
-        if dirs.quarantine_staging.exists():
-            dirs.quarantine.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(dirs.quarantine_staging, dirs.quarantine)
         os.replace(dirs.staging, dirs.final)
+        fault_point("publish:moved")
+    if dirs.quarantine_staging.exists():
+        dirs.quarantine.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(dirs.quarantine_staging, dirs.quarantine)
     latest_tmp = dirs.root / "LATEST.tmp"
     latest_tmp.write_text(dirs.run_id + "\n", encoding="utf-8")
+    fault_point("publish:latest_tmp")
     os.replace(latest_tmp, dirs.root / "LATEST")
     return dirs.final
 

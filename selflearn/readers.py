@@ -17,7 +17,10 @@ Every input row becomes one raw record `(raw, source, order, type_errors)`:
   is wrong for the contract (comma-separated, null when none); their non-null values make
   the row `bad_type` (`bad_timestamp` for `ts`).
 
-Blank (whitespace-only) JSONL lines are not rows and are skipped, like empty files.
+Blank (whitespace-only) JSONL lines are not rows and are skipped, like empty (0-byte)
+files of either format. Gzip files are read with Python's zlib (`_gz_records`): a
+truncated or corrupt stream keeps every line before the damage and adds one
+`unparseable` row where it broke; a `.gz` file that is not gzip at all fails the run.
 Parquet files are grouped by the types of their contract columns (read from each footer
 with pyarrow on the driver), so a file missing a column is never read as nulls: its rows
 lack the field and are quarantined `missing_field`.
@@ -80,6 +83,10 @@ def list_input_files(path: str | os.PathLike) -> tuple[str, list[str]]:
                              f".json): {f}")
         if not os.access(f, os.R_OK):
             raise InputError(f"input file not readable: {f}")
+        if kind == "jsonl" and f.lower().endswith(".gz") and os.path.getsize(f) > 0:
+            with open(f, "rb") as fh:
+                if fh.read(2) != b"\x1f\x8b":  # damage comes later; this was never gzip
+                    raise InputError(f"not a gzip file: {f}")
         kinds.setdefault(kind, []).append(f)
     if not kinds:
         raise InputError(f"no input files under {path}")
@@ -117,11 +124,84 @@ def _read_jsonl(spark, files: list[str]):
             line, n = pair
             return (line, f"{f}:{n + 1}", base + n + 1, None)
 
+        if f.lower().endswith(".gz"):
+            # Python's zlib, not Hadoop's codec: a truncated or corrupt stream ends the file
+            # (with an unparseable row where it broke) instead of failing the whole job.
+            rdds.append(sc.parallelize([(f, base)], 1).flatMap(_gz_records))
+            continue
         rdds.append(sc.textFile(f).zipWithIndex()
                     .filter(lambda pair: pair[0].strip() != "").map(records))
     if not rdds:
         return spark.createDataFrame([], _raw_schema())
     return spark.createDataFrame(sc.union(rdds) if len(rdds) > 1 else rdds[0], _raw_schema())
+
+
+def _inflate(d, data: bytes, out: list):
+    """Feed gzip bytes to decompressor `d`, starting a new one for each next member;
+    returns the decompressor now in use."""
+    import zlib
+
+    while data:
+        if d.eof:
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out.append(d.decompress(data))
+        data = d.unused_data if d.eof else b""
+    return d
+
+
+def _gz_records(file_and_base: tuple[str, int]):
+    """Raw records of one gzip JSONL file, numbered as Hadoop's text reader numbers lines
+    (split at LF, CRLF or CR; a leading UTF-8 BOM dropped; UTF-8 decoded with U+FFFD for
+    broken bytes; blank lines skipped). Concatenated gzip members are read in turn. When
+    the stream is cut short or corrupt, what was decoded after the last line end becomes
+    one last record -- possibly empty -- that validation quarantines `unparseable`, so the
+    damage is on record and every readable line before it is kept."""
+    import zlib
+
+    path, base = file_and_base
+    n = 0
+
+    def record(text: str):
+        return (text, f"{path}:{n + 1}", base + n + 1, None)
+
+    pending = b""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    broken = False
+    with open(path, "rb") as fh:
+        while not broken:
+            chunk = fh.read(1 << 16)
+            if not chunk:
+                break
+            out: list[bytes] = []
+            saved = d.copy()
+            try:
+                d = _inflate(d, chunk, out)
+            except zlib.error:
+                # zlib drops the output of the failing call: replay the chunk a byte at a
+                # time to keep everything decoded before the damage
+                broken, out, d = True, [], saved
+                try:
+                    for i in range(len(chunk)):
+                        d = _inflate(d, chunk[i:i + 1], out)
+                except zlib.error:
+                    pass
+            pending += b"".join(out)
+            lines = pending.splitlines(keepends=True)
+            # the last piece may be incomplete: no line end yet, or a CR whose LF comes next
+            pending = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+            for line in lines:
+                if n == 0 and line.startswith(b"\xef\xbb\xbf"):
+                    line = line[3:]
+                text = line.rstrip(b"\r\n").decode("utf-8", "replace")
+                if text.strip():  # blank as the plain path judges it (str.strip)
+                    yield record(text)
+                n += 1
+    broken = broken or not d.eof
+    if n == 0 and pending.startswith(b"\xef\xbb\xbf"):
+        pending = pending[3:]
+    tail = pending.rstrip(b"\r\n").decode("utf-8", "replace")
+    if broken or tail.strip():
+        yield record(tail)  # the cut line (or, cut at a line end, an empty marker)
 
 
 def _compatible(name: str, dtype) -> bool:
@@ -151,6 +231,8 @@ def _parquet_groups(files: list[str]) -> dict[tuple, list[tuple[int, str]]]:
     required = set(required_fields("log"))
     groups: dict[tuple, list[tuple[int, str]]] = {}
     for i, f in enumerate(files):
+        if os.path.getsize(f) == 0:  # no footer, no rows: like an empty JSONL file
+            continue
         try:
             schema = pq.read_schema(f)
         except Exception as exc:  # noqa: BLE001 - any footer failure means unreadable
@@ -177,6 +259,8 @@ def _read_parquet(spark, files: list[str]):
     from pyspark.sql import functions as F
 
     groups = _parquet_groups(files)
+    if not groups:  # every file empty
+        return spark.createDataFrame([], _raw_schema())
     parts = []
     for key, members in groups.items():
         cols = [c for c, _ in key]

@@ -256,6 +256,9 @@ class Run:
             except metadata.PackageNotFoundError:
                 pass
         checksums = {t: content_checksum(self.dirs.output(t)) for t in PUBLISHED_TABLES}
+        # The rewrite graph's parquet tables are published content too (GraphML is a view of edges).
+        checksums.update({f"rewrite_graph/{p}": content_checksum(self.dirs.output("rewrite_graph") / p)
+                          for p in ("nodes", "edges")})
         ingest = self.counts.get("ingest", {})
         return {
             "run_id": self.run_id,

@@ -91,25 +91,33 @@ def map_groups(df, keys: list[str], order: list[str], fn: Callable, schema, part
     frame (vectorised work, unlike one Python call per group with applyInPandas).
 
     Rows are clustered by the keys and sorted within partitions; Arrow batches may cut a
-    group in two, so the last group of each batch is carried into the next one."""
-    import pandas as pd
-
+    group in two, so the last group of each batch is carried into the next one
+    (`whole_groups`)."""
     n = partitions or df.sparkSession.sparkContext.defaultParallelism * 2
     clustered = df.repartition(n, *keys).sortWithinPartitions(*keys, *order)
 
     def _apply(batches):
-        carry = None
-        for pdf in batches:
-            if carry is not None:
-                pdf = pd.concat([carry, pdf], ignore_index=True)
-            if pdf.empty:
-                continue
-            last = pdf.iloc[-1][keys]
-            tail = (pdf[keys] == last.values).all(axis=1)
-            carry, head = pdf[tail], pdf[~tail]
-            if len(head):
-                yield fn(head)
-        if carry is not None and len(carry):
-            yield fn(carry)
+        return whole_groups(batches, keys, fn)
 
     return clustered.mapInPandas(_apply, schema)
+
+
+def whole_groups(batches, keys: list[str], fn: Callable):
+    """`fn` over frames of whole groups, from batches sorted by `keys` that may cut a group
+    anywhere. The open group's pieces are kept in a list and concatenated once, when it
+    ends: a group spanning k batches costs O(its rows) copying, not O(k x its rows)."""
+    import pandas as pd
+
+    pending: list = []  # pieces of the group(s) that may go on in the next batch
+    for pdf in batches:
+        if pdf.empty:
+            continue
+        last = pdf.iloc[-1][keys]
+        tail = (pdf[keys] == last.values).all(axis=1)
+        head = pdf[~tail]
+        if len(head):
+            yield fn(pd.concat([*pending, head], ignore_index=True) if pending else head)
+            pending = []
+        pending.append(pdf[tail])
+    if pending:
+        yield fn(pd.concat(pending, ignore_index=True) if len(pending) > 1 else pending[0])
