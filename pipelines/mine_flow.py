@@ -21,10 +21,11 @@ def run_stage(run: Run, name: str) -> dict:
 
 
 @flow(name="selflearn-mine", log_prints=True)
-def mine(input_path: str, output_root: str, config_path: str | None = None) -> str:
-    """Mine one interaction log into a published run under output_root; returns its dir."""
+def mine(input_path: str, output_root: str, config_path: str | None = None, force_publish: bool = False) -> str:
+    """Mine one interaction log into a published run under output_root; returns its dir.
+    force_publish moves LATEST even when the publish gate fails."""
     settings = load_settings(config_path)
-    run = Run(input_path=input_path, output_root=output_root, settings=settings)
+    run = Run(input_path=input_path, output_root=output_root, settings=settings, force_publish=force_publish)
     run.start()
     try:
         for name in STAGES:

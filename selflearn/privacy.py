@@ -10,7 +10,8 @@ normalize_text leaves them unchanged (no punctuation, already case-folded), they
 token for the similarity features, and no ASR system transcribes a user saying
 "xxphonexx", so a mask is never confused with a word:
 
-    xxemailxx   an e-mail address, written (a@b.co) or spoken in English (a at b dot com)
+    xxemailxx   an e-mail address, written (a@b.co; ASCII, Latin or Cyrillic letters) or
+                spoken in English (a at b dot com)
     xxphonexx   a digit sequence with phone punctuation (+, spaces, -, ., parentheses)
                 holding at least `min_digits` digits
     xxnumberxx  an unbroken run of at least `min_digits` digits, or as many English digit
@@ -28,11 +29,15 @@ import unicodedata
 EMAIL_MASK, PHONE_MASK, NUMBER_MASK = "xxemailxx", "xxphonexx", "xxnumberxx"
 MASKS = (EMAIL_MASK, PHONE_MASK, NUMBER_MASK)
 
-# \w and \d are Unicode-aware on str patterns: local parts and domains in any script.
-_EMAIL = re.compile(r"[\w.%+'-]+@[\w-]+(?:\.[\w-]+)+")
+# Address characters: ASCII, Latin and Cyrillic letters. Not \w: in an unspaced script
+# (Japanese, Chinese, Thai) the words around an address touch it and would be eaten.
+_ADDR = r"0-9A-Za-z\u00c0-\u024f\u0400-\u04ff"
+_EMAIL = re.compile(rf"[{_ADDR}.%+'-]+@[{_ADDR}-]+(?:\.[{_ADDR}-]+)+")
 # Spoken e-mail in an English ASR transcript: "john dot smith at gmail dot com".
+# A part is a word or spelled letters ("a. o. l.").
+_PART = r"(?:(?:\w\.\s?)+|\w+)"
 _SPOKEN_EMAIL = re.compile(
-    r"\b\w+(?: (?:dot|underscore|dash) \w+)* at \w+(?: dot \w+)* dot (?:com|net|org|edu|gov|co|io|de|uk|fr|in|ru|jp)\b",
+    rf"\b{_PART}(?:\s*(?:dot|underscore|dash) {_PART})*\s*at {_PART}(?:\s*dot {_PART})*\s*dot (?:com|net|org|edu|gov|co|io|de|uk|fr|in|ru|jp)\b",
     re.IGNORECASE,
 )
 # Digits joined by phone punctuation: '+44 20 7946 0958', '(555) 123-4567', '090.1234.5678'.

@@ -114,14 +114,17 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def publish(dirs: RunDirs) -> Path:
-    """Move the complete staging directories into place, then move LATEST."""
+def publish(dirs: RunDirs, move_latest: bool = True) -> Path:
+    """Move the complete staging directories into place, then move LATEST (unless the
+    publish gate held it back: the run is then complete under runs/ but not LATEST)."""
     (dirs.staging / "_SUCCESS").write_text("")
     dirs.final.parent.mkdir(parents=True, exist_ok=True)
     if dirs.quarantine_staging.exists():
         dirs.quarantine.parent.mkdir(parents=True, exist_ok=True)
         os.replace(dirs.quarantine_staging, dirs.quarantine)
     os.replace(dirs.staging, dirs.final)
+    if not move_latest:
+        return dirs.final
     latest_tmp = dirs.root / "LATEST.tmp"
     latest_tmp.write_text(dirs.run_id + "\n", encoding="utf-8")
     os.replace(latest_tmp, dirs.root / "LATEST")

@@ -37,6 +37,7 @@ class Run:
     counts: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     progress: Callable[[str], None] | None = None
+    force_publish: bool = False  # move LATEST even when the publish gate fails (selflearn.gate)
 
     def __post_init__(self):
         self.dirs = RunDirs(self.output_root, self.run_id)
@@ -151,8 +152,12 @@ class Run:
         decided, published = rewrites_step(cands, self.settings)
         decided.to_parquet(self.dirs.work / "decided.parquet", index=False)
         n = write_table(published, self.dirs.output("rewrites"), "rewrites", ["locale", "source", "target"])
+        from .controls import load_controls
+        from .rewrites import unmatched_pins
+
         self.counts["rewrites"] = {
             "candidates": int(len(decided)), "emitted": n,
+            "pins_unmatched": unmatched_pins(decided, load_controls(self.settings.controls_file)),
             "rejected_by_rule": {k: int(v) for k, v in decided["decision"].value_counts().sort_index().items() if k != "emit"},
         }
 
@@ -169,10 +174,15 @@ class Run:
     def stage_publish(self) -> None:
         from .report import write_report
 
+        from .gate import evaluate_gate
+        from .publish import latest_run
+
+        previous = latest_run(self.dirs.root)
         manifest = self.manifest()
+        manifest["gate"] = evaluate_gate(manifest, previous, self.dirs.staging, self.settings, self.force_publish)
         write_json_atomic(self.dirs.output("manifest.json"), manifest)
-        write_report(self.dirs.staging, manifest, self.dirs.work)
-        publish(self.dirs)
+        write_report(self.dirs.staging, manifest, self.dirs.work, previous)
+        publish(self.dirs, move_latest=manifest["gate"]["latest_moved"])
 
     # -- record ----------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
