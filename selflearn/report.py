@@ -105,7 +105,9 @@ def _diff_section(manifest: dict, rewrites: pd.DataFrame, previous: Path | None)
     counts = []
     for label, path in COUNT_DELTAS:
         a, b = _get(prev, path), _get(manifest, path)
-        counts.append((label, a, b, (b - a) if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None))
+        delta = (b - a) if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
+        counts.append(tuple("-" if v is None else str(v) for v in (a, b, delta)))
+        counts[-1] = (label,) + counts[-1]
     d = rewrite_diff(pd.read_parquet(previous / "rewrites"), rewrites)
     changed = d["changed"].assign(delta=lambda f: f["confidence"] - f["confidence_prev"]) if len(d["changed"]) else d["changed"]
     return [
