@@ -75,15 +75,16 @@ def colluders(prefix: str, k: int, source_utt: str, target: pd.Series, start) ->
     for i in range(k):
         t = start + timedelta(minutes=37 * i)
         user = f"{prefix}-{i}"
-        rows.append(_row(f"ev-{prefix}-{i}-a", user, t, source_utt, "unhandled"))
-        rows.append(_row(f"ev-{prefix}-{i}-b", user, t + timedelta(seconds=6), target["utterance"], "success",
+        # event ids are published: they must not embed the user id
+        rows.append(_row(f"ev-{prefix[::-1]}{i:03d}a", user, t, source_utt, "unhandled"))
+        rows.append(_row(f"ev-{prefix[::-1]}{i:03d}b", user, t + timedelta(seconds=6), target["utterance"], "success",
                          target["nlu_intent"], target["nlu_domain"], target["nlu_slots"]))
     return rows
 
 
 def inflater(user: str, utt: str, n: int, start) -> list[dict]:
     """One account saying a served key n times, every turn a failure, 20 s apart."""
-    return [_row(f"ev-{user}-{i:05d}", user, start + timedelta(seconds=20 * i), utt, "unhandled") for i in range(n)]
+    return [_row(f"ev-{user[::-1]}{i:05d}", user, start + timedelta(seconds=20 * i), utt, "unhandled") for i in range(n)]
 
 
 def inject_pii(log: pd.DataFrame, n: int = 40) -> tuple[pd.DataFrame, list[str]]:
