@@ -97,17 +97,18 @@ def headline_markdown(run: Run, input_path: str) -> str:
 
 @flow(name="selflearn-mine", log_prints=True)
 def mine(input_path: str, output_root: str, config_path: str | None = None, date: str | None = None,
-         storage_retries: int = 3, retry_delay_s: float = 30.0) -> str:
+         storage_retries: int = 3, retry_delay_s: float = 30.0, force_publish: bool = False) -> str:
     """Mine one interaction log into a published run under output_root; returns its dir.
 
     input_path may hold `{date}` (see the module doc); storage_retries and retry_delay_s
-    set the retries of the ingest and publish tasks (exponential backoff from retry_delay_s)."""
+    set the retries of the ingest and publish tasks (exponential backoff from retry_delay_s).
+    force_publish moves LATEST even when the publish gate fails."""
     from prefect.artifacts import create_markdown_artifact
 
     input_path = resolve_input(input_path, date, _scheduled_start() if DATE_PLACEHOLDER in input_path else None)
     _stage_logs_to_prefect()
     settings = load_settings(config_path)
-    run = Run(input_path=input_path, output_root=output_root, settings=settings)
+    run = Run(input_path=input_path, output_root=output_root, settings=settings, force_publish=force_publish)
     run.start()
     try:
         for name in STAGES:

@@ -5,10 +5,12 @@ SELFLEARN_DEBUG=1."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 
 def _setup_env() -> None:
@@ -43,12 +45,21 @@ def cmd_run(args) -> int:
     from .publish import ensure_root_free
     from .readers import check_input
 
-    load_settings(args.config)  # fail fast, before Spark or Prefect start
+    from .controls import load_controls
+    from .gate import GATE_EXIT_CODE, gate_message
+
+    settings = load_settings(args.config)  # fail fast, before Spark or Prefect start
+    load_controls(settings.controls_file)
     check_input(args.input)
     ensure_root_free(args.output)  # a busy ROOT: refuse with one line (exit 2), never wait
     _progress_logging()
-    final = mine(args.input, args.output, args.config)
+    final = mine(args.input, args.output, args.config, force_publish=args.force_publish)
     print(final)
+    manifest = json.loads((Path(final) / "manifest.json").read_text(encoding="utf-8"))
+    held = gate_message(manifest, Path(final))
+    if held:  # the run is complete but LATEST stayed on the previous run
+        print(f"selflearn run: {held}", file=sys.stderr)
+        return GATE_EXIT_CODE
     return 0
 
 
@@ -98,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--input", required=True, help="parquet file/dir (hive partitions ok) or JSON Lines (.jsonl, .jsonl.gz)")
     r.add_argument("--output", required=True, help="output ROOT")
     r.add_argument("--config", help="YAML settings file")
+    r.add_argument("--force-publish", action="store_true",
+                   help="move LATEST to this run even if the publish gate fails (otherwise exit code 3)")
     r.set_defaults(fn=cmd_run)
     s = sub.add_parser("simulate", help="write a simulated log with its ground truth")
     s.add_argument("--output", required=True)

@@ -97,6 +97,21 @@ class Settings:
     # --- models ---
     defect_model: DefectModel = field(default_factory=DefectModel)
     rephrase_model: RephraseModel = field(default_factory=RephraseModel)
+    # --- privacy (docs/privacy-and-controls.md) ---
+    scrub_pii: bool = True  # mask e-mails, phone numbers, long digit runs before text keys are made
+    pii_min_digits: int = 7  # a run of this many digits (separators allowed) is masked; a year or "7 am" stays
+    min_user_active_days: int = 1  # users behind a rewrite count only with turns on this many UTC days (anti-sybil; 1 = off)
+    cluster_must_agree: bool = False  # rephrase evidence too must match the source cluster's served intent
+    # --- operator controls ---
+    # Never rewritten nor labeled: outward-acting, costly or irreversible actions in MASSIVE's label set.
+    deny_domains: tuple = ()
+    deny_intents: tuple = ("takeaway_order", "transport_ticket", "transport_taxi", "email_sendemail", "social_post")
+    controls_file: str = ""  # YAML/CSV of manual blocks and pins; relative to the working directory
+    # --- publish gate: the run is written, LATEST stays where it is ---
+    gate_max_quarantine_rate: float = 0.05  # rows_quarantined / rows_in
+    gate_max_volume_ratio: float = 5.0  # rows_in vs the previous run's, either way
+    gate_max_rewrite_churn: float = 0.5  # (added + removed) / |previous U new| rewrites, pins excluded
+    gate_churn_min_rewrites: int = 20  # churn is judged only with this many rewrites in the union
     # --- run ---
     spark_shuffle_partitions: int = 8
     spark_driver_memory: str = "4g"
@@ -127,6 +142,12 @@ def _build(cls, data: dict[str, Any], prefix: str):
 
 
 def _coerce(value: Any, default: Any, name: str) -> Any:
+    if isinstance(default, tuple):  # list settings: a YAML list (or one string) of strings
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ConfigError(f"config: '{name}' must be a list of strings, got {value!r}")
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value

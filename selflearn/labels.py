@@ -10,7 +10,8 @@ Two labeling sources:
   successful interpretation when its agreement is at least min_label_agreement and at
   least min_label_supporters served members carry it, weighted by that agreement, with
   the same projection rule.
-Rows go to `train` or `dev` by a stable hash of (locale, text).
+Rows go to `train` or `dev` by a stable hash of (locale, text). No row carries an
+interpretation on a deny list or a key blocked as a whole source (drop_controlled).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import json
 import pandas as pd
 
 from .config import Settings
+from .controls import Controls, denied
 from .text import is_unspaced_char, normalize_text
 
 TRAINING_COLUMNS = ["locale", "text", "intent", "domain", "slots", "weight", "label_source", "split"]
@@ -109,3 +111,14 @@ def training_rows(rewrite_rows: pd.DataFrame, paraphrase_rows: pd.DataFrame, dev
     both["weight"] = both["weight"].clip(0.0, 1.0).round(9)
     both["split"] = [split_of(l, t, dev_share) for l, t in zip(both["locale"], both["text"])]
     return both[TRAINING_COLUMNS].reset_index(drop=True)
+
+
+def drop_controlled(rows: pd.DataFrame, settings: Settings, controls: Controls | None = None) -> pd.DataFrame:
+    """Training rows without denied interpretations (deny_intents, deny_domains) and
+    without keys an operator blocked as a whole source."""
+    if rows.empty:
+        return rows
+    keep = ~denied(rows["intent"].astype(object), rows["domain"].astype(object), settings)
+    if controls is not None and len(controls.blocks):
+        keep &= ~controls.is_blocked(rows["locale"], rows["text"])
+    return rows[keep].reset_index(drop=True)

@@ -212,9 +212,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def publish(dirs: RunDirs) -> Path:
-    """Move the complete staging directories into place, then move LATEST. Safe to call
-    again after a failure part-way (a retried publish task): done moves are skipped.
+def publish(dirs: RunDirs, move_latest: bool = True) -> Path:
+    """Move the complete staging directories into place, then move LATEST (unless the
+    publish gate held it back: the run is then complete under runs/ but not LATEST). Safe
+    to call again after a failure part-way (a retried publish task): done moves are
+    skipped.
 
     The run goes first, its quarantine second: a kill in between leaves a complete run and
     a staged quarantine that the next run moves into place, never a quarantine/<run_id>
@@ -228,6 +230,8 @@ def publish(dirs: RunDirs) -> Path:
     if dirs.quarantine_staging.exists():
         dirs.quarantine.parent.mkdir(parents=True, exist_ok=True)
         os.replace(dirs.quarantine_staging, dirs.quarantine)
+    if not move_latest:
+        return dirs.final
     latest_tmp = dirs.root / "LATEST.tmp"
     latest_tmp.write_text(dirs.run_id + "\n", encoding="utf-8")
     fault_point("publish:latest_tmp")

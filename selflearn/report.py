@@ -44,10 +44,10 @@ def _hist(counts, title: str, xlabel: str) -> str:
     return _svg(fig)
 
 
-def _table(df: pd.DataFrame) -> str:
+def _table(df: pd.DataFrame, table_id: str | None = None) -> str:
     if df.empty:
-        return "<p><em>none</em></p>"
-    return df.to_html(index=False, escape=True, float_format=lambda v: f"{v:.3f}", border=0, classes="t")
+        return f"<p{f' id={table_id!r}' if table_id else ''}><em>none</em></p>"
+    return df.to_html(index=False, escape=True, float_format=lambda v: f"{v:.3f}", border=0, classes="t", table_id=table_id)
 
 
 def _graph_drawing(run_dir: Path, rewrites: pd.DataFrame) -> str:
@@ -90,7 +90,64 @@ def _per_locale(path: Path, value: str, flag: str | None = None) -> tuple[pd.Dat
     return table, hist
 
 
-def write_report(run_dir: Path, manifest: dict, work_dir: Path) -> Path:
+
+DIFF_ROWS = 50
+COUNT_DELTAS = [  # (label, path into the manifest)
+    ("rows_in", ("rows_in",)), ("rows_accepted", ("rows_accepted",)), ("rows_quarantined", ("rows_quarantined",)),
+    ("turns", ("counts", "sessions", "turns")), ("rephrase_pairs", ("counts", "sessions", "rephrase_pairs")),
+    ("distinct_keys", ("counts", "keys", "distinct_keys")), ("clustered_keys", ("counts", "paraphrase", "clustered_keys")),
+    ("rewrite_candidates", ("counts", "rewrites", "candidates")), ("rewrites", ("counts", "rewrites", "emitted")),
+    ("training_rows", ("counts", "labels", "training_rows")),
+]
+
+
+def _get(d: dict, path: tuple):
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _gate_section(manifest: dict) -> list[str]:
+    gate = manifest.get("gate")
+    if not gate:
+        return []
+    verdict = "passed" if gate["passed"] else ("failed, published anyway (--force-publish)" if gate["forced"] else "failed: LATEST was not moved")
+    rows = pd.DataFrame([(name, c.get("value"), c.get("threshold"), c.get("passed")) for name, c in gate["checks"].items()],
+                        columns=["check", "value", "threshold", "passed"])
+    return [f"<h2>Publish gate: <span id='gate-verdict'>{html.escape(verdict)}</span></h2>",
+            f"<p>{html.escape(gate.get('reason') or 'every check within its threshold')}</p>", _table(rows)]
+
+
+def _diff_section(manifest: dict, rewrites: pd.DataFrame, previous: Path | None) -> list[str]:
+    """What changed against the previous complete run: counts and rewrites."""
+    from .gate import rewrite_diff
+
+    if previous is None or not (previous / "manifest.json").is_file():
+        return ["<h2 id='changes'>Changes against the previous run</h2><p>No previous run: this is the first.</p>"]
+    import json
+
+    prev = json.loads((previous / "manifest.json").read_text(encoding="utf-8"))
+    counts = []
+    for label, path in COUNT_DELTAS:
+        a, b = _get(prev, path), _get(manifest, path)
+        delta = (b - a) if isinstance(a, (int, float)) and isinstance(b, (int, float)) else None
+        counts.append(tuple("-" if v is None else str(v) for v in (a, b, delta)))
+        counts[-1] = (label,) + counts[-1]
+    d = rewrite_diff(pd.read_parquet(previous / "rewrites"), rewrites)
+    changed = d["changed"].assign(delta=lambda f: f["confidence"] - f["confidence_prev"]) if len(d["changed"]) else d["changed"]
+    return [
+        f"<h2 id='changes'>Changes against the previous run {html.escape(str(prev.get('run_id')))}</h2>",
+        "<h3>Counts</h3>", _table(pd.DataFrame(counts, columns=["count", "previous", "this run", "delta"]), "diff-counts"),
+        f"<h3>Rewrites added ({len(d['added'])})</h3>", _table(d["added"].head(DIFF_ROWS), "diff-added"),
+        f"<h3>Rewrites removed ({len(d['removed'])})</h3>", _table(d["removed"].head(DIFF_ROWS), "diff-removed"),
+        f"<h3>Rewrites with another confidence ({len(d['changed'])})</h3>", _table(changed.head(DIFF_ROWS), "diff-changed"),
+    ]
+
+
+def write_report(run_dir: Path, manifest: dict, work_dir: Path, previous: Path | None = None) -> Path:
+    """`previous`: the previous complete run's directory, for the section of changes."""
     run_dir = Path(run_dir)
     turns, turns_hist = _per_locale(run_dir / "turns", "defect_prob")
     pairs, pairs_hist = _per_locale(run_dir / "rephrase_pairs", "score", "is_rephrase")
@@ -115,6 +172,8 @@ def write_report(run_dir: Path, manifest: dict, work_dir: Path) -> Path:
         f"<h1>selflearn run {html.escape(manifest['run_id'])}</h1>",
         f"<p>{manifest['rows_in']} rows in, {manifest['rows_accepted']} accepted, {manifest['rows_quarantined']} quarantined. "
         f"Embedding: {html.escape(manifest['embedding']['model'])} ({html.escape(manifest['embedding']['backend'])}).</p>",
+        *_gate_section(manifest),
+        *_diff_section(manifest, rewrites, previous),
         "<h2>Stages</h2>", _table(stage_rows),
         "<h2>Per locale</h2>", _table(per_locale),
         "<h2>Distributions</h2><div class='plots'>",

@@ -18,6 +18,12 @@ A candidate (source, target, confidence) from the rewrite graph becomes a rewrit
   6. its served evidence does not retract it: among turns served through this rewrite
      (`rewritten_from`), once there are served_min_turns of them, the mean defect
      probability must stay <= served_max_defect_rate.
+  7. with `cluster_must_agree` (off by default), rephrase evidence too must agree with
+     the intent the source's paraphrase cluster is served with, where it has one.
+Operator controls come first (selflearn.controls): `denied` (the target's or the
+source's interpretation or cluster intent is on a deny list), `blocked` (a manual
+block), `pinned_elsewhere` (the source is pinned to another target). A pinned pair skips
+the statistical rules 1 and 3-7, never `too_few_users`.
 Every rejected candidate keeps the first rule it failed, for the report.
 """
 from __future__ import annotations
@@ -26,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Settings
+from .controls import Controls, denied
 from .labels import parse_slots, project_slots
 
 REWRITE_COLUMNS = [
@@ -45,7 +52,11 @@ def wilson_bounds(p, n, z: float) -> tuple[np.ndarray, np.ndarray]:
     return (centre - margin) / denom, (centre + margin) / denom
 
 
-def select_rewrites(candidates: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+def _col(c: pd.DataFrame, name: str) -> pd.Series:
+    return c[name].astype(object) if name in c else pd.Series(None, index=c.index, dtype=object)
+
+
+def select_rewrites(candidates: pd.DataFrame, settings: Settings, controls: Controls | None = None) -> pd.DataFrame:
     """`candidates` columns: locale, source, target, confidence, n_users, n_sessions,
     source_defect_rate, source_n_users, target_success_rate, target_n_users, evidence,
     served_turns, served_defect_rate. Returns them with `decision` ('emit' or the failed
@@ -58,6 +69,19 @@ def select_rewrites(candidates: pd.DataFrame, settings: Settings) -> pd.DataFram
         [project_slots(s, parse_slots(j)) is not None for s, j in zip(c["source"], c["target_slots_json"])], index=c.index
     )
     served_bad = (served_n >= settings.served_min_turns) & (pd.to_numeric(c["served_defect_rate"], errors="coerce").fillna(0) > settings.served_max_defect_rate)
+    controls = controls or Controls()
+    is_denied = (
+        denied(_col(c, "target_intent"), _col(c, "target_domain"), settings)
+        | denied(_col(c, "source_intent"), _col(c, "source_domain"), settings)
+        | denied(_col(c, "source_cluster_intent"), pd.Series(None, index=c.index, dtype=object), settings)
+    )
+    pinned, pinned_elsewhere = controls.pinned(c["locale"], c["source"], c["target"])
+    cluster_intent = _col(c, "source_cluster_intent")
+    operator_rules = [
+        ("denied", is_denied),
+        ("blocked", controls.is_blocked(c["locale"], c["source"], c["target"])),
+        ("pinned_elsewhere", pinned_elsewhere),
+    ]
     rules = [
         ("source_not_defective", c["source_defect_rate"] < settings.min_source_defect_rate),
         ("too_few_users", c["n_users"] < settings.min_users),
@@ -68,7 +92,12 @@ def select_rewrites(candidates: pd.DataFrame, settings: Settings) -> pd.DataFram
             | c["source_cluster_intent"].isna() | ~slots_project
             | (c["confidence"] < settings.min_paraphrase_confidence))),
         ("retracted_by_served_turns", served_bad),
+        ("cluster_disagrees", pd.Series(settings.cluster_must_agree, index=c.index) & (c["evidence"] != "paraphrase")
+         & cluster_intent.notna() & (_col(c, "target_intent") != cluster_intent)),
     ]
+    # A pin skips the statistical rules, never the privacy floor (too_few_users).
+    rules = operator_rules + [(n, pd.Series(f, index=c.index).fillna(False).astype(bool) & (~pinned if n != "too_few_users" else True))
+                              for n, f in rules]
     decision = pd.Series("emit", index=c.index, dtype=object)
     for name, failed in reversed(rules):  # the first failing rule wins
         decision = decision.where(~pd.Series(failed, index=c.index).fillna(False).to_numpy(dtype=bool), name)
@@ -83,3 +112,11 @@ def published_rewrites(decided: pd.DataFrame) -> pd.DataFrame:
     for col in ("confidence", "source_defect_rate", "target_success_rate"):
         out[col] = out[col].clip(0.0, 1.0).round(9)
     return out.reset_index(drop=True)
+
+
+def unmatched_pins(decided: pd.DataFrame, controls: Controls) -> int:
+    """Pins the run's graph proposed no candidate for (reported, never invented)."""
+    if controls.pins.empty:
+        return 0
+    got = set(decided[["locale", "source", "target"]].itertuples(index=False, name=None)) if len(decided) else set()
+    return int(sum(p not in got for p in controls.pins[["locale", "source", "target"]].itertuples(index=False, name=None)))

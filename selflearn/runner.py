@@ -38,6 +38,7 @@ class Run:
     counts: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     progress: Callable[[str], None] | None = None
+    force_publish: bool = False  # move LATEST even when the publish gate fails (selflearn.gate)
 
     def __post_init__(self):
         self.dirs = RunDirs(self.output_root, self.run_id)
@@ -218,8 +219,12 @@ class Run:
         decided, published = rewrites_step(cands, self.settings)
         decided.to_parquet(self.dirs.work / "decided.parquet", index=False)
         n = write_table(published, self.dirs.output("rewrites"), "rewrites", ["locale", "source", "target"])
+        from .controls import load_controls
+        from .rewrites import unmatched_pins
+
         self.counts["rewrites"] = {
             "candidates": int(len(decided)), "emitted": n,
+            "pins_unmatched": unmatched_pins(decided, load_controls(self.settings.controls_file)),
             "rejected_by_rule": {k: int(v) for k, v in decided["decision"].value_counts().sort_index().items() if k != "emit"},
         }
 
@@ -236,14 +241,23 @@ class Run:
     def stage_publish(self) -> None:
         from .report import write_report
 
-        if not (self.dirs.final / "_SUCCESS").is_file():  # else a retry after the move
+        from .gate import evaluate_gate
+        from .publish import latest_run
+
+        if (self.dirs.final / "_SUCCESS").is_file():  # a retry after the move: keep its verdict
+            manifest = json.loads((self.dirs.final / "manifest.json").read_text(encoding="utf-8"))
+        else:
+            previous = latest_run(self.dirs.root)
             manifest = self.manifest()
+            manifest["gate"] = evaluate_gate(manifest, previous, self.dirs.staging, self.settings, self.force_publish)
             write_json_atomic(self.dirs.output("manifest.json"), manifest)
-            write_report(self.dirs.staging, manifest, self.dirs.work)
-        publish(self.dirs)
-        # State moves only with a published run: a crash before this line leaves the state
-        # of the previous run, and re-running this input gives the same result.
-        self.state.commit(json.loads((self.dirs.work / "state.json").read_text(encoding="utf-8")))
+            write_report(self.dirs.staging, manifest, self.dirs.work, previous)
+        publish(self.dirs, move_latest=manifest["gate"]["latest_moved"])
+        # State moves only with a published run that LATEST names: a crash before this line,
+        # or a run the gate held back, leaves the state of the previous run, and re-running
+        # this input (with --force-publish after review) gives the same result.
+        if manifest["gate"]["latest_moved"]:
+            self.state.commit(json.loads((self.dirs.work / "state.json").read_text(encoding="utf-8")))
 
     # -- record ----------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:

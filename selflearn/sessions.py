@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from .config import Settings
 from .defects import defect_probability
+from .privacy import scrub_slots, scrub_text
 from .rephrase import pair_similarity, rephrase_score
 from .text import normalize_text
 
@@ -35,6 +36,11 @@ def normalize_series(texts: pd.Series) -> pd.Series:
     uniq = pd.unique(texts)
     mapping = {t: (normalize_text(t) if isinstance(t, str) else None) for t in uniq}
     return texts.map(mapping)
+
+
+def _scrub_series(texts: pd.Series, min_digits: int) -> pd.Series:
+    uniq = pd.unique(texts)
+    return texts.map({t: scrub_text(t, min_digits) for t in uniq})
 
 
 GROUP_KEYS = ["user_id", "device_id"]
@@ -64,6 +70,10 @@ def enrich_turns(turns: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     df["ts"] = pd.to_datetime(df["ts"], utc=True)
     df = df.sort_values(GROUP_KEYS + ["ts", "order"], kind="mergesort").reset_index(drop=True)
     df["session"] = cut_sessions(df, settings.session_gap_s)
+    if settings.scrub_pii:  # before the key: normalization would hide an e-mail's '@'
+        df["utterance"] = _scrub_series(df["utterance"], settings.pii_min_digits)
+        df["rewritten_from"] = _scrub_series(df["rewritten_from"], settings.pii_min_digits)
+        df["nlu_slots"] = [scrub_slots(s, settings.pii_min_digits) if s is not None else None for s in df["nlu_slots"]]
     df["text"] = normalize_series(df["utterance"])
     by_session = df.groupby(GROUP_KEYS + ["session"], sort=False)
     df["seq"] = by_session.cumcount().astype("int64")

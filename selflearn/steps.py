@@ -19,7 +19,8 @@ from pyspark.sql.pandas.types import from_arrow_schema
 
 from . import graph as graph_mod
 from .config import Settings
-from .labels import paraphrase_labels, rewrite_labels, training_rows
+from .controls import load_controls
+from .labels import drop_controlled, paraphrase_labels, rewrite_labels, training_rows
 from .rewrites import published_rewrites, select_rewrites
 from .schema import arrow_schema
 from .sessions import ENRICHED_TURNS, enrich_turns
@@ -304,7 +305,11 @@ def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, k
         .join(uses_mates, ["locale", "via_key"])
         .select("locale", F.col("via_key").alias("source"), "target", "user_id", "session")
     )
-    reach_cls = reach.unionByName(inherited).join(
+    reach_all = reach.unionByName(inherited)
+    if settings.min_user_active_days > 1:  # only users with history stand behind a rewrite (anti-sybil)
+        days = enriched.groupBy("user_id").agg(F.countDistinct(F.to_date("ts")).alias("days"))
+        reach_all = reach_all.join(days.where(F.col("days") >= settings.min_user_active_days).select("user_id"), "user_id")
+    reach_cls = reach_all.join(
         cls.withColumnRenamed("key", "target").withColumnRenamed("cls", "target_cls"), ["locale", "target"]
     ).drop("target")
     cand = candidates.join(cls.withColumnRenamed("key", "target").withColumnRenamed("cls", "target_cls"), ["locale", "target"], "left")
@@ -314,7 +319,8 @@ def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, k
         .agg(F.countDistinct("user_id").alias("n_users"), F.countDistinct("user_id", "session").alias("n_sessions"))
     )
     src = key_stats.select("locale", F.col("text").alias("source"), F.col("defect_rate").alias("source_defect_rate"),
-                           F.col("n_users").alias("source_n_users"))
+                           F.col("n_users").alias("source_n_users"), F.col("intent").alias("source_intent"),
+                           F.col("domain").alias("source_domain"))
     tgt = (
         key_stats.join(cls.withColumnRenamed("key", "text"), ["locale", "text"])
         .groupBy("locale", F.col("cls").alias("target_cls"))
@@ -329,7 +335,7 @@ def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, k
         .agg(F.count("*").alias("served_turns"), F.avg("defect_prob").alias("served_defect_rate"))
     )
     target_intent = key_stats.select("locale", F.col("text").alias("target"), F.col("intent").alias("target_intent"),
-                                     F.col("slots_json").alias("target_slots_json"))
+                                     F.col("domain").alias("target_domain"), F.col("slots_json").alias("target_slots_json"))
     source_cluster = clusters.select("locale", F.col("text").alias("source"), F.col("intent").alias("source_cluster_intent"))
     joined = (
         cand.join(behind, ["locale", "source", "target"], "left")
@@ -342,7 +348,7 @@ def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, k
 
 
 def rewrites_step(candidates_pdf: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    decided = select_rewrites(candidates_pdf, settings)
+    decided = select_rewrites(candidates_pdf, settings, load_controls(settings.controls_file))
     return decided, published_rewrites(decided)
 
 
@@ -363,4 +369,4 @@ def labels_step(rewrites_pdf: pd.DataFrame, clusters_pdf: pd.DataFrame, key_stat
     interp = stats[stats["intent"].notna()][["locale", "text", "intent", "domain", "slots_json"]]
     rw = rewrite_labels(rewrites_pdf, interp)
     pp = paraphrase_labels(clusters_pdf, stats[["locale", "text", "defect_rate"]], interp, settings)
-    return training_rows(rw, pp, settings.dev_share)
+    return drop_controlled(training_rows(rw, pp, settings.dev_share), settings, load_controls(settings.controls_file))
