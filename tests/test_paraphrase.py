@@ -18,6 +18,12 @@ from selflearn.text import normalize_text
 
 
 @pytest.fixture(scope="module")
+def settings(settings):
+    """These tests are about the torch path (the ONNX int8 path: test_onnx_encoder.py)."""
+    return dataclasses.replace(settings, embedding_backend="sentence-transformers")
+
+
+@pytest.fixture(scope="module")
 def encoder(settings):
     return load_encoder(settings)
 
