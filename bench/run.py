@@ -348,8 +348,10 @@ def run_suite(sizes: list[int], peer_keys: list[int], encoder_keys: int, repeats
         _say(f"size {tag}: {sim['rows_main']} rows, cold pipeline x{repeats}")
         runs = []
         for i in range(repeats):
-            runs.append(pipeline_run(sim["main"], work / f"root-{tag}", f"cold-{tag}-{i}", work, config))
+            # a root per repeat: the median run's outputs and cache are used below
+            runs.append(pipeline_run(sim["main"], work / f"root-{tag}-r{i}", f"cold-{tag}-{i}", work, config))
         cold = _median_run(runs)
+        cold_root = Path(cold["run_dir"]).parents[1]
         keys = len(_keys_of(cold["run_dir"]))
         _say(f"size {tag}: embedding-only over {keys} keys")
         emb = [measure("embed", work / f"embed-{tag}-{i}.json", config, run=cold["run_dir"]) for i in range(repeats)]
@@ -373,9 +375,9 @@ def run_suite(sizes: list[int], peer_keys: list[int], encoder_keys: int, repeats
             for i in range(repeats):
                 # Each warm repeat starts from the cache of days 1-7 only.
                 shutil.rmtree(work / f"root-warm-{tag}", ignore_errors=True)
-                shutil.copytree(work / f"root-{tag}" / "state", work / f"root-warm-{tag}" / "state")
+                shutil.copytree(cold_root / "state", work / f"root-warm-{tag}" / "state")
                 warm_runs.append(pipeline_run(sim["next"], work / f"root-warm-{tag}", f"warm-{tag}-{i}", work, config, fresh=False))
-                cold_runs.append(pipeline_run(sim["next"], work / f"root-nextcold-{tag}", f"nextcold-{tag}-{i}", work, config))
+                cold_runs.append(pipeline_run(sim["next"], work / f"root-nextcold-{tag}-r{i}", f"nextcold-{tag}-{i}", work, config))
             w, c = _median_run(warm_runs), _median_run(cold_runs)
             nk = _keys_of(c["run_dir"])
             entry["next_day"] = {

@@ -82,5 +82,7 @@ def test_embed_keys_runs_the_onnx_path_in_spark(spark, prepared, tmp_path):
     assert stats["backend"] == "onnx-int8" and stats["embedded"] == len(texts)
     assert stats["cache_id"] == embed.encoder_cache_id(s, "cpu")
     local = embed.load_encoder(s).encode(texts)
+    # Dynamic int8 quantizes activations with the range of each batch, so a text's vector
+    # moves slightly with its batch mates (measured 0.997): close, not identical.
     for t, v in zip(texts, local):
-        assert float(v @ got[t]) > 0.999
+        assert float(v @ got[t]) > 0.99
