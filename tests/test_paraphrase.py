@@ -17,6 +17,12 @@ from selflearn.schema import required_fields
 from selflearn.text import normalize_text
 
 
+@pytest.fixture(scope="session")  # session: the session-scoped spark fixture depends on it
+def settings(settings):
+    """These tests are about the torch path (the ONNX int8 path: test_onnx_encoder.py)."""
+    return dataclasses.replace(settings, embedding_backend="sentence-transformers")
+
+
 @pytest.fixture(scope="module")
 def encoder(settings):
     return load_encoder(settings)

@@ -1,0 +1,185 @@
+"""Pieces of the benchmark that run in their own process (so each one's memory and JVM are
+its own): one pipeline run with time and peak memory per stage, and the embedding-only time
+of a run's distinct keys.
+
+    python -m bench.measure pipeline --input LOG --output ROOT --json OUT.json
+    python -m bench.measure embed --run ROOT --json OUT.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+class PeakRSS:
+    """Samples the resident memory of this process and all its descendants (the Spark JVM
+    and its Python workers) in a background thread; ``take()`` returns the peak since the
+    previous ``take()``."""
+
+    def __init__(self, interval: float = 0.2):
+        import psutil
+
+        self._psutil = psutil
+        self._me = psutil.Process()
+        self._interval = interval
+        self._peak = 0
+        self._all = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+
+    def _sample(self) -> int:
+        total = 0
+        procs = [self._me]
+        try:
+            procs += self._me.children(recursive=True)
+        except self._psutil.Error:
+            pass
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except self._psutil.Error:
+                pass
+        return total
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            v = self._sample()
+            self._peak = max(self._peak, v)
+            self._all = max(self._all, v)
+            self._stop.wait(self._interval)
+
+    def take(self) -> int:
+        v = max(self._peak, self._sample())
+        self._peak = 0
+        return v
+
+    def overall(self) -> int:
+        return max(self._all, self._sample())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._t.join(timeout=2)
+
+
+def run_pipeline(input_path: str, output_root: str, config: dict | None = None) -> dict:
+    from selflearn.config import Settings
+    from selflearn.runner import STAGES, Run
+
+    mem = PeakRSS()
+    settings = Settings.from_dict(config or {})
+    run = Run(input_path, output_root, settings)
+    peaks: dict[str, int] = {}
+    t0 = time.perf_counter()
+    run.start()
+    try:
+        mem.take()
+        for name in STAGES:
+            run.stage(name)
+            peaks[name] = mem.take()
+    finally:
+        run.finish()
+    total = time.perf_counter() - t0
+    out = {
+        "run_dir": str(run.dirs.final),
+        "total_s": round(total, 3),
+        "stages_s": run.timings,
+        "peak_rss_bytes": peaks,
+        "peak_rss_bytes_max": mem.overall(),
+        "counts": run.counts,
+    }
+    mem.stop()
+    return out
+
+
+def distinct_keys(run_dir: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    texts = pq.read_table(str(Path(run_dir) / "turns"), columns=["text"]).column("text").to_pylist()
+    return sorted({t for t in texts if t})
+
+
+def embed_only(run_dir: str, config: dict | None = None) -> dict:
+    """Time to embed the run's distinct keys with the pipeline's encoder, in one process with
+    every core and no cache: the unavoidable cost the end-to-end ratio divides by."""
+    from selflearn import embed
+    from selflearn.config import Settings
+
+    texts = distinct_keys(run_dir)
+    settings = Settings.from_dict(config or {})
+    settings, note = embed.prepare_encoder(settings, texts[:: max(1, len(texts) // 1000)])
+    enc = embed.load_encoder(settings, worker=False)
+    enc.encode(texts[:64])  # warm-up: first-call allocations are not embedding work
+    t0 = time.perf_counter()
+    enc.encode(texts)
+    dt = time.perf_counter() - t0
+    return {"keys": len(texts), "embed_s": round(dt, 3), "backend": enc.backend, "precision": enc.precision,
+            "keys_per_s": round(len(texts) / dt, 1) if dt > 0 else None}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.measure")
+    ap.add_argument("what", choices=["pipeline", "embed"])
+    ap.add_argument("--input")
+    ap.add_argument("--output")
+    ap.add_argument("--run")
+    ap.add_argument("--config", default="{}", help="Settings overrides as JSON")
+    ap.add_argument("--json", required=True)
+    a = ap.parse_args(argv)
+    cfg = json.loads(a.config)
+    if a.what == "pipeline":
+        res = run_pipeline(a.input, a.output, cfg)
+    else:
+        res = embed_only(a.run, cfg)
+    Path(a.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+# --- one worker with 2 threads, or 2 single-thread workers ---------------------------------
+
+
+def _half(args) -> float:
+    settings_dict, texts, barrier = args
+    from selflearn import embed
+    from selflearn.config import Settings
+
+    enc = embed.load_encoder(Settings.from_dict(settings_dict), worker=True)  # 1 thread, as in Spark
+    enc.encode(texts[:32])
+    barrier.wait()
+    t0 = time.perf_counter()
+    enc.encode(texts)
+    return time.perf_counter() - t0
+
+
+def thread_layouts(texts: list[str], settings) -> dict:
+    """keys/s of the encoder as Spark runs it (one single-thread Python worker per core, the
+    keys split between them) against one process using every core."""
+    import multiprocessing as mp
+
+    from selflearn import embed
+
+    cores = os.cpu_count() or 1
+    d = settings.to_dict()
+    d.pop("defect_model"), d.pop("rephrase_model")
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as m:
+        barrier = m.Barrier(cores)
+        parts = [texts[i::cores] for i in range(cores)]
+        with ctx.Pool(cores) as pool:
+            times = pool.map(_half, [(d, p, barrier) for p in parts])
+    one = embed.load_encoder(settings, worker=False)
+    one.encode(texts[:32])
+    t0 = time.perf_counter()
+    one.encode(texts)
+    t_one = time.perf_counter() - t0
+    return {"workers_x_1_thread_keys_per_s": round(len(texts) / max(times), 1),
+            "one_process_all_threads_keys_per_s": round(len(texts) / t_one, 1), "cores": cores}
