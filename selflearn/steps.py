@@ -307,7 +307,8 @@ def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, k
     )
     reach_all = reach.unionByName(inherited)
     if settings.min_user_active_days > 1:  # only users with history stand behind a rewrite (anti-sybil)
-        days = enriched.groupBy("user_id").agg(F.countDistinct(F.to_date("ts")).alias("days"))
+        # `day`: the evidence's day (the dt= partition, else the UTC date of ts)
+        days = enriched.groupBy("user_id").agg(F.countDistinct("day").alias("days"))
         reach_all = reach_all.join(days.where(F.col("days") >= settings.min_user_active_days).select("user_id"), "user_id")
     reach_cls = reach_all.join(
         cls.withColumnRenamed("key", "target").withColumnRenamed("cls", "target_cls"), ["locale", "target"]
