@@ -10,7 +10,7 @@ export SPARK_LOCAL_IP := 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-check clean
 
 install: $(STAMP)
 
@@ -31,6 +31,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+# the bench suite's --quick mode end to end, as a test (left out of `make test` for time)
+bench-check: $(STAMP)
+	SELFLEARN_BENCH_TEST=1 $(PY) -m pytest -q tests/test_bench.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -13,7 +13,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+# About seven small pipeline runs plus an ONNX export: minutes that CI's budget keeps for the
+# behaviour tests. `make bench-check` (or SELFLEARN_BENCH_TEST=1) runs it.
 @pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("SELFLEARN_BENCH_TEST"), reason="set SELFLEARN_BENCH_TEST=1 (make bench-check) to run the bench suite's quick mode")
 def test_quick_bench_writes_every_field(tmp_path, tmp_path_factory):
     env = dict(os.environ, PYTHONPATH=str(REPO), SELFLEARN_MODELS_DIR=os.environ.get("SELFLEARN_MODELS_DIR", str(tmp_path / "models")))
     out = tmp_path / "out"
