@@ -34,7 +34,9 @@ def test_quick_bench_writes_every_field(tmp_path, tmp_path_factory):
         assert s["embed_only_s"] > 0 and s["e2e_over_embed_only"] > 0 and s["turns_per_s"] > 0
     nd = res["sizes"][-1]["next_day"]
     assert 0.5 <= nd["known_key_share"] <= 1 and nd["warm_s"] > 0 and nd["cold_s"] > 0 and nd["warm_over_cold"] > 0
-    assert res["scaling"]["small"] == "2k" and res["scaling"]["ratio"] is not None
+    sc = res["scaling"]  # tiny logs: a run may be no slower than start-up, so the ratio may be null
+    assert sc["small"] == "2k" and sc["large"] == "4k" and "ratio" in sc and sc["startup_s"] > 0
+    assert isinstance(sc["s_per_turn_small"], float) and isinstance(sc["s_per_turn_large"], float)
     assert [m["keys"] for m in res["mining"]] == [1000, 2000]
     for m in res["mining"]:
         assert 0.9 <= m["recall_at_10_faiss"] <= 1 and 0.9 <= m["recall_at_10_paraphrase_mining"] <= 1
