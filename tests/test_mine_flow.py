@@ -4,6 +4,7 @@ a publish repeated after the run was moved into place completes instead of faili
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 
@@ -50,6 +51,10 @@ def _staged_run(tmp_path) -> Run:
     run.start()
     (run.dirs.output("turns")).mkdir()
     (run.dirs.output("turns") / "part-00000.parquet").write_bytes(b"PAR1")
+    # what the earlier stages and the first publish attempt leave: the gate's verdict in the
+    # manifest, the evidence stage's pending state
+    (run.dirs.output("manifest.json")).write_text(json.dumps({"gate": {"latest_moved": True}}), encoding="utf-8")
+    (run.dirs.work / "state.json").write_text(json.dumps({"days": {}, "tails": None}), encoding="utf-8")
     return run
 
 
