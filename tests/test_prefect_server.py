@@ -262,7 +262,7 @@ def test_stage_logs_reach_the_flow_run(daily_run):
     manifest = json.loads((daily_run["root"] / "runs" / (daily_run["root"] / "LATEST").read_text().strip()
                            / "manifest.json").read_text())
     assert f"[ingest] {manifest['rows_in']} rows in, {manifest['rows_accepted']} accepted, " \
-           f"{manifest['rows_quarantined']} quarantined" in selflearn
+           f"{manifest['rows_quarantined']} quarantined, {manifest['rows_forgotten']} of forgotten users" in selflearn
     assert sum(m.startswith("[publish] done") for m in selflearn) == 1  # once: one handler, not two
     assert any("input not found" in entry["message"] for entry in logs)  # the first ingest attempt
 
