@@ -136,10 +136,13 @@ def _warm_embedding_cache(spark, settings, log: pd.DataFrame, root: Path) -> Non
     """Embed every key of the logs into ROOT's cache first, so neither measured run loads
     the model (its worker would dominate both peaks and hide what skew costs)."""
     from selflearn.embed import embed_keys
+    from selflearn.privacy import scrub_text
     from selflearn.text import normalize_text
 
     keys = log[["locale", "utterance"]].dropna().drop_duplicates()
-    keys = pd.DataFrame({"locale": keys["locale"], "text": [normalize_text(u) for u in keys["utterance"]]})
+    # the keys the sessions stage makes: PII masked first, then normalized
+    keys = pd.DataFrame({"locale": keys["locale"],
+                         "text": [normalize_text(scrub_text(u, settings.pii_min_digits)) for u in keys["utterance"]]})
     keys = keys[keys["text"] != ""].drop_duplicates()
     embed_keys(spark, spark.createDataFrame(keys), settings, root / "state" / "embeddings").count()
 
