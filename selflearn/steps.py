@@ -310,7 +310,8 @@ def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, k
         # the evidence's day (the dt= partition, else the UTC date of ts): a column, or the
         # state's day=D folder the rows were read from
         day = F.col("day") if "day" in enriched.columns else F.regexp_extract(F.input_file_name(), r"day=([0-9]{4}-[0-9]{2}-[0-9]{2})", 1)
-        days = enriched.groupBy("user_id").agg(F.countDistinct(day).alias("days"))
+        # projected first: Spark refuses input_file_name() inside an aggregate
+        days = enriched.select("user_id", day.alias("day")).groupBy("user_id").agg(F.countDistinct("day").alias("days"))
         reach_all = reach_all.join(days.where(F.col("days") >= settings.min_user_active_days).select("user_id"), "user_id")
     reach_cls = reach_all.join(
         cls.withColumnRenamed("key", "target").withColumnRenamed("cls", "target_cls"), ["locale", "target"]
