@@ -56,6 +56,16 @@ def _base_env(tmp: Path) -> dict[str, str]:
     return env
 
 
+
+def _wait_then_stop(proc) -> int | None:
+    """A submission's exit code (None past SUBMIT_TIMEOUT_S); its process group is stopped either way."""
+    try:
+        return proc.wait(timeout=SUBMIT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        _stop(proc)
+
 def _stop(proc: subprocess.Popen) -> None:
     """Stop a process started in its own session, with everything it started."""
     if proc.poll() is None:
@@ -249,12 +259,10 @@ def test_cluster_run_publishes_what_the_local_run_does(cluster, dist, sim, worke
                                 start_new_session=True, cwd=tmp_path)
     try:
         local_dir = run_all(Run(input_path=str(sim), output_root=str(tmp_path / "local-root"), settings=load_settings(cfg)))
-        try:
-            rc = proc.wait(timeout=SUBMIT_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            rc = None
-    finally:
+    except BaseException:
         _stop(proc)
+        raise
+    rc = _wait_then_stop(proc)
     logs = "\n".join(f"--- {p.name}\n{_tail(p, 1500)}" for p in sorted(cluster["dir"].rglob("stderr")))
     assert rc == 0, f"spark-submit exit {rc}:\n{_tail(submit_log)}\n{logs}"
 
@@ -310,12 +318,7 @@ def test_archive_mode_executors_run_the_packed_venv(cluster, dist, tmp_path):
              "--driver-memory", "512m", "--executor-memory", "512m"],
             env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=tmp_path,
         )
-    try:
-        rc = proc.wait(timeout=SUBMIT_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        rc = None
-    finally:
-        _stop(proc)
+    rc = _wait_then_stop(proc)
     text = _tail(out, 100_000)
     assert rc == 0, text[-3000:]
     probe = json.loads(text.strip().splitlines()[-1])
