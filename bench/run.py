@@ -342,6 +342,17 @@ def run_suite(sizes: list[int], peer_keys: list[int], encoder_keys: int, repeats
     _say(f"encoder: {res['onnx_export'].get('backend')} {res['onnx_export'].get('variant') or ''}")
     res["encoder_cache_id"] = embed.encoder_cache_id(settings, "cpu")
 
+    # Components first: they are short, and a suite stopped during the big sizes still
+    # leaves them in the results (written after every phase).
+    res["mining"] = []
+    for n in peer_keys:
+        _say(f"paraphrase mining at {fmt_size(n)} keys")
+        res["mining"].append(compare_mining(n, work, settings, repeats))
+        _write_partial(res, out)
+    _say(f"encoders on {encoder_keys} keys")
+    res["encoder"] = compare_encoders(encoder_keys, settings, max(3, repeats))
+    _write_partial(res, out)
+
     _say(f"start-up run ({STARTUP_TURNS} turns)")
     sim = simulate_size(STARTUP_TURNS, work)
     runs = [pipeline_run(sim["main"], work / "root-startup", f"startup-{i}", work, config) for i in range(repeats)]
@@ -393,6 +404,7 @@ def run_suite(sizes: list[int], peer_keys: list[int], encoder_keys: int, repeats
                 "warm_over_cold": round(w["total_s"] / c["total_s"], 3),
             }
         res["sizes"].append(entry)
+        _write_partial(res, out)
         _say(f"size {tag}: total {entry['total_s']} s, embed-only {entry['embed_only_s']} s")
 
     st = res["startup"]["total_s"]
@@ -406,12 +418,6 @@ def run_suite(sizes: list[int], peer_keys: list[int], encoder_keys: int, repeats
     else:
         res["scaling"] = None
 
-    res["mining"] = []
-    for n in peer_keys:
-        _say(f"paraphrase mining at {fmt_size(n)} keys")
-        res["mining"].append(compare_mining(n, work, settings, repeats))
-    _say(f"encoders on {encoder_keys} keys")
-    res["encoder"] = compare_encoders(encoder_keys, settings, max(3, repeats))
     res["targets"] = targets(res)
     res["elapsed_s"] = round(time.perf_counter() - started, 1)
     write_results(res, out)
@@ -445,6 +451,12 @@ def targets(res: dict) -> dict:
     return t
 
 
+def _write_partial(res: dict, out: Path) -> None:
+    """The results so far (``partial: true``), so a stopped suite still leaves its numbers."""
+    part = dict(res, partial=True, targets=targets(res))
+    write_results(part, out)
+
+
 def write_results(res: dict, out: Path) -> None:
     (out / "latest.json").write_text(json.dumps(res, indent=1))
     (out / "latest.md").write_text(markdown(res))
@@ -453,10 +465,11 @@ def write_results(res: dict, out: Path) -> None:
 def markdown(res: dict) -> str:
     m = res["machine"]
     lines = [
-        "# selflearn benchmark", "",
+        "# selflearn benchmark" + (" (partial: the suite is still running or was stopped)" if res.get("partial") else ""), "",
         f"- date: {res['date']}", f"- machine: {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['cpu']}",
         f"- command: `{res['command']}`", f"- encoder cache id: `{res['encoder_cache_id']}`; repeats: {res['repeats']} (medians)",
-        f"- start-up (a run over {res['startup']['turns']} rows): {res['startup']['total_s']} s",
+        (f"- start-up (a run over {res['startup']['turns']} rows): {res['startup']['total_s']} s"
+         if res.get("startup") else "- start-up: not measured yet"),
         "", "## Pipeline, cold cache", "",
         "| size | users | turns | distinct keys | keys/turn | total s | turns/s | embed-only s | total / embed-only | peak GiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
