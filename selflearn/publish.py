@@ -118,6 +118,11 @@ class RunDirs:
         for d in sorted(work_root.iterdir()) if work_root.is_dir() and not keep else []:
             _remove(d)
             removed.append(d)
+        # A run killed while embedding leaves its uncommitted vectors in a _tmp-* folder of
+        # the cache (always under this ROOT's state/, so no live run of another ROOT owns it).
+        for d in sorted((self.root / "state" / "embeddings").glob("*/_tmp-*")):
+            _remove(d)
+            removed.append(d)
         for f in (self.root / "LATEST.tmp",):
             if f.exists():
                 f.unlink()

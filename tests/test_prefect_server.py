@@ -303,7 +303,8 @@ def test_deployment_is_scheduled_daily_in_utc(daily_run):
 
 
 def test_a_trainer_reads_the_latest_training_set(daily_run):
-    """The snippets of docs/prefect.md "Reading the outputs from a trainer"."""
+    """The snippets of the README's "Reading the outputs from a trainer": pandas, pyarrow,
+    polars and Hugging Face datasets."""
     import pandas as pd
     import pyarrow.dataset as ds
 
@@ -316,3 +317,15 @@ def test_a_trainer_reads_the_latest_training_set(daily_run):
     assert len(df) == manifest["counts"]["labels"]["training_rows"] > 0
     assert table.num_rows == int((df["split"] == "train").sum())
     assert all(isinstance(s["name"], str) for slots in df["slots"] for s in slots)
+
+    import polars as pl
+    from datasets import load_dataset
+
+    pl_df = pl.read_parquet(str(training / "*.parquet"))
+    assert pl_df.columns == list(df.columns) and pl_df.height == len(df)
+    assert sorted(pl_df["text"].to_list()) == sorted(df["text"].tolist())
+    hf = load_dataset("parquet", data_files=str(training / "*.parquet"), split="train",
+                      cache_dir=str(root.parent / "hf-cache"))
+    assert hf.num_rows == len(df) and hf.column_names == list(df.columns)
+    assert sorted(hf["intent"]) == sorted(df["intent"].tolist())
+    assert hf.filter(lambda r: r["split"] == "train").num_rows == table.num_rows

@@ -40,6 +40,21 @@ def test_next_run_removes_leftovers_of_killed_runs(tmp_path):
     assert not live.work.exists()
 
 
+def test_vectors_a_killed_embed_left_uncommitted_are_removed(tmp_path):
+    root = tmp_path / "root"
+    cache = root / "state" / "embeddings" / "model-x"
+    (cache / "_tmp-0123abcd").mkdir(parents=True)
+    (cache / "_tmp-0123abcd" / "part-00000.parquet").write_bytes(b"x")
+    (cache / "part-aaaa-00000.parquet").write_bytes(b"committed")
+    live = RunDirs(root, "20260102T000000Z-live02")
+    live.acquire()
+    try:
+        assert not (cache / "_tmp-0123abcd").exists()
+        assert (cache / "part-aaaa-00000.parquet").read_bytes() == b"committed"  # the cache stays
+    finally:
+        live.release()
+
+
 def test_quarantine_of_a_run_killed_after_its_move_is_rolled_forward(tmp_path):
     root = tmp_path / "root"
     dead = _dead_run(root, "20260101T000000Z-dead02")
