@@ -169,28 +169,3 @@ def test_sources_are_labeled_with_the_targets_interpretation(mined):
             assert rows.loc[key, "intent"] == e["intent"]
             assert [(s["name"], s["value"]) for s in rows.loc[key, "slots"]] == [(e["slot"], e["value"])]
     assert set(training["split"]) <= {"train", "dev"}
-
-
-def test_cli_run_on_one_core_gives_equal_content(mined, tmp_path):
-    """The `selflearn run` command (Prefect without a server, as a user runs it) on one
-    Spark core publishes the same content as the two-core run: equal checksums."""
-    import os
-    import subprocess
-    import sys
-
-    root, final, _, _ = mined
-    cfg = tmp_path / "one-core.yaml"
-    cfg.write_text("spark_master: 'local[1]'\nspark_shuffle_partitions: 3\n")
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
-    env.pop("PREFECT_API_URL", None)
-    r = subprocess.run(
-        [sys.executable, "-m", "selflearn.cli", "run", "--input", str(root.parent / "log"),
-         "--output", str(tmp_path / "root"), "--config", str(cfg)],
-        capture_output=True, text=True, timeout=600, env=env,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "[publish] done" in r.stderr  # progress per stage on stderr
-    other = Path(r.stdout.strip().splitlines()[-1])
-    ours = json.loads((final / "manifest.json").read_text())["checksums"]
-    theirs = json.loads((other / "manifest.json").read_text())["checksums"]
-    assert ours == theirs
