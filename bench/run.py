@@ -231,7 +231,7 @@ def _pair_recall(pairs_i, pairs_j, exact_I: "np.ndarray", k: int) -> float:  # n
     return hits / max(1, total)
 
 
-def compare_mining(n: int, work: Path, settings, repeats: int) -> dict:
+def compare_mining(n: int, work: Path, settings, repeats: int, community_detection: bool = True) -> dict:
     """FAISS kNN pairs (the pipeline's path) vs sentence-transformers' paraphrase_mining
     and community_detection on the same embeddings; recall@10 against exact search."""
     import faiss
@@ -255,15 +255,17 @@ def compare_mining(n: int, work: Path, settings, repeats: int) -> dict:
         t0 = time.perf_counter()
         pm = util.paraphrase_mining_embeddings(xt, top_k=k, max_pairs=n * k * 2)
         t_pm.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        util.community_detection(xt, threshold=float(settings.paraphrase_min_cosine), min_community_size=2)
-        t_cd.append(time.perf_counter() - t0)
+        if community_detection:
+            t0 = time.perf_counter()
+            util.community_detection(xt, threshold=float(settings.paraphrase_min_cosine), min_community_size=2)
+            t_cd.append(time.perf_counter() - t0)
     pm_arr = np.array([(a, b) for _, a, b in pm], dtype=np.int64).reshape(-1, 2)
-    ours, pmt, cdt = statistics.median(t_ours), statistics.median(t_pm), statistics.median(t_cd)
+    ours, pmt = statistics.median(t_ours), statistics.median(t_pm)
+    cdt = statistics.median(t_cd) if t_cd else None
     return {
         "keys": n, "k": k, "index": {kk: info.get(kk) for kk in ("kind", "nlist", "nprobe", "recall")},
-        "faiss_s": round(ours, 3), "paraphrase_mining_s": round(pmt, 3), "community_detection_s": round(cdt, 3),
-        "speedup_vs_paraphrase_mining": round(pmt / ours, 2), "speedup_vs_community_detection": round(cdt / ours, 2),
+        "faiss_s": round(ours, 3), "paraphrase_mining_s": round(pmt, 3), "community_detection_s": round(cdt, 3) if cdt else None,
+        "speedup_vs_paraphrase_mining": round(pmt / ours, 2), "speedup_vs_community_detection": round(cdt / ours, 2) if cdt else None,
         "recall_at_10_faiss": round(_pair_recall(pairs["i"].to_numpy(), pairs["j"].to_numpy(), exact_I, k), 4),
         "recall_at_10_paraphrase_mining": round(_pair_recall(pm_arr[:, 0], pm_arr[:, 1], exact_I, k), 4),
         "repeats": repeats,
@@ -321,8 +323,11 @@ def compare_encoders(n: int, settings, repeats: int) -> dict:
 # --- the suite ----------------------------------------------------------------------------
 
 
+PARTS = ("mining", "encoder", "pipeline")
+
+
 def run_suite(sizes: list[int], peer_keys: list[int], encoder_keys: int, repeats: int, work: Path, out: Path,
-              command: str, config: dict) -> dict:
+              command: str, config: dict, parts: tuple[str, ...] = PARTS, community_detection: bool = True) -> dict:
     from selflearn import embed
     from selflearn.config import Settings
 
@@ -345,18 +350,22 @@ def run_suite(sizes: list[int], peer_keys: list[int], encoder_keys: int, repeats
     # Components first: they are short, and a suite stopped during the big sizes still
     # leaves them in the results (written after every phase).
     res["mining"] = []
-    for n in peer_keys:
+    for n in (peer_keys if "mining" in parts else []):
         _say(f"paraphrase mining at {fmt_size(n)} keys")
-        res["mining"].append(compare_mining(n, work, settings, repeats))
+        res["mining"].append(compare_mining(n, work, settings, repeats, community_detection))
         _write_partial(res, out)
-    _say(f"encoders on {encoder_keys} keys")
-    res["encoder"] = compare_encoders(encoder_keys, settings, max(3, repeats))
-    _write_partial(res, out)
+    if "encoder" in parts:
+        _say(f"encoders on {encoder_keys} keys")
+        res["encoder"] = compare_encoders(encoder_keys, settings, max(3, repeats))
+        _write_partial(res, out)
+    if "pipeline" not in parts:
+        sizes = []
 
-    _say(f"start-up run ({STARTUP_TURNS} turns)")
-    sim = simulate_size(STARTUP_TURNS, work)
-    runs = [pipeline_run(sim["main"], work / "root-startup", f"startup-{i}", work, config) for i in range(repeats)]
-    res["startup"] = {"turns": sim["rows_main"], **_median_run(runs)}
+    if sizes:
+        _say(f"start-up run ({STARTUP_TURNS} turns)")
+        sim = simulate_size(STARTUP_TURNS, work)
+        runs = [pipeline_run(sim["main"], work / "root-startup", f"startup-{i}", work, config) for i in range(repeats)]
+        res["startup"] = {"turns": sim["rows_main"], **_median_run(runs)}
 
     for n in sizes:
         tag = fmt_size(n)
@@ -407,8 +416,8 @@ def run_suite(sizes: list[int], peer_keys: list[int], encoder_keys: int, repeats
         _write_partial(res, out)
         _say(f"size {tag}: total {entry['total_s']} s, embed-only {entry['embed_only_s']} s")
 
-    st = res["startup"]["total_s"]
     if len(res["sizes"]) >= 2:
+        st = res["startup"]["total_s"]
         a, b = res["sizes"][-2], res["sizes"][-1]
         per_a = (a["total_s"] - st) / a["turns"]
         per_b = (b["total_s"] - st) / b["turns"]
@@ -469,7 +478,7 @@ def markdown(res: dict) -> str:
         f"- date: {res['date']}", f"- machine: {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['cpu']}",
         f"- command: `{res['command']}`", f"- encoder cache id: `{res['encoder_cache_id']}`; repeats: {res['repeats']} (medians)",
         (f"- start-up (a run over {res['startup']['turns']} rows): {res['startup']['total_s']} s"
-         if res.get("startup") else "- start-up: not measured yet"),
+         if res.get("startup") else "- start-up: not measured (no pipeline run in this invocation, or not yet)"),
         "", "## Pipeline, cold cache", "",
         "| size | users | turns | distinct keys | keys/turn | total s | turns/s | embed-only s | total / embed-only | peak GiB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -525,7 +534,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--work", default=None, help="scratch folder (default /tmp/selflearn-bench; logs are reused)")
     ap.add_argument("--config", default="{}", help="Settings overrides as JSON, e.g. '{\"embedding_backend\": \"sentence-transformers\"}'")
+    ap.add_argument("--only", default=",".join(PARTS), help="parts to run, comma-separated: " + ", ".join(PARTS))
+    ap.add_argument("--no-community-detection", action="store_true",
+                    help="mining: compare with paraphrase_mining only (community_detection takes 11 min at 200k keys)")
     a = ap.parse_args(argv)
+    parts = tuple(p.strip() for p in a.only.split(",") if p.strip())
+    if not parts or set(parts) - set(PARTS):
+        ap.error(f"--only takes {', '.join(PARTS)}")
     if a.quick:
         sizes, peers, enc_keys, repeats = a.sizes or "2k,4k", a.peer_keys or "1000,2000", a.encoder_keys or 300, a.repeats or 1
     else:
@@ -533,7 +548,8 @@ def main(argv=None) -> int:
     work = Path(a.work or "/tmp/selflearn-bench")
     command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
     res = run_suite(sorted(parse_size(s) for s in sizes.split(",")), sorted(parse_size(s) for s in peers.split(",")),
-                    enc_keys, repeats, work, Path(a.out), command.strip(), json.loads(a.config))
+                    enc_keys, repeats, work, Path(a.out), command.strip(), json.loads(a.config), parts,
+                    not a.no_community_detection)
     print((Path(a.out) / "latest.md").read_text())
     _say(f"done in {res['elapsed_s']} s")
     return 0

@@ -24,6 +24,12 @@ from .text import is_unspaced_char, normalize_text
 IVF_START_NPROBE = 8
 IVF_TARGET_RECALL = 0.96
 IVF_CALIBRATION_QUERIES = 1000
+# k-means for the IVF lists: 10 iterations on at most 40 points per list. faiss' defaults
+# (25 iterations on up to 256 per list) spent half of the 200k-key mining time training,
+# for no recall: on 200k real MiniLM keys (1,789 lists) recall@10 at nprobe 16/32/64 was
+# 0.928/0.952/0.971 with the defaults and 0.927/0.953/0.971 with 10 x 32, training 9x faster.
+IVF_KMEANS_NITER = 10
+IVF_KMEANS_POINTS_PER_LIST = 40
 _SEARCH_CHUNK = 16384
 _COS_EPS = 1e-6
 
@@ -67,7 +73,8 @@ def build_index(vectors: np.ndarray, settings: Settings, info: dict | None = Non
 
     * n <= ``settings.exact_index_max_keys``: exact ``IndexFlatIP``.
     * larger: ``IndexIVFFlat`` with nlist = ``ivf_nlist(n)`` (about 4 sqrt(n)), k-means seeded
-      (deterministic). nprobe is calibrated on the data itself: starting at
+      (deterministic; ``IVF_KMEANS_NITER`` iterations on a seeded sample of at most
+      ``IVF_KMEANS_POINTS_PER_LIST`` points per list). nprobe is calibrated on the data itself: starting at
       ``IVF_START_NPROBE`` it doubles until recall@k (k = ``settings.knn_k``) of 1,000 sampled
       queries (fixed seed) against exact search reaches ``IVF_TARGET_RECALL`` (0.96, a margin
       over the 0.95 required). Measured on 16,430 real MiniLM embeddings of MASSIVE en-US
@@ -91,6 +98,8 @@ def build_index(vectors: np.ndarray, settings: Settings, info: dict | None = Non
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = 1234
+        index.cp.niter = IVF_KMEANS_NITER
+        index.cp.max_points_per_centroid = IVF_KMEANS_POINTS_PER_LIST
         index.train(x)
         index.add(x)
         rng = np.random.default_rng(0)
