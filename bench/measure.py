@@ -17,9 +17,14 @@ from pathlib import Path
 
 
 class PeakRSS:
-    """Samples the resident memory of this process and all its descendants (the Spark JVM
-    and its Python workers) in a background thread; ``take()`` returns the peak since the
-    previous ``take()``."""
+    """Samples the memory of this process and all its descendants (the Spark JVM and its
+    Python workers) in a background thread; ``take()`` returns the peak since the previous
+    ``take()``.
+
+    Two sums: RSS counts a page shared by several processes (the forked PySpark workers
+    share their libraries and the model) once per process, an upper bound; PSS divides each
+    shared page among its sharers, so the sum is the memory the run really holds. The
+    targets use PSS; both are reported."""
 
     def __init__(self, interval: float = 0.2):
         import psutil
@@ -29,12 +34,27 @@ class PeakRSS:
         self._interval = interval
         self._peak = 0
         self._all = 0
+        self._peak_pss = 0
+        self._all_pss = 0
+        self._by_kind: dict[str, int] = {}
+        self._last_pss = 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._loop, daemon=True)
         self._t.start()
 
+    @staticmethod
+    def _kind(p, me) -> str:
+        if p.pid == me.pid:
+            return "driver_python"
+        try:
+            name = p.name()
+        except Exception:  # noqa: BLE001
+            return "other"
+        return "jvm" if name == "java" else "python_workers" if name.startswith("python") else "other"
+
     def _sample(self) -> int:
-        total = 0
+        total = pss_total = 0
+        kinds: dict[str, int] = {}
         procs = [self._me]
         try:
             procs += self._me.children(recursive=True)
@@ -42,9 +62,17 @@ class PeakRSS:
             pass
         for p in procs:
             try:
-                total += p.memory_info().rss
+                info = p.memory_full_info()  # rss and pss (Linux: /proc/PID/smaps_rollup)
             except self._psutil.Error:
-                pass
+                continue
+            total += info.rss
+            pss = getattr(info, "pss", info.rss)
+            pss_total += pss
+            k = self._kind(p, self._me)
+            kinds[k] = kinds.get(k, 0) + pss
+        self._last_pss = pss_total
+        for k, v in kinds.items():
+            self._by_kind[k] = max(self._by_kind.get(k, 0), v)
         return total
 
     def _loop(self) -> None:
@@ -52,6 +80,8 @@ class PeakRSS:
             v = self._sample()
             self._peak = max(self._peak, v)
             self._all = max(self._all, v)
+            self._peak_pss = max(self._peak_pss, self._last_pss)
+            self._all_pss = max(self._all_pss, self._last_pss)
             self._stop.wait(self._interval)
 
     def take(self) -> int:
@@ -59,8 +89,20 @@ class PeakRSS:
         self._peak = 0
         return v
 
+    def take_pss(self) -> int:
+        v = max(self._peak_pss, self._last_pss)
+        self._peak_pss = 0
+        return v
+
     def overall(self) -> int:
         return max(self._all, self._sample())
+
+    def overall_pss(self) -> int:
+        return max(self._all_pss, self._last_pss)
+
+    def by_kind(self) -> dict[str, int]:
+        """Peak PSS of each kind of process over the whole run (driver, JVM, workers)."""
+        return dict(self._by_kind)
 
     def stop(self) -> None:
         self._stop.set()
@@ -75,13 +117,16 @@ def run_pipeline(input_path: str, output_root: str, config: dict | None = None) 
     settings = Settings.from_dict(config or {})
     run = Run(input_path, output_root, settings)
     peaks: dict[str, int] = {}
+    peaks_pss: dict[str, int] = {}
     t0 = time.perf_counter()
     run.start()
     try:
         mem.take()
+        mem.take_pss()
         for name in STAGES:
             run.stage(name)
             peaks[name] = mem.take()
+            peaks_pss[name] = mem.take_pss()
     finally:
         run.finish()
     total = time.perf_counter() - t0
@@ -91,6 +136,9 @@ def run_pipeline(input_path: str, output_root: str, config: dict | None = None) 
         "stages_s": run.timings,
         "peak_rss_bytes": peaks,
         "peak_rss_bytes_max": mem.overall(),
+        "peak_pss_bytes": peaks_pss,
+        "peak_pss_bytes_max": mem.overall_pss(),
+        "peak_pss_bytes_by_process": mem.by_kind(),
         "counts": run.counts,
     }
     mem.stop()
