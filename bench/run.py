@@ -368,7 +368,7 @@ def run_suite(sizes: list[int], peer_keys: list[int], encoder_keys: int, repeats
     if "pipeline" not in parts:
         sizes = []
 
-    if sizes:
+    if len(sizes) >= 2:  # the start-up run only serves the scaling ratio
         _say(f"start-up run ({STARTUP_TURNS} turns)")
         sim = simulate_size(STARTUP_TURNS, work)
         runs = [pipeline_run(sim["main"], work / "root-startup", f"startup-{i}", work, config) for i in range(repeats)]
