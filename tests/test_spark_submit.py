@@ -56,7 +56,6 @@ def _base_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-
 def _wait_then_stop(proc) -> int | None:
     """A submission's exit code (None past SUBMIT_TIMEOUT_S); its process group is stopped either way."""
     try:
@@ -65,6 +64,7 @@ def _wait_then_stop(proc) -> int | None:
         return None
     finally:
         _stop(proc)
+
 
 def _stop(proc: subprocess.Popen) -> None:
     """Stop a process started in its own session, with everything it started."""
