@@ -37,7 +37,6 @@ class PeakRSS:
         self._peak_pss = 0
         self._all_pss = 0
         self._by_kind: dict[str, int] = {}
-        self._last_pss = 0
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._loop, daemon=True)
         self._t.start()
@@ -52,7 +51,8 @@ class PeakRSS:
             return "other"
         return "jvm" if name == "java" else "python_workers" if name.startswith("python") else "other"
 
-    def _sample(self) -> int:
+    def _sample(self) -> tuple[int, int]:
+        """(RSS sum, PSS sum) now; also raises the per-kind PSS peaks."""
         total = pss_total = 0
         kinds: dict[str, int] = {}
         procs = [self._me]
@@ -70,35 +70,30 @@ class PeakRSS:
             pss_total += pss
             k = self._kind(p, self._me)
             kinds[k] = kinds.get(k, 0) + pss
-        self._last_pss = pss_total
         for k, v in kinds.items():
             self._by_kind[k] = max(self._by_kind.get(k, 0), v)
-        return total
+        return total, pss_total
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            v = self._sample()
-            self._peak = max(self._peak, v)
-            self._all = max(self._all, v)
-            self._peak_pss = max(self._peak_pss, self._last_pss)
-            self._all_pss = max(self._all_pss, self._last_pss)
+            rss, pss = self._sample()
+            self._peak = max(self._peak, rss)
+            self._all = max(self._all, rss)
+            self._peak_pss = max(self._peak_pss, pss)
+            self._all_pss = max(self._all_pss, pss)
             self._stop.wait(self._interval)
 
-    def take(self) -> int:
-        v = max(self._peak, self._sample())
-        self._peak = 0
+    def take(self) -> tuple[int, int]:
+        """Peak (RSS sum, PSS sum) since the previous take()."""
+        rss, pss = self._sample()
+        v = max(self._peak, rss), max(self._peak_pss, pss)
+        self._peak = self._peak_pss = 0
         return v
 
-    def take_pss(self) -> int:
-        v = max(self._peak_pss, self._last_pss)
-        self._peak_pss = 0
-        return v
-
-    def overall(self) -> int:
-        return max(self._all, self._sample())
-
-    def overall_pss(self) -> int:
-        return max(self._all_pss, self._last_pss)
+    def overall(self) -> tuple[int, int]:
+        """Peak (RSS sum, PSS sum) over the whole run."""
+        rss, pss = self._sample()
+        return max(self._all, rss), max(self._all_pss, pss)
 
     def by_kind(self) -> dict[str, int]:
         """Peak PSS of each kind of process over the whole run (driver, JVM, workers)."""
@@ -122,22 +117,21 @@ def run_pipeline(input_path: str, output_root: str, config: dict | None = None) 
     run.start()
     try:
         mem.take()
-        mem.take_pss()
         for name in STAGES:
             run.stage(name)
-            peaks[name] = mem.take()
-            peaks_pss[name] = mem.take_pss()
+            peaks[name], peaks_pss[name] = mem.take()
     finally:
         run.finish()
     total = time.perf_counter() - t0
+    rss_max, pss_max = mem.overall()
     out = {
         "run_dir": str(run.dirs.final),
         "total_s": round(total, 3),
         "stages_s": run.timings,
         "peak_rss_bytes": peaks,
-        "peak_rss_bytes_max": mem.overall(),
+        "peak_rss_bytes_max": rss_max,
+        "peak_pss_bytes_max": pss_max,
         "peak_pss_bytes": peaks_pss,
-        "peak_pss_bytes_max": mem.overall_pss(),
         "peak_pss_bytes_by_process": mem.by_kind(),
         "counts": run.counts,
     }
