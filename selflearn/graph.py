@@ -128,6 +128,36 @@ def solve_rewrite_targets(edges: pd.DataFrame, sources: list[str] | None = None,
     )
 
 
+def reachable(edges: pd.DataFrame, origins, targets) -> np.ndarray:
+    """For each (origin, target) pair: can a chain of key -> key edges lead from origin to
+    a target other than itself? `edges` columns src, dst (SUCCESS / FAILURE rows are ignored).
+
+    One breadth-first search per distinct origin, in C (scipy.sparse.csgraph), answering
+    all of that origin's pairs at once: a locale's graph has tens of thousands of keys and
+    a search per pair, or a Python one, grows with keys times sources."""
+    from scipy.sparse.csgraph import breadth_first_order
+
+    origins, targets = np.asarray(origins, dtype=object), np.asarray(targets, dtype=object)
+    out = np.zeros(len(origins), dtype=bool)
+    trans = edges[~edges["dst"].isin([SUCCESS, FAILURE])]
+    if trans.empty or not len(origins):
+        return out
+    codes, keys = pd.factorize(pd.concat([trans["src"], trans["dst"]], ignore_index=True))
+    n, m = len(keys), len(trans)
+    adj = sp.csr_matrix((np.ones(m), (codes[:m], codes[m:])), shape=(n, n))
+    index = pd.Index(keys)
+    o = index.get_indexer(origins)
+    t = index.get_indexer(targets)
+    asked = np.flatnonzero((o >= 0) & (t >= 0))
+    seen = np.zeros(n, dtype=bool)
+    for origin, rows in pd.Series(asked).groupby(o[asked]):
+        order = breadth_first_order(adj, int(origin), directed=True, return_predecessors=False)
+        seen[order[1:]] = True  # as networkx.descendants: never the origin itself
+        out[rows.to_numpy()] = seen[t[rows.to_numpy()]]
+        seen[order] = False
+    return out
+
+
 def inherit_paraphrase_evidence(edges: pd.DataFrame, mates: pd.DataFrame, n_users: dict[str, int], weight: float,
                                 rephrase_users: dict[str, int] | None = None, enough_users: int = 0) -> pd.DataFrame:
     """Cross-user paraphrase evidence: a failing key inherits the rephrase continuations

@@ -41,6 +41,38 @@ REWRITE_COLUMNS = [
 ]
 
 
+MAX_CHAIN = 8  # a chain's last turns that count: a long loop of re-asks is one user's struggle
+CHAIN_PAIRS = ["locale", "source", "target", "user_id", "session"]
+
+
+def rephrase_chain_pairs(turns: pd.DataFrame) -> pd.DataFrame:
+    """(locale, source, target, user_id, session) for every pair of turns linked by a
+    chain of rephrases in one session: A -> B -> C gives A->B, A->C and B->C.
+
+    `turns`: locale, user_id, session, seq, text, is_rephrase (the turn's successor
+    re-asks it), whole sessions. A chain is a run of turns each rephrased by the next;
+    only its last MAX_CHAIN turns pair up, and a pair needs two different keys. The
+    locale is that of the chain's last turn. Vectorised: one frame holds many sessions."""
+    if turns.empty:
+        return pd.DataFrame(columns=CHAIN_PAIRS)
+    t = turns.sort_values(["user_id", "session", "seq"], kind="mergesort").reset_index(drop=True)
+    same_session = (t["user_id"].eq(t["user_id"].shift()) & t["session"].eq(t["session"].shift())).to_numpy()
+    continues = same_session & t["is_rephrase"].shift().eq(True).to_numpy()
+    chain = np.cumsum(~continues)
+    t["chain"] = chain
+    by_chain = t.groupby("chain", sort=False)
+    t["pos"] = by_chain.cumcount()
+    size = by_chain["seq"].transform("size").to_numpy()
+    t = t[(size >= 2) & (t["pos"].to_numpy() >= size - MAX_CHAIN)]
+    if t.empty:
+        return pd.DataFrame(columns=CHAIN_PAIRS)
+    last_locale = t.groupby("chain", sort=False)["locale"].transform("last")
+    t = t.assign(locale=last_locale)[["chain", "pos", "locale", "user_id", "session", "text"]]
+    pairs = t.merge(t[["chain", "pos", "text"]], on="chain", suffixes=("", "_b"))
+    pairs = pairs[(pairs["pos"] < pairs["pos_b"]) & (pairs["text"] != pairs["text_b"])]
+    return pairs.rename(columns={"text": "source", "text_b": "target"})[CHAIN_PAIRS].reset_index(drop=True)
+
+
 def wilson_bounds(p, n, z: float) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval (lower, upper) for success rate p observed over n trials."""
     p = np.asarray(p, dtype=np.float64)

@@ -21,7 +21,7 @@ from . import graph as graph_mod
 from .config import Settings
 from .controls import load_controls
 from .labels import drop_controlled, paraphrase_labels, rewrite_labels, training_rows
-from .rewrites import published_rewrites, select_rewrites
+from .rewrites import published_rewrites, rephrase_chain_pairs, select_rewrites
 from .schema import arrow_schema
 from .sessions import ENRICHED_TURNS, enrich_turns
 from .spark import map_groups
@@ -171,36 +171,11 @@ def edges_step(enriched: DataFrame, settings: Settings) -> DataFrame:
 
 def reach_step(enriched: DataFrame) -> DataFrame:
     """(locale, source, target, user_id, session) for every pair of turns linked by a
-    chain of rephrases in one session (A -> B -> C gives A->B, A->C, B->C)."""
+    chain of rephrases in one session (rewrites.rephrase_chain_pairs), many whole
+    sessions per pandas batch."""
     schema = "locale string, source string, target string, user_id string, session string"
-
-    def apply(pdf: pd.DataFrame) -> pd.DataFrame:
-        rows = []
-        pdf = pdf.sort_values(["session", "seq"], kind="mergesort")
-        for (session, user), g in pdf.groupby(["session", "user_id"], sort=False):
-            chain: list[str] = []
-            for text, is_reph, locale in zip(g["text"], g["is_rephrase"], g["locale"]):
-                chain.append(text)
-                if not is_reph:
-                    _emit_chain(chain, locale, user, session, rows)
-                    chain = []
-            if chain:
-                _emit_chain(chain, locale, user, session, rows)
-        return pd.DataFrame(rows, columns=["locale", "source", "target", "user_id", "session"])
-
     org = _organic(enriched).select("locale", "user_id", "session", "seq", "text", "is_rephrase")
-    return org.groupBy("user_id").applyInPandas(apply, schema)
-
-
-MAX_CHAIN = 8
-
-
-def _emit_chain(chain, locale, user, session, rows):
-    chain = chain[-MAX_CHAIN:]
-    for i in range(len(chain) - 1):
-        for j in range(i + 1, len(chain)):
-            if chain[i] != chain[j]:
-                rows.append((locale, chain[i], chain[j], user, session))
+    return map_groups(org, ["user_id", "session"], ["seq"], rephrase_chain_pairs, schema)
 
 
 CANDIDATES = pa.schema([
@@ -254,36 +229,24 @@ def solve_step(edges: DataFrame, mates: DataFrame, key_stats: DataFrame, setting
         solved = graph_mod.solve_rewrite_targets(mixed, sources, classes)
         if solved.empty:
             return pd.DataFrame(columns=[f.name for f in CANDIDATES])
-        reach = _Reach(edges_pdf)
-        via_mates = mixed[mixed["inherited"] > 0].groupby("src")["dst"].apply(set).to_dict()
-        evidence = []
-        for src, tgt in zip(solved["source"], solved["target"]):
-            d = reach.reaches(src, tgt)
-            p = any(tgt == x or reach.reaches(x, tgt) for x in via_mates.get(src, ()))
-            evidence.append("both" if d and p else ("rephrase" if d else "paraphrase"))
-        solved["evidence"] = evidence
+        solved["evidence"] = _evidence_kinds(edges_pdf, mixed, solved)
         solved["locale"] = locale
         return solved[[f.name for f in CANDIDATES]]
 
     return e.groupBy("locale").cogroup(mates.groupBy("locale")).applyInPandas(apply, from_arrow_schema(CANDIDATES))
 
 
-class _Reach:
-    """Reachability over the direct (un-augmented) rephrase edges, computed only for the
-    keys asked about: a locale's graph has many keys, and few are rewrite sources."""
-
-    def __init__(self, edges_pdf: pd.DataFrame):
-        import networkx as nx
-
-        self._nx = nx
-        self._g = nx.DiGraph()
-        self._g.add_edges_from((s, d) for s, d in edges_pdf[["src", "dst"]].itertuples(index=False) if d not in (SUCCESS, FAILURE))
-        self._seen: dict[str, set[str]] = {}
-
-    def reaches(self, src: str, tgt: str) -> bool:
-        if src not in self._seen:
-            self._seen[src] = self._nx.descendants(self._g, src) if src in self._g else set()
-        return tgt in self._seen[src]
+def _evidence_kinds(edges_pdf: pd.DataFrame, mixed: pd.DataFrame, solved: pd.DataFrame) -> list[str]:
+    """`rephrase` where the source's own rephrase edges lead to the target, `paraphrase`
+    where a key it inherited from a cluster mate is the target or leads to it, `both`."""
+    direct = graph_mod.reachable(edges_pdf, solved["source"], solved["target"])
+    inherited = mixed.loc[mixed["inherited"] > 0, ["src", "dst"]].drop_duplicates()
+    via = solved[["source", "target"]].reset_index(drop=True).rename_axis("row").reset_index().merge(
+        inherited, left_on="source", right_on="src")
+    hit = (via["dst"] == via["target"]).to_numpy() | graph_mod.reachable(edges_pdf, via["dst"], via["target"])
+    by_mate = np.zeros(len(solved), dtype=bool)
+    by_mate[via["row"].to_numpy()[hit]] = True
+    return ["both" if d and p else ("rephrase" if d else "paraphrase") for d, p in zip(direct, by_mate)]
 
 
 def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, key_stats: DataFrame,

@@ -76,3 +76,28 @@ def test_keys_with_enough_direct_evidence_keep_their_own_row():
     assert mixed["inherited"].sum() == 0
     out = solve_rewrite_targets(mixed, ["b"]).set_index("source")
     assert out.loc["b", "confidence"] == pytest.approx(0.97)
+
+
+def test_reachable_agrees_with_networkx_descendants():
+    """Random sparse digraphs with cycles, unknown keys and self-queries: the C
+    breadth-first searches answer exactly what networkx.descendants does."""
+    import networkx as nx
+    import numpy as np
+
+    from selflearn.graph import reachable
+
+    rng = np.random.default_rng(3)
+    keys = [f"k{i}" for i in range(300)]
+    src = rng.integers(0, 300, 420)
+    dst = rng.integers(0, 300, 420)
+    rows = [(keys[a], keys[b], 0.5) for a, b in zip(src, dst) if a != b]
+    rows += [(k, SUCCESS, 0.3) for k in keys[:50]] + [(k, FAILURE, 0.2) for k in keys[:50]]
+    e = edges(rows)
+    g = nx.DiGraph([(a, b) for a, b, _ in rows if b not in (SUCCESS, FAILURE)])
+    origins = [keys[i] for i in rng.integers(0, 300, 2000)] + ["not a key", "k1"]
+    targets = [keys[i] for i in rng.integers(0, 300, 2000)] + ["k1", "k1"]
+    want = [o in g and t in nx.descendants(g, o) for o, t in zip(origins, targets)]
+    got = reachable(e, origins, targets)
+    assert got.tolist() == want
+    assert 100 < sum(want) < 1900  # both answers were exercised
+    assert reachable(e.iloc[:0], origins, targets).sum() == 0

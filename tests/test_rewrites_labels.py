@@ -115,3 +115,58 @@ def test_training_rows_prefer_rewrite_labels_and_split_stably():
     assert out["split"].tolist() == [split_of("en-US", "a b", 0.1)]
     share = sum(split_of("en-US", f"text {i}", 0.1) == "dev" for i in range(5000)) / 5000
     assert 0.08 < share < 0.12
+
+
+def _chain_pairs_by_loop(turns):
+    """The chain rule turn by turn, as a reference: a chain grows while each turn is
+    rephrased by the next; its last MAX_CHAIN turns pair up (i < j, different keys)."""
+    from selflearn.rewrites import MAX_CHAIN
+
+    rows = set()
+    for (user, session), g in turns.sort_values("seq").groupby(["user_id", "session"]):
+        chain = []
+        for text, is_reph, locale in zip(g["text"], g["is_rephrase"], g["locale"]):
+            chain.append(text)
+            if not is_reph:
+                last = chain[-MAX_CHAIN:]
+                rows |= {(locale, a, b, user, session) for i, a in enumerate(last) for b in last[i + 1:] if a != b}
+                chain = []
+        last = chain[-MAX_CHAIN:]
+        rows |= {(locale, a, b, user, session) for i, a in enumerate(last) for b in last[i + 1:] if a != b}
+    return rows
+
+
+def test_rephrase_chain_pairs_by_hand(massive):
+    from selflearn.rewrites import rephrase_chain_pairs
+
+    a, b, c, d = (r["utt"].lower() for r in massive("en-US", 4))
+    turns = pd.DataFrame({
+        "locale": "en-US", "user_id": "u1", "session": ["s1"] * 4 + ["s2"] * 2,
+        "seq": [0, 1, 2, 3, 0, 1], "text": [a, b, c, d, a, a],
+        # a -> b -> c is one chain; d starts none; s2 re-asks the same key (no pair)
+        "is_rephrase": [True, True, False, False, True, False],
+    })
+    got = {tuple(r) for r in rephrase_chain_pairs(turns.sample(frac=1, random_state=0)).itertuples(index=False)}
+    assert got == {("en-US", a, b, "u1", "s1"), ("en-US", a, c, "u1", "s1"), ("en-US", b, c, "u1", "s1")}
+
+
+def test_rephrase_chain_pairs_agree_with_the_turn_by_turn_rule(massive):
+    """Many sessions in one frame, long chains cut at MAX_CHAIN, repeated keys, chains
+    running to the session's end: the vectorised pairs equal the reference loop's."""
+    import numpy as np
+
+    from selflearn.rewrites import rephrase_chain_pairs
+
+    texts = [r["utt"].lower() for r in massive("de-DE", 12)]
+    rng = np.random.default_rng(7)
+    rows = []
+    for s in range(400):
+        user, n = f"u{s % 37}", int(rng.integers(1, 14))
+        reph = rng.random(n) < 0.75
+        for i in range(n):
+            rows.append(("de-DE", user, f"s{s}", i, texts[int(rng.integers(0, len(texts)))], bool(reph[i])))
+    turns = pd.DataFrame(rows, columns=["locale", "user_id", "session", "seq", "text", "is_rephrase"])
+    got = rephrase_chain_pairs(turns.sample(frac=1, random_state=1))
+    assert {tuple(r) for r in got.itertuples(index=False)} == _chain_pairs_by_loop(turns)
+    assert len(got) > 1000  # long chains were exercised
+    assert rephrase_chain_pairs(turns.iloc[:0]).empty
