@@ -15,29 +15,24 @@ states of keys the NLU served the same way (same intent and slots) are one outco
 the user: the rewrite target is the key with the largest B[a, success(k)] inside the
 interpretation class with the largest total, k != a, and that class total is the
 rewrite's `confidence` (with no interpretation known, a key is its own class, and this is
-the plain per-key argmax). Solved per connected component with one sparse LU factorisation
-reused for every source of the component (never a dense inverse).
+the plain per-key argmax). Components are solved in blocks of a few thousand keys, one
+sparse LU factorisation reused for every source of the block (never a dense inverse).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import networkx as nx
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.linalg import splu
+from threadpoolctl import threadpool_limits
 
 SUCCESS = "__success__"  # dest marker: absorbed at success of the row's own key
 FAILURE = "__failure__"
 
 
-@dataclass(frozen=True)
-class Absorption:
-    source: str
-    target: str
-    confidence: float  # P(absorbed at success(target) | start at source)
-    source_success: float  # P(absorbed at success(source) | start at source)
+BLOCK_KEYS = 512  # components are solved together, in blocks of at least this many keys
+# (a solve costs in proportion to its block: small blocks, but few LU calls)
+SOURCES_PER_SOLVE = 256  # right-hand sides per triangular solve (a dense block x this matrix)
 
 
 def transition_rows(edges: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -48,84 +43,93 @@ def transition_rows(edges: pd.DataFrame) -> dict[str, dict[str, float]]:
     return rows
 
 
-def components(rows: dict[str, dict[str, float]]) -> list[list[str]]:
-    """Weakly connected components over the transient edges, in a stable order."""
-    g = nx.Graph()
-    for src, dests in rows.items():
-        g.add_node(src)
-        for dst in dests:
-            if dst not in (SUCCESS, FAILURE):
-                g.add_edge(src, dst)
-    comps = [sorted(c) for c in nx.connected_components(g)]
-    return sorted(comps, key=lambda c: c[0])
+def _component_blocks(adj: sp.csr_matrix, keep: np.ndarray) -> list[np.ndarray]:
+    """Key indices (keys sorted) of the weakly connected components that hold a `keep`
+    key, components ordered by their first key, packed into blocks of >= BLOCK_KEYS keys.
+    (I - Q) is block diagonal over components, so a block's factorisation is exact for
+    every component in it, and a few thousand small components cost a few LU calls."""
+    from scipy.sparse.csgraph import connected_components
 
-
-def absorb_component(keys: list[str], rows: dict[str, dict[str, float]], sources: list[str],
-                     classes: dict[str, str] | None = None) -> list[Absorption]:
-    """Absorption into success(k) from each source, for one component.
-
-    With Q the transient block and r[k] = P(k -> success(k)), the probability of being
-    absorbed at success(k) from a is N[a, k] * r[k]. Row a of N solves (I - Q)^T x = e_a,
-    so one LU factorisation of (I - Q)^T serves every source.
-
-    `classes` maps keys to their interpretation (what the NLU did when the key was
-    served). Keys served the same way are one outcome for the user, so the target is
-    chosen by the class with the largest total absorption (the source itself excluded),
-    and within it the key with the largest absorption; `confidence` is the class total.
-    Without classes every key is its own class (the plain per-key argmax)."""
-    index = {k: i for i, k in enumerate(keys)}
-    n = len(keys)
-    data, ri, ci = [], [], []
-    r = np.zeros(n)
-    for k in keys:
-        i = index[k]
-        for dst, p in rows.get(k, {}).items():
-            if dst == SUCCESS:
-                r[i] += p
-            elif dst == FAILURE:
-                continue
-            else:
-                data.append(p)
-                ri.append(i)
-                ci.append(index[dst])
-    q = sp.csc_matrix((data, (ri, ci)), shape=(n, n))
-    system = (sp.identity(n, format="csc") - q).T.tocsc()
-    lu = splu(system)
-    labels = np.array([(classes or {}).get(k) or f"key:{k}" for k in keys], dtype=object)
-    class_ids, class_of = np.unique(labels, return_inverse=True)
-    out = []
-    for src in sources:
-        e = np.zeros(n)
-        e[index[src]] = 1.0
-        absorbed = lu.solve(e) * r
-        a = index[src]
-        source_success = float(absorbed[a])
-        absorbed[a] = 0.0
-        totals = np.bincount(class_of, weights=absorbed, minlength=len(class_ids))
-        best_class = int(np.argmax(totals))
-        if totals[best_class] <= 1e-12:
-            continue
-        members = np.flatnonzero(class_of == best_class)
-        best = int(members[np.argmax(absorbed[members])])
-        out.append(Absorption(src, keys[best], float(min(totals[best_class], 1.0)), source_success))
-    return out
+    _, comp = connected_components(adj, directed=True, connection="weak")
+    wanted = np.zeros(comp.max() + 1, dtype=bool)
+    wanted[comp[keep]] = True
+    first = np.full(len(wanted), len(comp))
+    np.minimum.at(first, comp, np.arange(len(comp)))  # a component's first key (keys are sorted)
+    members = np.flatnonzero(wanted[comp])
+    members = members[np.lexsort((members, first[comp[members]]))]
+    ends = np.flatnonzero(np.diff(comp[members])) + 1  # where one component gives way to the next
+    blocks, lo = [], 0
+    for hi in [*ends, len(members)]:  # whole components, until the block is big enough
+        if hi - lo >= BLOCK_KEYS or hi == len(members):
+            blocks.append(members[lo:hi])
+            lo = hi
+    return blocks
 
 
 def solve_rewrite_targets(edges: pd.DataFrame, sources: list[str] | None = None,
                           classes: dict[str, str] | None = None) -> pd.DataFrame:
     """For each source key (default: every key with transient out-edges), its best
-    target and confidence. `edges` columns: src, dst, prob (dst SUCCESS/FAILURE/key)."""
-    rows = transition_rows(edges)
-    wanted = set(rows) if sources is None else set(sources)
-    results: list[Absorption] = []
-    for comp in components(rows):
-        comp_sources = [k for k in comp if k in wanted and any(d not in (SUCCESS, FAILURE) for d in rows.get(k, {}))]
-        if comp_sources:
-            results.extend(absorb_component(comp, rows, comp_sources, classes))
-    return pd.DataFrame(
-        [(a.source, a.target, a.confidence, a.source_success) for a in results],
-        columns=["source", "target", "confidence", "source_success"],
-    )
+    target and confidence. `edges` columns: src, dst, prob (dst SUCCESS/FAILURE/key).
+
+    With Q the transient block and r[k] = P(k -> success(k)), the probability of being
+    absorbed at success(k) from a is N[a, k] * r[k]. Row a of N solves (I - Q)^T x = e_a,
+    so one LU factorisation of (I - Q)^T serves every source of a block of components,
+    and each triangular solve takes SOURCES_PER_SOLVE of them at once.
+
+    `classes` maps keys to their interpretation (what the NLU did when the key was
+    served). Keys served the same way are one outcome for the user, so the target is
+    chosen by the class with the largest total absorption (the source itself excluded),
+    and within it the key with the largest absorption; `confidence` is the class total.
+    Without classes every key is its own class (the plain per-key argmax). Ties go to the
+    first class and key in sorted order."""
+    columns = ["source", "target", "confidence", "source_success"]
+    e = edges[["src", "dst", "prob"]]
+    trans = e[~e["dst"].isin([SUCCESS, FAILURE])]
+    keys = np.array(sorted(set(e["src"]) | set(trans["dst"])), dtype=object)
+    if not len(keys) or trans.empty:
+        return pd.DataFrame(columns=columns)
+    index, n = pd.Index(keys), len(keys)
+    si, di = index.get_indexer(trans["src"]), index.get_indexer(trans["dst"])
+    q = sp.csr_matrix((trans["prob"].to_numpy(dtype=np.float64), (si, di)), shape=(n, n))  # duplicates add up
+    succ = e[e["dst"] == SUCCESS]
+    r = np.bincount(index.get_indexer(succ["src"]), weights=succ["prob"].to_numpy(dtype=np.float64), minlength=n)
+    is_source = np.bincount(si, minlength=n) > 0  # only keys with a transient out-edge
+    if sources is not None:
+        is_source &= index.isin(list(sources))
+    if not is_source.any():
+        return pd.DataFrame(columns=columns)
+    labels = np.array([(classes or {}).get(k) or f"key:{k}" for k in keys], dtype=object)
+    adj = sp.csr_matrix((np.ones(len(si)), (si, di)), shape=(n, n))
+    out = []
+    # One BLAS thread: the solves are small, and Spark already runs a worker per core
+    # (threaded BLAS there spun 10x the CPU time, measured on 2 cores).
+    with threadpool_limits(limits=1, user_api="blas"):
+        for block in _component_blocks(adj, is_source):
+            out.extend(_absorb_block(keys[block], q[block][:, block], r[block], labels[block], np.flatnonzero(is_source[block])))
+    return pd.DataFrame(out, columns=columns)
+
+
+def _absorb_block(keys: np.ndarray, q: sp.csr_matrix, r: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> list[tuple]:
+    n = len(keys)
+    lu = splu((sp.identity(n, format="csc") - q).T.tocsc())
+    class_ids, class_of = np.unique(labels, return_inverse=True)
+    in_class = sp.csr_matrix((np.ones(n), (class_of, np.arange(n))), shape=(len(class_ids), n))
+    out = []
+    for lo in range(0, len(sources), SOURCES_PER_SOLVE):
+        src = sources[lo:lo + SOURCES_PER_SOLVE]
+        cols = np.arange(len(src))
+        rhs = np.zeros((n, len(src)))
+        rhs[src, cols] = 1.0
+        absorbed = lu.solve(rhs) * r[:, None]
+        source_success = absorbed[src, cols].copy()
+        absorbed[src, cols] = 0.0
+        totals = in_class @ absorbed  # (classes, sources)
+        best_class = totals.argmax(axis=0)
+        best_total = totals[best_class, cols]
+        best = np.where(class_of[:, None] == best_class[None, :], absorbed, -np.inf).argmax(axis=0)
+        for j in np.flatnonzero(best_total > 1e-12):
+            out.append((keys[src[j]], keys[best[j]], float(min(best_total[j], 1.0)), float(source_success[j])))
+    return out
 
 
 def reachable(edges: pd.DataFrame, origins, targets) -> np.ndarray:

@@ -101,3 +101,60 @@ def test_reachable_agrees_with_networkx_descendants():
     assert got.tolist() == want
     assert 100 < sum(want) < 1900  # both answers were exercised
     assert reachable(e.iloc[:0], origins, targets).sum() == 0
+
+
+@pytest.mark.parametrize("block_keys", [1, 16, 4096])
+def test_block_solves_equal_a_dense_inverse(monkeypatch, block_keys):
+    """Many components of random sizes (cycles included), interpretation classes shared
+    across keys: whatever the packing of components into blocks, targets and
+    confidences equal those read off the dense fundamental matrix N = (I - Q)^-1."""
+    import numpy as np
+
+    from selflearn import graph
+
+    monkeypatch.setattr(graph, "BLOCK_KEYS", block_keys)
+    rng = np.random.default_rng(11)
+    keys = [f"k{i:03d}" for i in range(240)]
+    rows = []
+    for lo in range(0, 240, 12):  # 20 blocks of 12 keys, each cut into a few components
+        for _ in range(14):
+            a, b = rng.integers(lo, lo + 12, 2)
+            if a != b:
+                rows.append((keys[a], keys[b], float(rng.uniform(0.05, 0.3))))
+    e = edges(rows).groupby(["src", "dst"], as_index=False)["prob"].sum()
+    out_mass = e.groupby("src")["prob"].sum()
+    extra = [(k, SUCCESS, float(rng.uniform(0, 1 - out_mass.get(k, 0)))) for k in keys]
+    e = pd.concat([e, edges(extra)], ignore_index=True)
+    e = pd.concat([e, edges([(k, FAILURE, 1 - p) for k, p in e.groupby("src")["prob"].sum().items()])], ignore_index=True)
+    classes = {k: f"intent{int(rng.integers(0, 25))}" for k in keys if rng.random() < 0.6}
+    sources = [k for k in keys if rng.random() < 0.5]
+    got = graph.solve_rewrite_targets(e, sources, classes).set_index("source")
+
+    index = {k: i for i, k in enumerate(keys)}
+    q = np.zeros((240, 240))
+    r = np.zeros(240)
+    for s, d, p in e.itertuples(index=False):
+        if d == SUCCESS:
+            r[index[s]] += p
+        elif d != FAILURE:
+            q[index[s], index[d]] += p
+    n = np.linalg.inv(np.eye(240) - q)
+    labels = np.array([classes.get(k) or f"key:{k}" for k in keys], dtype=object)
+    class_ids, class_of = np.unique(labels, return_inverse=True)
+    want = {}
+    for s in sources:
+        a = index[s]
+        if not q[a].any():
+            continue
+        absorbed = n[a] * r
+        absorbed[a] = 0
+        totals = np.bincount(class_of, weights=absorbed, minlength=len(class_ids))
+        best_class = int(np.argmax(totals))
+        if totals[best_class] > 1e-12:
+            members = np.flatnonzero(class_of == best_class)
+            want[s] = (keys[int(members[np.argmax(absorbed[members])])], totals[best_class], n[a, a] * r[a])
+    assert set(got.index) == set(want) and len(want) > 60
+    for s, (target, conf, own) in want.items():
+        assert got.loc[s, "target"] == target
+        assert got.loc[s, "confidence"] == pytest.approx(min(conf, 1.0), abs=1e-9)
+        assert got.loc[s, "source_success"] == pytest.approx(own, abs=1e-9)
