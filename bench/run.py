@@ -334,7 +334,7 @@ PARTS = ("mining", "encoder", "pipeline")
 
 def run_suite(sizes: list[int], peer_keys: list[int], encoder_keys: int, repeats: int, work: Path, out: Path,
               command: str, config: dict, parts: tuple[str, ...] = PARTS, community_detection: bool = True,
-              embed_only: bool = True) -> dict:
+              embed_only: bool = True, embed_sample: float = 1.0) -> dict:
     from selflearn import embed
     from selflearn.config import Settings
 
@@ -387,7 +387,7 @@ def run_suite(sizes: list[int], peer_keys: list[int], encoder_keys: int, repeats
         cold_root = Path(cold["run_dir"]).parents[1]
         keys = len(_keys_of(cold["run_dir"]))
         _say(f"size {tag}: embedding-only over {keys} keys")
-        emb = [measure("embed", work / f"embed-{tag}-{i}.json", config, run=cold["run_dir"])
+        emb = [measure("embed", work / f"embed-{tag}-{i}.json", config, run=cold["run_dir"], sample=embed_sample)
                for i in range(repeats if embed_only else 0)]
         emb_s = statistics.median(e["embed_s"] for e in emb) if emb else None
         turns = cold["counts"]["sessions"]["turns"]
@@ -401,6 +401,7 @@ def run_suite(sizes: list[int], peer_keys: list[int], encoder_keys: int, repeats
             "peak_pss_gib_by_process": {k: round(v / 2**30, 2) for k, v in cold.get("peak_pss_bytes_by_process", {}).items()},
             "turns_per_s": round(turns / cold["total_s"], 1),
             "embed_only_s": round(emb_s, 2) if emb_s else None, "embed_only_backend": emb[0]["backend"] if emb else None,
+            "embed_only_sampled_keys": emb[0].get("sample_keys") if emb else None,  # None: every key timed
             "e2e_over_embed_only": round(cold["total_s"] / emb_s, 2) if emb_s else None,
         }
         if n == sizes[-1]:
@@ -554,6 +555,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=",".join(PARTS), help="parts to run, comma-separated: " + ", ".join(PARTS))
     ap.add_argument("--no-embed-only", action="store_true",
                     help="pipeline: skip the embedding-only measurement (no end-to-end ratio)")
+    ap.add_argument("--embed-sample", type=float, default=1.0,
+                    help="pipeline: time the embedding-only run on this share of the keys and scale up (default 1: all)")
     ap.add_argument("--no-community-detection", action="store_true",
                     help="mining: compare with paraphrase_mining only (community_detection takes 11 min at 200k keys)")
     a = ap.parse_args(argv)
@@ -568,7 +571,7 @@ def main(argv=None) -> int:
     command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
     res = run_suite(sorted(parse_size(s) for s in sizes.split(",")), sorted(parse_size(s) for s in peers.split(",")),
                     enc_keys, repeats, work, Path(a.out), command.strip(), json.loads(a.config), parts,
-                    not a.no_community_detection, not a.no_embed_only)
+                    not a.no_community_detection, not a.no_embed_only, a.embed_sample)
     print((Path(a.out) / "latest.md").read_text())
     _say(f"done in {res['elapsed_s']} s")
     return 0

@@ -163,7 +163,8 @@ def edges_step(enriched: DataFrame, settings: Settings) -> DataFrame:
         "w", F.least(F.col("n").cast("double"), F.lit(float(settings.per_user_edge_cap)))
     ).groupBy("locale", "text").agg(F.sum("w").alias("wsum"))
     return (
-        user_mass.groupBy("locale", "text", "dst").agg(F.sum("wm").alias("num"), F.countDistinct("user_id").alias("n_users"))
+        # user_mass holds one row per (user, text, dst): counting rows counts distinct users
+        user_mass.groupBy("locale", "text", "dst").agg(F.sum("wm").alias("num"), F.count("*").alias("n_users"))
         .join(denom, ["locale", "text"])
         .select("locale", F.col("text").alias("src"), "dst", (F.col("num") / F.col("wsum")).alias("prob"), "n_users")
     )

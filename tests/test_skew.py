@@ -5,8 +5,8 @@ session, the worst case for per-user and per-session work).
 * With the default `max_turns_per_user_day` the heavy user's turns beyond 2,000 a UTC day
   are quarantined `user_rate_limited`, counted exactly.
 * With the limit raised, all 100k turns flow through sessions, the rewrite graph and
-  reachability (the per-(user, device) groups of spark.map_groups and the per-user
-  applyInPandas of steps.reach_step), and the peak memory of the run's processes (the
+  reachability (the per-(user, device) groups of spark.map_groups and the per-(user,
+  session) groups of steps.reach_step), and the peak memory of the run's processes (the
   driver JVM, every PySpark worker) stays within a ratio of a run over an unskewed log of
   the same size. Ratios, not absolute numbers: the bound says skew costs at most a
   constant factor, whatever the machine.
