@@ -240,11 +240,13 @@ def solve_step(edges: DataFrame, mates: DataFrame, key_stats: DataFrame, setting
 def _evidence_kinds(edges_pdf: pd.DataFrame, mixed: pd.DataFrame, solved: pd.DataFrame) -> list[str]:
     """`rephrase` where the source's own rephrase edges lead to the target, `paraphrase`
     where a key it inherited from a cluster mate is the target or leads to it, `both`."""
-    direct = graph_mod.reachable(edges_pdf, solved["source"], solved["target"])
     inherited = mixed.loc[mixed["inherited"] > 0, ["src", "dst"]].drop_duplicates()
     via = solved[["source", "target"]].reset_index(drop=True).rename_axis("row").reset_index().merge(
         inherited, left_on="source", right_on="src")
-    hit = (via["dst"] == via["target"]).to_numpy() | graph_mod.reachable(edges_pdf, via["dst"], via["target"])
+    # one call: the graph is indexed once for both sets of questions
+    reached = graph_mod.reachable(edges_pdf, pd.concat([solved["source"], via["dst"]]), pd.concat([solved["target"], via["target"]]))
+    direct = reached[:len(solved)]
+    hit = (via["dst"] == via["target"]).to_numpy() | reached[len(solved):]
     by_mate = np.zeros(len(solved), dtype=bool)
     by_mate[via["row"].to_numpy()[hit]] = True
     return ["both" if d and p else ("rephrase" if d else "paraphrase") for d, p in zip(direct, by_mate)]
