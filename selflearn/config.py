@@ -86,6 +86,10 @@ class Settings:
     # --- paraphrase mining ---
     knn_k: int = 10
     paraphrase_min_cosine: float = 0.80
+    # A star keeps its nearest members up to this size. Inheritance pairs grow with size^2, and an
+    # encoder blind to a script puts thousands of keys in one star (the English MiniLM put 2,183
+    # hi-IN keys, 4.7M mate pairs, in one at 1M turns); MASSIVE en-US's largest real star is 60.
+    max_cluster_size: int = 64
     exact_index_max_keys: int = 50000  # above this an IVF index is used
     knn_backend: str = "auto"  # auto (faiss; torch top-k on a GPU without faiss-gpu), faiss, torch
     # --- rewrite graph and rewrites ---

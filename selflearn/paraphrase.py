@@ -293,12 +293,14 @@ def _components(nodes: Iterable[int], adj: dict[int, set[int]]) -> list[list[int
     return out
 
 
-def _star_split(comp: list[int], x: np.ndarray, adj: dict[int, set[int]], ok, min_cos: float) -> list[list[int]]:
+def _star_split(comp: list[int], x: np.ndarray, adj: dict[int, set[int]], ok, min_cos: float,
+                max_size: int | None = None) -> list[list[int]]:
     """Split one connected component into stars around medoids (the anti-chaining guard).
 
     The medoid is the member closest to the component's normalized mean vector (ties: the
     lowest row). Its cluster is every member with cosine >= min_cos to the medoid that is
-    admissible with the medoid (slot values, intents). The rest is re-split into connected
+    admissible with the medoid (slot values, intents), and at most `max_size` of them: the
+    medoid and its nearest members (ties: the lower row). The rest is re-split into connected
     components of the admissible graph and handled the same way, until nothing of size >= 2
     remains.
     """
@@ -315,7 +317,10 @@ def _star_split(comp: list[int], x: np.ndarray, adj: dict[int, set[int]], ok, mi
         m = int(np.argmax(sub @ centroid))
         med = c[m]
         sims = sub @ x[med]
-        members = [med] + [u for u, s in zip(c, sims) if u != med and s >= min_cos - _COS_EPS and ok(med, u)]
+        near = [(u, s) for u, s in zip(c, sims) if u != med and s >= min_cos - _COS_EPS and ok(med, u)]
+        if max_size is not None and len(near) >= max_size:
+            near = sorted(near, key=lambda us: (-us[1], us[0]))[:max_size - 1]
+        members = [med] + [u for u, _ in near]
         if len(members) >= 2:
             out.append(sorted(members))
             taken = set(members)
@@ -362,6 +367,9 @@ def cluster_paraphrases(keys: pd.DataFrame, vectors: np.ndarray, settings: Setti
     Each component is therefore split into stars: every member must itself have cosine >=
     ``paraphrase_min_cosine`` to the component's medoid and be admissible with it; whatever
     is left is re-split the same way (``_star_split``). Deterministic, no random seed.
+    A star holds at most ``max_cluster_size`` keys, the medoid's nearest: paraphrase
+    inheritance pairs every two failing members, so one star of thousands (what an encoder
+    that cannot read a script makes of it) would cost millions of pairs and mean nothing.
     Measured on the 16,430 MASSIVE en-US keys (MiniLM, k=10, min cosine 0.80, intents hidden,
     the annotated slot values as nlu_slot_values), share of same-gold-intent pairs inside
     clusters: plain components 0.387 (largest 451 keys), networkx Louvain (seed 0) 0.797
@@ -391,6 +399,8 @@ def cluster_paraphrases(keys: pd.DataFrame, vectors: np.ndarray, settings: Setti
         return out.sort_values(["locale", "cluster_id", "text"], kind="mergesort").reset_index(drop=True)
 
     locale = str(locales.iloc[0])
+    if settings.max_cluster_size < 2:
+        raise ValueError(f"max_cluster_size must be at least 2 (a cluster is a pair or more), got {settings.max_cluster_size}")
     min_cos = float(settings.paraphrase_min_cosine)
     texts = keys["text"].astype(str).tolist()
     intents = [_intent_or_none(v) for v in (keys["intent"] if "intent" in keys else [None] * len(keys))]
@@ -411,7 +421,7 @@ def cluster_paraphrases(keys: pd.DataFrame, vectors: np.ndarray, settings: Setti
             n_admissible += 1
     clusters: list[list[int]] = []
     for comp in _components(adj.keys(), adj):
-        clusters.extend(_star_split(comp, x, adj, ok, min_cos))
+        clusters.extend(_star_split(comp, x, adj, ok, min_cos, settings.max_cluster_size))
     if info is not None:
         info.update(pairs=len(pairs), admissible_pairs=n_admissible, clusters=len(clusters))
     if not clusters:

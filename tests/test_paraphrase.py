@@ -179,3 +179,35 @@ def test_cluster_intent_weighting_and_user_sets(settings, alarm):
     assert row["success_rate"] == pytest.approx(6 / 10)
     assert row["intent"] == "alarm_set" and row["intent_agreement"] == pytest.approx(1.0)
     assert P.cluster_paraphrases(k.iloc[:0], x[:0], settings).columns.tolist() == P.OUTPUT_COLUMNS
+
+
+def test_stars_keep_at_most_max_cluster_size_of_the_medoids_nearest(settings, encoder):
+    """The English MiniLM cannot read Devanagari: on real hi-IN MASSIVE keys it makes one star
+    of well over a hundred keys (2,183 at 1M simulated turns, 4.7M mate pairs). The cap keeps
+    the medoid's nearest members and re-splits the rest."""
+    texts = sorted({normalize_text(r["utt"]) for r in massive_records("hi-IN", 500)})
+    x = encoder.encode(texts)
+    keys = pd.DataFrame({"locale": "hi-IN", "text": texts, "n_users": 1, "n_turns": 2, "n_success": 1,
+                         "intent": None, "slots": [[] for _ in texts], "nlu_slot_values": [[] for _ in texts]})
+    uncapped = P.cluster_paraphrases(keys, x, dataclasses.replace(settings, max_cluster_size=10**6))
+    capped = P.cluster_paraphrases(keys, x, dataclasses.replace(settings, max_cluster_size=64))
+    big = uncapped.groupby("cluster_id")["text"].agg(list).map(len).idxmax()
+    star = set(uncapped.loc[uncapped["cluster_id"] == big, "text"])
+    assert len(star) > 64
+    assert capped.groupby("cluster_id").size().max() <= 64
+    assert len(capped) >= len(uncapped) - len(star)  # the rest of the big star is re-split, not dropped wholesale
+    row = {t: i for i, t in enumerate(texts)}
+    # one capped star is the big star's medoid with its 63 nearest members
+    nearest = []
+    for _, g in capped.groupby("cluster_id"):
+        kept = set(g["text"])
+        if len(kept) != 64 or not kept <= star:
+            continue
+        for m in kept:
+            inside = [float(x[row[m]] @ x[row[t]]) for t in kept - {m}]
+            outside = [float(x[row[m]] @ x[row[t]]) for t in star - kept]
+            if min(inside) >= max(outside) - 1e-6:
+                nearest.append(m)
+    assert nearest
+    with pytest.raises(ValueError, match="max_cluster_size"):
+        P.cluster_paraphrases(keys, x, dataclasses.replace(settings, max_cluster_size=1))
