@@ -397,6 +397,7 @@ def run_suite(sizes: list[int], peer_keys: list[int], encoder_keys: int, repeats
             "total_s": cold["total_s"], "total_s_all": cold["total_s_all"], "stages_s": cold["stages_s"],
             "peak_rss_gib": {k: round(v / 2**30, 2) for k, v in cold["peak_rss_bytes"].items()},
             "peak_rss_gib_max": round(cold["peak_rss_bytes_max"] / 2**30, 2),
+            "peak_pss_gib": {k: round(v / 2**30, 2) for k, v in cold.get("peak_pss_bytes", {}).items()},
             "peak_pss_gib_max": (round(cold["peak_pss_bytes_max"] / 2**30, 2) if "peak_pss_bytes_max" in cold else None),
             "peak_pss_gib_by_process": {k: round(v / 2**30, 2) for k, v in cold.get("peak_pss_bytes_by_process", {}).items()},
             "turns_per_s": round(turns / cold["total_s"], 1),
@@ -506,10 +507,12 @@ def markdown(res: dict) -> str:
                      f"{s.get('peak_pss_gib_max')} |")
     stages = list(res["sizes"][0]["stages_s"]) if res["sizes"] else []
     if stages:
-        lines += ["", "Seconds (peak GiB) per stage:", "",
+        lines += ["", "Seconds (peak GiB: RSS sum / PSS sum) per stage:", "",
                   "| size | " + " | ".join(stages) + " |", "|---|" + "---:|" * len(stages)]
         for s in res["sizes"]:
-            lines.append(f"| {s['size']} | " + " | ".join(f"{s['stages_s'].get(k, '')} ({s['peak_rss_gib'].get(k, '')})" for k in stages) + " |")
+            pss = s.get("peak_pss_gib", {})
+            lines.append(f"| {s['size']} | " + " | ".join(
+                f"{s['stages_s'].get(k, '')} ({s['peak_rss_gib'].get(k, '')} / {pss.get(k, '-')})" for k in stages) + " |")
     for s in res["sizes"]:
         if "next_day" in s:
             nd = s["next_day"]
