@@ -294,7 +294,7 @@ def _components(nodes: Iterable[int], adj: dict[int, set[int]]) -> list[list[int
 
 
 def _star_split(comp: list[int], x: np.ndarray, adj: dict[int, set[int]], ok, min_cos: float,
-                max_size: int | None = None) -> list[list[int]]:
+                max_size: int) -> list[list[int]]:
     """Split one connected component into stars around medoids (the anti-chaining guard).
 
     The medoid is the member closest to the component's normalized mean vector (ties: the
@@ -318,7 +318,7 @@ def _star_split(comp: list[int], x: np.ndarray, adj: dict[int, set[int]], ok, mi
         med = c[m]
         sims = sub @ x[med]
         near = [(u, s) for u, s in zip(c, sims) if u != med and s >= min_cos - _COS_EPS and ok(med, u)]
-        if max_size is not None and len(near) >= max_size:
+        if len(near) >= max_size:
             near = sorted(near, key=lambda us: (-us[1], us[0]))[:max_size - 1]
         members = [med] + [u for u, _ in near]
         if len(members) >= 2:
