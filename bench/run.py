@@ -334,7 +334,7 @@ PARTS = ("mining", "encoder", "pipeline")
 
 def run_suite(sizes: list[int], peer_keys: list[int], encoder_keys: int, repeats: int, work: Path, out: Path,
               command: str, config: dict, parts: tuple[str, ...] = PARTS, community_detection: bool = True,
-              embed_only: bool = True, embed_sample: float = 1.0) -> dict:
+              embed_only: bool = True, embed_sample: float = 1.0, next_day: bool = True) -> dict:
     from selflearn import embed
     from selflearn.config import Settings
 
@@ -405,7 +405,7 @@ def run_suite(sizes: list[int], peer_keys: list[int], encoder_keys: int, repeats
             "embed_only_sampled_keys": emb[0].get("sample_keys") if emb else None,  # None: every key timed
             "e2e_over_embed_only": round(cold["total_s"] / emb_s, 2) if emb_s else None,
         }
-        if n == sizes[-1]:
+        if next_day and n == sizes[-1]:
             # The next day: warm (this size's embedding cache) against the same log cold (fresh
             # ROOT). Only the embedding cache is copied: with the evidence state too, the warm
             # run would be an incremental run over 8 days, not the next day's work.
@@ -558,6 +558,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=",".join(PARTS), help="parts to run, comma-separated: " + ", ".join(PARTS))
     ap.add_argument("--no-embed-only", action="store_true",
                     help="pipeline: skip the embedding-only measurement (no end-to-end ratio)")
+    ap.add_argument("--no-next-day", action="store_true",
+                    help="pipeline: skip the next day's warm and cold runs at the largest size (no warm ratio)")
     ap.add_argument("--embed-sample", type=float, default=1.0,
                     help="pipeline: time the embedding-only run on this share of the keys and scale up (default 1: all)")
     ap.add_argument("--no-community-detection", action="store_true",
@@ -574,7 +576,7 @@ def main(argv=None) -> int:
     command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
     res = run_suite(sorted(parse_size(s) for s in sizes.split(",")), sorted(parse_size(s) for s in peers.split(",")),
                     enc_keys, repeats, work, Path(a.out), command.strip(), json.loads(a.config), parts,
-                    not a.no_community_detection, not a.no_embed_only, a.embed_sample)
+                    not a.no_community_detection, not a.no_embed_only, a.embed_sample, not a.no_next_day)
     print((Path(a.out) / "latest.md").read_text())
     _say(f"done in {res['elapsed_s']} s")
     return 0
