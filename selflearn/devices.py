@@ -8,7 +8,8 @@ extra), else an exact blocked top-k in torch on the GPU. Without a GPU the same 
 CPU: ONNX int8 (or torch) embeddings and CPU FAISS. ``knn_backend: torch`` forces the torch
 top-k (on CPU too: that is how its CPU path is tested against FAISS).
 
-The GPU branches are untested here (no GPU on the development machine).
+The suite has no GPU; ``bench/gpu_check.py`` runs the CUDA branches on a GPU machine
+(H200, 2026-11-29: docs/performance.md). The faiss-gpu branch has not run on one.
 """
 from __future__ import annotations
 

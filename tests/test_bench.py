@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from selflearn.runner import STAGES
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -29,7 +31,7 @@ def test_quick_bench_writes_every_field(tmp_path, tmp_path_factory):
     assert [s["size"] for s in res["sizes"]] == ["2k", "4k"]
     for s in res["sizes"]:
         assert s["turns"] > 1000 and 0 < s["distinct_keys"] <= s["turns"]
-        assert set(s["stages_s"]) == {"ingest", "sessions", "keys", "embed", "paraphrase", "graph", "rewrites", "labels", "publish"}
+        assert set(s["stages_s"]) == set(STAGES)
         assert set(s["peak_rss_gib"]) == set(s["stages_s"]) and s["peak_rss_gib_max"] > 0.2  # a JVM at least
         assert s["embed_only_s"] > 0 and s["e2e_over_embed_only"] > 0 and s["turns_per_s"] > 0
     nd = res["sizes"][-1]["next_day"]
@@ -49,3 +51,14 @@ def test_quick_bench_writes_every_field(tmp_path, tmp_path_factory):
     md = (out / "latest.md").read_text()
     for heading in ("Pipeline, cold cache", "Next day", "Scaling", "Paraphrase mining", "Encoder", "Targets"):
         assert heading in md
+
+
+def test_gpu_check_recall_counts_a_tie_at_the_kth_place_as_found():
+    # bench.gpu_check: identical vectors make the ids at the k-th place arbitrary
+    from bench.gpu_check import _recall_at_k
+
+    exact_I = [[0, 1, 2, 3]]  # row 0: self, then 1, 2 and 3 (3 ties with 4 at 0.5)
+    exact_D = [[1.0, 0.9, 0.7, 0.5]]
+    assert _recall_at_k([0], [[(1, 0.9), (2, 0.7), (4, 0.5)]], exact_I, exact_D, 3) == (2 / 3, 1.0)
+    # a worse neighbour found instead of 2 is a miss either way
+    assert _recall_at_k([0], [[(1, 0.9), (3, 0.5), (6, 0.45)]], exact_I, exact_D, 3) == (2 / 3, 2 / 3)
