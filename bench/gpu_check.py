@@ -160,7 +160,7 @@ def main(argv=None) -> int:
 
     res["env"].update(sentence_transformers=sentence_transformers.__version__, transformers=transformers.__version__)
     save()
-    settings = Settings.from_dict({"embedding_model": a.model, **json.loads(a.config)})  # defaults otherwise (onnx-int8, auto)
+    settings = Settings.from_dict({"embedding_model": a.model, **json.loads(a.config)})  # defaults otherwise (device auto)
 
     def plan():
         d = choose_devices(settings)
