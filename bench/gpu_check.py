@@ -40,7 +40,11 @@ def _say(msg: str) -> None:
 
 
 def _read_lines(path: Path) -> list[str]:
-    raw = lzma.open(path, "rt", encoding="utf-8").read() if path.suffix == ".xz" else path.read_text(encoding="utf-8")
+    if path.suffix == ".xz":
+        with lzma.open(path, "rt", encoding="utf-8") as fh:
+            raw = fh.read()
+    else:
+        raw = path.read_text(encoding="utf-8")
     return [t for t in raw.split("\n") if t]
 
 
@@ -48,7 +52,11 @@ def _recall_at_k(rows, found, exact_I, exact_D, k: int, eps: float = 1e-5) -> tu
     """(by id, tie-aware): mean share of each row's exact k nearest (self excluded) among its
     found neighbours ``found[i]`` = [(id, cosine)]. Tie-aware counts an exact neighbour whose
     cosine ties the found k-th as found: identical vectors (an English model maps many
-    non-Latin keys to the same [UNK] tokens) make ids at the k-th place arbitrary."""
+    non-Latin keys to the same [UNK] tokens) make ids at the k-th place arbitrary.
+
+    The same tie rule as ``paraphrase._recall_at_k`` (which calibrates IVF on one engine), but
+    over neighbour lists, with the by-id figure too, and a looser ``eps``: here the two sides
+    come from different engines (GPU and CPU sums differ in the last bits)."""
     by_id = tied = 0
     for row, got, ids, sims in zip(rows, found, exact_I, exact_D):
         want = [(j, s) for j, s in zip(ids, sims) if j != row][:k]
