@@ -38,8 +38,6 @@ def _progress_logging() -> None:
 
 
 def cmd_run(args) -> int:
-    from pipelines.mine_flow import mine
-
     from .config import load_settings
 
     from .publish import ensure_root_free
@@ -53,7 +51,15 @@ def cmd_run(args) -> int:
     check_input(args.input)
     ensure_root_free(args.output)  # a busy ROOT: refuse with one line (exit 2), never wait
     _progress_logging()
-    final = mine(args.input, args.output, args.config, force_publish=args.force_publish)
+    if args.prefect:  # the same stages as a Prefect flow (a temporary local server without PREFECT_API_URL)
+        from pipelines.mine_flow import mine
+
+        final = mine(args.input, args.output, args.config, force_publish=args.force_publish)
+    else:  # the stages called directly: no Prefect server to start, no Prefect log lines
+        from .runner import Run, run_all
+
+        final = run_all(Run(input_path=args.input, output_root=args.output, settings=settings,
+                            force_publish=args.force_publish))
     print(final)
     manifest = json.loads((Path(final) / "manifest.json").read_text(encoding="utf-8"))
     held = gate_message(manifest, Path(final))
@@ -111,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--config", help="YAML settings file")
     r.add_argument("--force-publish", action="store_true",
                    help="move LATEST to this run even if the publish gate fails (otherwise exit code 3)")
+    r.add_argument("--prefect", action="store_true",
+                   help="run the stages as the Prefect flow selflearn-mine (as deployments do) instead of directly")
     r.set_defaults(fn=cmd_run)
     s = sub.add_parser("simulate", help="write a simulated log with its ground truth")
     s.add_argument("--output", required=True)
