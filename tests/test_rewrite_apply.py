@@ -1,0 +1,107 @@
+"""Contract section 4.1: how published rewrites apply to a text key. Carrier phrases and
+slot values are real MASSIVE utterances (en-US and ja-JP records 0-2 and 93 of alarm_set)."""
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+import pytest
+
+from selflearn.rewrite_apply import (
+    Pattern, RewriteIndex, best_pattern, has_literal_text, literal_chars, pattern_regex, placeholder_names,
+)
+
+
+def _index(exact_rows=(), pattern_rows=()):
+    rewrites = pd.DataFrame(list(exact_rows), columns=["locale", "source", "target", "confidence"])
+    patterns = pd.DataFrame(list(pattern_rows), columns=["locale", "source", "target", "confidence"])
+    return RewriteIndex.from_frames(rewrites, patterns)
+
+
+def test_regex_escapes_literals_and_binds_placeholders_lazily():
+    rx = pattern_regex("wake me up at {time} on {date}")
+    m = rx.fullmatch("wake me up at nine am on friday")
+    assert m.groupdict() == {"time": "nine am", "date": "friday"}
+    # literal parts are escaped: a regex metacharacter in fixed text matches itself only
+    assert pattern_regex("a.b {x}").fullmatch("a.b c") and not pattern_regex("a.b {x}").fullmatch("axb c")
+    assert placeholder_names("{time} and {date} or {time}") == ["time", "date"]
+    assert literal_chars("wake me up at {time}") == len("wake me up at ")
+    assert has_literal_text("wake me up at {time}") and not has_literal_text("{time} {date}")
+
+
+def test_a_repeated_placeholder_must_bind_the_same_text():
+    p = Pattern.make("en-US", "{time} or {time}", "set an alarm for {time}", 0.9)
+    assert p.apply("twelve or twelve") == "set an alarm for twelve"
+    assert p.apply("twelve or five am") is None
+
+
+def test_exact_wins_over_any_pattern():
+    idx = _index([("en-US", "wake me up at nine am on friday", "set an alarm for nine am", 0.5)],
+                 [("en-US", "wake me up at {time} on {date}", "set an alarm for {time} {date}", 0.99)])
+    hit = idx.lookup("en-US", "wake me up at nine am on friday")
+    assert (hit.kind, hit.rewrite, hit.confidence) == ("exact", "set an alarm for nine am", 0.5)
+    hit = idx.lookup("en-US", "wake me up at five am on monday")
+    assert (hit.kind, hit.rewrite) == ("pattern", "set an alarm for five am monday")
+    assert idx.lookup("de-DE", "wake me up at five am on monday") is None
+
+
+def test_most_literal_characters_then_confidence_then_smaller_source():
+    rows = [
+        ("en-US", "wake me up at {time}", "set an alarm for {time}", 0.99),
+        ("en-US", "wake me up at {time} on {date}", "set an alarm for {time} {date}", 0.30),
+    ]
+    # more fixed text ("... on ") wins although its confidence is lower
+    assert _index(pattern_rows=rows).lookup("en-US", "wake me up at nine am on friday").rewrite == \
+        "set an alarm for nine am friday"
+    # equal fixed text (11 characters each): the higher confidence wins
+    tie = [("en-US", "wake me up {x}", "set an alarm {x}", 0.4), ("en-US", "wake {y} up at", "set {y} alarm", 0.8)]
+    assert literal_chars(tie[0][1]) == literal_chars(tie[1][1]) == 11
+    assert _index(pattern_rows=tie).lookup("en-US", "wake me up at").rewrite == "set me alarm"
+    # equal fixed text and confidence: the smaller source in code-point order ("m" < "{")
+    same = [("en-US", "wake {x} at", "a {x}", 0.5), ("en-US", "wake me {x}", "b {x}", 0.5)]
+    assert literal_chars(same[0][1]) == literal_chars(same[1][1]) == 8
+    assert _index(pattern_rows=same).lookup("en-US", "wake me up at").rewrite == "b up at"
+
+
+def test_an_identity_result_is_no_rewrite_and_the_next_pattern_is_tried():
+    rows = [("en-US", "set an alarm for {time}", "set an alarm for {time}", 0.99),
+            ("en-US", "set an {what} for {time}", "set an alarm for {time}", 0.5)]
+    idx = _index(pattern_rows=rows)
+    assert idx.lookup("en-US", "set an alarm for twelve") is None  # both results equal the key
+    assert idx.lookup("en-US", "set an timer for twelve").rewrite == "set an alarm for twelve"
+
+
+def test_unspaced_script_binds_inside_words():
+    # ja-JP alarm_set records 0 and 1: "[date : 今週] は [time : 午前五時] に起こして",
+    # "[date : 金曜日] の [time : 午前九時] に起こしてください" (keys carry no spaces there)
+    p = ("ja-JP", "{date}の{time}に起こしてください", "{date}の{time}にアラームをセットする", 0.9)
+    idx = _index(pattern_rows=[p])
+    hit = idx.lookup("ja-JP", "金曜日の午前九時に起こしてください")
+    assert hit.kind == "pattern" and hit.rewrite == "金曜日の午前九時にアラームをセットする"
+    assert idx.lookup("ja-JP", "今週は午前五時に起こして") is None
+
+
+def test_the_index_answers_as_trying_every_pattern_does():
+    carriers = ["wake me up at {time} on {date}", "wake me up at {time}", "set an alarm for {time}",
+                "{time} alarm please", "set an alarm {time}", "{date} wake me up at {time}", "{time} and {date}",
+                "set an alarm for {time} {date}"]
+    values = ["five am", "nine am", "twelve", "friday", "this week", "forty minutes from now", "two hours from now"]
+    rng = random.Random(0)
+    pats = []
+    for i in range(60):
+        src = rng.choice(carriers)
+        tgt = rng.choice([c for c in carriers if set(placeholder_names(c)) <= set(placeholder_names(src))] or [src])
+        pats.append(Pattern.make("en-US", src, tgt, round(rng.random(), 2)))
+    idx = RewriteIndex({}, pats)
+    for _ in range(400):
+        tpl = rng.choice(carriers)
+        key = tpl.replace("{time}", rng.choice(values)).replace("{date}", rng.choice(values))
+        brute = best_pattern(pats, key)
+        got = idx.lookup("en-US", key)
+        assert (got.rewrite if got else None) == (brute[1] if brute else None), key
+
+
+@pytest.mark.parametrize("key", ["", "wake me up at", "at nine am"])
+def test_a_placeholder_binds_at_least_one_character(key):
+    p = Pattern.make("en-US", "wake me up at {time}", "set an alarm for {time}", 0.9)
+    assert p.apply(key) is None
