@@ -53,3 +53,18 @@ def massive_records(locale: str, limit: int | None = None) -> list[dict]:
 @pytest.fixture(scope="session")
 def massive():
     return massive_records
+
+
+@pytest.fixture(scope="session")
+def published_run(tmp_path_factory, massive, spark, settings):
+    """The fast tier's one end-to-end run, shared by every test that reads published
+    outputs: tests/small_logs.py's three-locale log through every stage (real Spark, the
+    bundled encoder, FAISS, the publish step), in this process, on the session's Spark."""
+    from selflearn.runner import Run, run_all
+    from small_logs import build_log
+
+    base = tmp_path_factory.mktemp("published-run")
+    expected, rows = build_log(massive, base / "log")
+    run = Run(input_path=str(base / "log"), output_root=str(base / "root"), settings=settings)
+    final = run_all(run)
+    return {"root": base / "root", "final": final, "expected": expected, "rows": rows, "run": run}

@@ -12,7 +12,7 @@ def run_cli(*args):
 
 def test_missing_input_is_one_line(tmp_path):
     r = run_cli("run", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "root"))
-    assert r.returncode != 0
+    assert r.returncode == 2  # the documented exit code of any failure
     assert r.stderr.strip().count("\n") == 0 and "input not found" in r.stderr
     assert "Traceback" not in r.stderr
 
@@ -20,7 +20,7 @@ def test_missing_input_is_one_line(tmp_path):
 def test_parquet_that_cannot_be_a_log_is_one_line(tmp_path):
     pq.write_table(pa.table({"a": [1, 2], "b": ["x", "y"]}), tmp_path / "t.parquet")
     r = run_cli("run", "--input", str(tmp_path / "t.parquet"), "--output", str(tmp_path / "root"))
-    assert r.returncode != 0 and "cannot be a log" in r.stderr
+    assert r.returncode == 2 and "cannot be a log" in r.stderr
     assert r.stderr.strip().count("\n") == 0
 
 
@@ -29,7 +29,7 @@ def test_bad_config_is_one_line(tmp_path):
     cfg.write_text("min_users: many\n")
     pq.write_table(pa.table({"event_id": ["e"]}), tmp_path / "t.parquet")
     r = run_cli("run", "--input", str(tmp_path / "t.parquet"), "--output", str(tmp_path / "root"), "--config", str(cfg))
-    assert r.returncode != 0 and "min_users" in r.stderr
+    assert r.returncode == 2 and "min_users" in r.stderr
     assert r.stderr.strip().count("\n") == 0
 
 

@@ -39,13 +39,21 @@ def test_cycle_needs_the_linear_solve():
 def test_components_are_solved_apart_and_best_target_wins():
     e = edges([
         ("a", "b", 0.3), ("a", "c", 0.6), ("a", FAILURE, 0.1),
-        ("b", SUCCESS, 1.0), ("c", SUCCESS, 0.5), ("c", FAILURE, 0.5),
+        ("b", SUCCESS, 1.0), ("c", SUCCESS, 0.8), ("c", FAILURE, 0.2),
         ("x", "y", 1.0), ("y", SUCCESS, 1.0),
     ])
     out = solve_rewrite_targets(e).set_index("source")
-    # a -> c: 0.6*0.5 = 0.30; a -> b: 0.3*1.0 = 0.30 + tie broken by index order -> both 0.3
-    assert out.loc["a", "confidence"] == pytest.approx(0.3)
+    # a -> c: 0.6 * 0.8 = 0.48 beats a -> b: 0.3 * 1.0 = 0.30, although b succeeds more often
+    assert out.loc["a", "target"] == "c"
+    assert out.loc["a", "confidence"] == pytest.approx(0.48)
+    # the other component is solved on its own: nothing of a's mass reaches it
     assert out.loc["x", "target"] == "y" and out.loc["x", "confidence"] == pytest.approx(1.0)
+
+
+def test_a_tie_goes_to_the_first_key_in_sorted_order():
+    e = edges([("a", "c", 0.5), ("a", "b", 0.5), ("b", SUCCESS, 0.6), ("c", SUCCESS, 0.6)])
+    out = solve_rewrite_targets(e).set_index("source")
+    assert out.loc["a", "target"] == "b" and out.loc["a", "confidence"] == pytest.approx(0.3)
 
 
 def test_paraphrase_inheritance_gives_a_failing_key_its_mates_continuation():

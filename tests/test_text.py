@@ -1,5 +1,6 @@
 """Text keys (contract section 3) and script-aware similarity."""
 import gzip
+import hashlib
 import json
 
 import pandas as pd
@@ -50,24 +51,47 @@ def test_similarity_works_across_scripts(massive):
     assert pair_similarity(a, normalize_text(ja[30])) < 0.5
 
 
-def test_spark_and_python_keys_agree_on_all_of_massive(spark):
-    """Every utterance of MASSIVE in all 52 locales: the Spark path (normalize in
-    mapInPandas batches) gives exactly normalize_text's result."""
-    from selflearn.sessions import normalize_series
+# sha256 over "utterance<TAB>key<LF>" of every distinct MASSIVE utterance (52 locales,
+# 818,308 strings) in code-point order, the keys as normalize_text gave them on 2026-12-02
+# (NORMALIZER_VERSION "1"). A change to any key of MASSIVE changes it: update it only together
+# with text.NORMALIZER_VERSION, since embedding caches and published keys depend on it.
+MASSIVE_KEYS_SHA256 = "13b44db90c6be91120eee5d0419d3d8ab5af7d85e5784e7f6bad357147262421"
 
-    rows = []
+
+def _massive_utterances() -> list[str]:
+    rows = set()
     for path in sorted(MASSIVE.glob("*.jsonl.gz")):
         with gzip.open(path, "rt", encoding="utf-8") as fh:
-            rows.extend(json.loads(line)["utt"] for line in fh)
-    assert len(rows) > 800_000
-    expected = {u: normalize_text(u) for u in set(rows)}
-    df = spark.createDataFrame(pd.DataFrame({"utt": sorted(expected)}))
+            rows.update(json.loads(line)["utt"] for line in fh)
+    return sorted(rows)
+
+
+def _digest(pairs) -> str:
+    h = hashlib.sha256()
+    for utt, key in pairs:
+        h.update(f"{utt}\t{key}\n".encode())
+    return h.hexdigest()
+
+
+def test_keys_of_all_of_massive_are_the_pinned_keys():
+    utts = _massive_utterances()
+    assert len(utts) == 818_308
+    assert _digest((u, normalize_text(u)) for u in utts) == MASSIVE_KEYS_SHA256
+
+
+@pytest.mark.heavy
+def test_spark_keys_of_all_of_massive_are_the_pinned_keys(spark):
+    """Every utterance of MASSIVE in all 52 locales through the Spark path (normalize in
+    mapInPandas batches) gives exactly the pinned keys."""
+    from selflearn.sessions import normalize_series
+
+    utts = _massive_utterances()
+    df = spark.createDataFrame(pd.DataFrame({"utt": utts}))
 
     def apply(batches):
         for pdf in batches:
             yield pd.DataFrame({"utt": pdf["utt"], "key": normalize_series(pdf["utt"])})
 
-    got = df.mapInPandas(apply, "utt string, key string").toPandas()
-    assert len(got) == len(expected)
-    mismatched = [(u, k) for u, k in zip(got["utt"], got["key"]) if expected[u] != k]
-    assert mismatched == []
+    got = df.mapInPandas(apply, "utt string, key string").toPandas().sort_values("utt", kind="mergesort")
+    assert len(got) == len(utts)
+    assert _digest(zip(got["utt"], got["key"])) == MASSIVE_KEYS_SHA256
