@@ -183,13 +183,18 @@ class Run:
         self.counts["embed"] = {"keys_embedded": self._read(self.dirs.work / "vectors").count()}
 
     def stage_paraphrase(self) -> None:
-        from .steps import paraphrase_step
+        from .steps import floor_rows, paraphrase_step
 
         clusters = paraphrase_step(
-            self._read(self.dirs.work / "key_stats"), self._read(self.dirs.work / "vectors"), self.settings
+            self._read(self.dirs.work / "key_stats"), self._read(self.dirs.work / "vectors"), self.settings, self._evidence()
         ).toPandas()
-        n = write_table(clusters, self.dirs.output("paraphrase_clusters"), "paraphrase_clusters", ["locale", "cluster_id", "text"])
-        self.counts["paraphrase"] = {"clustered_keys": n, "clusters": int(clusters["cluster_id"].nunique()) if n else 0}
+        # Every clustered key feeds the graph and labels (work/clusters); only keys said by
+        # min_users distinct users are published.
+        n = write_table(clusters, self.dirs.work / "clusters", "paraphrase_clusters", ["locale", "cluster_id", "text"])
+        published = floor_rows(clusters, self.settings.min_users)
+        n_pub = write_table(published, self.dirs.output("paraphrase_clusters"), "paraphrase_clusters", ["locale", "cluster_id", "text"])
+        self.counts["paraphrase"] = {"clustered_keys": n, "clusters": int(clusters["cluster_id"].nunique()) if n else 0,
+                                     "published_keys": n_pub}
 
     def stage_graph(self) -> None:
         from .graph_output import write_rewrite_graph
@@ -197,14 +202,14 @@ class Run:
 
         enriched = self._evidence()
         stats = self._read(self.dirs.work / "key_stats")
-        clusters = self._read(self.dirs.output("paraphrase_clusters"))
+        clusters = self._read(self.dirs.work / "clusters")
         edges_step(enriched, self.settings).write.mode("overwrite").parquet(str(self.dirs.work / "edges"))
         edges = self._read(self.dirs.work / "edges")
         mates = mates_step(clusters, stats, self.settings)
         mates.write.mode("overwrite").parquet(str(self.dirs.work / "mates"))
         mates = self._read(self.dirs.work / "mates")
         solve_step(edges, mates, stats, self.settings).write.mode("overwrite").parquet(str(self.dirs.work / "candidates"))
-        self.counts["graph"] = write_rewrite_graph(self.spark, edges, stats, self.dirs.output("rewrite_graph"))
+        self.counts["graph"] = write_rewrite_graph(self.spark, edges, stats, self.dirs.output("rewrite_graph"), self.settings.min_users)
 
     def stage_rewrites(self) -> None:
         from .steps import candidates_step, reach_step, rewrites_step
@@ -214,7 +219,7 @@ class Run:
         cands = candidates_step(
             self._read(self.dirs.work / "candidates"), self._read(self.dirs.work / "reach"),
             self._read(self.dirs.work / "mates"), self._read(self.dirs.work / "key_stats"), enriched,
-            self._read(self.dirs.output("paraphrase_clusters")), self.settings,
+            self._read(self.dirs.work / "clusters"), self.settings,
         )
         decided, published = rewrites_step(cands, self.settings)
         decided.to_parquet(self.dirs.work / "decided.parquet", index=False)
@@ -232,7 +237,7 @@ class Run:
         from .steps import labels_step
 
         rewrites = pd.read_parquet(self.dirs.output("rewrites"))
-        clusters = pd.read_parquet(self.dirs.output("paraphrase_clusters"))
+        clusters = pd.read_parquet(self.dirs.work / "clusters")
         training = labels_step(rewrites, clusters, self._read(self.dirs.work / "key_stats"), self.settings)
         n = write_table(training, self.dirs.output("training"), "training", ["locale", "text"])
         by_source = training["label_source"].value_counts().sort_index().to_dict() if n else {}
