@@ -70,6 +70,26 @@ def drop_forgotten(spark, accepted: DataFrame, state: State) -> tuple[DataFrame,
     return accepted.where(~F.col("user_id").isin(users)), users
 
 
+def row_user_id(df: DataFrame):
+    """A row's user id, also for a rejected row: the typed column, else the raw row's
+    "user_id" (as JSON, or found in a line that is no JSON)."""
+    from_json = F.get_json_object(F.col("raw"), "$.user_id")
+    found = F.regexp_extract(F.col("raw"), r'"user_id"\s*:\s*"((?:[^"\\]|\\.)*)"', 1)
+    return F.coalesce(F.col("user_id").cast("string"), from_json, F.when(found != "", found))
+
+
+def drop_forgotten_rejects(annotated: DataFrame, state: State) -> tuple[DataFrame, int]:
+    """Rejected rows (a reason set) of forgotten users out, and how many there were; the
+    quarantine then never holds a forgotten user's row (accepted rows: drop_forgotten)."""
+    users = state.forgotten()
+    if not users:
+        return annotated, 0
+    gone = F.col("reason").isNotNull() & state.hash_column(row_user_id(annotated)).isin(users)
+    flagged = annotated.withColumn("_gone", F.coalesce(gone, F.lit(False)))
+    n = flagged.where("_gone").count()
+    return flagged.where(~F.col("_gone")).drop("_gone"), n
+
+
 def carried_tails(spark, state: State, accepted: DataFrame, new_days: list[str]) -> DataFrame | None:
     """The committed session tails that this input continues: those of days before all
     of its days (a re-run of a day re-reads that day's turns from its input instead)."""

@@ -98,12 +98,16 @@ class Run:
         from pyspark import StorageLevel
         from pyspark.sql import functions as F
 
-        from .incremental import drop_forgotten, mark_cross_run_duplicates, pseudonymize, with_day
+        from .incremental import drop_forgotten, drop_forgotten_rejects, mark_cross_run_duplicates, pseudonymize, with_day
         from .readers import IngestResult, ingest
         from .schema import arrow_schema
 
         first = ingest(self.spark, self.input_path, self.settings, now=self.now)
         annotated = mark_cross_run_duplicates(self.spark, with_day(self.spark, first.annotated, self.input_path), self.state)
+        # A forgotten user's rows never reach the quarantine either (it holds rows as read,
+        # raw ids included): rejected rows of a forgotten user are dropped and counted
+        # with the forgotten, like their accepted rows.
+        annotated, rejected_forgotten = drop_forgotten_rejects(annotated, self.state)
         result = IngestResult(annotated.persist(StorageLevel.MEMORY_AND_DISK))
         accepted = pseudonymize(annotated.where(F.col("reason").isNull()).select(*arrow_schema("log").names, "order", "day"), self.state)
         kept, forgotten = drop_forgotten(self.spark, accepted, self.state)
@@ -113,6 +117,8 @@ class Run:
         # Rows of forgotten users: counted, never silently gone (rows_in = accepted + quarantined + forgotten).
         c["rows_forgotten"] = accepted.where(F.col("user_id").isin(forgotten)).count() if forgotten else 0
         c["rows_accepted"] -= c["rows_forgotten"]
+        c["rows_forgotten"] += rejected_forgotten
+        c["rows_in"] += rejected_forgotten
         result.unpersist()
         first.unpersist()
         self.counts["ingest"] = c
