@@ -40,7 +40,7 @@ def _progress_logging() -> None:
 def cmd_run(args) -> int:
     from .config import load_settings
 
-    from .publish import ensure_root_free
+    from .publish import check_output_root, ensure_root_free
     from .readers import check_input
 
     from .controls import load_controls
@@ -49,6 +49,7 @@ def cmd_run(args) -> int:
     settings = load_settings(args.config)  # fail fast, before Spark or Prefect start
     load_controls(settings.controls_file)
     check_input(args.input)
+    check_output_root(args.output)  # a file, below a file, read-only: one line (exit 2)
     ensure_root_free(args.output)  # a busy ROOT: refuse with one line (exit 2), never wait
     _progress_logging()
     if args.prefect:  # the same stages as a Prefect flow (a temporary local server without PREFECT_API_URL)

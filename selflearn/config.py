@@ -296,6 +296,30 @@ def _validate(obj, prefix: str) -> None:
         check_value(name, value, default, lo_hi)
 
 
+def _yaml_kind(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), type(value).__name__)
+
+
+def read_text_file(p: Path, what: str, expected: str) -> str:
+    """A file's UTF-8 text; a binary or otherwise undecodable file is a one-line
+    ConfigError naming the file and what was expected."""
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what}: {p} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          f"expected {expected}") from None
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {p} ({exc.strerror or type(exc).__name__})") from None
+
+
+def read_yaml(p: Path, what: str, expected: str) -> Any:
+    text = read_text_file(p, what, expected)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what}: {p} is not valid YAML ({str(exc).splitlines()[0]}); expected {expected}") from None
+
+
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Settings from a YAML file (keys as in Settings), then keyword overrides."""
     data: dict[str, Any] = {}
@@ -303,10 +327,9 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config: no such file: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config: {p} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        loaded = read_yaml(p, "config", "a YAML mapping of settings (key: value)")
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config: {p}: expected a YAML mapping of settings (key: value), got a {_yaml_kind(loaded)}")
         data = loaded or {}
     data = {**data, **overrides}
     return Settings.from_dict(data)

@@ -50,6 +50,34 @@ def ensure_root_free(root: str | Path) -> None:
         fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+class RootUnusableError(RuntimeError):
+    """The output ROOT cannot be written: a file, below a file, or read-only."""
+
+
+def check_output_root(root: str | Path) -> None:
+    """Refuse, before Spark starts and with one line, an output ROOT that cannot hold a
+    run: a file, a path below a file, or a directory (or, for a new ROOT, its nearest
+    existing parent) where no file can be made. Writability is tried, not inferred from
+    the mode bits: root ignores them, a read-only mount or an immutable directory does not."""
+    p = Path(root)
+    if p.exists() and not p.is_dir():
+        raise RootUnusableError(f"output ROOT {p} is a file, not a directory")
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe != p and probe.exists() and not probe.is_dir():
+        raise RootUnusableError(f"output ROOT {p} lies below a file ({probe})")
+    try:
+        tmp = probe / f".selflearn-write-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        tmp.write_bytes(b"")
+        tmp.unlink()
+    except OSError as exc:
+        where = f"output ROOT {p}" if probe == p else f"output ROOT {p}: its parent {probe}"
+        raise RootUnusableError(f"{where} is not writable ({exc.strerror or type(exc).__name__})") from None
+
+
 def _busy_message(root: Path) -> str:
     return f"another selflearn run is using {root}; wait for it to finish"
 
