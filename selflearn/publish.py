@@ -106,6 +106,8 @@ class RunDirs:
         self.run_id = run_id
         self.staging = self.root / ".staging" / run_id
         self.work = self.root / ".work" / run_id  # intermediate stage data, deleted after publish
+        # Spark's scratch dirs (shuffle files hold raw ids): under ROOT, removed with .work/
+        self.spark_local = self.root / ".work" / f"spark-{run_id}"
         self.quarantine_staging = self.root / ".staging" / f"{run_id}.quarantine"
         self.final = self.root / "runs" / run_id
         self.quarantine = self.root / "quarantine" / run_id
@@ -160,6 +162,7 @@ class RunDirs:
     def release(self) -> None:
         if not os.environ.get("SELFLEARN_KEEP_WORK"):  # kept for debugging a run's stages
             shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.spark_local, ignore_errors=True)  # its JVM is stopped (Run.finish) or gone
         if self._lock_fh is not None:
             fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
             self._lock_fh.close()

@@ -43,14 +43,21 @@ class Run:
     def __post_init__(self):
         self.dirs = RunDirs(self.output_root, self.run_id)
         self._spark = None
+        self._owns_spark = False
 
     # -- plumbing --------------------------------------------------------------------
     @property
     def spark(self):
         if self._spark is None:
-            from .spark import get_spark
+            from pyspark import SparkContext
 
-            self._spark = get_spark(self.settings)
+            from .spark import get_spark, submitted
+
+            # A JVM this run starts keeps its scratch files under ROOT/.work/ (removed by the
+            # locked cleanup after a kill); one already running (tests, spark-submit) keeps its own.
+            owns = SparkContext._active_spark_context is None and not submitted()
+            self._spark = get_spark(self.settings, local_dir=str(self.dirs.spark_local) if owns else None)
+            self._owns_spark = owns
         return self._spark
 
     def _say(self, msg: str) -> None:
@@ -91,6 +98,11 @@ class Run:
         self.dirs.acquire()
 
     def finish(self) -> None:
+        if self._owns_spark and self._spark is not None:
+            # Its scratch dirs are this run's (ROOT/.work/spark-<run_id>): stop the JVM that
+            # uses them before they are removed, so no later run shares a deleted local dir.
+            self._spark.stop()
+            self._spark = None
         self.dirs.release()
 
     # -- stages ----------------------------------------------------------------------
