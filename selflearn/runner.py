@@ -124,6 +124,10 @@ class Run:
         accepted = pseudonymize(annotated.where(F.col("reason").isNull()).select(*arrow_schema("log").names, "order", "day"), self.state)
         kept, forgotten = drop_forgotten(self.spark, accepted, self.state)
         kept.write.mode("overwrite").parquet(str(self.dirs.work / "accepted"))
+        # Partitions whose name disagrees with their rows' timestamps: reported, the rows
+        # keep the day of their own timestamp (incremental.with_day).
+        mismatch = {r["partition_mismatch"]: int(r["count"]) for r in annotated.where(
+            F.col("reason").isNull() & F.col("partition_mismatch").isNotNull()).groupBy("partition_mismatch").count().collect()}
         result.quarantine.orderBy("source").coalesce(1).write.mode("overwrite").parquet(str(self.dirs.quarantine_staging))
         c = dict(result.counts())
         # Rows of forgotten users: counted, never silently gone (rows_in = accepted + quarantined + forgotten).
@@ -131,6 +135,7 @@ class Run:
         c["rows_accepted"] -= c["rows_forgotten"]
         c["rows_forgotten"] += rejected_forgotten
         c["rows_in"] += rejected_forgotten
+        c["partition_day_mismatch"] = dict(sorted(mismatch.items()))
         result.unpersist()
         first.unpersist()
         self.counts["ingest"] = c
@@ -172,7 +177,7 @@ class Run:
         enriched = self._read(self.dirs.work / "enriched")
         new_days = sorted(r["day"] for r in self._read(self.dirs.work / "accepted").select("day").distinct().collect())
         pending, info = write_evidence(self.spark, state, evidence_rows(enriched, state), new_days, self.run_id,
-                                       self.settings.evidence_window_days)
+                                       self.settings.evidence_window_days, today=self.now.date().isoformat())
         tails = session_tails(enriched, self._read(self.dirs.work / "turns_in").drop("carried"), self.settings.session_gap_s)
         rel = f"tails/{self.run_id}"
         tails.write.mode("overwrite").parquet(str(state.path(rel)))
@@ -183,7 +188,8 @@ class Run:
         (self.dirs.work / "state.json").write_text(json.dumps(pending, sort_keys=True), encoding="utf-8")
         self.counts["evidence"] = {"input_days": new_days, "days_merged": sorted(pending["days"]),
                                    "days_dropped": info["dropped_days"], "days_written": info["touched_days"],
-                                   "window_days": self.settings.evidence_window_days, "tails_kept": n_tails}
+                                   "window_days": self.settings.evidence_window_days, "tails_kept": n_tails,
+                                   **{k: info[k] for k in ("rows_retained_before", "rows_dropped", "drop_share")}}
 
     def stage_keys(self) -> None:
         from .steps import key_stats_step
