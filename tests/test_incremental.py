@@ -15,7 +15,7 @@ import pytest
 
 from selflearn.schema import arrow_schema
 from selflearn.text import normalize_text
-from test_end_to_end import pick_goal
+from small_logs import pick_goal
 
 MERGED = ("rewrites", "training", "paraphrase_clusters")
 
