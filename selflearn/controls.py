@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, read_text_file, read_yaml
 from .text import normalize_text
 
 COLUMNS = ["locale", "source", "target"]
@@ -90,8 +89,11 @@ def load_controls(path: str | Path | None) -> Controls:
     if not p.is_file():
         raise ConfigError(f"controls: no such file: {p}")
     entries: dict[str, list] = {"block": [], "pin": []}
+    expected = "a YAML file with 'block' and/or 'pin' lists, or a CSV file with header action,locale,source,target"
     if p.suffix.lower() == ".csv":
-        with open(p, newline="", encoding="utf-8") as fh:
+        import io
+
+        with io.StringIO(read_text_file(p, "controls", expected), newline="") as fh:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None or not {"action", "locale", "source"} <= set(reader.fieldnames):
                 raise ConfigError(f"controls: {p}: CSV header must be action,locale,source,target")
@@ -102,11 +104,11 @@ def load_controls(path: str | Path | None) -> Controls:
                 row = {k: v for k, v in row.items() if k is not None}
                 entries[action].append(_entry(row, f"{p} line {i}", action))
     elif p.suffix.lower() in (".yaml", ".yml"):
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"controls: {p} is not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict) or set(data) - set(entries):
+        data = read_yaml(p, "controls", expected) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"controls: {p}: expected a YAML mapping with 'block' and/or 'pin' lists, got a "
+                              f"{type(data).__name__}")
+        if set(data) - set(entries):
             raise ConfigError(f"controls: {p}: top level must be a mapping with 'block' and/or 'pin' lists")
         for action in entries:
             items = data.get(action) or []

@@ -7,7 +7,11 @@ Checks against the previous complete run (the one LATEST names), each a setting:
   rewrite_churn    (added + removed) / |previous U new| rewrites (pins left out)
                    >  gate_max_rewrite_churn, judged only when the union holds at least
                    gate_churn_min_rewrites rewrites
-A first run (no previous) is judged on its quarantine rate only. The verdict goes into
+  evidence_drop    retained evidence rows the run would drop (window moved, days
+                   replaced by fewer rows) / rows retained before  >  gate_max_evidence_drop
+                   (judged whenever state held evidence: a mislabelled partition or a
+                   clock far ahead must not wipe the window)
+A first run (no previous) is judged on its quarantine rate (and evidence drop) only. The verdict goes into
 manifest.json as `gate`; `selflearn run` then exits with GATE_EXIT_CODE and one line
 saying why. `--force-publish` moves LATEST anyway (recorded as `forced`).
 """
@@ -65,6 +69,13 @@ def evaluate_gate(manifest: dict, previous_run: Path | None, staging: Path, sett
     q_rate = (manifest.get("rows_quarantined") or 0) / rows_in if rows_in else 0.0
     checks["quarantine_rate"] = {"value": round(q_rate, 6), "threshold": settings.gate_max_quarantine_rate,
                                  "passed": q_rate <= settings.gate_max_quarantine_rate}
+    ev = manifest.get("evidence") or {}
+    if ev.get("rows_retained_before"):
+        share = float(ev.get("drop_share") or 0.0)
+        checks["evidence_drop"] = {"value": round(share, 6), "rows_dropped": ev.get("rows_dropped"),
+                                   "rows_retained_before": ev.get("rows_retained_before"),
+                                   "threshold": settings.gate_max_evidence_drop,
+                                   "passed": share <= settings.gate_max_evidence_drop}
     prev_manifest = None
     if previous_run is not None and (previous_run / "manifest.json").is_file():
         prev_manifest = json.loads((previous_run / "manifest.json").read_text(encoding="utf-8"))
@@ -95,6 +106,9 @@ def evaluate_gate(manifest: dict, previous_run: Path | None, staging: Path, sett
 def _describe(name: str, c: dict) -> str:
     if name == "quarantine_rate":
         return f"quarantine rate {c['value']:.3f} > {c['threshold']}"
+    if name == "evidence_drop":
+        return (f"the run would drop {c['rows_dropped']} of {c['rows_retained_before']} retained evidence rows "
+                f"({c['value']:.3f} > {c['threshold']})")
     if name == "volume_ratio":
         return f"input volume {c['rows_in']} rows vs {c['previous_rows_in']} before (x{c['value']:.2f} > x{c['threshold']})"
     return f"rewrite churn {c['value']:.3f} > {c['threshold']} ({c['added']} added, {c['removed']} removed, {c['kept']} kept)"

@@ -15,7 +15,10 @@ EDGES = arrow_schema("rewrite_graph_edges")
 GRAPHML_COMPONENTS = 5
 
 
-def write_rewrite_graph(spark, edges, key_stats, out: Path) -> dict:
+def write_rewrite_graph(spark, edges, key_stats, out: Path, min_users: int = 1) -> dict:
+    """Published nodes and edges rest on at least `min_users` distinct users each (the
+    floor of every table that leaves the operator's hands): a transition said by fewer,
+    or a key said by fewer, is left out of parquet and GraphML alike."""
     from pyspark.sql import functions as F
 
     absorb = edges.where(F.col("dst").isin(SUCCESS, FAILURE)).groupBy("locale", "src").pivot("dst", [SUCCESS, FAILURE]).agg(F.sum("prob"))
@@ -26,9 +29,13 @@ def write_rewrite_graph(spark, edges, key_stats, out: Path) -> dict:
                 F.round(F.coalesce(F.col(SUCCESS), F.lit(0.0)), 9).alias("success_prob"),
                 F.round(F.coalesce(F.col(FAILURE), F.lit(0.0)), 9).alias("failure_prob"))
     )
-    trans = edges.where(~F.col("dst").isin(SUCCESS, FAILURE)).select(
+    floored = key_stats.where(F.col("n_users") >= F.lit(int(min_users))).select("locale", "text")
+    trans = edges.where(~F.col("dst").isin(SUCCESS, FAILURE) & (F.col("n_users") >= F.lit(int(min_users)))).select(
         "locale", F.col("src").alias("source"), F.col("dst").alias("target"), F.round("prob", 9).alias("prob"), "n_users"
     )
+    trans = (trans.join(floored.withColumnRenamed("text", "source"), ["locale", "source"], "left_semi")
+             .join(floored.withColumnRenamed("text", "target"), ["locale", "target"], "left_semi")
+             .select("locale", "source", "target", "prob", "n_users"))
     # Only keys in some transition edge are graph nodes worth publishing.
     linked = trans.select("locale", F.col("source").alias("text")).union(trans.select("locale", F.col("target").alias("text"))).distinct()
     nodes_pdf = nodes.join(linked, ["locale", "text"]).toPandas()

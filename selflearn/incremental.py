@@ -21,16 +21,27 @@ _EVIDENCE_ARROW = pa.schema(
 EVIDENCE_SCHEMA = from_arrow_schema(_EVIDENCE_ARROW)  # as stored: the day is the directory
 
 
+PARTITION_TOLERANCE_DAYS = 1  # a dt= partition may hold rows of the day before or after (late arrivals, time zones)
+
+
 def with_day(spark, df: DataFrame, input_path: str) -> DataFrame:
-    """`day` of each row: the dt= partition of its input file, else the UTC date of ts.
+    """`day` of each row, from its own timestamp: the dt= partition of its input file when
+    the row's UTC date lies within PARTITION_TOLERANCE_DAYS of it (a partition is replaced
+    whole on a rerun), else the UTC date of ts. `partition_mismatch` holds the partition's
+    day for a row whose timestamp disagrees with it (reported in the manifest), else null:
+    a mislabelled dt=3000-01-01/ never makes its rows "day 3000".
     The file comes from `order` (file index << FILE_BITS | row), as readers.py numbers it."""
     _, files = list_input_files(input_path)
     days = [(i, partition_day(f)) for i, f in enumerate(files)]
     by_file = spark.createDataFrame(days, "_file long, _dt string")
+    ts_day = F.date_format("ts", "yyyy-MM-dd")
+    agrees = F.abs(F.datediff(F.to_date(F.col("_dt")), F.to_date(ts_day))) <= PARTITION_TOLERANCE_DAYS
     return (
         df.withColumn("_file", F.shiftright(F.col("order"), FILE_BITS))
         .join(F.broadcast(by_file), "_file", "left")
-        .withColumn("day", F.coalesce(F.col("_dt"), F.date_format("ts", "yyyy-MM-dd")))
+        .withColumn("day", F.when(F.col("_dt").isNotNull() & F.coalesce(agrees, F.lit(False)), F.col("_dt")).otherwise(ts_day))
+        .withColumn("partition_mismatch", F.when(F.col("_dt").isNotNull() & F.col("ts").isNotNull() & ~F.coalesce(agrees, F.lit(False)),
+                                                 F.col("_dt")))
         .drop("_file", "_dt")
     )
 
@@ -70,6 +81,26 @@ def drop_forgotten(spark, accepted: DataFrame, state: State) -> tuple[DataFrame,
     return accepted.where(~F.col("user_id").isin(users)), users
 
 
+def row_user_id(df: DataFrame):
+    """A row's user id, also for a rejected row: the typed column, else the raw row's
+    "user_id" (as JSON, or found in a line that is no JSON)."""
+    from_json = F.get_json_object(F.col("raw"), "$.user_id")
+    found = F.regexp_extract(F.col("raw"), r'"user_id"\s*:\s*"((?:[^"\\]|\\.)*)"', 1)
+    return F.coalesce(F.col("user_id").cast("string"), from_json, F.when(found != "", found))
+
+
+def drop_forgotten_rejects(annotated: DataFrame, state: State) -> tuple[DataFrame, int]:
+    """Rejected rows (a reason set) of forgotten users out, and how many there were; the
+    quarantine then never holds a forgotten user's row (accepted rows: drop_forgotten)."""
+    users = state.forgotten()
+    if not users:
+        return annotated, 0
+    gone = F.col("reason").isNotNull() & state.hash_column(row_user_id(annotated)).isin(users)
+    flagged = annotated.withColumn("_gone", F.coalesce(gone, F.lit(False)))
+    n = flagged.where("_gone").count()
+    return flagged.where(~F.col("_gone")).drop("_gone"), n
+
+
 def carried_tails(spark, state: State, accepted: DataFrame, new_days: list[str]) -> DataFrame | None:
     """The committed session tails that this input continues: those of days before all
     of its days (a re-run of a day re-reads that day's turns from its input instead)."""
@@ -100,8 +131,31 @@ def evidence_rows(enriched: DataFrame, state: State) -> DataFrame:
     return enriched.select(*cols)
 
 
+def _rows_in(path) -> int:
+    """Rows of a parquet directory, from the files' footers (nothing read)."""
+    import pyarrow.parquet as pq
+    from pathlib import Path
+
+    files = [f for f in Path(path).rglob("*.parquet") if not f.name.startswith((".", "_"))]
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def evidence_drop(state: State, committed: dict[str, Any], pending: dict[str, Any]) -> dict[str, Any]:
+    """How much of the retained evidence committing `pending` would drop: per committed
+    day, its rows minus the rows pending keeps for that day (0 when the day goes), summed
+    over days and divided by the rows committed. The publish gate refuses a large share."""
+    before = dropped = 0
+    for day, rel in committed["days"].items():
+        old = _rows_in(state.path(rel))
+        new = _rows_in(state.path(pending["days"][day])) if day in pending["days"] else 0
+        before += old
+        dropped += max(0, old - new)
+    return {"rows_retained_before": before, "rows_dropped": dropped,
+            "drop_share": round(dropped / before, 6) if before else 0.0}
+
+
 def write_evidence(spark, state: State, evidence: DataFrame, new_days: list[str], tag: str,
-                   window_days: int) -> tuple[dict[str, Any], dict[str, Any]]:
+                   window_days: int, today: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write this run's evidence as a new version of every day it touches, beside the
     committed state; returns the state to commit (not yet visible). A day of the input is
     replaced whole (idempotent); a day of a carried tail keeps its other rows and takes
@@ -121,9 +175,10 @@ def write_evidence(spark, state: State, evidence: DataFrame, new_days: list[str]
     if touched:
         rows.write.mode("overwrite").partitionBy("day").parquet(str(state.path(rel)))
     days = {**committed["days"], **{d: f"{rel}/day={d}" for d in touched}}
-    keep = retained_days(list(days), window_days)
+    keep = retained_days(list(days), window_days, today)
     new = {"days": {d: days[d] for d in keep}, "tails": committed.get("tails")}
-    return new, {"dropped_days": sorted(set(days) - set(keep)), "touched_days": touched}
+    return new, {"dropped_days": sorted(set(days) - set(keep)), "touched_days": touched,
+                 **evidence_drop(state, committed, new)}
 
 
 def read_evidence(spark, state: State, pending: dict[str, Any]) -> DataFrame:

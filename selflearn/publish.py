@@ -50,6 +50,34 @@ def ensure_root_free(root: str | Path) -> None:
         fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+class RootUnusableError(RuntimeError):
+    """The output ROOT cannot be written: a file, below a file, or read-only."""
+
+
+def check_output_root(root: str | Path) -> None:
+    """Refuse, before Spark starts and with one line, an output ROOT that cannot hold a
+    run: a file, a path below a file, or a directory (or, for a new ROOT, its nearest
+    existing parent) where no file can be made. Writability is tried, not inferred from
+    the mode bits: root ignores them, a read-only mount or an immutable directory does not."""
+    p = Path(root)
+    if p.exists() and not p.is_dir():
+        raise RootUnusableError(f"output ROOT {p} is a file, not a directory")
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe != p and probe.exists() and not probe.is_dir():
+        raise RootUnusableError(f"output ROOT {p} lies below a file ({probe})")
+    try:
+        tmp = probe / f".selflearn-write-test-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        tmp.write_bytes(b"")
+        tmp.unlink()
+    except OSError as exc:
+        where = f"output ROOT {p}" if probe == p else f"output ROOT {p}: its parent {probe}"
+        raise RootUnusableError(f"{where} is not writable ({exc.strerror or type(exc).__name__})") from None
+
+
 def _busy_message(root: Path) -> str:
     return f"another selflearn run is using {root}; wait for it to finish"
 
@@ -78,6 +106,8 @@ class RunDirs:
         self.run_id = run_id
         self.staging = self.root / ".staging" / run_id
         self.work = self.root / ".work" / run_id  # intermediate stage data, deleted after publish
+        # Spark's scratch dirs (shuffle files hold raw ids): under ROOT, removed with .work/
+        self.spark_local = self.root / ".work" / f"spark-{run_id}"
         self.quarantine_staging = self.root / ".staging" / f"{run_id}.quarantine"
         self.final = self.root / "runs" / run_id
         self.quarantine = self.root / "quarantine" / run_id
@@ -132,6 +162,7 @@ class RunDirs:
     def release(self) -> None:
         if not os.environ.get("SELFLEARN_KEEP_WORK"):  # kept for debugging a run's stages
             shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.spark_local, ignore_errors=True)  # its JVM is stopped (Run.finish) or gone
         if self._lock_fh is not None:
             fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
             self._lock_fh.close()

@@ -120,6 +120,23 @@ def _gate_section(manifest: dict) -> list[str]:
             f"<p>{html.escape(gate.get('reason') or 'every check within its threshold')}</p>", _table(rows)]
 
 
+def _privacy_section(manifest: dict) -> list[str]:
+    """The floor this run kept, a warning when it went below the documented one, and which
+    tables are operator data (they describe every turn: not to be handed on)."""
+    p = manifest.get("privacy") or {}
+    if not p:
+        return []
+    out = ["<h2 id='privacy'>Privacy</h2>"]
+    if p.get("below_floor"):
+        out.append(f"<p id='privacy-override' style='color:#b00'><b>min_users_override: this run published texts behind "
+                   f"only {p['min_users']} user(s), below the floor of 2. Do not hand its outputs on.</b></p>")
+    out.append(f"<p>Every text in {', '.join(html.escape(t) + '/' for t in p.get('floored_tables', []))} rests on at least "
+               f"{p.get('min_users')} distinct users. <span id='operator-data'>Operator data: "
+               f"{', '.join(html.escape(t) + '/' for t in p.get('operator_data', []))} describe every turn, texts of a single "
+               f"user included; keep them in the operator's hands.</span></p>")
+    return out
+
+
 def _diff_section(manifest: dict, rewrites: pd.DataFrame, previous: Path | None) -> list[str]:
     """What changed against the previous complete run: counts and rewrites."""
     from .gate import rewrite_diff
@@ -172,6 +189,7 @@ def write_report(run_dir: Path, manifest: dict, work_dir: Path, previous: Path |
         f"<h1>selflearn run {html.escape(manifest['run_id'])}</h1>",
         f"<p>{manifest['rows_in']} rows in, {manifest['rows_accepted']} accepted, {manifest['rows_quarantined']} quarantined. "
         f"Embedding: {html.escape(manifest['embedding']['model'])} ({html.escape(manifest['embedding']['backend'])}).</p>",
+        *_privacy_section(manifest),
         *_gate_section(manifest),
         *_diff_section(manifest, rewrites, previous),
         "<h2>Stages</h2>", _table(stage_rows),

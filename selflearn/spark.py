@@ -39,11 +39,17 @@ def log4j_file() -> str:
     return str(out)
 
 
-def get_spark(settings: Settings, app_name: str = "selflearn"):
+def get_spark(settings: Settings, app_name: str = "selflearn", local_dir: str | None = None):
     """The one SparkSession of the process (created on first use, reused after).
 
     Under spark-submit the submitted master and driver settings stand (whatever
-    `spark_master` says); `spark_master: submit` demands spark-submit."""
+    `spark_master` says); `spark_master: submit` demands spark-submit.
+
+    `local_dir` (a run's ROOT/.work/spark-<run_id>): where this process's Spark keeps its
+    scratch files, when this call starts the JVM. Shuffle files (blockmgr-*) hold raw user
+    ids and utterances: under ROOT they are removed by the next run's locked cleanup and by
+    forget even after a SIGKILL, never left in /tmp. spark.local.dir takes blockmgr-* and
+    the driver's spark-*; java.io.tmpdir the JVM's other temp dirs (artifacts-*, spark-*)."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -62,11 +68,16 @@ def get_spark(settings: Settings, app_name: str = "selflearn"):
     if not from_submit:
         # Driver JVM options only count before the JVM starts, i.e. outside spark-submit.
         log4j = log4j_file()
+        java_opts = f"-Dlog4j2.configurationFile=file:{log4j}"
+        if local_dir:
+            os.makedirs(local_dir, exist_ok=True)
+            java_opts += f" -Djava.io.tmpdir={local_dir}"
+            builder = builder.config("spark.local.dir", local_dir)
         builder = (
             builder.master(settings.spark_master)
             .config("spark.driver.memory", settings.spark_driver_memory)
-            .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{log4j}")
-            .config("spark.executor.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{log4j}")
+            .config("spark.driver.extraJavaOptions", java_opts)
+            .config("spark.executor.extraJavaOptions", java_opts)
         )
     builder = (
         builder.config("spark.sql.session.timeZone", "UTC")

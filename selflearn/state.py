@@ -116,10 +116,16 @@ class State:
         _write_json_atomic(self.dir / "forgotten.json", {"users": users})
 
 
-def retained_days(days: list[str], window_days: int) -> list[str]:
-    """The days a window of `window_days` keeps, counted back from the newest (0: all)."""
+def retained_days(days: list[str], window_days: int, today: str | None = None) -> list[str]:
+    """The days a window of `window_days` keeps, counted back from the newest (0: all).
+    With `today` (the run's UTC date) the window's "now" never runs ahead of the wall
+    clock: it counts back from min(newest day, today), and a day after tomorrow (no valid
+    timestamp can have it) is never kept."""
+    if today is not None:
+        limit = (dt.date.fromisoformat(today) + dt.timedelta(days=1)).isoformat()
+        days = [d for d in days if d <= limit]
     if not days or window_days <= 0:
         return sorted(days)
-    newest = dt.date.fromisoformat(max(days))
+    newest = dt.date.fromisoformat(min(max(days), today) if today is not None else max(days))
     first = (newest - dt.timedelta(days=window_days - 1)).isoformat()
     return sorted(d for d in days if d >= first)

@@ -116,8 +116,10 @@ def key_stats_step(enriched: DataFrame, settings: Settings) -> DataFrame:
 CLUSTERS = arrow_schema("paraphrase_clusters")
 
 
-def paraphrase_step(key_stats: DataFrame, vectors: DataFrame, settings: Settings) -> DataFrame:
-    """Per locale: FAISS kNN over the key embeddings and slot-respecting clusters."""
+def paraphrase_step(key_stats: DataFrame, vectors: DataFrame, settings: Settings, evidence: DataFrame | None = None) -> DataFrame:
+    """Per locale: FAISS kNN over the key embeddings and slot-respecting clusters. With
+    the evidence given, cluster_n_users is the exact count of distinct users of the
+    cluster's keys (cluster_users), not the sum of per-key counts (an upper bound)."""
     from .paraphrase import cluster_paraphrases
 
     keyed = key_stats.join(vectors, ["locale", "text"], "inner").select(
@@ -133,7 +135,30 @@ def paraphrase_step(key_stats: DataFrame, vectors: DataFrame, settings: Settings
         out = cluster_paraphrases(keys.drop(columns=["slots_json"]), vecs, settings)
         return out[[f.name for f in CLUSTERS]]
 
-    return keyed.groupBy("locale").applyInPandas(apply, from_arrow_schema(CLUSTERS))
+    clusters = keyed.groupBy("locale").applyInPandas(apply, from_arrow_schema(CLUSTERS))
+    return clusters if evidence is None else cluster_users(clusters, evidence)
+
+
+def cluster_users(clusters: DataFrame, evidence: DataFrame) -> DataFrame:
+    """Clusters with cluster_n_users = distinct users who said any member key (organic
+    turns, as key_stats counts n_users): one user saying three keys of a cluster is one
+    user, so a paraphrase label can never rest on fewer than min_users people."""
+    said = _organic(evidence).select("locale", "text", "user_id").distinct()
+    exact = (
+        clusters.select("locale", "cluster_id", "text").join(said, ["locale", "text"])
+        .groupBy("locale", "cluster_id").agg(F.countDistinct("user_id").alias("cluster_n_users"))
+    )
+    return (clusters.drop("cluster_n_users").join(exact, ["locale", "cluster_id"], "left")
+            .withColumn("cluster_n_users", F.coalesce("cluster_n_users", F.lit(0)).cast("long"))
+            .select(*[f.name for f in CLUSTERS]))
+
+
+def floor_rows(pdf: pd.DataFrame, min_users: int, column: str = "n_users") -> pd.DataFrame:
+    """Rows whose text rests on at least min_users distinct users: what may leave the
+    operator's hands (contract v3 section 4)."""
+    if pdf.empty:
+        return pdf
+    return pdf[pdf[column].fillna(0).astype("int64") >= int(min_users)].reset_index(drop=True)
 
 
 # --- the rewrite graph ---------------------------------------------------------------
@@ -331,13 +356,17 @@ def labels_step(rewrites_pdf: pd.DataFrame, clusters_pdf: pd.DataFrame, key_stat
     ]).drop_duplicates()
     spark = key_stats.sparkSession
     if needed.empty:
-        stats = pd.DataFrame(columns=["locale", "text", "defect_rate", "intent", "domain", "slots_json"])
+        stats = pd.DataFrame(columns=["locale", "text", "n_users", "defect_rate", "intent", "domain", "slots_json"])
     else:
         stats = key_stats.join(spark.createDataFrame(needed), ["locale", "text"]).select(
-            "locale", "text", "defect_rate", "intent", "domain", "slots_json"
+            "locale", "text", "n_users", "defect_rate", "intent", "domain", "slots_json"
         ).toPandas()
     interp = stats[stats["intent"].notna()][["locale", "text", "intent", "domain", "slots_json"]]
     rw = rewrite_labels(rewrites_pdf, interp)
     pp = paraphrase_labels(clusters_pdf, stats[["locale", "text", "defect_rate"]], interp, settings)
     controls = load_controls(settings.controls_file) if controls is None else controls
-    return drop_controlled(training_rows(rw, pp, settings.dev_share), settings, controls)
+    rows = drop_controlled(training_rows(rw, pp, settings.dev_share), settings, controls)
+    # A label's text must itself have been said by min_users distinct users: a rewrite's
+    # source may rest on its cluster mates' users, a cluster member on its cluster's.
+    said_by = rows.merge(stats[["locale", "text", "n_users"]], on=["locale", "text"], how="left")
+    return floor_rows(said_by, settings.min_users)[rows.columns.tolist()] if len(rows) else rows

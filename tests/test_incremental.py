@@ -206,7 +206,9 @@ def test_forget_removes_the_user_and_the_rewrite_they_made(mini, spark, run_sett
     # One run over days 0-2 on a fresh ROOT that forgot user-r0 first: its rows are
     # dropped at ingest and counted, and every merged output is the same.
     fresh = base / "fresh"
-    assert main(["forget", "--user", "user-r0", "--output", str(fresh)]) == 0
+    assert main(["forget", "--user", "user-r0", "--output", str(fresh)]) == 2  # not a ROOT: refused, not created
+    assert not fresh.exists()
+    assert main(["forget", "--user", "user-r0", "--output", str(fresh), "--init"]) == 4  # recorded; nothing to remove yet
     shutil.copytree(base / "log", base / "days012", ignore=lambda d, names: [n for n in names if n.startswith("dt=") and n[3:] not in DAYS[:3]])
     _, once = mine(spark, fresh, base / "days012", run_settings)
     assert once["rows_forgotten"] == 2

@@ -326,3 +326,39 @@ def test_every_rewrite_and_training_row_rests_on_min_users(attack, first):
     backed = set(rw["source"]) | set(clusters.loc[[k in backed_clusters for k in zip(clusters["locale"], clusters["cluster_id"])], "text"])
     assert len(tr) and set(tr["text"]) <= backed
     assert not any(p.name == "quarantine" for p in first["dir"].rglob("*"))
+
+
+def test_published_keys_rest_on_min_users_distinct_users(attack, first):
+    """Issue 19 item 3: rewrite_graph nodes, edges and GraphML, paraphrase_clusters/ and
+    training/ hold only texts said by min_users distinct users (counted here from the
+    input's user ids, independently of the pipeline's own counts); turns/ and
+    rephrase_pairs/ are operator data, and the manifest and report say so."""
+    import xml.etree.ElementTree as ET
+
+    m = Settings().min_users
+    turns = pd.read_parquet(first["dir"] / "turns")
+    said = turns.merge(attack["log"][["event_id", "user_id"]], on="event_id").groupby(["locale", "text"])["user_id"].nunique()
+
+    def users(locale, text):
+        return int(said.get((locale, text), 0))
+
+    nodes = pd.read_parquet(first["dir"] / "rewrite_graph" / "nodes")
+    edges = pd.read_parquet(first["dir"] / "rewrite_graph" / "edges")
+    clusters = pd.read_parquet(first["dir"] / "paraphrase_clusters")
+    training = first["training"]
+    assert len(nodes) and len(edges) and len(clusters) and len(training)
+    few = [("node", r.text) for r in nodes.itertuples() if users(r.locale, r.text) < m]
+    few += [("edge", r.source, r.target) for r in edges.itertuples()
+            if min(users(r.locale, r.source), users(r.locale, r.target)) < m or r.n_users < m]
+    few += [("cluster", r.text) for r in clusters.itertuples() if users(r.locale, r.text) < m]
+    few += [("training", r.text) for r in training.itertuples() if users(r.locale, r.text) < m]
+    assert few == [], few[:10]
+    # the two-account pair's source (2 users) is in no published table but turns/ and rephrase_pairs/
+    src2 = attack["pair2"][0]
+    assert src2 in set(turns["text"]) and src2 not in set(nodes["text"]) | set(clusters["text"]) | set(training["text"])
+    node_ids = {n.get("id") for f in (first["dir"] / "rewrite_graph" / "graphml").glob("*.graphml")
+                for n in ET.parse(f).getroot().iter("{http://graphml.graphdrawing.org/xmlns}node")}
+    assert node_ids <= set(nodes["text"])
+    privacy = first["manifest"]["privacy"]
+    assert privacy["operator_data"] == ["turns", "rephrase_pairs"] and privacy["below_floor"] is False
+    assert "id='operator-data'" in (first["dir"] / "report.html").read_text(encoding="utf-8")
