@@ -1,4 +1,4 @@
-"""The `selflearn` command: run, simulate, evaluate, forget (contract section 5).
+"""The `selflearn` command: run, simulate, evaluate, forget, serve, export (contract section 5).
 
 Every failure exits non-zero with one line on stderr; tracebacks only with
 SELFLEARN_DEBUG=1."""
@@ -108,6 +108,23 @@ def cmd_forget(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .config import load_settings
+    from .server import make_server
+
+    settings = load_settings(args.config)
+    if not Path(args.output).is_dir():
+        raise FileNotFoundError(f"no such ROOT: {args.output}")
+    _progress_logging()
+    server = make_server(args.output, host=args.host, port=args.port, poll_s=settings.serve_poll_s)
+    rewriter = server.config.app.state.rewriter
+    if rewriter.current is None:  # healthz answers 503 until LATEST names a loadable run
+        print(f"selflearn serve: no run loaded yet from {args.output}; waiting for LATEST", file=sys.stderr)
+    print(f"selflearn serve: http://{args.host}:{args.port}/rewrite", file=sys.stderr)
+    server.run()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selflearn", description="Self-learning utterance mining for voice assistants")
     sub = p.add_subparsers(dest="command", required=True)
@@ -136,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--user", required=True)
     f.add_argument("--output", required=True)
     f.set_defaults(fn=cmd_forget)
+    v = sub.add_parser("serve", help="answer GET /rewrite from the run ROOT/LATEST names (follows LATEST)")
+    v.add_argument("--output", required=True, help="output ROOT of selflearn run")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8080)
+    v.add_argument("--config", help="YAML settings file (serve_poll_s)")
+    v.set_defaults(fn=cmd_serve)
     return p
 
 

@@ -124,6 +124,8 @@ class Settings:
     gate_max_volume_ratio: float = 5.0  # rows_in vs the previous run's, either way
     gate_max_rewrite_churn: float = 0.5  # (added + removed) / |previous U new| rewrites, pins excluded
     gate_churn_min_rewrites: int = 20  # churn is judged only with this many rewrites in the union
+    # --- serve (selflearn serve) ---
+    serve_poll_s: float = 1.0  # how often the service checks ROOT/LATEST for a new run to swap in
     # --- run ---
     spark_shuffle_partitions: int = 8
     spark_driver_memory: str = "4g"

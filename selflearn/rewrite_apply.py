@@ -18,6 +18,7 @@ pattern of the locale.
 """
 from __future__ import annotations
 
+import heapq
 import re
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -119,40 +120,68 @@ def best_pattern(patterns: Iterable[Pattern], key: str) -> tuple[Pattern, str] |
 class _LocalePatterns:
     """One locale's patterns bucketed by fixed text: by the literal text before the first
     placeholder when there is any, else by the literal text after the last one, else
-    (a placeholder at both ends) in a short list checked by its longest literal part."""
+    (a placeholder at both ends) in a short list checked by its longest literal part.
+
+    Every bucket is sorted by rule 3 when the index is built, so a lookup merges the
+    buckets the key can reach in rank order and stops at the first pattern that rewrites
+    the key: with many patterns behind one prefix it does not sort or try them all."""
 
     def __init__(self, patterns: list[Pattern]):
-        self.by_prefix: dict[str, list[Pattern]] = {}
-        self.by_suffix: dict[str, list[Pattern]] = {}
-        self.middle: list[tuple[str, Pattern]] = []
+        by_prefix: dict[str, list[Pattern]] = {}
+        by_suffix: dict[str, list[Pattern]] = {}
+        middle: list[Pattern] = []
         for p in patterns:
             pieces = PLACEHOLDER.split(p.source)  # literal, name, literal, name, ..., literal
             head, tail = pieces[0], pieces[-1]
             if head:
-                self.by_prefix.setdefault(head, []).append(p)
+                by_prefix.setdefault(head, []).append(p)
             elif tail:
-                self.by_suffix.setdefault(tail, []).append(p)
+                by_suffix.setdefault(tail, []).append(p)
             else:
-                longest = max(pieces[::2], key=len)
-                self.middle.append((longest, p))
+                middle.append(p)
+        rank = Pattern.rank
+        # (rank, pattern, the literal part a key must hold, where) in rule-3 order
+        self.by_prefix = {k: sorted(((rank(p), p, PLACEHOLDER.split(p.source)[-1]) for p in v), key=lambda t: t[0])
+                          for k, v in by_prefix.items()}
+        self.by_suffix = {k: sorted(((rank(p), p, PLACEHOLDER.split(p.source)[0]) for p in v), key=lambda t: t[0])
+                          for k, v in by_suffix.items()}
+        self.middle = sorted(((rank(p), p, max(PLACEHOLDER.split(p.source)[::2], key=len)) for p in middle),
+                             key=lambda t: t[0])
         self.prefix_lengths = sorted({len(k) for k in self.by_prefix})
         self.suffix_lengths = sorted({len(k) for k in self.by_suffix})
 
     def candidates(self, key: str) -> list[Pattern]:
-        out: list[Pattern] = []
+        """Every pattern whose fixed start or end (or longest literal part) the key holds,
+        in rule-3 order."""
+        return [e[1] for e in self._ranked(key)]
+
+    def _ranked(self, key: str):
+        lists = []
+        n_key = len(key)
         for n in self.prefix_lengths:
-            if n > len(key):
+            if n > n_key:
                 break
-            out.extend(self.by_prefix.get(key[:n], ()))
+            b = self.by_prefix.get(key[:n])
+            if b is not None:  # its tail literal must end the key (a cheap test before the regex)
+                lists.append(e for e in b if key.endswith(e[2]))
         for n in self.suffix_lengths:
-            if n > len(key):
+            if n > n_key:
                 break
-            out.extend(self.by_suffix.get(key[-n:], ()))
-        out.extend(p for lit, p in self.middle if lit in key)
-        return out
+            b = self.by_suffix.get(key[-n:])
+            if b is not None:
+                lists.append(b)
+        if self.middle:
+            lists.append(e for e in self.middle if e[2] in key)
+        if len(lists) == 1:
+            return lists[0]
+        return heapq.merge(*lists, key=lambda e: e[0])
 
     def best(self, key: str) -> tuple[Pattern, str] | None:
-        return best_pattern(self.candidates(key), key)
+        for e in self._ranked(key):
+            out = e[1].apply(key)
+            if out is not None:
+                return e[1], out
+        return None
 
 
 class RewriteIndex:
