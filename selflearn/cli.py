@@ -125,6 +125,17 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .config import load_settings
+    from .evaluate import resolve_run
+    from .export import export
+
+    settings = load_settings(args.config)
+    path = export(resolve_run(args.run), args.output, args.format, settings.export_min_weight)
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selflearn", description="Self-learning utterance mining for voice assistants")
     sub = p.add_subparsers(dest="command", required=True)
@@ -159,6 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--port", type=int, default=8080)
     v.add_argument("--config", help="YAML settings file (serve_poll_s)")
     v.set_defaults(fn=cmd_serve)
+    x = sub.add_parser("export", help="write training/ as a Rasa NLU project per locale or a Hugging Face dataset")
+    x.add_argument("--run", required=True, help="ROOT (its LATEST run) or a run directory")
+    x.add_argument("--format", required=True, choices=["rasa", "hf"])
+    x.add_argument("--output", required=True, help="folder to write DIR/rasa/<locale>/ or DIR/hf/ into")
+    x.add_argument("--config", help="YAML settings file (export_min_weight)")
+    x.set_defaults(fn=cmd_export)
     return p
 
 

@@ -126,6 +126,8 @@ class Settings:
     gate_churn_min_rewrites: int = 20  # churn is judged only with this many rewrites in the union
     # --- serve (selflearn serve) ---
     serve_poll_s: float = 1.0  # how often the service checks ROOT/LATEST for a new run to swap in
+    # --- export (selflearn export) ---
+    export_min_weight: float = 0.0  # rasa has no example weights: training rows below this weight are left out
     # --- run ---
     spark_shuffle_partitions: int = 8
     spark_driver_memory: str = "4g"
