@@ -9,7 +9,9 @@ bundled encoder's vectors of the text keys), trained twice:
   distinct (text key, nlu_intent) of the log's `success` turns, weight 1;
 - `+training`: the same plus every `training/` row (its `text` key and `intent`, with its
   `weight` as sample weight, `train` and `dev` splits both: the evaluation is on fresh
-  traffic, not on `dev`).
+  traffic, not on `dev`); a key with a training row loses its log label (the log's label
+  is what the NLU did when it failed: nothing, or a wrong intent that reads `success`),
+  unless `--no-supersede`.
 Both see keys made by `selflearn.keys.text_key` (the pipeline's masking + normalize_text),
 so a training row's key and a request's key are the same string when the same thing was
 said.
@@ -51,7 +53,7 @@ def _train(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float):
     return model.predict
 
 
-def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boost: float) -> dict:
+def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boost: float, supersede: bool = True) -> dict:
     from selflearn.embed import load_encoder
     from selflearn.simulate import World
 
@@ -82,10 +84,20 @@ def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boos
     def xs(keys):
         return np.stack([vec[k] for k in keys]) if len(keys) else np.zeros((0, encoder.dim), np.float32)
 
+    def plus(rows: pd.DataFrame) -> pd.DataFrame:
+        # A training row corrects the log's view of its key: the log's label for that key
+        # is what the NLU did when the request failed (nothing, or a wrong intent that
+        # still reads `success`), so it is replaced, not outvoted.
+        if not supersede:
+            return pd.concat([base, rows], ignore_index=True)
+        corrected = set(zip(rows["locale"], rows["text"]))
+        keep = [(loc, t) not in corrected for loc, t in zip(base["locale"], base["text"])]
+        return pd.concat([base[keep], rows], ignore_index=True)
+
     sources = sorted(training["label_source"].unique())
-    variants = {"baseline": base, "+training": pd.concat([base, training], ignore_index=True)}
+    variants = {"baseline": base, "+training": plus(training)}
     for s in sources:
-        variants[f"+{s} only"] = pd.concat([base, training[training["label_source"] == s]], ignore_index=True)
+        variants[f"+{s} only"] = plus(training[training["label_source"] == s])
     preds: dict[str, np.ndarray] = {name: np.empty(len(fresh), dtype=object) for name in variants}
     for loc, idx in fresh.groupby("locale").groups.items():
         req = fresh.loc[idx]
@@ -105,7 +117,7 @@ def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boos
         return out
 
     result = {"run_id": run_dir.name, "sim": sim, "requests": int(len(fresh)), "seed": seed, "C": c,
-              "training_boost": training_boost, "encoder": f"{encoder.name} ({encoder.backend})",
+              "training_boost": training_boost, "supersede": supersede, "encoder": f"{encoder.name} ({encoder.backend})",
               "train_rows": {"log_success_keys": int(len(base)), "training": int(len(training)),
                              "by_label_source": training["label_source"].value_counts().sort_index().to_dict()},
               "embed_s": round(embed_s, 1), "failing": {}, "working": {}}
@@ -140,9 +152,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=777)
     p.add_argument("--C", type=float, default=10.0, help="inverse regularisation of the logistic regression")
     p.add_argument("--training-boost", type=float, default=1.0, help="multiplier on training/ weights (1: as published)")
+    p.add_argument("--no-supersede", action="store_true",
+                   help="keep the log's label of a key beside its training row (default: the training row replaces it)")
     p.add_argument("--json", help="write the result here too")
     args = p.parse_args(argv)
-    r = run(args.sim, args.run, args.requests, args.seed, args.C, args.training_boost)
+    r = run(args.sim, args.run, args.requests, args.seed, args.C, args.training_boost, not args.no_supersede)
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2), encoding="utf-8")
     print(json.dumps({k: v for k, v in r.items() if k not in ("failing", "working")}))

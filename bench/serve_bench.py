@@ -231,6 +231,21 @@ def _client(port, queries, start_evt, progress, out_path):
     Path(out_path).write_text(json.dumps(out), encoding="utf-8")
 
 
+def _histogram_quantile(metrics_text: str, q: float) -> float | None:
+    """Upper bound (ms) of the q-quantile of the service's own /rewrite latency histogram
+    (time inside the handler, without queueing, parsing or the network)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(metrics_text):
+        if fam.name == "selflearn_serve_request_duration_seconds":
+            buckets = [(float(s.labels["le"]), s.value) for s in fam.samples if s.name.endswith("_bucket")]
+            total = buckets[-1][1]
+            for le, n in buckets:
+                if n >= q * total:
+                    return le * 1e3
+    return None
+
+
 def _write_run(root: Path, run_id: str, ex: pd.DataFrame, pt: pd.DataFrame) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -297,6 +312,8 @@ def http_load(n_clients: int, per_client: int, n_patterns: int, port: int) -> di
         for pr in procs:
             pr.join(timeout=600)
         results = [tuple(r) for i in range(n_clients) for r in json.loads((root / f"client-{i}.json").read_text(encoding="utf-8"))]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            handler_p99 = _histogram_quantile(r.read().decode(), 0.99)
         t_end = max(r[0] for r in results)
     finally:
         proc.terminate()
@@ -323,6 +340,8 @@ def http_load(n_clients: int, per_client: int, n_patterns: int, port: int) -> di
         "p50_ms": round(float(np.percentile(lat, 50)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
         "max_ms": round(float(lat.max()), 1),
         "p99_ms_first_second_after_move": round(float(np.percentile(near, 99)), 2) if len(near) else None,
+        "handler_p99_ms_at_most": handler_p99,
+        "load_average_1m_at_end": round(os.getloadavg()[0], 1),
         "errors": errors, "mixed_answers": int(mixed),
         "answered_by": ok["run_id"].value_counts().to_dict(),
         "latest_moved_after_s": round(t_move - t_start, 2),
