@@ -1,4 +1,4 @@
-"""The `selflearn` command: run, simulate, evaluate, forget (contract section 5).
+"""The `selflearn` command: run, simulate, evaluate, forget, serve, export (contract section 5).
 
 Every failure exits non-zero with one line on stderr; tracebacks only with
 SELFLEARN_DEBUG=1."""
@@ -114,6 +114,34 @@ def cmd_forget(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .config import load_settings
+    from .server import make_server
+
+    settings = load_settings(args.config)
+    if not Path(args.output).is_dir():
+        raise FileNotFoundError(f"no such ROOT: {args.output}")
+    _progress_logging()
+    server = make_server(args.output, host=args.host, port=args.port, poll_s=settings.serve_poll_s)
+    rewriter = server.config.app.state.rewriter
+    if rewriter.current is None:  # healthz answers 503 until LATEST names a loadable run
+        print(f"selflearn serve: no run loaded yet from {args.output}; waiting for LATEST", file=sys.stderr)
+    print(f"selflearn serve: http://{args.host}:{args.port}/rewrite", file=sys.stderr)
+    server.run()
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .config import load_settings
+    from .evaluate import resolve_run
+    from .export import export
+
+    settings = load_settings(args.config)
+    path = export(resolve_run(args.run), args.output, args.format, settings.export_min_weight)
+    print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selflearn", description="Self-learning utterance mining for voice assistants")
     sub = p.add_subparsers(dest="command", required=True)
@@ -144,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--output", required=True, help="an existing selflearn ROOT")
     f.add_argument("--init", action="store_true", help="allow a new or empty ROOT: record the user before its first run")
     f.set_defaults(fn=cmd_forget)
+    v = sub.add_parser("serve", help="answer GET /rewrite from the run ROOT/LATEST names (follows LATEST)")
+    v.add_argument("--output", required=True, help="output ROOT of selflearn run")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8080)
+    v.add_argument("--config", help="YAML settings file (serve_poll_s)")
+    v.set_defaults(fn=cmd_serve)
+    x = sub.add_parser("export", help="write training/ as a Rasa NLU project per locale or a Hugging Face dataset")
+    x.add_argument("--run", required=True, help="ROOT (its LATEST run) or a run directory")
+    x.add_argument("--format", required=True, choices=["rasa", "hf"])
+    x.add_argument("--output", required=True, help="folder to write DIR/rasa/<locale>/ or DIR/hf/ into")
+    x.add_argument("--config", help="YAML settings file (export_min_weight)")
+    x.set_defaults(fn=cmd_export)
     return p
 
 

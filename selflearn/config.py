@@ -51,6 +51,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "gate_max_rewrite_churn": (0.0, 1.0),
     "gate_churn_min_rewrites": (0, 10**9),
     "gate_max_evidence_drop": (0.0, 1.0),
+    "serve_poll_s": (0.05, 3600.0),
+    "export_min_weight": (0.0, 1.0),
     "spark_shuffle_partitions": (1, 100_000),
     "defect_model.short_dwell_ms": (0, 10**9),
     "defect_model.long_dwell_ms": (0, 10**9),
@@ -188,6 +190,10 @@ class Settings:
     gate_churn_min_rewrites: int = 20  # churn is judged only with this many rewrites in the union
     # retained evidence rows the run would drop (window moved, days replaced) / rows retained before
     gate_max_evidence_drop: float = 0.5
+    # --- serve (selflearn serve) ---
+    serve_poll_s: float = 1.0  # how often the service checks ROOT/LATEST for a new run to swap in
+    # --- export (selflearn export) ---
+    export_min_weight: float = 0.0  # rasa has no example weights: training rows below this weight are left out
     # --- run ---
     spark_shuffle_partitions: int = 8
     spark_driver_memory: str = "4g"

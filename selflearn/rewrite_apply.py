@@ -18,6 +18,7 @@ pattern of the locale.
 """
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -78,12 +79,29 @@ class Pattern:
     source: str
     target: str
     confidence: float
-    regex: re.Pattern = field(compare=False, repr=False)
+    # Compiled on first use (`regex`): compiling is most of the cost of loading 10,000
+    # patterns, and a pattern with one placeholder never needs it (`single`).
+    _regex: re.Pattern | None = field(compare=False, repr=False)
     literal: int = field(compare=False)
+    # (head, tail, name) when the placeholder occurs once: then `head(?P<name>.+?)tail`
+    # fullmatches exactly the keys that start with head, end with tail and hold at least
+    # one character between them, which string tests decide without a regex.
+    single: tuple | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def make(cls, locale: str, source: str, target: str, confidence: float) -> "Pattern":
-        return cls(locale, source, target, float(confidence), pattern_regex(source), literal_chars(source))
+        pieces = PLACEHOLDER.split(source)
+        single = (pieces[0], pieces[2], pieces[1]) if len(pieces) == 3 else None
+        return cls(locale, source, target, float(confidence), None, literal_chars(source), single)
+
+    @property
+    def regex(self) -> re.Pattern:
+        """The contract's regular expression of `source` (pattern_regex), compiled once."""
+        rx = self._regex
+        if rx is None:
+            rx = pattern_regex(self.source)
+            object.__setattr__(self, "_regex", rx)
+        return rx
 
     def rank(self) -> tuple:
         """Sort key of rule 3: the first matching pattern in this order wins."""
@@ -91,10 +109,17 @@ class Pattern:
 
     def apply(self, key: str) -> str | None:
         """The rewritten key, or None when the pattern does not match or would not change it."""
-        m = self.regex.fullmatch(key)
-        if m is None:
-            return None
-        result = fill(self.target, m.groupdict())
+        if self.single is not None:
+            head, tail, name = self.single
+            if len(key) <= len(head) + len(tail) or not key.startswith(head) or not key.endswith(tail):
+                return None
+            bindings = {name: key[len(head):len(key) - len(tail)]}
+        else:
+            m = self.regex.fullmatch(key)
+            if m is None:
+                return None
+            bindings = m.groupdict()
+        result = fill(self.target, bindings)
         return None if result == key else result
 
 
@@ -117,42 +142,110 @@ def best_pattern(patterns: Iterable[Pattern], key: str) -> tuple[Pattern, str] |
 
 
 class _LocalePatterns:
-    """One locale's patterns bucketed by fixed text: by the literal text before the first
-    placeholder when there is any, else by the literal text after the last one, else
-    (a placeholder at both ends) in a short list checked by its longest literal part."""
+    """One locale's patterns indexed by their fixed ends: a character trie of the literal
+    text before the first placeholder (the head), and under each head a trie of the
+    reversed literal text after the last placeholder (the tail). A lookup walks the key
+    forwards through the head trie and, at each head it passes, backwards through that
+    head's tail trie: it reaches only patterns whose head starts the key and whose tail
+    ends it, in a few dict steps per character, however many patterns the locale has.
+    Patterns with a placeholder at both ends ("{time} and {date}") are bucketed by the
+    first word of their longest literal part when that part is whole words (the key must
+    hold that word as a token), else kept in a short list checked by substring.
+
+    Every list is sorted by rule 3 when the index is built; the few lists a key reaches
+    are merged in rank order and the first pattern that rewrites the key wins without
+    trying the rest."""
+
+    _LEAF = ""  # a trie node's entry holding its patterns (no character is the empty string)
 
     def __init__(self, patterns: list[Pattern]):
-        self.by_prefix: dict[str, list[Pattern]] = {}
-        self.by_suffix: dict[str, list[Pattern]] = {}
-        self.middle: list[tuple[str, Pattern]] = []
+        self.heads: dict = {}
+        self.n = len(patterns)
+        staged: dict[tuple[str, str], list[Pattern]] = {}
+        by_word: dict[str, list[Pattern]] = {}
+        loose: list[Pattern] = []
         for p in patterns:
             pieces = PLACEHOLDER.split(p.source)  # literal, name, literal, name, ..., literal
-            head, tail = pieces[0], pieces[-1]
-            if head:
-                self.by_prefix.setdefault(head, []).append(p)
-            elif tail:
-                self.by_suffix.setdefault(tail, []).append(p)
+            head, tail = (pieces[0], pieces[-1]) if len(pieces) > 1 else (p.source, "")
+            if head or tail:
+                staged.setdefault((head, tail), []).append(p)
+                continue
+            lit = max(pieces[::2], key=len)
+            if lit.startswith(" ") and lit.endswith(" ") and lit.strip():  # whole words between placeholders
+                by_word.setdefault(lit.split()[0], []).append(p)
             else:
-                longest = max(pieces[::2], key=len)
-                self.middle.append((longest, p))
-        self.prefix_lengths = sorted({len(k) for k in self.by_prefix})
-        self.suffix_lengths = sorted({len(k) for k in self.by_suffix})
+                loose.append(p)
+
+        def ranked(ps):  # (rank, pattern, longest literal part), rule-3 order
+            return sorted(((p.rank(), p, max(PLACEHOLDER.split(p.source)[::2], key=len)) for p in ps), key=lambda e: e[0])
+
+        for (head, tail), ps in staged.items():
+            node = self.heads
+            for ch in head:
+                node = node.setdefault(ch, {})
+            tails = node.setdefault(self._LEAF, {})
+            for ch in reversed(tail):
+                tails = tails.setdefault(ch, {})
+            tails[self._LEAF] = ranked(ps)
+        self.by_word = {w: ranked(ps) for w, ps in by_word.items()}
+        self.loose = ranked(loose)
+
+    def _lists(self, key: str) -> list[list]:
+        leaf = self._LEAF
+        found = []
+        node = self.heads
+        i, n = 0, len(key)
+        while node is not None:
+            tails = node.get(leaf)
+            if tails is not None:
+                t = tails
+                j = n - 1
+                while t is not None:
+                    ps = t.get(leaf)
+                    if ps is not None:
+                        found.append(ps)
+                    if j < i:
+                        break
+                    t = t.get(key[j])
+                    j -= 1
+            if i >= n:
+                break
+            node = node.get(key[i])
+            i += 1
+        if self.by_word:
+            for w in set(key.split()):
+                ps = self.by_word.get(w)
+                if ps is not None:
+                    ps = [e for e in ps if e[2] in key]
+                    if ps:
+                        found.append(ps)
+        if self.loose:
+            ps = [e for e in self.loose if e[2] in key]
+            if ps:
+                found.append(ps)
+        return found
+
+    def _ranked(self, key: str):
+        lists = self._lists(key)
+        if len(lists) <= 1:
+            return lists[0] if lists else ()
+        # one C sort of the few reached candidates beats a lazy heapq.merge in Python
+        return sorted(itertools.chain.from_iterable(lists), key=_first)
 
     def candidates(self, key: str) -> list[Pattern]:
-        out: list[Pattern] = []
-        for n in self.prefix_lengths:
-            if n > len(key):
-                break
-            out.extend(self.by_prefix.get(key[:n], ()))
-        for n in self.suffix_lengths:
-            if n > len(key):
-                break
-            out.extend(self.by_suffix.get(key[-n:], ()))
-        out.extend(p for lit, p in self.middle if lit in key)
-        return out
+        """The patterns whose fixed parts the key holds, in rule-3 order."""
+        return [e[1] for e in self._ranked(key)]
 
     def best(self, key: str) -> tuple[Pattern, str] | None:
-        return best_pattern(self.candidates(key), key)
+        for e in self._ranked(key):
+            out = e[1].apply(key)
+            if out is not None:
+                return e[1], out
+        return None
+
+
+def _first(e):
+    return e[0]
 
 
 class RewriteIndex:

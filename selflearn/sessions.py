@@ -12,7 +12,8 @@ import pandas as pd
 
 from .config import Settings
 from .defects import defect_probability
-from .privacy import scrub_slots, scrub_text
+from .keys import text_keys
+from .privacy import scrub_slots
 from .rephrase import pair_similarity, rephrase_score
 from .schema import arrow_schema
 from .text import normalize_text
@@ -27,11 +28,6 @@ def normalize_series(texts: pd.Series) -> pd.Series:
     uniq = pd.unique(texts)
     mapping = {t: (normalize_text(t) if isinstance(t, str) else None) for t in uniq}
     return texts.map(mapping)
-
-
-def _scrub_series(texts: pd.Series, min_digits: int) -> pd.Series:
-    uniq = pd.unique(texts)
-    return texts.map({t: scrub_text(t, min_digits) for t in uniq})
 
 
 GROUP_KEYS = ["user_id", "device_id"]
@@ -61,11 +57,11 @@ def enrich_turns(turns: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     df["ts"] = pd.to_datetime(df["ts"], utc=True)
     df = df.sort_values(GROUP_KEYS + ["ts", "order"], kind="mergesort").reset_index(drop=True)
     df["session"] = cut_sessions(df, settings.session_gap_s)
-    if settings.scrub_pii:  # before the key: normalization would hide an e-mail's '@'
-        df["utterance"] = _scrub_series(df["utterance"], settings.pii_min_digits)
-        df["rewritten_from"] = _scrub_series(df["rewritten_from"], settings.pii_min_digits)
+    if settings.scrub_pii:  # slot values are masked like the utterance, so they still project onto its key
         df["nlu_slots"] = [scrub_slots(s, settings.pii_min_digits) if s is not None else None for s in df["nlu_slots"]]
-    df["text"] = normalize_series(df["utterance"])
+    # The one key function a runtime also calls (selflearn.keys): masking, then normalize_text.
+    df["text"] = text_keys(df["utterance"], settings.scrub_pii, settings.pii_min_digits)
+    df["rewritten_from"] = text_keys(df["rewritten_from"], settings.scrub_pii, settings.pii_min_digits)
     by_session = df.groupby(GROUP_KEYS + ["session"], sort=False)
     df["seq"] = by_session.cumcount().astype("int64")
     nxt = by_session[["event_id", "text", "ts"]].shift(-1)
@@ -88,5 +84,4 @@ def enrich_turns(turns: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     )
     df["pair_score"] = np.where(in_window, score, np.nan)
     df["is_rephrase"] = in_window & (df["pair_score"] >= settings.rephrase_model.threshold)
-    df["rewritten_from"] = normalize_series(df["rewritten_from"])
     return df[[f.name for f in ENRICHED_TURNS]]

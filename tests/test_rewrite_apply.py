@@ -105,3 +105,22 @@ def test_the_index_answers_as_trying_every_pattern_does():
 def test_a_placeholder_binds_at_least_one_character(key):
     p = Pattern.make("en-US", "wake me up at {time}", "set an alarm for {time}", 0.9)
     assert p.apply(key) is None
+
+
+def test_one_placeholder_patterns_answer_as_the_regex_does_without_compiling_it():
+    # The string fast path (head, tail, at least one character between) against the
+    # contract's regex itself, on carriers of MASSIVE en-US records 0-2 and 93, where
+    # the fixed ends can overlap or fill the whole key.
+    from selflearn.rewrite_apply import fill
+
+    sources = ["wake me up at {time}", "{time} alarm", "set an alarm for {time} please", "a{x}a", "set {x}set"]
+    keys = ["wake me up at five am", "wake me up at", "wake me up at ", "five am alarm", " alarm", "alarm", "aa", "aba",
+            "a", "set an alarm for twelve please", "set an alarm for  please", "setset", "set set", "set x set"]
+    for src in sources:
+        p = Pattern.make("en-US", src, "set an alarm " + ("{time}" if "{time}" in src else "{x}"), 0.5)
+        assert p.single is not None and p._regex is None
+        for key in keys:
+            m = pattern_regex(src).fullmatch(key)
+            want = fill(p.target, m.groupdict()) if m else None
+            assert p.apply(key) == (None if want == key else want), (src, key)
+        assert p._regex is None  # never compiled

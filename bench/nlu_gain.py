@@ -1,0 +1,168 @@
+"""The trainer's proof (issue 17): does `training/` make an intent classifier better on the
+requests that fail today?
+
+    PYTHONPATH=$PWD .venv/bin/python bench/nlu_gain.py --sim SIM --run ROOT [--requests 6000]
+
+Two classifiers per locale, the same kind (scikit-learn logistic regression over the
+bundled encoder's vectors of the text keys), trained twice:
+- `baseline`: what the NLU served successfully in the log, the team's current view: every
+  distinct (text key, nlu_intent) of the log's `success` turns, weight 1;
+- `+training`: the same plus every `training/` row (its `text` key and `intent`, with its
+  `weight` as sample weight, `train` and `dev` splits both: the evaluation is on fresh
+  traffic, not on `dev`); a key with a training row loses its log label (the log's label
+  is what the NLU did when it failed: nothing, or a wrong intent that reads `success`),
+  unless `--no-supersede`.
+Both see keys made by `selflearn.keys.text_key` (the pipeline's masking + normalize_text),
+so a training row's key and a request's key are the same string when the same thing was
+said.
+
+Evaluated on fresh replay requests from the simulation's world (another seed than the
+log), split by whether the simulated NLU serves the request's goal today (`working`) or
+not (`failing`): intent accuracy against the request's true intent, per locale. A
+request that fails today is one the NLU did not understand or understood wrongly.
+Also reported: the same gain per training `label_source` alone (`rewrite`, `paraphrase`,
+`pattern` where the run has it), so what each kind of label adds is measured, not said.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from selflearn.config import Settings  # noqa: E402
+from selflearn.evaluate import resolve_run  # noqa: E402
+from selflearn.keys import text_keys  # noqa: E402
+
+
+def _train(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float):
+    from sklearn.linear_model import LogisticRegression
+
+    if len(set(y)) < 2:  # one class: a constant predictor
+        only = y[0]
+        return lambda xs: np.full(len(xs), only, dtype=object)
+    model = LogisticRegression(C=c, max_iter=300)
+    model.fit(x, y, sample_weight=w)
+    return model.predict
+
+
+def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boost: float, supersede: bool = True) -> dict:
+    from selflearn.embed import load_encoder
+    from selflearn.simulate import World
+
+    run_dir = resolve_run(root)
+    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    cfg = manifest.get("config") or {}
+    scrub, digits = bool(cfg.get("scrub_pii", True)), int(cfg.get("pii_min_digits", 7))
+    log = pd.read_parquet(Path(sim) / "log", columns=["locale", "utterance", "response_status", "nlu_intent"])
+    ok = log[(log["response_status"] == "success") & log["nlu_intent"].notna()].copy()
+    ok["text"] = text_keys(ok["utterance"], scrub, digits)
+    base = ok.groupby(["locale", "text", "nlu_intent"]).size().rename("n").reset_index()
+    base = base.rename(columns={"nlu_intent": "intent"})[["locale", "text", "intent"]]
+    base["weight"], base["label_source"] = 1.0, "log"
+    training = pd.read_parquet(run_dir / "training", columns=["locale", "text", "intent", "weight", "label_source"])
+    training["weight"] = training["weight"].astype(float) * training_boost
+    world = World.load(sim)
+    fresh = world.fresh_traffic(n_requests, seed=seed)
+    fresh["text"] = text_keys(fresh["utterance"], scrub, digits)
+    fresh["working"] = [bool(world.serves(loc, k, g)) for loc, k, g in zip(fresh["locale"], fresh["text"], fresh["goal_id"])]
+
+    settings = Settings(**{k: cfg[k] for k in ("embedding_model", "embedding_backend") if k in cfg})
+    encoder = load_encoder(settings, device="cpu")
+    texts = sorted(set(base["text"]) | set(training["text"]) | set(fresh["text"]))
+    t0 = time.time()
+    vec = dict(zip(texts, encoder.encode(texts)))
+    embed_s = time.time() - t0
+
+    def xs(keys):
+        return np.stack([vec[k] for k in keys]) if len(keys) else np.zeros((0, encoder.dim), np.float32)
+
+    def plus(rows: pd.DataFrame) -> pd.DataFrame:
+        # A training row corrects the log's view of its key: the log's label for that key
+        # is what the NLU did when the request failed (nothing, or a wrong intent that
+        # still reads `success`), so it is replaced, not outvoted.
+        if not supersede:
+            return pd.concat([base, rows], ignore_index=True)
+        corrected = set(zip(rows["locale"], rows["text"]))
+        keep = [(loc, t) not in corrected for loc, t in zip(base["locale"], base["text"])]
+        return pd.concat([base[keep], rows], ignore_index=True)
+
+    sources = sorted(training["label_source"].unique())
+    variants = {"baseline": base, "+training": plus(training)}
+    for s in sources:
+        variants[f"+{s} only"] = plus(training[training["label_source"] == s])
+    preds: dict[str, np.ndarray] = {name: np.empty(len(fresh), dtype=object) for name in variants}
+    for loc, idx in fresh.groupby("locale").groups.items():
+        req = fresh.loc[idx]
+        for name, data in variants.items():
+            d = data[data["locale"] == loc]
+            predict = _train(xs(d["text"].tolist()), d["intent"].to_numpy(), d["weight"].to_numpy(float), c)
+            preds[name][fresh.index.get_indexer(idx)] = predict(xs(req["text"].tolist()))
+    for name in variants:
+        fresh[name] = preds[name] == fresh["gold_intent"].to_numpy()
+
+    def table(d: pd.DataFrame) -> dict:
+        out = {"requests": int(len(d))}
+        for name in variants:
+            out[name] = round(float(d[name].mean()) * 100, 1) if len(d) else None
+        if len(d):
+            out["gain_points"] = round(out["+training"] - out["baseline"], 1)
+        return out
+
+    result = {"run_id": run_dir.name, "sim": sim, "requests": int(len(fresh)), "seed": seed, "C": c,
+              "training_boost": training_boost, "supersede": supersede, "encoder": f"{encoder.name} ({encoder.backend})",
+              "train_rows": {"log_success_keys": int(len(base)), "training": int(len(training)),
+                             "by_label_source": training["label_source"].value_counts().sort_index().to_dict()},
+              "embed_s": round(embed_s, 1), "failing": {}, "working": {}}
+    for part, mask in (("failing", ~fresh["working"]), ("working", fresh["working"])):
+        d = fresh[mask]
+        result[part]["overall"] = table(d)
+        result[part]["per_locale"] = {loc: table(g) for loc, g in d.groupby("locale", sort=True)}
+    # which failing requests training/ can address at all: its key is a training key
+    tkeys = set(zip(training["locale"], training["text"]))
+    fail = fresh[~fresh["working"]]
+    result["failing"]["overall"]["key_in_training"] = int(sum((l, t) in tkeys for l, t in zip(fail["locale"], fail["text"])))
+    return result
+
+
+def render(r: dict) -> str:
+    names = [k for k in r["failing"]["overall"] if k not in ("requests", "gain_points", "key_in_training")]
+    head = "| locale | part | requests | " + " | ".join(names) + " | gain |"
+    lines = [head, "|" + "---|" * (len(names) + 4)]
+    for part in ("failing", "working"):
+        rows = [("all", r[part]["overall"])] + sorted(r[part]["per_locale"].items())
+        for loc, t in rows:
+            lines.append(f"| {loc} | {part} | {t['requests']} | " + " | ".join(f"{t[n]:.1f}" if t[n] is not None else "-" for n in names)
+                         + f" | {t.get('gain_points', 0):+.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="intent accuracy with and without training/ on fresh replay requests")
+    p.add_argument("--sim", required=True)
+    p.add_argument("--run", required=True, help="ROOT (its LATEST run) or a run directory")
+    p.add_argument("--requests", type=int, default=6000)
+    p.add_argument("--seed", type=int, default=777)
+    p.add_argument("--C", type=float, default=10.0, help="inverse regularisation of the logistic regression")
+    p.add_argument("--training-boost", type=float, default=1.0, help="multiplier on training/ weights (1: as published)")
+    p.add_argument("--no-supersede", action="store_true",
+                   help="keep the log's label of a key beside its training row (default: the training row replaces it)")
+    p.add_argument("--json", help="write the result here too")
+    args = p.parse_args(argv)
+    r = run(args.sim, args.run, args.requests, args.seed, args.C, args.training_boost, not args.no_supersede)
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2), encoding="utf-8")
+    print(json.dumps({k: v for k, v in r.items() if k not in ("failing", "working")}))
+    print(render(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""`selflearn export --format hf|rasa`: a `training/` table of real MASSIVE utterances (en-US
+and ja-JP records of alarm_set, play_music, weather_query: their text keys, intents and
+annotated slots, as the labels stage publishes them) read back by the real `datasets`
+library, and the Rasa files by YAML with Rasa's entity markup parsed back to the slots.
+Rasa itself does not install here (no release supports Python 3.11: see the README)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from selflearn.text import normalize_text
+
+_SLOT = re.compile(r"\[\s*([a-z0-9_]+)\s*:\s*([^\]]+?)\s*\]")
+
+
+@pytest.fixture()
+def run_dir(tmp_path, massive):
+    rows = []
+    for locale in ("en-US", "ja-JP"):
+        recs = [r for r in massive(locale, 400) if r["intent"] in ("alarm_set", "play_music", "weather_query")][:40]
+        for i, r in enumerate(recs):
+            slots = [{"name": m.group(1), "value": normalize_text(m.group(2))} for m in _SLOT.finditer(r["annot_utt"])]
+            rows.append({"locale": locale, "text": normalize_text(r["utt"]), "intent": r["intent"],
+                         "domain": r["scenario"], "slots": slots, "weight": 0.5 + (i % 5) / 10,
+                         "label_source": "rewrite" if i % 2 else "paraphrase", "split": "dev" if i % 7 == 0 else "train"})
+    df = pd.DataFrame(rows).drop_duplicates(["locale", "text"])
+    run = tmp_path / "root" / "runs" / "r1"
+    (run / "training").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), run / "training" / "part-0.parquet")
+    (run / "_SUCCESS").write_text("")
+    (tmp_path / "root" / "LATEST").write_text("r1\n")
+    return run, df
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "selflearn.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.heavy  # about 25 s on the shared machine: datasets imports twice (CLI and test)
+def test_hf_export_loads_with_datasets_as_a_classification_set(run_dir, tmp_path):
+    import datasets
+
+    run, df = run_dir
+    r = _cli("export", "--run", str(run.parent.parent), "--format", "hf", "--output", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    ds = datasets.load_from_disk(str(tmp_path / "out" / "hf"))
+    assert set(ds) == {"train", "validation"}
+    assert len(ds["train"]) == (df["split"] == "train").sum() and len(ds["validation"]) == (df["split"] == "dev").sum()
+    label = ds["train"].features["label"]
+    assert isinstance(label, datasets.ClassLabel) and label.names == sorted(df["intent"].unique())
+    got = ds["train"].to_pandas()
+    want = df[df["split"] == "train"].set_index(["locale", "text"])
+    for row in got.itertuples(index=False):
+        w = want.loc[(row.locale, row.text)]
+        assert label.int2str(int(row.label)) == row.intent == w["intent"]
+        assert abs(row.weight - w["weight"]) < 1e-6
+        assert [dict(s) for s in _as_list(row.slots)] == list(w["slots"])
+
+
+def _as_list(slots):
+    # datasets returns a Sequence of structs as a dict of lists or a list of dicts by version
+    if isinstance(slots, dict):
+        return [{"name": n, "value": v} for n, v in zip(slots["name"], slots["value"])]
+    return list(slots)
+
+
+_MARK = re.compile(r"\[([^\]]+)\]\(([a-z0-9_]+)\)")
+
+
+def test_rasa_export_is_rasa_nlu_yaml_with_entities_marked(run_dir, tmp_path):
+    run, df = run_dir
+    from selflearn.export import export
+
+    export(run, tmp_path / "out", "rasa")
+    for locale, split, name in [(loc, s, n) for loc in ("en-US", "ja-JP") for s, n in (("train", "nlu.yml"), ("dev", "test_nlu.yml"))]:
+        doc = yaml.safe_load((tmp_path / "out" / "rasa" / locale / name).read_text(encoding="utf-8"))
+        assert doc["version"] == "3.1" and set(doc) == {"version", "nlu"}
+        seen = {}
+        for block in doc["nlu"]:
+            assert set(block) == {"intent", "examples"} and block["examples"].endswith("\n")
+            for line in block["examples"].splitlines():
+                assert line.startswith("- ")
+                marked = line[2:]
+                text = _MARK.sub(lambda m: m.group(1), marked)
+                seen[text] = (block["intent"], [{"name": m.group(2), "value": m.group(1)} for m in _MARK.finditer(marked)])
+        want = df[(df["locale"] == locale) & (df["split"] == split)]
+        assert set(seen) == set(want["text"])
+        for text, intent, slots in zip(want["text"], want["intent"], want["slots"]):
+            assert seen[text][0] == intent
+            # every slot whose value occurs in the text is marked, in order
+            assert sorted(map(str, seen[text][1])) == sorted(map(str, [s for s in slots if s["value"] in text])), text
+
+
+def test_rasa_export_leaves_out_rows_under_export_min_weight(run_dir, tmp_path):
+    run, df = run_dir
+    from selflearn.export import export
+
+    export(run, tmp_path / "o", "rasa", min_weight=0.75)  # the CLI passes Settings.export_min_weight
+    doc = yaml.safe_load((tmp_path / "o" / "rasa" / "en-US" / "nlu.yml").read_text(encoding="utf-8"))
+    n_examples = sum(len(b["examples"].splitlines()) for b in doc["nlu"])
+    kept = df[(df["locale"] == "en-US") & (df["split"] == "train") & (df["weight"] >= 0.75)]
+    assert n_examples == len(kept) < (df["locale"].eq("en-US") & df["split"].eq("train")).sum()
+
+
+def test_unknown_format_is_one_line(tmp_path):
+    r = _cli("export", "--run", str(tmp_path), "--format", "csv", "--output", str(tmp_path / "o"))
+    assert r.returncode != 0 and "invalid choice" in r.stderr
