@@ -125,6 +125,7 @@ class Settings:
     gate_max_rewrite_churn: float = 0.5  # (added + removed) / |previous U new| rewrites, pins excluded
     gate_churn_min_rewrites: int = 20  # churn is judged only with this many rewrites in the union
     # --- run ---
+    progress_heartbeat_s: float = 25.0  # a progress line when a stage has logged nothing for this long; 0 = off
     spark_shuffle_partitions: int = 8
     spark_driver_memory: str = "4g"
 

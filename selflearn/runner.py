@@ -7,10 +7,12 @@ the logic is in `steps` and the stage modules.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import platform
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,20 @@ log = logging.getLogger("selflearn")
 
 STAGES = ("ingest", "sessions", "evidence", "keys", "embed", "paraphrase", "graph", "rewrites", "labels", "publish")
 PUBLISHED_TABLES = ("turns", "rephrase_pairs", "paraphrase_clusters", "rewrites", "training")
+
+
+# Who each output is for (README, "Where to look"); paths relative to the run directory
+# unless they start with ROOT/.
+AUDIENCE = {
+    "trainer": {"paths": ["training/"],
+                "use": "weakly labeled NLU examples; filter the `split` column for train/dev"},
+    "runtime": {"paths": ["rewrites/", "rewrite_patterns/"],
+                "use": "look up the text key selflearn.normalize_text makes of the ASR text (exact rewrite first, "
+                       "then patterns, contract 4.1), or ask `selflearn serve`"},
+    "operator": {"paths": ["turns/", "rephrase_pairs/", "paraphrase_clusters/", "rewrite_graph/", "report.html",
+                           "ROOT/state/", "ROOT/quarantine/<run_id>/"],
+                 "use": "inspection and debugging; turns/ and rephrase_pairs/ hold texts of single users"},
+}
 
 
 @dataclass
@@ -83,7 +99,8 @@ class Run:
     def stage(self, name: str) -> None:
         start = time.perf_counter()
         self._say(f"[{name}] started")
-        getattr(self, f"stage_{name}")()
+        with heartbeat(name, self.settings.progress_heartbeat_s, self._say):
+            getattr(self, f"stage_{name}")()
         self.timings[name] = round(time.perf_counter() - start, 3)
         self._say(f"[{name}] done in {self.timings[name]:.1f} s")
 
@@ -292,7 +309,48 @@ class Run:
             "versions": {"python": platform.python_version(), **versions},
             "embedding": {"model": self.settings.embedding_model, "backend": self.settings.embedding_backend},
             "checksums": checksums,
+            "audience": AUDIENCE,
         }
+
+
+class _LastRecord(logging.Handler):
+    """Remembers when the selflearn logger last said anything (any stage, any module)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.at = time.monotonic()
+
+    def emit(self, record):
+        self.at = time.monotonic()
+
+
+@contextlib.contextmanager
+def heartbeat(stage: str, every_s: float, say: Callable[[str], None]):
+    """While a stage runs, a line every `every_s` seconds in which nothing else was logged:
+    a long Spark job or encode is never silent (a person watching cannot tell slow from
+    stuck). Lines other modules log (e.g. the encoder's keys/s and ETA) reset the clock."""
+    if not every_s or every_s <= 0:
+        yield
+        return
+    last = _LastRecord()
+    log.addHandler(last)
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def beat():
+        while not stop.wait(min(1.0, every_s / 4)):
+            if time.monotonic() - last.at >= every_s:
+                say(f"[{stage}] still running, {time.monotonic() - start:.0f} s so far")
+                last.at = time.monotonic()  # also when the logger is quieter than INFO
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{stage}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        log.removeHandler(last)
 
 
 def run_all(run: Run) -> Path:
