@@ -13,7 +13,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import networkx as nx  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
@@ -277,40 +276,59 @@ def _load_graph(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return nodes, edges
 
 
-def rewrite_paths(rw, nodes: pd.DataFrame, edges: pd.DataFrame, clusters: pd.DataFrame) -> pd.DataFrame:
+PATH_COLUMNS = ["path", "key", "p_first", "users_first", "p_second", "users_second", "p_served"]
+
+
+def rewrite_paths(rw, nodes: pd.DataFrame, edges: pd.DataFrame, clusters: pd.DataFrame, min_users: int = 0) -> pd.DataFrame:
     """How users got from a rewrite's source to its target in the published graph: the
-    direct edge, two-step paths through another key, and paraphrase-cluster mates of the
-    source that lead to the target (the evidence a paraphrase rewrite rests on), each with
-    its users and the chain's probability of ending served at the target,
-    P(path) * P(target -> success). Then the source's other continuations ("elsewhere")."""
+    direct edge (key = the target), two-step paths through another key, and failing
+    paraphrase-cluster mates of the source that lead to the target (the evidence a
+    paraphrase rewrite rests on: their users count for the source), each with the
+    probability and users of each step and the chain's probability of ending served at
+    the target, P(steps) * P(target -> success). Then where else the source's users went.
+    Columns: PATH_COLUMNS (p_* and users_* None where a step does not exist). A key said
+    by fewer than `min_users` users keeps its numbers but not its text (privacy floor)."""
     e = edges[edges["locale"] == rw.locale]
-    succ = nodes[(nodes["locale"] == rw.locale)].set_index("text")["success_prob"]
+    succ = nodes[nodes["locale"] == rw.locale].set_index("text")["success_prob"]
     t_succ = float(succ.get(rw.target, 0.0))
     out_s = e[e["source"] == rw.source].set_index("target")
     into_t = e[e["target"] == rw.target].set_index("source")
+    c = clusters[clusters["locale"] == rw.locale]
+    own = c.loc[c["text"] == rw.source, "cluster_id"]
+    mates = (set(c.loc[c["cluster_id"] == own.iloc[0], "text"]) - {rw.source, rw.target}) if len(own) else set()
     rows = []
     if rw.target in out_s.index:
         d = out_s.loc[rw.target]
-        rows.append(("direct", rw.source, rw.target, "", float(d["prob"]), int(d["n_users"]), "", float(d["prob"]) * t_succ))
-    for via, d in out_s.iterrows():
-        if via != rw.target and via in into_t.index:
-            v = into_t.loc[via]
-            rows.append(("rephrase via", rw.source, rw.target, via, float(d["prob"]), int(d["n_users"]),
-                         f"{float(v['prob']):.3f} / {int(v['n_users'])}", float(d["prob"]) * float(v["prob"]) * t_succ))
-    c = clusters[clusters["locale"] == rw.locale]
-    own = c.loc[c["text"] == rw.source, "cluster_id"]
-    if len(own):
-        mates = set(c.loc[c["cluster_id"] == own.iloc[0], "text"]) - {rw.source, rw.target}
-        for mate in sorted(mates & set(into_t.index)):
-            v = into_t.loc[mate]
-            rows.append(("paraphrase mate", rw.source, rw.target, mate, None, None,
-                         f"{float(v['prob']):.3f} / {int(v['n_users'])}", float(v["prob"]) * t_succ))
-    shown = {r[3] for r in rows} | {rw.target}
-    for via, d in out_s.sort_values("n_users", ascending=False).iterrows():
-        if via not in shown and len([r for r in rows if r[0] == "elsewhere"]) < 2:
-            rows.append(("elsewhere", rw.source, via, "", float(d["prob"]), int(d["n_users"]), "", None))
-    return pd.DataFrame(rows, columns=["path", "from", "to", "via", "P(first step)", "users (first step)",
-                                       "P / users (via -> target)", "P(served at target)"])
+        rows.append(("direct", rw.target, float(d["prob"]), int(d["n_users"]), None, None, float(d["prob"]) * t_succ))
+    for key in sorted((set(out_s.index) | mates) & set(into_t.index) - {rw.target}):
+        v = into_t.loc[key]
+        first = out_s.loc[key] if key in out_s.index else None
+        kind = " and ".join(k for k, on in (("rephrase via", first is not None), ("paraphrase mate", key in mates)) if on)
+        p_chain = (float(first["prob"]) if first is not None else 1.0) * float(v["prob"]) * t_succ
+        rows.append((kind, key, None if first is None else float(first["prob"]), None if first is None else int(first["n_users"]),
+                     float(v["prob"]), int(v["n_users"]), p_chain))
+    shown = {r[1] for r in rows} | {rw.target}
+    rest = out_s[~out_s.index.isin(list(shown | {rw.source}))].sort_values(["n_users", "prob"], ascending=False).head(2)
+    for key, d in rest.iterrows():
+        rows.append(("elsewhere", key, float(d["prob"]), int(d["n_users"]), None, None, None))
+    order = {"direct": 0, "rephrase via and paraphrase mate": 1, "rephrase via": 2, "paraphrase mate": 3, "elsewhere": 4}
+    f = pd.DataFrame(rows, columns=PATH_COLUMNS)
+    users = nodes[nodes["locale"] == rw.locale].set_index("text")["n_users"]
+    few = f["key"].map(lambda k: k not in (rw.source, rw.target) and int(users.get(k, 0)) < min_users)
+    f.loc[few, "key"] = f"(a key said by fewer than {min_users} users)"
+    return f.assign(o=f["path"].map(order)).sort_values(["o", "p_served"], ascending=[True, False], kind="mergesort").drop(columns="o").reset_index(drop=True)
+
+
+def _paths_table(paths: pd.DataFrame) -> pd.DataFrame:
+    """rewrite_paths for a person: '-' where a step does not exist."""
+    p = lambda v: "-" if v is None or pd.isna(v) else f"{v:.3f}"  # noqa: E731
+    n = lambda v: "-" if v is None or pd.isna(v) else str(int(v))  # noqa: E731
+    return pd.DataFrame({
+        "path": paths["path"], "key (via, or where else)": paths["key"],
+        "P(source -> key)": paths["p_first"].map(p), "users": paths["users_first"].map(n),
+        "P(key -> target)": paths["p_second"].map(p), "users ": paths["users_second"].map(n),
+        "P(served at target) along this path": paths["p_served"].map(p),
+    })
 
 
 def rule_margins(d: pd.Series, settings: dict) -> pd.DataFrame:
@@ -356,16 +374,18 @@ def _evidence_section(run_dir: Path, work_dir: Path | None, manifest: dict, rewr
             if (rw.locale, text) not in node.index:
                 return "not in the published graph"
             r = node.loc[(rw.locale, text)]
-            return (f"said by {int(r['n_users'])} users in {int(r['n_turns'])} turns, defect rate {r['defect_rate']:.2f}, "
+            return (f"said by {int(r['n_users'])} user{'s' if int(r['n_users']) != 1 else ''} in {int(r['n_turns'])} turns, defect rate {r['defect_rate']:.2f}, "
                     f"ends served {r['success_prob']:.2f} / failed {r['failure_prob']:.2f}")
 
         parts += [
             f"<div class='card' id='evidence-{i}'><h3>{html.escape(rw.locale)}: <span class='src'>{html.escape(rw.source)}</span>"
             f" &rarr; <span class='tgt'>{html.escape(rw.target)}</span></h3>",
-            f"<p>{int(rw.n_users)} users in {int(rw.n_sessions)} sessions went from the source to the target's "
-            f"interpretation; evidence: {html.escape(str(rw.evidence))}; confidence {rw.confidence:.3f}. "
+            f"<p>{int(rw.n_users)} users in {int(rw.n_sessions)} sessions went from the source"
+            f"{'' if rw.evidence == 'rephrase' else ' (or from a failing paraphrase-cluster mate of it, whose users count for it)'}"
+            f" to the target's interpretation (the target, or a key served with the same intent and slots); "
+            f"evidence: {html.escape(str(rw.evidence))}; confidence {rw.confidence:.3f}. "
             f"Source: {about(rw.source)}. Target: {about(rw.target)}.</p>",
-            _table(rewrite_paths(rw, nodes, edges, clusters), f"evidence-paths-{i}"),
+            _table(_paths_table(rewrite_paths(rw, nodes, edges, clusters, int(settings.get("min_users", 0)))), f"evidence-paths-{i}"),
         ]
         if decided is not None:
             m = decided[(decided["locale"] == rw.locale) & (decided["source"] == rw.source) & (decided["target"] == rw.target)]
@@ -454,7 +474,7 @@ def _neighbourhood_svg(rw, paths: pd.DataFrame, nodes: pd.DataFrame) -> str:
         if text not in node.index:
             return ""
         r = node.loc[text]
-        return f"{int(r['n_users'])} users, defect {r['defect_rate']:.2f}"
+        return f"{int(r['n_users'])} user{'s' if int(r['n_users']) != 1 else ''}, defect {r['defect_rate']:.2f}"
 
     def absorb(text):
         if text not in node.index:
@@ -462,15 +482,14 @@ def _neighbourhood_svg(rw, paths: pd.DataFrame, nodes: pd.DataFrame) -> str:
         r = node.loc[text]
         return float(r["success_prob"]), float(r["failure_prob"])
 
-    mids = paths[paths["path"].isin(["rephrase via", "paraphrase mate"])].head(MAX_VIA)
+    mids = paths[paths["path"].str.contains("via|mate")].head(MAX_VIA)
     others = paths[paths["path"] == "elsewhere"]
     x0, x1, x2 = 10, 10 + BOX_W + COL_GAP, 10 + 2 * (BOX_W + COL_GAP)
     top = 46  # room for the direct edge's arc above the middle column
     svg, y, mid_boxes = [], top, []
     for r in list(mids.itertuples(index=False)) + list(others.itertuples(index=False)):
-        text = r.via if r.path != "elsewhere" else r.to
-        role = {"rephrase via": "via", "paraphrase mate": "mate", "elsewhere": "elsewhere"}[r.path]
-        b, h = _box(x1, y, text, info(text), *absorb(text), role)
+        role = "elsewhere" if r.path == "elsewhere" else ("via" if r.path.startswith("rephrase") else "mate")
+        b, h = _box(x1, y, r.key, info(r.key), *absorb(r.key), role)
         mid_boxes.append((r, y, h))
         svg.append(b)
         y += h + 14
@@ -497,40 +516,40 @@ def _neighbourhood_svg(rw, paths: pd.DataFrame, nodes: pd.DataFrame) -> str:
     edges_svg = []
     direct = paths[paths["path"] == "direct"]
     if len(direct):
-        edges_svg.append(curve(s_out, t_in, width(direct.iloc[0]["P(first step)"]), "#2c6fbb", arc=4))
+        edges_svg.append(curve(s_out, t_in, width(direct.iloc[0]["p_first"]), "#2c6fbb", arc=4))
     for r, by_, h in mid_boxes:
         left, right = (x1, by_ + h / 2), (x1 + BOX_W, by_ + h / 2)
-        if r.path == "rephrase via":
-            edges_svg.append(curve(s_out, left, width(r[4]), "#2c6fbb"))
-            edges_svg.append(curve(right, t_in, width(float(str(r[6]).split(" / ")[0])), "#2c6fbb"))
-        elif r.path == "paraphrase mate":
+        color = "#999999" if r.path == "elsewhere" else ("#2c6fbb" if r.path.startswith("rephrase") else "#7d3c98")
+        if r.p_first is not None and not pd.isna(r.p_first):
+            edges_svg.append(curve(s_out, left, width(r.p_first), color))
+        else:  # a paraphrase mate: same cluster, no step between them
             edges_svg.append(f"<path d='M{s_out[0]},{s_out[1]} C{(s_out[0] + left[0]) / 2},{s_out[1]} "
-                             f"{(s_out[0] + left[0]) / 2},{left[1]} {left[0]},{left[1]}' fill='none' stroke='#7d3c98' "
+                             f"{(s_out[0] + left[0]) / 2},{left[1]} {left[0]},{left[1]}' fill='none' stroke='{color}' "
                              f"stroke-width='1.5' stroke-dasharray='5 4'/>")
-            edges_svg.append(curve(right, t_in, width(float(str(r[6]).split(" / ")[0])), "#7d3c98"))
-        else:
-            edges_svg.append(curve(s_out, left, width(r[4]), "#999999"))
+        if r.p_second is not None and not pd.isna(r.p_second):
+            edges_svg.append(curve(right, t_in, width(r.p_second), color))
     w_total, h_total = x2 + BOX_W + 10, max(mid_bottom, sy + sh, ty + th) + 10
     legend = ("<text x='10' y='14' class='info'>line width: probability of the step; blue: users' rephrases; "
               "purple dashed: paraphrase-cluster mate of the source; grey: where else the source's users went</text>")
     return (f"<svg xmlns='http://www.w3.org/2000/svg' class='nbh' viewBox='0 0 {w_total} {h_total + 24:.0f}' "
             f"width='{w_total}' height='{h_total + 24:.0f}'>"
-            "<defs><marker id='arrow' viewBox='0 0 10 10' refX='8' refY='5' markerWidth='5' markerHeight='5' orient='auto'>"
+            "<defs><marker id='arrow' viewBox='0 0 10 10' refX='8' refY='5' markerWidth='9' markerHeight='9' markerUnits='userSpaceOnUse' orient='auto'>"
             "<path d='M0,0 L10,5 L0,10 z' fill='#555'/></marker></defs>"
             f"{legend}<g transform='translate(0,24)'>{''.join(edges_svg)}{''.join(svg)}</g></svg>")
 
 
-def _graph_section(rewrites: pd.DataFrame, nodes: pd.DataFrame, edges: pd.DataFrame, clusters: pd.DataFrame) -> list[str]:
+def _graph_section(rewrites: pd.DataFrame, nodes: pd.DataFrame, edges: pd.DataFrame, clusters: pd.DataFrame,
+                   min_users: int) -> list[str]:
     parts = ["<h2 id='graph'>The rewrite graph around the top rewrites</h2>"]
     if rewrites.empty or edges.empty:
         return parts + ["<p><em>no rewrite to draw</em></p>"]
     top = rewrites.sort_values(["n_users", "confidence"], ascending=False, kind="mergesort").head(TOP_DRAWN)
     for i, rw in enumerate(top.itertuples(index=False)):
-        paths = rewrite_paths(rw, nodes, edges, clusters)
+        paths = rewrite_paths(rw, nodes, edges, clusters, min_users)
         parts += [f"<h3>{html.escape(rw.locale)}: <span class='src'>{html.escape(rw.source)}</span> &rarr; "
                   f"<span class='tgt'>{html.escape(rw.target)}</span> ({int(rw.n_users)} users, confidence {rw.confidence:.3f})</h3>",
                   f"<div class='drawing' id='graph-{i}'>{_neighbourhood_svg(rw, paths, nodes)}</div>",
-                  _table(paths, f"graph-paths-{i}")]
+                  _table(_paths_table(paths), f"graph-paths-{i}")]
     return parts
 
 
@@ -628,7 +647,7 @@ def write_report(run_dir: Path, manifest: dict, work_dir: Path, previous: Path |
         "</div>",
         f"<h2>Top rewrites ({len(rewrites)} in all)</h2>", _table(top),
         *_evidence_section(run_dir, work_dir, manifest, rewrites, nodes, edges, clusters),
-        *_graph_section(rewrites, nodes, edges, clusters),
+        *_graph_section(rewrites, nodes, edges, clusters, int(manifest.get("config", {}).get("min_users", 0))),
         "<h2>Rewrite candidates not emitted, by the first rule they failed</h2>",
         _table(pd.DataFrame(sorted(manifest["counts"].get("rewrites", {}).get("rejected_by_rule", {}).items()), columns=["rule", "candidates"])),
         *_training_section(training),

@@ -164,3 +164,55 @@ def test_labels_wrap_whole_in_any_script():
         lines = wrap_label(text, 20)
         assert "".join(lines).replace(" ", "") == text.replace(" ", "")
         assert all(_width_units(line) <= 20 for line in lines)
+
+
+# --- the report of the fast tier's real run -----------------------------------------------
+
+def test_the_chain_through_b_explains_a_rewrite_confidence(published_run):
+    """A -> C rests on users saying A, then B, then C: the report's path through B must
+    carry the rewrite's whole confidence, P(A->B) * P(B->C) * P(C served)."""
+    from selflearn.report import _load_graph, rewrite_paths
+
+    final = published_run["final"]
+    nodes, edges = _load_graph(final)
+    clusters = pd.read_parquet(final / "paraphrase_clusters")
+    rewrites = pd.read_parquet(final / "rewrites")
+    for locale, e in published_run["expected"].items():
+        rw = rewrites[(rewrites.locale == locale) & (rewrites.source == e["A"])].iloc[0]
+        paths = rewrite_paths(rw, nodes, edges, clusters, 3)
+        via_b = paths[paths["key"] == e["B"]]
+        assert len(via_b) == 1 and via_b["path"].iloc[0].startswith("rephrase via")
+        assert via_b["users_first"].iloc[0] == 4 and via_b["users_second"].iloc[0] == 4
+        assert via_b["p_served"].iloc[0] == pytest.approx(rw["confidence"], abs=1e-6)
+
+
+def test_report_shows_evidence_graph_samples_and_fonts(published_run):
+    import re
+
+    final = published_run["final"]
+    page = (final / "report.html").read_text(encoding="utf-8")
+    t = _tables(page)
+    rewrites = pd.read_parquet(final / "rewrites")
+    assert "evidence-paths-0" in t.tables and "evidence-rules-0" in t.tables
+    rules = {r[0]: r for r in t.tables["evidence-rules-0"][1:]}
+    assert set(rules) >= {"source is defective", "enough users", "target significantly better", "confident enough"}
+    assert all(float(r[-1]) >= 0 for r in rules.values())  # an emitted rewrite cleared every rule
+    assert [r[0] for r in t.tables["audience"][1:]] == ["trainer", "runtime", "operator"]
+    training = pd.read_parquet(final / "training")
+    for source in training["label_source"].unique():
+        assert len(t.tables[f"training-{source}"]) - 1 == min(8, int((training["label_source"] == source).sum()))
+    for font in ("Noto Sans CJK JP", "Noto Sans Devanagari", "Noto Sans Arabic"):
+        assert font in page
+    # every drawn key is joined to the drawing by a line: 2 boxes (source, target) plus one
+    # per non-direct path row, and at least one line per middle box
+    drawings = re.findall(r"<div class='drawing' id='graph-(\d+)'>(.*?)</div>", page, flags=re.S)
+    assert len(drawings) == min(3, len(rewrites))
+    for i, svg in drawings:
+        kinds = [r[0] for r in t.tables[f"graph-paths-{i}"][1:]]
+        n_via, n_else = sum(k not in ("direct", "elsewhere") for k in kinds), kinds.count("elsewhere")
+        boxes = svg.count("rx='6'")
+        lines = len(re.findall(r"<path d='M", svg))
+        assert boxes == 2 + min(n_via, 5) + n_else and lines >= boxes - 2
+        labels = re.findall(r"class='lbl'>(.*?)</text>", svg)
+        assert all(len(x) > 0 for x in labels)
+    assert "Not evaluated" in t.text_by_id["evaluation-status"]
