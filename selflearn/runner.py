@@ -34,10 +34,10 @@ PUBLISHED_TABLES = ("turns", "rephrase_pairs", "paraphrase_clusters", "rewrites"
 # unless they start with ROOT/.
 AUDIENCE = {
     "trainer": {"paths": ["training/"],
-                "use": "weakly labeled NLU examples; filter the `split` column for train/dev"},
+                "use": "weakly labeled NLU examples; filter the split column for train and dev"},
     "runtime": {"paths": ["rewrites/", "rewrite_patterns/"],
                 "use": "look up the text key selflearn.normalize_text makes of the ASR text (exact rewrite first, "
-                       "then patterns, contract 4.1), or ask `selflearn serve`"},
+                       "then patterns, contract 4.1), or ask selflearn serve"},
     "operator": {"paths": ["turns/", "rephrase_pairs/", "paraphrase_clusters/", "rewrite_graph/", "report.html",
                            "ROOT/state/", "ROOT/quarantine/<run_id>/"],
                  "use": "inspection and debugging; turns/ and rephrase_pairs/ hold texts of single users"},
@@ -119,6 +119,8 @@ class Run:
         from .readers import IngestResult, ingest
         from .schema import arrow_schema
 
+        n_files, n_bytes = _input_size(self.input_path)
+        self._say(f"[ingest] reading {n_files} files, {n_bytes / 1e6:.1f} MB; parsing, checking and de-duplicating rows")
         first = ingest(self.spark, self.input_path, self.settings, now=self.now)
         annotated = mark_cross_run_duplicates(self.spark, with_day(self.spark, first.annotated, self.input_path), self.state)
         result = IngestResult(annotated.persist(StorageLevel.MEMORY_AND_DISK))
@@ -311,6 +313,15 @@ class Run:
             "checksums": checksums,
             "audience": AUDIENCE,
         }
+
+
+def _input_size(path: str) -> tuple[int, int]:
+    """Data files and bytes under the input (hidden and _-prefixed files are not data)."""
+    p = Path(path)
+    if p.is_file():
+        return 1, p.stat().st_size
+    files = [f for f in p.rglob("*") if f.is_file() and not any(x.startswith((".", "_")) for x in f.relative_to(p).parts)]
+    return len(files), sum(f.stat().st_size for f in files)
 
 
 class _LastRecord(logging.Handler):

@@ -216,3 +216,15 @@ def test_report_shows_evidence_graph_samples_and_fonts(published_run):
         labels = re.findall(r"class='lbl'>(.*?)</text>", svg)
         assert all(len(x) > 0 for x in labels)
     assert "Not evaluated" in t.text_by_id["evaluation-status"]
+
+
+@pytest.mark.heavy
+def test_spark_start_prints_no_log_level_banner(tmp_path):
+    """Spark prints 'Setting default log level to "WARN"' and a hint when PySpark's gateway
+    logger has no level of its own (selflearn/log4j2.properties gives it one)."""
+    code = ("from selflearn.config import Settings; from selflearn.spark import get_spark; "
+            "s = get_spark(Settings(spark_master='local[1]')); s.range(3).count(); s.stop()")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Setting default log level" not in r.stderr and "setLogLevel" not in r.stderr
