@@ -279,7 +279,8 @@ def _load_graph(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 PATH_COLUMNS = ["path", "key", "p_first", "users_first", "p_second", "users_second", "p_served"]
 
 
-def rewrite_paths(rw, nodes: pd.DataFrame, edges: pd.DataFrame, clusters: pd.DataFrame, min_users: int = 0) -> pd.DataFrame:
+def rewrite_paths(rw, nodes: pd.DataFrame, edges: pd.DataFrame, clusters: pd.DataFrame, min_users: int = 0,
+                  published: set | None = None) -> pd.DataFrame:
     """How users got from a rewrite's source to its target in the published graph: the
     direct edge (key = the target), two-step paths through another key, and failing
     paraphrase-cluster mates of the source that lead to the target (the evidence a
@@ -287,7 +288,8 @@ def rewrite_paths(rw, nodes: pd.DataFrame, edges: pd.DataFrame, clusters: pd.Dat
     probability and users of each step and the chain's probability of ending served at
     the target, P(steps) * P(target -> success). Then where else the source's users went.
     Columns: PATH_COLUMNS (p_* and users_* None where a step does not exist). A key said
-    by fewer than `min_users` users keeps its numbers but not its text (privacy floor)."""
+    by fewer than `min_users` users keeps its numbers but not its text (privacy floor),
+    unless it is published anyway (`published`: (locale, key) of rewrites and training rows)."""
     e = edges[edges["locale"] == rw.locale]
     succ = nodes[nodes["locale"] == rw.locale].set_index("text")["success_prob"]
     t_succ = float(succ.get(rw.target, 0.0))
@@ -314,7 +316,9 @@ def rewrite_paths(rw, nodes: pd.DataFrame, edges: pd.DataFrame, clusters: pd.Dat
     order = {"direct": 0, "rephrase via and paraphrase mate": 1, "rephrase via": 2, "paraphrase mate": 3, "elsewhere": 4}
     f = pd.DataFrame(rows, columns=PATH_COLUMNS)
     users = nodes[nodes["locale"] == rw.locale].set_index("text")["n_users"]
-    few = f["key"].map(lambda k: k not in (rw.source, rw.target) and int(users.get(k, 0)) < min_users)
+    published = published or set()
+    few = f["key"].map(lambda k: k not in (rw.source, rw.target) and (rw.locale, k) not in published
+                       and int(users.get(k, 0)) < min_users)
     f.loc[few, "key"] = f"(a key said by fewer than {min_users} users)"
     return f.assign(o=f["path"].map(order)).sort_values(["o", "p_served"], ascending=[True, False], kind="mergesort").drop(columns="o").reset_index(drop=True)
 
@@ -355,7 +359,7 @@ def rule_margins(d: pd.Series, settings: dict) -> pd.DataFrame:
 
 
 def _evidence_section(run_dir: Path, work_dir: Path | None, manifest: dict, rewrites: pd.DataFrame,
-                      nodes: pd.DataFrame, edges: pd.DataFrame, clusters: pd.DataFrame) -> list[str]:
+                      nodes: pd.DataFrame, edges: pd.DataFrame, clusters: pd.DataFrame, published: set) -> list[str]:
     """Each top rewrite with what a reviewer needs to check it: who went where, the
     chain's confidence, and how far it cleared each emission rule."""
     if rewrites.empty:
@@ -366,8 +370,11 @@ def _evidence_section(run_dir: Path, work_dir: Path | None, manifest: dict, rewr
     settings = manifest.get("config", {})
     parts = ["<h2 id='evidence'>Top rewrites with their evidence</h2>",
              "<p>Users counted per path are distinct users whose sessions took that step. "
-             "P(served at target) is the chain's probability along that path; the rewrite's confidence sums the "
-             "chains over every path into the target's interpretation. Margins: value minus threshold.</p>"]
+             "P(served at target) is the chain's probability along that path. With rephrase evidence alone the "
+             "rewrite's confidence is the sum of such chains over every path into the target's interpretation "
+             "(keys served with the same intent and slots count as the target); where a source's own evidence is "
+             "thin, its row is mixed, weighted by users, with its failing paraphrase-cluster mates' rows "
+             "(paraphrase_evidence_weight), so mates' paths explain part of it. Margins: value minus threshold.</p>"]
     top = rewrites.sort_values(["n_users", "confidence"], ascending=False, kind="mergesort").head(TOP_EXPLAINED)
     for i, rw in enumerate(top.itertuples(index=False)):
         def about(text):
@@ -385,7 +392,8 @@ def _evidence_section(run_dir: Path, work_dir: Path | None, manifest: dict, rewr
             f" to the target's interpretation (the target, or a key served with the same intent and slots); "
             f"evidence: {html.escape(str(rw.evidence))}; confidence {rw.confidence:.3f}. "
             f"Source: {about(rw.source)}. Target: {about(rw.target)}.</p>",
-            _table(_paths_table(rewrite_paths(rw, nodes, edges, clusters, int(settings.get("min_users", 0)))), f"evidence-paths-{i}"),
+            _table(_paths_table(rewrite_paths(rw, nodes, edges, clusters, int(settings.get("min_users", 0)), published)),
+                   f"evidence-paths-{i}"),
         ]
         if decided is not None:
             m = decided[(decided["locale"] == rw.locale) & (decided["source"] == rw.source) & (decided["target"] == rw.target)]
@@ -530,7 +538,8 @@ def _neighbourhood_svg(rw, paths: pd.DataFrame, nodes: pd.DataFrame) -> str:
             edges_svg.append(curve(right, t_in, width(r.p_second), color))
     w_total, h_total = x2 + BOX_W + 10, max(mid_bottom, sy + sh, ty + th) + 10
     legend = ("<text x='10' y='14' class='info'>line width: probability of the step; blue: users' rephrases; "
-              "purple dashed: paraphrase-cluster mate of the source; grey: where else the source's users went</text>")
+              "purple dashed: paraphrase-cluster mate of the source; grey: where else the source's users went. "
+              "Bar in a box: the key's sessions ending served (green) or failed (red); the rest moved on</text>")
     return (f"<svg xmlns='http://www.w3.org/2000/svg' class='nbh' viewBox='0 0 {w_total} {h_total + 24:.0f}' "
             f"width='{w_total}' height='{h_total + 24:.0f}'>"
             "<defs><marker id='arrow' viewBox='0 0 10 10' refX='8' refY='5' markerWidth='9' markerHeight='9' markerUnits='userSpaceOnUse' orient='auto'>"
@@ -539,13 +548,13 @@ def _neighbourhood_svg(rw, paths: pd.DataFrame, nodes: pd.DataFrame) -> str:
 
 
 def _graph_section(rewrites: pd.DataFrame, nodes: pd.DataFrame, edges: pd.DataFrame, clusters: pd.DataFrame,
-                   min_users: int) -> list[str]:
+                   min_users: int, published: set) -> list[str]:
     parts = ["<h2 id='graph'>The rewrite graph around the top rewrites</h2>"]
     if rewrites.empty or edges.empty:
         return parts + ["<p><em>no rewrite to draw</em></p>"]
     top = rewrites.sort_values(["n_users", "confidence"], ascending=False, kind="mergesort").head(TOP_DRAWN)
     for i, rw in enumerate(top.itertuples(index=False)):
-        paths = rewrite_paths(rw, nodes, edges, clusters, min_users)
+        paths = rewrite_paths(rw, nodes, edges, clusters, min_users, published)
         parts += [f"<h3>{html.escape(rw.locale)}: <span class='src'>{html.escape(rw.source)}</span> &rarr; "
                   f"<span class='tgt'>{html.escape(rw.target)}</span> ({int(rw.n_users)} users, confidence {rw.confidence:.3f})</h3>",
                   f"<div class='drawing' id='graph-{i}'>{_neighbourhood_svg(rw, paths, nodes)}</div>",
@@ -559,7 +568,8 @@ def _audience_section(manifest: dict) -> list[str]:
     aud = manifest.get("audience")
     if not aud:
         return []
-    rows = pd.DataFrame([(who, ", ".join(a["paths"]), a["use"]) for who, a in aud.items()], columns=["for", "outputs", "how"])
+    order = sorted(aud, key=lambda w: (["trainer", "runtime", "operator"] + [w]).index(w))  # manifest.json sorts keys
+    rows = pd.DataFrame([(w, ", ".join(aud[w]["paths"]), aud[w]["use"]) for w in order], columns=["for", "outputs", "how"])
     return ["<h2 id='audience'>Which output is for whom</h2>", _table(rows, "audience")]
 
 
@@ -614,6 +624,8 @@ def write_report(run_dir: Path, manifest: dict, work_dir: Path, previous: Path |
     training = pd.read_parquet(run_dir / "training")
     clusters = pd.read_parquet(run_dir / "paraphrase_clusters", columns=["locale", "cluster_id", "text"])
     nodes, edges = _load_graph(run_dir)
+    published = (set(zip(rewrites["locale"], rewrites["source"])) | set(zip(rewrites["locale"], rewrites["target"]))
+                 | set(zip(training["locale"], training["text"])))
     per_locale = pd.DataFrame({"turns": turns["rows"].astype("int64"), "mean_defect_prob": turns["sum"] / turns["rows"]})
     per_locale["rephrase_pairs"] = pairs["rows"]
     per_locale["rephrases"] = pairs.loc[pairs["flagged"] > 0, "flagged"]
@@ -646,8 +658,8 @@ def write_report(run_dir: Path, manifest: dict, work_dir: Path, previous: Path |
         _hist(np.histogram(rewrites["confidence"], BINS)[0], "rewrite confidence", "confidence") if len(rewrites) else "",
         "</div>",
         f"<h2>Top rewrites ({len(rewrites)} in all)</h2>", _table(top),
-        *_evidence_section(run_dir, work_dir, manifest, rewrites, nodes, edges, clusters),
-        *_graph_section(rewrites, nodes, edges, clusters, int(manifest.get("config", {}).get("min_users", 0))),
+        *_evidence_section(run_dir, work_dir, manifest, rewrites, nodes, edges, clusters, published),
+        *_graph_section(rewrites, nodes, edges, clusters, int(manifest.get("config", {}).get("min_users", 0)), published),
         "<h2>Rewrite candidates not emitted, by the first rule they failed</h2>",
         _table(pd.DataFrame(sorted(manifest["counts"].get("rewrites", {}).get("rejected_by_rule", {}).items()), columns=["rule", "candidates"])),
         *_training_section(training),
