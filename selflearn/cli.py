@@ -87,7 +87,11 @@ def cmd_simulate(args) -> int:
         kwargs["locales"] = [x.strip() for x in args.locales.split(",") if x.strip()]
     if args.seed is not None:
         kwargs["seed"] = args.seed
-    summary = simulate(args.output, **kwargs)
+    _progress_logging()
+    from .runner import heartbeat
+
+    with heartbeat("simulate", 25.0, logging.getLogger("selflearn").info):  # building the world, writing files
+        summary = simulate(args.output, **kwargs)
     print(f"simulated {summary.get('turns', '?')} turns of {summary.get('users', '?')} users into {args.output}")
     return 0
 
