@@ -17,8 +17,8 @@ install: $(STAMP)
 # torch is installed alone first, pinned: the CPU wheel; anything unpinned pulls CUDA builds.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,multilingual]'
+	$(PY) -m pip install --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --disable-pip-version-check -e '.[test,multilingual]'
 	touch $(STAMP)
 
 demo: $(STAMP)

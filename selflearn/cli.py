@@ -62,6 +62,7 @@ def cmd_run(args) -> int:
         final = run_all(Run(input_path=args.input, output_root=args.output, settings=settings,
                             force_publish=args.force_publish))
     print(final)
+    print(Path(final) / "report.html")  # last: the page to open first (README, "Where to look")
     manifest = json.loads((Path(final) / "manifest.json").read_text(encoding="utf-8"))
     held = gate_message(manifest, Path(final))
     if held:  # the run is complete but LATEST stayed on the previous run
@@ -87,7 +88,11 @@ def cmd_simulate(args) -> int:
         kwargs["locales"] = [x.strip() for x in args.locales.split(",") if x.strip()]
     if args.seed is not None:
         kwargs["seed"] = args.seed
-    summary = simulate(args.output, **kwargs)
+    _progress_logging()
+    from .runner import heartbeat
+
+    with heartbeat("simulate", 25.0, logging.getLogger("selflearn").info):  # building the world, writing files
+        summary = simulate(args.output, **kwargs)
     print(f"simulated {summary.get('turns', '?')} turns of {summary.get('users', '?')} users into {args.output}")
     return 0
 
@@ -164,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_simulate)
     e = sub.add_parser("evaluate", help="judge a run against a simulation's truth")
     e.add_argument("--run", required=True, help="ROOT (its LATEST run) or a run directory")
-    e.add_argument("--sim", required=True)
+    e.add_argument("--sim", required=True, help="the folder `selflearn simulate --output DIR` wrote (log/, truth.parquet, world/)")
     e.set_defaults(fn=cmd_evaluate)
     f = sub.add_parser("forget", help="remove a user's evidence from state, caches and quarantine "
                                         "(exit 4: the user had no row in ROOT, recorded anyway)")

@@ -195,6 +195,7 @@ class Settings:
     # --- export (selflearn export) ---
     export_min_weight: float = 0.0  # rasa has no example weights: training rows below this weight are left out
     # --- run ---
+    progress_heartbeat_s: float = 25.0  # a progress line when a stage has logged nothing for this long; 0 = off
     spark_shuffle_partitions: int = 8
     spark_driver_memory: str = "4g"
 

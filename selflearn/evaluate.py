@@ -193,12 +193,30 @@ def label_metrics(training: pd.DataFrame, goals: pd.DataFrame) -> dict:
     return {"overall": overall, "per_locale": {loc: summary(g) for loc, g in m.groupby("locale", sort=True)}}
 
 
+SIM_FILES = ("summary.json", "truth.parquet", "log", "world")
+
+
+def check_sim(sim_dir: str | Path) -> Path:
+    """The folder `selflearn simulate` wrote, or one clear line saying it is not one."""
+    sim = Path(sim_dir)
+    missing = [f for f in SIM_FILES if not (sim / f).exists()]
+    if missing:
+        raise ValueError(f"{sim} is not a simulation folder (no {', '.join(missing)}; "
+                         f"`selflearn simulate --output DIR` writes one)")
+    return sim
+
+
+def evaluation_path(run_dir: Path) -> Path:
+    """Where evaluate writes: next to the run directory, never inside the published run."""
+    return run_dir.parent / f"{run_dir.name}.evaluation.json"
+
+
 def evaluate(run_path: str | Path, sim_dir: str | Path) -> dict:
     from .simulate import World
 
+    sim = check_sim(sim_dir)
     run_dir = resolve_run(run_path)
     root = run_dir.parent.parent
-    sim = Path(sim_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
     summary = json.loads((sim / "summary.json").read_text(encoding="utf-8"))
     truth = _read(sim / "truth.parquet")
@@ -224,7 +242,7 @@ def evaluate(run_path: str | Path, sim_dir: str | Path) -> dict:
         "flood": {"pairs": [list(f) for f in flood], "emitted": any(f in emitted for f in flood),
                   "source_rewritten": any((f[0], f[1]) in sources for f in flood)},
     }
-    write_json_atomic(run_dir.parent / f"{run_dir.name}.evaluation.json", result)
+    write_json_atomic(evaluation_path(run_dir), result)
     return result
 
 
@@ -260,7 +278,12 @@ def render(result: dict) -> str:
 
 
 def evaluate_cli(run_path: str, sim_dir: str) -> int:
+    from .report import add_evaluation
+
     result = evaluate(run_path, sim_dir)
+    run_dir = resolve_run(run_path)
+    page = add_evaluation(run_dir, result)
     print(render(result))
+    print(f"wrote {evaluation_path(run_dir)}; its numbers are in {page}")
     sys.stdout.flush()
     return 0

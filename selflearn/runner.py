@@ -7,10 +7,12 @@ the logic is in `steps` and the stage modules.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import platform
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,20 @@ from .publish import RunDirs, content_checksum, input_fingerprint, new_run_id, p
 log = logging.getLogger("selflearn")
 
 STAGES = ("ingest", "sessions", "evidence", "keys", "embed", "paraphrase", "graph", "rewrites", "labels", "publish")
+
+
+# Who each output is for (README, "Where to look"); paths relative to the run directory
+# unless they start with ROOT/.
+AUDIENCE = {
+    "trainer": {"paths": ["training/"],
+                "use": "weakly labeled NLU examples; filter the split column for train and dev"},
+    "runtime": {"paths": ["rewrites/", "rewrite_patterns/"],
+                "use": "look up the text key selflearn.normalize_text makes of the ASR text (exact rewrite first, "
+                       "then patterns, contract 4.1), or ask selflearn serve"},
+    "operator": {"paths": ["turns/", "rephrase_pairs/", "paraphrase_clusters/", "rewrite_graph/", "report.html",
+                           "ROOT/state/", "ROOT/quarantine/<run_id>/"],
+                 "use": "inspection and debugging; turns/ and rephrase_pairs/ hold texts of single users"},
+}
 
 
 @dataclass
@@ -101,7 +117,8 @@ class Run:
     def stage(self, name: str) -> None:
         start = time.perf_counter()
         self._say(f"[{name}] started")
-        getattr(self, f"stage_{name}")()
+        with heartbeat(name, self.settings.progress_heartbeat_s, self._say):
+            getattr(self, f"stage_{name}")()
         self.timings[name] = round(time.perf_counter() - start, 3)
         self._say(f"[{name}] done in {self.timings[name]:.1f} s")
 
@@ -125,6 +142,8 @@ class Run:
         from .readers import IngestResult, ingest
         from .schema import arrow_schema
 
+        n_files, n_bytes = _input_size(self.input_path)
+        self._say(f"[ingest] reading {n_files} files, {n_bytes / 1e6:.1f} MB; parsing, checking and de-duplicating rows")
         first = ingest(self.spark, self.input_path, self.settings, now=self.now)
         annotated = mark_cross_run_duplicates(self.spark, with_day(self.spark, first.annotated, self.input_path), self.state)
         # A forgotten user's rows never reach the quarantine either (it holds rows as read,
@@ -338,7 +357,57 @@ class Run:
                           "ran": self.counts.get("embed", {}).get("ran")},
             "checksums": checksums,
             **({"runtime": self.runtime} if self.runtime is not None else {}),
+            "audience": AUDIENCE,
         }
+
+
+def _input_size(path: str) -> tuple[int, int]:
+    """Data files and bytes under the input (hidden and _-prefixed files are not data)."""
+    p = Path(path)
+    if p.is_file():
+        return 1, p.stat().st_size
+    files = [f for f in p.rglob("*") if f.is_file() and not any(x.startswith((".", "_")) for x in f.relative_to(p).parts)]
+    return len(files), sum(f.stat().st_size for f in files)
+
+
+class _LastRecord(logging.Handler):
+    """Remembers when the selflearn logger last said anything (any stage, any module)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.at = time.monotonic()
+
+    def emit(self, record):
+        self.at = time.monotonic()
+
+
+@contextlib.contextmanager
+def heartbeat(stage: str, every_s: float, say: Callable[[str], None]):
+    """While a stage runs, a line every `every_s` seconds in which nothing else was logged:
+    a long Spark job or encode is never silent (a person watching cannot tell slow from
+    stuck). Lines other modules log (e.g. the encoder's keys/s and ETA) reset the clock."""
+    if not every_s or every_s <= 0:
+        yield
+        return
+    last = _LastRecord()
+    log.addHandler(last)
+    stop = threading.Event()
+    start = time.monotonic()
+
+    def beat():
+        while not stop.wait(min(1.0, every_s / 4)):
+            if time.monotonic() - last.at >= every_s:
+                say(f"[{stage}] still running, {time.monotonic() - start:.0f} s so far")
+                last.at = time.monotonic()  # also when the logger is quieter than INFO
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{stage}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        log.removeHandler(last)
 
 
 def run_all(run: Run) -> Path:

@@ -272,9 +272,12 @@ def test_churn_gate_blocks_denies_pins_and_force(gated, first):
 def test_report_shows_what_changed_against_the_previous_run(gated, first):
     d = gated["d"]
     t = report_tables(d["dir"])
-    removed = {(r[1], r[2]) for r in t.tables["diff-removed"][1:]}
+    # a source kept with another target is one "retargeted" row, not a removal and an addition
+    head, *moved = t.tables["diff-retargeted"] if "diff-retargeted" in t.tables else [["source", "target_prev", "target"]]
+    moved = [dict(zip(head, r)) for r in moved]
+    removed = {(r[1], r[2]) for r in t.tables["diff-removed"][1:]} | {(m["source"], m["target_prev"]) for m in moved}
     assert removed == (gated["blocked"] | gated["denied"]) & _pairs(first)
-    added = {(r[1], r[2]) for r in t.tables["diff-added"][1:]}
+    added = {(r[1], r[2]) for r in t.tables["diff-added"][1:]} | {(m["source"], m["target"]) for m in moved}
     assert added == {gated["pin"]}
     counts = {r[0]: r[1:] for r in t.tables["diff-counts"][1:]}
     n_a, n_d = len(first["rewrites"]), len(d["rewrites"])
@@ -297,7 +300,8 @@ def test_cli_exits_3_with_one_line_when_the_gate_holds(attack, first, tmp_path):
     assert r.returncode == 3, r.stderr[-2000:]
     held = [line for line in r.stderr.splitlines() if "publish gate held" in line]
     assert len(held) == 1 and held[0].startswith("selflearn run: publish gate held LATEST at none: quarantine rate")
-    run_dir = Path(r.stdout.strip().splitlines()[-1])
+    run_dir, report = (Path(line) for line in r.stdout.strip().splitlines()[-2:])
+    assert report == run_dir / "report.html" and report.is_file()
     assert (run_dir / "_SUCCESS").is_file() and not (root / "LATEST").exists()
 
 

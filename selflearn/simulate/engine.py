@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -15,6 +16,9 @@ import pyarrow.parquet as pq
 from ..text import normalize_text
 from .config import SimConfig
 from .world import SLOTS_TYPE, World, h64, rng_for
+
+log = logging.getLogger("selflearn")
+PROGRESS_EVERY_S = 20.0
 
 LOG_SCHEMA = pa.schema([
     ("event_id", pa.string()),
@@ -388,11 +392,17 @@ def run_simulation(world: World, out_dir: str) -> dict:
     sim = _Sim(world)
     sim.stats_flood_sessions = 0
     flood_user = None
+    start = last_said = time.monotonic()
     for i, u in enumerate(world.users):
         if u["flood"]:
             flood_user = u
             continue
         sim.user(i, u)
+        now = time.monotonic()
+        if now - last_said >= PROGRESS_EVERY_S:  # a person waiting sees a rate and an ETA
+            last_said, rate = now, (i + 1) / (now - start)
+            log.info(f"[simulate] {i + 1} of {len(world.users)} users, {rate:.0f} users/s, "
+                     f"about {(len(world.users) - i - 1) / rate:.0f} s left, then writing the log")
     reg_stats = dict(sim.stats)
     n_regular_rows = len(sim.log)
     if flood_user is not None:
