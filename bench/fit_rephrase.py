@@ -82,7 +82,7 @@ def features(pairs: pd.DataFrame, settings: Settings) -> np.ndarray:
     return pair_features(pairs["similarity"].fillna(0.0), pairs["gap_s"].fillna(settings.rephrase_window_s),
                          pairs["defect_prob"], pairs["meaning_z"].to_numpy(dtype=np.float64),
                          pairs["system_act"].to_numpy(dtype=object), settings.rephrase_window_s,
-                         settings.rephrase_model)
+                         settings.rephrase_model, pairs["own_defect_prob"].to_numpy(dtype=np.float64))
 
 
 def predict(pairs: pd.DataFrame, settings: Settings) -> np.ndarray:
@@ -130,6 +130,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=600)
     ap.add_argument("--out", default=str(ROOT / "bench" / "fit_rephrase.md"))
+    ap.add_argument("--cache", default="", help="folder keeping the scored pairs of each set (refits skip scoring)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     base = Settings()
@@ -138,16 +139,29 @@ def main() -> None:
         bias=-3.5, w_similarity=2.5, w_defect=5.0, w_sim_defect=6.0, w_gap=-10.0, w_meaning=0.0, w_unrelated=0.0,
         w_reprompt=0.0, w_elicit=0.0, w_confirm=0.0, threshold=0.5))
     sets = {}
+    cache = Path(args.cache) if args.cache else None
+
+    def cached(name: str, make) -> pd.DataFrame:
+        f = cache / f"{name}-{args.users}.parquet" if cache else None
+        if f is not None and f.is_file():
+            return pd.read_parquet(f)
+        pairs = make()
+        if f is not None:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            pairs.drop(columns=[c for c in ("nlu_slots",) if c in pairs.columns]).to_parquet(f)
+        return pairs
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         # One EncoderMeaning per set: each z-scores against its own keys, as a run does.
-        sets["fit (seed 1)"] = sim_pairs(tmp / "fit", base, EncoderMeaning(encoder), users=args.users, seed=1, **TRAPS)
-        sets["seed 2, other knobs"] = sim_pairs(tmp / "seed", base, EncoderMeaning(encoder), users=args.users, seed=2,
-                                                **OTHER_KNOBS)
-        sets["other locales (seed 3)"] = sim_pairs(tmp / "loc", base, EncoderMeaning(encoder), users=args.users, seed=3,
-                                                   locales=list(OTHER_LOCALES), **TRAPS)
-    sets["DSTC2 test, acts"] = dstc2_pairs(base, EncoderMeaning(encoder), blinded=False)
-    sets["DSTC2 test, blinded"] = dstc2_pairs(base, EncoderMeaning(encoder), blinded=True)
+        sets["fit (seed 1)"] = cached("fit", lambda: sim_pairs(tmp / "fit", base, EncoderMeaning(encoder),
+                                                                users=args.users, seed=1, **TRAPS))
+        sets["seed 2, other knobs"] = cached("seed", lambda: sim_pairs(tmp / "seed", base, EncoderMeaning(encoder),
+                                                                        users=args.users, seed=2, **OTHER_KNOBS))
+        sets["other locales (seed 3)"] = cached("loc", lambda: sim_pairs(
+            tmp / "loc", base, EncoderMeaning(encoder), users=args.users, seed=3, locales=list(OTHER_LOCALES), **TRAPS))
+    sets["DSTC2 test, acts"] = cached("dstc2", lambda: dstc2_pairs(base, EncoderMeaning(encoder), blinded=False))
+    sets["DSTC2 test, blinded"] = cached("dstc2b", lambda: dstc2_pairs(base, EncoderMeaning(encoder), blinded=True))
     fitted = fit(sets["fit (seed 1)"], base)
     fitted_settings = dataclasses.replace(base, rephrase_model=fitted)
     rows = []

@@ -50,13 +50,15 @@ class DefectModel:
 class RephraseModel:
     """Logistic rephrase score over a candidate pair of consecutive turns (selflearn.rephrase):
     score = sigmoid(bias + w_similarity * sim + w_defect * d + w_sim_defect * sim * d
+                    + w_own_defect * o + w_sim_own_defect * sim * o
                     + w_gap * min(gap_s, window) / window
                     + w_meaning * clip(z, meaning_z_min, meaning_z_max)
                     + w_unrelated * [z < unrelated_max_meaning_z and sim < unrelated_max_similarity]
                     + w_reprompt * [act = reprompt] + w_elicit * [act = elicit]
                     + w_confirm * [act = confirm])
     with sim the pair's lexical similarity (the best of token Dice, char-trigram Dice and
-    edit similarity), d the first turn's defect probability, z the two keys' embedding
+    edit similarity), d the first turn's defect probability, o the same from the turn's own
+    signals only (defect_model without reask and quick_next), z the two keys' embedding
     cosine z-scored against unrelated keys of the locale (left out when there are no
     vectors), act the first turn's `system_act` (left out when unknown). The weights are
     fitted on simulated pairs and checked on other seeds, locales and DSTC2
@@ -66,6 +68,8 @@ class RephraseModel:
     w_similarity: float = 2.5
     w_defect: float = 5.0
     w_sim_defect: float = 6.0
+    w_own_defect: float = 0.0
+    w_sim_own_defect: float = 0.0
     w_gap: float = -10.0
     w_meaning: float = 0.0
     w_unrelated: float = -8.0

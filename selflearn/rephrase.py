@@ -8,7 +8,10 @@ bench/fit_rephrase.py) over
   unrelated keys of the same locale under the same encoder (`meaning_baseline`), so the
   feature means "how far above chance" whatever the encoder: a better encoder (the
   multilingual one) simply separates more;
-- behaviour: the time gap and the first turn's defect probability;
+- behaviour: the time gap and the first turn's defect probability, both in full and from
+  the turn's own signals alone (`own_defect`: status, barge-in, feedback, dwell, ASR, act;
+  not the quick-next / re-ask signals, which say the same as the pair's gap and
+  similarity: a quick similar follow-up after a success must not count twice);
 - the system's act on the first turn, where the log has it (contract v3 `system_act`):
   after `elicit` the next turn answers a question, after `reprompt` it re-asks.
 A pair with neither shared words nor shared meaning (meaning z below
@@ -33,10 +36,10 @@ import pandas as pd
 from .config import RephraseModel
 from .text import similarity_features
 
-FEATURES = ("similarity", "defect", "sim_defect", "gap", "meaning", "unrelated",
-            "act_reprompt", "act_elicit", "act_confirm")
-WEIGHTS = ("w_similarity", "w_defect", "w_sim_defect", "w_gap", "w_meaning", "w_unrelated",
-           "w_reprompt", "w_elicit", "w_confirm")
+FEATURES = ("similarity", "defect", "sim_defect", "own_defect", "sim_own_defect", "gap", "meaning",
+            "unrelated", "act_reprompt", "act_elicit", "act_confirm")
+WEIGHTS = ("w_similarity", "w_defect", "w_sim_defect", "w_own_defect", "w_sim_own_defect", "w_gap", "w_meaning",
+           "w_unrelated", "w_reprompt", "w_elicit", "w_confirm")
 
 
 def pair_similarity(first: str, second: str) -> float:
@@ -47,20 +50,24 @@ def pair_similarity(first: str, second: str) -> float:
 
 
 def pair_features(similarity, gap_s, first_defect_prob, meaning_z, system_act, window_s: float,
-                  model: RephraseModel) -> np.ndarray:
+                  model: RephraseModel, own_defect_prob=None) -> np.ndarray:
     """(n, len(FEATURES)) float matrix. `meaning_z` NaN (no vectors) leaves both the meaning
-    term and the unrelated veto out; `system_act` None (unknown) leaves the act terms out."""
+    term and the unrelated veto out; `system_act` None (unknown) leaves the act terms out.
+    `own_defect_prob`: the first turn's defect probability from its own signals only (no
+    quick-next / re-ask signal, which the pair's gap and similarity already carry); None:
+    the full defect probability."""
     sim = np.asarray(similarity, dtype=np.float64)
     n = len(sim)
     gap = np.clip(np.asarray(gap_s, dtype=np.float64), 0.0, window_s) / window_s
     defect = np.asarray(first_defect_prob, dtype=np.float64)
+    own = defect if own_defect_prob is None else np.asarray(own_defect_prob, dtype=np.float64)
     z = np.asarray(meaning_z, dtype=np.float64) if meaning_z is not None else np.full(n, np.nan)
     known = ~np.isnan(z)
     meaning = np.where(known, np.clip(np.nan_to_num(z), model.meaning_z_min, model.meaning_z_max), 0.0)
     unrelated = known & (np.nan_to_num(z) < model.unrelated_max_meaning_z) & (sim < model.unrelated_max_similarity)
     acts = pd.Series(system_act if system_act is not None else [None] * n, dtype=object).to_numpy()
     return np.column_stack([
-        sim, defect, sim * defect, gap, meaning, unrelated.astype(np.float64),
+        sim, defect, sim * defect, own, sim * own, gap, meaning, unrelated.astype(np.float64),
         (acts == "reprompt").astype(np.float64), (acts == "elicit").astype(np.float64),
         (acts == "confirm").astype(np.float64),
     ])
@@ -71,9 +78,9 @@ def weights_of(model: RephraseModel) -> np.ndarray:
 
 
 def rephrase_score(similarity, gap_s, first_defect_prob, window_s: float, model: RephraseModel,
-                   meaning_z=None, system_act=None) -> np.ndarray:
+                   meaning_z=None, system_act=None, own_defect_prob=None) -> np.ndarray:
     """Vectorised score in [0, 1] for arrays of pair features."""
-    x = pair_features(similarity, gap_s, first_defect_prob, meaning_z, system_act, window_s, model)
+    x = pair_features(similarity, gap_s, first_defect_prob, meaning_z, system_act, window_s, model, own_defect_prob)
     logit = model.bias + x @ weights_of(model)
     return 1.0 / (1.0 + np.exp(-logit))
 

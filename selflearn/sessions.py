@@ -7,6 +7,8 @@ it is plain pandas, vectorised across groups, and testable without Spark.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -28,7 +30,7 @@ ENRICHED_TURNS = pa.schema([
     ("rewritten_from", pa.string()), ("defect_prob", pa.float64()),
     ("next_event_id", pa.string()), ("next_text", pa.string()), ("gap_s", pa.float64()),
     ("similarity", pa.float64()), ("pair_score", pa.float64()), ("is_rephrase", pa.bool_()),
-    ("system_act", pa.string()), ("meaning_z", pa.float64()),
+    ("system_act", pa.string()), ("meaning_z", pa.float64()), ("own_defect_prob", pa.float64()),
 ])
 
 
@@ -96,6 +98,9 @@ def enrich_turns(turns: pd.DataFrame, settings: Settings, meaning=None) -> pd.Da
     if "system_act" not in df.columns:  # a log (or a state's tail) from before contract v3
         df["system_act"] = None
     df["defect_prob"] = defect_probability(df, settings.defect_model)
+    # the turn's own signals only: the pair's gap and similarity speak for themselves
+    own_model = dataclasses.replace(settings.defect_model, reask=0.0, quick_next=0.0)
+    df["own_defect_prob"] = defect_probability(df, own_model)
 
     in_window = has_next & (df["gap_s"] <= settings.rephrase_window_s).to_numpy()
     z = np.full(len(df), np.nan)
@@ -109,13 +114,14 @@ def enrich_turns(turns: pd.DataFrame, settings: Settings, meaning=None) -> pd.Da
 
 def score_pairs(df: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """pair_score and is_rephrase of enriched turns from their pair features (similarity,
-    gap_s, defect_prob, meaning_z, system_act): NaN / False outside the rephrase window."""
+    gap_s, defect_prob, own_defect_prob, meaning_z, system_act): NaN / False outside the rephrase window."""
     df = df.copy()
     in_window = (df["next_event_id"].notna() & (df["gap_s"] <= settings.rephrase_window_s)).to_numpy()
     score = rephrase_score(
         df["similarity"].fillna(0.0), df["gap_s"].fillna(settings.rephrase_window_s), df["defect_prob"],
         settings.rephrase_window_s, settings.rephrase_model,
         meaning_z=df["meaning_z"].to_numpy(dtype=np.float64), system_act=df["system_act"].to_numpy(dtype=object),
+        own_defect_prob=df["own_defect_prob"].to_numpy(dtype=np.float64),
     )
     df["pair_score"] = np.where(in_window, score, np.nan)
     df["is_rephrase"] = in_window & (df["pair_score"] >= settings.rephrase_model.threshold)
