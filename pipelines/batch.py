@@ -19,7 +19,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Iterator
+from typing import Iterator
 
 
 def where_code_runs() -> dict[str, str]:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.probe and not (args.input and args.output):
         p.error("--input and --output are required (or --probe)")
     try:
-        from selflearn.cli import _progress_logging
+        from selflearn.cli import progress_logging
         from selflearn.config import load_settings
         from selflearn.readers import check_input
         from selflearn.runner import Run, run_all
@@ -80,15 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                               "executors": executor_probe(spark)}))
             return 0
         check_input(args.input)
-        _progress_logging()
+        progress_logging()
 
-        class SubmittedRun(Run):
-            runtime: dict[str, Any]
-
-            def manifest(self) -> dict[str, Any]:
-                return {**super().manifest(), "runtime": self.runtime}
-
-        run = SubmittedRun(input_path=args.input, output_root=args.output, settings=settings)
+        run = Run(input_path=args.input, output_root=args.output, settings=settings)
         run.runtime = {
             "spark_master": run.spark.sparkContext.master,
             "driver": where_code_runs(),

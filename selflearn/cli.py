@@ -22,7 +22,7 @@ def _setup_env() -> None:
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
 
-def _progress_logging() -> None:
+def progress_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
     start = time.perf_counter()
 
@@ -50,7 +50,7 @@ def cmd_run(args) -> int:
     load_controls(settings.controls_file)
     check_input(args.input)
     ensure_root_free(args.output)  # a busy ROOT: refuse with one line (exit 2), never wait
-    _progress_logging()
+    progress_logging()
     if args.prefect:  # the same stages as a Prefect flow (a temporary local server without PREFECT_API_URL)
         from pipelines.mine_flow import mine
 

@@ -53,3 +53,15 @@ def defect_probability(turns: pd.DataFrame, model: DefectModel) -> np.ndarray:
     weights = np.array([getattr(model, name) for name in SIGNALS])
     logit = model.bias + signals[list(SIGNALS)].to_numpy() @ weights
     return 1.0 / (1.0 + np.exp(-logit))
+
+
+def is_failing(defect_rate, min_source_defect_rate: float):
+    """The one rule that makes a key failing: its turns' mean defect probability reaches
+    `min_source_defect_rate`. Works on a float, a pandas Series or a Spark Column alike
+    (it is one comparison), so every stage asks the same question the same way."""
+    return defect_rate >= min_source_defect_rate
+
+
+def is_working(defect_rate, min_source_defect_rate: float):
+    """The complement of `is_failing` for a known rate (an unknown rate is neither)."""
+    return defect_rate < min_source_defect_rate

@@ -445,8 +445,11 @@ def embed_keys(spark, keys_df, settings: Settings, cache_dir: str | Path, stats:
         missing.unpersist()
     log.info("embed_keys: cache %s, %d new vectors", cache_id, embedded)
     if stats is not None:
+        # What ran, not what was asked for: a GPU turns onnx-int8 into torch fp16, and a
+        # failed ONNX check falls back to torch (prepare_encoder's note says so).
+        ran = note.get("backend", _effective_backend(settings.embedding_backend, device))
         stats.update({"cache_id": cache_id, "cache_path": str(path), "embedded": embedded,
-                      "backend": note.get("backend", settings.embedding_backend), "onnx": note or None})
+                      "backend": ran, "device": device, "onnx": note or None})
 
     cache = _read_cache(spark, path)
     if cache is None:  # nothing requested and nothing cached

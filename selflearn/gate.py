@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import Settings
-from .controls import load_controls
+from .controls import Controls, load_controls
 
 GATE_EXIT_CODE = 3
 KEY = ["locale", "source", "target"]
@@ -57,7 +57,8 @@ def rewrite_churn(previous: pd.DataFrame | None, current: pd.DataFrame, pins: pd
             "churn": round((added + removed) / union, 6) if union else 0.0}
 
 
-def evaluate_gate(manifest: dict, previous_run: Path | None, staging: Path, settings: Settings, force: bool = False) -> dict:
+def evaluate_gate(manifest: dict, previous_run: Path | None, staging: Path, settings: Settings, force: bool = False,
+                  controls: Controls | None = None) -> dict:
     """The gate's verdict for a run whose outputs are in `staging`."""
     checks: dict[str, dict] = {}
     rows_in = manifest.get("rows_in") or 0
@@ -73,7 +74,8 @@ def evaluate_gate(manifest: dict, previous_run: Path | None, staging: Path, sett
         checks["volume_ratio"] = {"value": round(ratio, 6), "previous_rows_in": prev_in, "rows_in": rows_in,
                                   "threshold": settings.gate_max_volume_ratio, "passed": ratio <= settings.gate_max_volume_ratio}
         prev_rw = pd.read_parquet(previous_run / "rewrites") if (previous_run / "rewrites").exists() else None
-        churn = rewrite_churn(prev_rw, pd.read_parquet(staging / "rewrites"), load_controls(settings.controls_file).pins)
+        controls = load_controls(settings.controls_file) if controls is None else controls
+        churn = rewrite_churn(prev_rw, pd.read_parquet(staging / "rewrites"), controls.pins)
         judged = churn["union"] >= settings.gate_churn_min_rewrites
         checks["rewrite_churn"] = {"value": churn["churn"], **{k: churn[k] for k in ("added", "removed", "kept")},
                                    "threshold": settings.gate_max_rewrite_churn, "judged": judged,

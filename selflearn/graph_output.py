@@ -5,18 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import networkx as nx
-import pyarrow as pa
 
 from .graph import FAILURE, SUCCESS
 from .publish import write_table
+from .schema import arrow_schema
 
-NODES = pa.schema([
-    ("locale", pa.string()), ("text", pa.string()), ("n_users", pa.int64()), ("n_turns", pa.int64()),
-    ("defect_rate", pa.float64()), ("success_prob", pa.float64()), ("failure_prob", pa.float64()),
-])
-EDGES = pa.schema([
-    ("locale", pa.string()), ("source", pa.string()), ("target", pa.string()), ("prob", pa.float64()), ("n_users", pa.int64()),
-])
+NODES = arrow_schema("rewrite_graph_nodes")
+EDGES = arrow_schema("rewrite_graph_edges")
 GRAPHML_COMPONENTS = 5
 
 

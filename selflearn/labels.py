@@ -22,9 +22,11 @@ import pandas as pd
 
 from .config import Settings
 from .controls import Controls, denied
+from .defects import is_failing, is_working
+from .schema import columns
 from .text import is_unspaced_char, normalize_text
 
-TRAINING_COLUMNS = ["locale", "text", "intent", "domain", "slots", "weight", "label_source", "split"]
+TRAINING_COLUMNS = columns("training")
 
 
 def project_slots(text: str, slots: list[dict]) -> list[dict] | None:
@@ -80,9 +82,9 @@ def paraphrase_labels(clusters: pd.DataFrame, key_stats: pd.DataFrame, interpret
     c = clusters[(clusters["intent_agreement"] >= settings.min_label_agreement) & clusters["intent"].notna()]
     c = c[c["cluster_n_users"] >= settings.min_users]
     c = c.merge(key_stats[["locale", "text", "defect_rate"]], on=["locale", "text"], how="left")
-    failing = c[c["defect_rate"] >= settings.min_source_defect_rate]
+    failing = c[is_failing(c["defect_rate"], settings.min_source_defect_rate)]
     # The cluster's interpretation: the one its successful members received.
-    succ = c[c["defect_rate"] < settings.min_source_defect_rate].merge(interpretations, on=["locale", "text"], how="inner", suffixes=("", "_i"))
+    succ = c[is_working(c["defect_rate"], settings.min_source_defect_rate)].merge(interpretations, on=["locale", "text"], how="inner", suffixes=("", "_i"))
     succ = succ[succ["intent_i"] == succ["intent"]]
     # Agreement means several served members, not one key agreeing with itself.
     supporters = succ.groupby(["locale", "cluster_id"])["text"].nunique().rename("supporters").reset_index()

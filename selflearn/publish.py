@@ -159,7 +159,7 @@ def write_table(pdf: pd.DataFrame, path: Path, table: str | pa.Schema, sort_by: 
     return arrow.num_rows
 
 
-def _table_files(path: Path) -> list[Path]:
+def table_files(path: Path) -> list[Path]:
     """A table's parquet files in name order, as pyarrow reads a directory (files and
     folders starting with '.' or '_', such as _SUCCESS and .crc files, are not data)."""
     path = Path(path)
@@ -177,7 +177,7 @@ def content_checksum(path: Path, batch_rows: int = 65536) -> str:
     Streams the files batch by batch: the driver holds one batch, never a whole table
     (turns/ has a row per accepted turn). Integer columns holding a null anywhere hash
     as floats in every batch, as when the table was read whole."""
-    files = _table_files(path)
+    files = table_files(path)
     if not files:
         raise FileNotFoundError(f"no parquet files in {path}")
     schema = pq.read_schema(files[0])

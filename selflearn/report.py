@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from .publish import _table_files  # noqa: E402
+from .publish import table_files  # noqa: E402
 
 TOP_REWRITES = 30
 
@@ -77,7 +77,7 @@ def _per_locale(path: Path, value: str, flag: str | None = None) -> tuple[pd.Dat
     reading one batch at a time: turns/ and rephrase_pairs/ grow with the log, so they
     are never loaded whole on the driver."""
     parts, hist = [], np.zeros(len(BINS) - 1, dtype=np.int64)
-    for f in _table_files(path):
+    for f in table_files(path):
         for batch in pq.ParquetFile(f).iter_batches(batch_size=65536, columns=["locale", value] + ([flag] if flag else [])):
             pdf = batch.to_pandas()
             hist += np.histogram(pdf[value].to_numpy(dtype=float), BINS)[0]

@@ -33,12 +33,11 @@ import pandas as pd
 
 from .config import Settings
 from .controls import Controls, denied
+from .defects import is_working
 from .labels import parse_slots, project_slots
+from .schema import PARAPHRASE, columns
 
-REWRITE_COLUMNS = [
-    "locale", "source", "target", "confidence", "n_users", "n_sessions",
-    "source_defect_rate", "target_success_rate", "evidence",
-]
+REWRITE_COLUMNS = columns("rewrites")
 
 
 MAX_CHAIN = 8  # a chain's last turns that count: a long loop of re-asks is one user's struggle
@@ -115,16 +114,16 @@ def select_rewrites(candidates: pd.DataFrame, settings: Settings, controls: Cont
         ("pinned_elsewhere", pinned_elsewhere),
     ]
     rules = [
-        ("source_not_defective", c["source_defect_rate"] < settings.min_source_defect_rate),
+        ("source_not_defective", is_working(c["source_defect_rate"], settings.min_source_defect_rate)),
         ("too_few_users", c["n_users"] < settings.min_users),
         ("not_significant", pd.Series(target_lower <= source_upper, index=c.index)),
         ("low_confidence", c["confidence"] < settings.min_rewrite_confidence),
-        ("paraphrase_disagrees", (c["evidence"] == "paraphrase") & (
+        ("paraphrase_disagrees", (c["evidence"] == PARAPHRASE) & (
             (c["target_intent"].astype(object) != c["source_cluster_intent"].astype(object))
             | c["source_cluster_intent"].isna() | ~slots_project
             | (c["confidence"] < settings.min_paraphrase_confidence))),
         ("retracted_by_served_turns", served_bad),
-        ("cluster_disagrees", pd.Series(settings.cluster_must_agree, index=c.index) & (c["evidence"] != "paraphrase")
+        ("cluster_disagrees", pd.Series(settings.cluster_must_agree, index=c.index) & (c["evidence"] != PARAPHRASE)
          & cluster_intent.notna() & (_col(c, "target_intent") != cluster_intent)),
     ]
     # A pin skips the statistical rules, never the privacy floor (too_few_users).

@@ -20,12 +20,12 @@ import pandas as pd
 
 from . import __version__
 from .config import Settings
+from .schema import PUBLISHED_TABLES
 from .publish import RunDirs, content_checksum, input_fingerprint, new_run_id, publish, write_json_atomic, write_table
 
 log = logging.getLogger("selflearn")
 
 STAGES = ("ingest", "sessions", "evidence", "keys", "embed", "paraphrase", "graph", "rewrites", "labels", "publish")
-PUBLISHED_TABLES = ("turns", "rephrase_pairs", "paraphrase_clusters", "rewrites", "training")
 
 
 @dataclass
@@ -39,6 +39,8 @@ class Run:
     timings: dict[str, float] = field(default_factory=dict)
     progress: Callable[[str], None] | None = None
     force_publish: bool = False  # move LATEST even when the publish gate fails (selflearn.gate)
+    # what an executor adds to the manifest about where it ran (spark-submit: master, Pythons)
+    runtime: dict[str, Any] | None = None
 
     def __post_init__(self):
         self.dirs = RunDirs(self.output_root, self.run_id)
@@ -60,6 +62,15 @@ class Run:
 
     def _read(self, where: Path):
         return self.spark.read.parquet(str(where))
+
+    @property
+    def controls(self):
+        """The operator's controls file, read once per run: every stage judges by one version."""
+        if getattr(self, "_controls", None) is None:
+            from .controls import load_controls
+
+            self._controls = load_controls(self.settings.controls_file)
+        return self._controls
 
     @property
     def state(self):
@@ -189,9 +200,12 @@ class Run:
         from .embed import embed_keys
 
         keys = self._read(self.dirs.work / "key_stats").select("locale", "text")
-        vectors = embed_keys(self.spark, keys, self.settings, self.dirs.state / "embeddings")
+        ran: dict = {}
+        vectors = embed_keys(self.spark, keys, self.settings, self.dirs.state / "embeddings", stats=ran)
         vectors.write.mode("overwrite").parquet(str(self.dirs.work / "vectors"))
-        self.counts["embed"] = {"keys_embedded": self._read(self.dirs.work / "vectors").count()}
+        self.counts["embed"] = {"keys_embedded": self._read(self.dirs.work / "vectors").count(),
+                                "keys_encoded": ran.get("embedded", 0),
+                                "ran": {k: ran.get(k) for k in ("backend", "device", "cache_id")}}
 
     def stage_paraphrase(self) -> None:
         from .steps import paraphrase_step
@@ -227,15 +241,14 @@ class Run:
             self._read(self.dirs.work / "mates"), self._read(self.dirs.work / "key_stats"), enriched,
             self._read(self.dirs.output("paraphrase_clusters")), self.settings,
         )
-        decided, published = rewrites_step(cands, self.settings)
+        decided, published = rewrites_step(cands, self.settings, self.controls)
         decided.to_parquet(self.dirs.work / "decided.parquet", index=False)
         n = write_table(published, self.dirs.output("rewrites"), "rewrites", ["locale", "source", "target"])
-        from .controls import load_controls
         from .rewrites import unmatched_pins
 
         self.counts["rewrites"] = {
             "candidates": int(len(decided)), "emitted": n,
-            "pins_unmatched": unmatched_pins(decided, load_controls(self.settings.controls_file)),
+            "pins_unmatched": unmatched_pins(decided, self.controls),
             "rejected_by_rule": {k: int(v) for k, v in decided["decision"].value_counts().sort_index().items() if k != "emit"},
         }
 
@@ -244,7 +257,7 @@ class Run:
 
         rewrites = pd.read_parquet(self.dirs.output("rewrites"))
         clusters = pd.read_parquet(self.dirs.output("paraphrase_clusters"))
-        training = labels_step(rewrites, clusters, self._read(self.dirs.work / "key_stats"), self.settings)
+        training = labels_step(rewrites, clusters, self._read(self.dirs.work / "key_stats"), self.settings, self.controls)
         n = write_table(training, self.dirs.output("training"), "training", ["locale", "text"])
         by_source = training["label_source"].value_counts().sort_index().to_dict() if n else {}
         self.counts["labels"] = {"training_rows": n, "by_label_source": {k: int(v) for k, v in by_source.items()}}
@@ -260,7 +273,7 @@ class Run:
         else:
             previous = latest_run(self.dirs.root)
             manifest = self.manifest()
-            manifest["gate"] = evaluate_gate(manifest, previous, self.dirs.staging, self.settings, self.force_publish)
+            manifest["gate"] = evaluate_gate(manifest, previous, self.dirs.staging, self.settings, self.force_publish, self.controls)
             write_json_atomic(self.dirs.output("manifest.json"), manifest)
             write_report(self.dirs.staging, manifest, self.dirs.work, previous)
         publish(self.dirs, move_latest=manifest["gate"]["latest_moved"])
@@ -280,10 +293,8 @@ class Run:
                 versions[pkg] = metadata.version(pkg)
             except metadata.PackageNotFoundError:
                 pass
-        checksums = {t: content_checksum(self.dirs.output(t)) for t in PUBLISHED_TABLES}
-        # The rewrite graph's parquet tables are published content too (GraphML is a view of edges).
-        checksums.update({f"rewrite_graph/{p}": content_checksum(self.dirs.output("rewrite_graph") / p)
-                          for p in ("nodes", "edges")})
+        # Every published table of schemas/ (GraphML is a view of the graph's edges, not content).
+        checksums = {path: content_checksum(self.dirs.output(path)) for path in PUBLISHED_TABLES}
         ingest = self.counts.get("ingest", {})
         return {
             "run_id": self.run_id,
@@ -301,8 +312,11 @@ class Run:
             "counts": self.counts,
             "timings_s": self.timings,
             "versions": {"python": platform.python_version(), **versions},
-            "embedding": {"model": self.settings.embedding_model, "backend": self.settings.embedding_backend},
+            # requested: the settings; ran: the backend, device and cache id the embed stage used
+            "embedding": {"model": self.settings.embedding_model, "backend": self.settings.embedding_backend,
+                          "ran": self.counts.get("embed", {}).get("ran")},
             "checksums": checksums,
+            **({"runtime": self.runtime} if self.runtime is not None else {}),
         }
 
 

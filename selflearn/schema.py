@@ -9,10 +9,16 @@ from typing import Any
 
 import pyarrow as pa
 
-TABLES = (
-    "log", "truth", "turns", "rephrase_pairs", "rewrites", "training",
-    "paraphrase_clusters", "quarantine",
-)
+# Every table the project reads or writes has one file schemas/<name>.schema.json; its
+# "x-selflearn" block says what kind of table it is ("input", "simulation", "published",
+# "quarantine" or "work") and, for a published table stored below another folder, its path
+# under the run folder. Adding a table is adding a file there: TABLES, PUBLISHED_TABLES and
+# every column list below are read from the files, never kept by hand.
+TABLES = tuple(sorted(
+    f.name[: -len(".schema.json")]
+    for f in resources.files("selflearn.schemas").iterdir()
+    if f.name.endswith(".schema.json")
+))
 
 REASON_CODES = (
     "unparseable", "bad_encoding", "missing_field", "bad_type", "bad_timestamp", "bad_locale",
@@ -77,3 +83,40 @@ def spark_schema(table: str):
 
 def required_fields(table: str) -> tuple[str, ...]:
     return tuple(json_schema(table).get("required", ()))
+
+
+def table_kind(table: str) -> str:
+    return json_schema(table).get("x-selflearn", {}).get("kind", "work")
+
+
+def table_path(table: str) -> str:
+    """Where a published table lives under a run folder (its name unless the schema says)."""
+    return json_schema(table).get("x-selflearn", {}).get("path", table)
+
+
+def columns(table: str) -> list[str]:
+    """The table's columns in their published order."""
+    return list(json_schema(table)["properties"])
+
+
+def enum_values(table: str, column: str) -> tuple:
+    """The allowed values of an enumerated column (evidence kinds, label sources, ...)."""
+    return tuple(v for v in json_schema(table)["properties"][column]["enum"] if v is not None)
+
+
+# Published tables by their path under the run folder (the manifest's checksum keys).
+PUBLISHED_TABLES: dict[str, str] = {table_path(t): t for t in TABLES if table_kind(t) == "published"}
+
+
+# The evidence kinds behind a rewrite: one enumeration, the rewrites schema's `evidence` enum.
+EVIDENCE_KINDS = enum_values("rewrites", "evidence")
+REPHRASE, PARAPHRASE, BOTH = "rephrase", "paraphrase", "both"
+assert set(EVIDENCE_KINDS) == {REPHRASE, PARAPHRASE, BOTH}, EVIDENCE_KINDS
+
+
+def evidence_kind(by_own_rephrases: bool, by_cluster_mate: bool) -> str:
+    """`rephrase` where the source's own rephrase edges lead to the target, `paraphrase`
+    where only a key inherited from a paraphrase-cluster mate does, `both` for both."""
+    if by_own_rephrases and by_cluster_mate:
+        return BOTH
+    return REPHRASE if by_own_rephrases else PARAPHRASE

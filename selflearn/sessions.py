@@ -11,27 +11,17 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from .config import Settings
 from .defects import defect_probability
 from .privacy import scrub_slots, scrub_text
 from .rephrase import pair_similarity, rephrase_score
+from .schema import arrow_schema
 from .text import normalize_text
 
-_SLOTS = pa.list_(pa.struct([pa.field("name", pa.string()), pa.field("value", pa.string())]))
 
 # Operator data (holds user ids): kept under state/, never published as is.
-ENRICHED_TURNS = pa.schema([
-    ("event_id", pa.string()), ("user_id", pa.string()), ("device_id", pa.string()),
-    ("session", pa.string()), ("locale", pa.string()), ("ts", pa.timestamp("us", tz="UTC")),
-    ("seq", pa.int64()), ("text", pa.string()), ("response_status", pa.string()),
-    ("nlu_intent", pa.string()), ("nlu_domain", pa.string()), ("nlu_slots", _SLOTS),
-    ("rewritten_from", pa.string()), ("defect_prob", pa.float64()),
-    ("next_event_id", pa.string()), ("next_text", pa.string()), ("gap_s", pa.float64()),
-    ("similarity", pa.float64()), ("pair_score", pa.float64()), ("is_rephrase", pa.bool_()),
-    ("system_act", pa.string()), ("meaning_z", pa.float64()), ("own_defect_prob", pa.float64()),
-])
+ENRICHED_TURNS = arrow_schema("enriched_turns")
 
 
 def normalize_series(texts: pd.Series) -> pd.Series:

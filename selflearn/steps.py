@@ -12,17 +12,17 @@ import json
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from . import graph as graph_mod
 from .config import Settings
-from .controls import load_controls
+from .controls import Controls, load_controls
+from .defects import is_failing, is_working
 from .labels import drop_controlled, paraphrase_labels, rewrite_labels, training_rows
 from .rewrites import published_rewrites, rephrase_chain_pairs, select_rewrites
-from .schema import arrow_schema
+from .schema import REPHRASE, arrow_schema, evidence_kind
 from .sessions import ENRICHED_TURNS, enrich_turns
 from .spark import map_groups
 
@@ -217,16 +217,13 @@ def reach_step(enriched: DataFrame) -> DataFrame:
     return map_groups(org, ["user_id", "session"], ["seq"], rephrase_chain_pairs, schema)
 
 
-CANDIDATES = pa.schema([
-    ("locale", pa.string()), ("source", pa.string()), ("target", pa.string()),
-    ("confidence", pa.float64()), ("source_success", pa.float64()), ("evidence", pa.string()),
-])
+CANDIDATES = arrow_schema("candidates")
 
 
 def mates_step(clusters: DataFrame, key_stats: DataFrame, settings: Settings) -> DataFrame:
     """(locale, key, mate): two failing members of one paraphrase cluster."""
     failing = clusters.join(key_stats.select("locale", "text", "defect_rate"), ["locale", "text"]).where(
-        F.col("defect_rate") >= settings.min_source_defect_rate
+        is_failing(F.col("defect_rate"), settings.min_source_defect_rate)
     ).select("locale", "cluster_id", "text")
     a, b = failing.alias("a"), failing.alias("b")
     return a.join(b, (F.col("a.locale") == F.col("b.locale")) & (F.col("a.cluster_id") == F.col("b.cluster_id")) & (F.col("a.text") != F.col("b.text"))).select(
@@ -238,7 +235,7 @@ def interpretation_class(key_stats: DataFrame, settings: Settings):
     """A served key's interpretation (intent and slots it was served with): keys with the
     same class are the same outcome for the user. Null for keys not served."""
     return F.when(
-        (F.col("defect_rate") < settings.min_source_defect_rate) & F.col("intent").isNotNull(),
+        is_working(F.col("defect_rate"), settings.min_source_defect_rate) & F.col("intent").isNotNull(),
         F.concat_ws("|", F.col("intent"), F.coalesce(F.col("slots_json"), F.lit("[]"))),
     )
 
@@ -263,7 +260,7 @@ def solve_step(edges: DataFrame, mates: DataFrame, key_stats: DataFrame, setting
             rephrased_by, settings.min_users,
         )
         defect = dict(zip(edges_pdf["src"], edges_pdf["src_defect"].fillna(0)))
-        sources = sorted(k for k, v in defect.items() if v >= settings.min_source_defect_rate)
+        sources = sorted(k for k, v in defect.items() if is_failing(v, settings.min_source_defect_rate))
         classes = {k: c for k, c in zip(edges_pdf["src"], edges_pdf["src_class"]) if isinstance(c, str)}
         solved = graph_mod.solve_rewrite_targets(mixed, sources, classes)
         if solved.empty:
@@ -287,7 +284,7 @@ def _evidence_kinds(edges_pdf: pd.DataFrame, mixed: pd.DataFrame, solved: pd.Dat
     hit = (via["dst"] == via["target"]).to_numpy() | reached[len(solved):]
     by_mate = np.zeros(len(solved), dtype=bool)
     by_mate[via["row"].to_numpy()[hit]] = True
-    return ["both" if d and p else ("rephrase" if d else "paraphrase") for d, p in zip(direct, by_mate)]
+    return [evidence_kind(bool(d), bool(p)) for d, p in zip(direct, by_mate)]
 
 
 def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, key_stats: DataFrame,
@@ -303,7 +300,7 @@ def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, k
     cls = key_stats.select("locale", F.col("text").alias("key"), interpretation_class(key_stats, settings).alias("cls"))
     cls = cls.withColumn("cls", F.coalesce("cls", F.concat(F.lit("key:"), F.col("key"))))
     # A mate's users stand behind a rewrite only where the graph used the mate's evidence.
-    uses_mates = candidates.where(F.col("evidence") != "rephrase").select("locale", F.col("source").alias("via_key")).distinct()
+    uses_mates = candidates.where(F.col("evidence") != REPHRASE).select("locale", F.col("source").alias("via_key")).distinct()
     inherited = (
         reach.join(mates.select("locale", F.col("mate").alias("source"), F.col("key").alias("via_key")), ["locale", "source"])
         .join(uses_mates, ["locale", "via_key"])
@@ -355,12 +352,15 @@ def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, k
     return joined.toPandas()
 
 
-def rewrites_step(candidates_pdf: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    decided = select_rewrites(candidates_pdf, settings, load_controls(settings.controls_file))
+def rewrites_step(candidates_pdf: pd.DataFrame, settings: Settings, controls: Controls | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    # controls: the run's, loaded once (Run.controls); loaded here only when called alone
+    controls = load_controls(settings.controls_file) if controls is None else controls
+    decided = select_rewrites(candidates_pdf, settings, controls)
     return decided, published_rewrites(decided)
 
 
-def labels_step(rewrites_pdf: pd.DataFrame, clusters_pdf: pd.DataFrame, key_stats: DataFrame, settings: Settings) -> pd.DataFrame:
+def labels_step(rewrites_pdf: pd.DataFrame, clusters_pdf: pd.DataFrame, key_stats: DataFrame, settings: Settings,
+                controls: Controls | None = None) -> pd.DataFrame:
     """Weak labels; reads only the key statistics of keys named by rewrites/clusters."""
     needed = pd.concat([
         rewrites_pdf[["locale", "target"]].rename(columns={"target": "text"}),
@@ -377,4 +377,5 @@ def labels_step(rewrites_pdf: pd.DataFrame, clusters_pdf: pd.DataFrame, key_stat
     interp = stats[stats["intent"].notna()][["locale", "text", "intent", "domain", "slots_json"]]
     rw = rewrite_labels(rewrites_pdf, interp)
     pp = paraphrase_labels(clusters_pdf, stats[["locale", "text", "defect_rate"]], interp, settings)
-    return drop_controlled(training_rows(rw, pp, settings.dev_share), settings, load_controls(settings.controls_file))
+    controls = load_controls(settings.controls_file) if controls is None else controls
+    return drop_controlled(training_rows(rw, pp, settings.dev_share), settings, controls)

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from selflearn.schema import arrow_schema
+from selflearn.schema import PUBLISHED_TABLES, arrow_schema
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,17 @@ def test_every_published_output_is_there_atomically(mined):
     manifest = json.loads((final / "manifest.json").read_text())
     assert manifest["rows_in"] == len(rows) == manifest["rows_accepted"] + manifest["rows_quarantined"]
     assert set(manifest["checksums"]) == set(PUBLISHED) | {"rewrite_graph/nodes", "rewrite_graph/edges"}
+    # the manifest records the encoder that ran (this machine has no GPU: torch on the CPU)
+    ran = manifest["embedding"]["ran"]
+    assert ran["backend"] == manifest["embedding"]["backend"] and ran["device"] == "cpu"
+    assert ran["cache_id"] and (mined[0] / "state" / "embeddings" / ran["cache_id"]).is_dir()
     html = (final / "report.html").read_text()
     assert "<svg" in html and "Top rewrites" in html
+    # every parquet table the run published is one of schemas/' published tables (so it is
+    # checksummed and schema-checked), and every published table of schemas/ was written
+    written = {"/".join(part for part in p.parent.relative_to(final).parts if "=" not in part)
+               for p in final.rglob("*.parquet")}  # hive partition folders (key=value) belong to their table
+    assert written == set(PUBLISHED_TABLES), written ^ set(PUBLISHED_TABLES)
 
 
 def test_no_user_or_device_id_is_published(mined):

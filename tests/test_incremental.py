@@ -15,7 +15,9 @@ import pytest
 
 from selflearn.schema import arrow_schema
 from selflearn.text import normalize_text
-from test_end_to_end import pick_goal
+from small_logs import pick_goal
+
+pytestmark = pytest.mark.heavy  # second tier (make test-full): runs whole pipelines or servers
 
 MERGED = ("rewrites", "training", "paraphrase_clusters")
 

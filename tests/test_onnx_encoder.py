@@ -17,6 +17,10 @@ def _keys(locale: str, start: int, stop: int) -> list[str]:
     return sorted({normalize_text(r["utt"]) for r in massive_records(locale, stop)[start:]})
 
 
+# second tier (make test-full): the int8 export and its check cost minutes; the default backend is torch
+pytestmark = pytest.mark.heavy
+
+
 @pytest.fixture(scope="module")
 def onnx_settings(settings, tmp_path_factory):
     """Settings asking for onnx-int8, with a fresh models folder for this module."""

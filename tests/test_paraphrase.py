@@ -67,6 +67,7 @@ def test_knn_pairs_removes_self_by_id_with_exact_duplicates(settings, encoder):
     assert P.knn_pairs(x[:1], 2, 0.0, settings).empty
 
 
+@pytest.mark.heavy  # second tier: embeds thousands of real keys to reach the IVF path
 def test_ivf_path_recall_on_real_embeddings(settings, encoder):
     texts = sorted({normalize_text(r["utt"]) for r in massive_records("en-US", 2500)})
     x = encoder.encode(texts)

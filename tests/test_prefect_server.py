@@ -29,6 +29,8 @@ POOL = "selflearn"
 DEPLOYMENT = "selflearn-mine/daily"
 RETRY_DELAY_S = 5  # first retry; then 10, 20: slack for seeing the first failure
 
+pytestmark = pytest.mark.heavy  # second tier (make test-full): runs whole pipelines or servers
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -26,6 +26,8 @@ import pytest
 
 from selflearn.schema import arrow_schema
 
+pytestmark = pytest.mark.heavy  # second tier (make test-full): runs whole pipelines or servers
+
 HEAVY_TURNS = 100_000
 HEAVY_GAP_S = 3
 T0 = datetime(2026, 11, 1, 6, tzinfo=timezone.utc)

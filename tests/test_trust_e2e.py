@@ -20,10 +20,12 @@ import pandas as pd
 import pytest
 
 from selflearn.config import Settings
-from selflearn.privacy import EMAIL_MASK
+from selflearn.privacy import EMAIL_MASK, scrub_text
 from selflearn.publish import latest_run
 from selflearn.runner import Run, run_all
 from selflearn.text import normalize_text
+
+pytestmark = pytest.mark.heavy  # second tier (make test-full): runs whole pipelines or servers
 
 from trust_logs import (colluders, id_forms, inflater, inject_pii, published_text, read_log, report_tables,
                         served_targets, unused_massive, write_log)
@@ -141,9 +143,11 @@ def test_fewer_than_min_users_colluders_are_never_emitted(attack, poisoned, limi
         stats = pd.read_parquet(run["work"] / "key_stats").set_index("text")
         assert stats.loc[attack["pair2"][0], "n_users"] == 2  # the colluders' turns were mined
         assert attack["pair2"] not in _pairs(run)
+        # the pair reached the rules and the privacy floor is what refused it (not, say, a
+        # mining miss that would make this test pass whatever the floor did)
         d = _decided(run).set_index(["source", "target"])
-        if attack["pair2"] in d.index:
-            assert d.loc[attack["pair2"], "decision"] == "too_few_users"
+        assert attack["pair2"] in d.index
+        assert d.loc[attack["pair2"], "decision"] == "too_few_users"
 
 
 @pytest.mark.parametrize("limit", ["on", "off"])
@@ -297,13 +301,28 @@ def test_cli_exits_3_with_one_line_when_the_gate_holds(attack, first, tmp_path):
     assert (run_dir / "_SUCCESS").is_file() and not (root / "LATEST").exists()
 
 
-def test_every_rewrite_and_training_row_rests_on_min_users(first):
-    """Rewrites carry >= min_users users; a training row is a rewrite's source or a
-    member of a paraphrase cluster of >= min_users users. Quarantine stays out of runs/."""
+def _users_by_key(log: pd.DataFrame) -> pd.Series:
+    """Distinct users behind each text key, recounted from the raw log (the key made as the
+    pipeline documents it: PII scrubbed, then normalize_text), not from the run's counts."""
+    keys = log["utterance"].map(lambda u: normalize_text(scrub_text(u)) if isinstance(u, str) else None)
+    return log.assign(key=keys).dropna(subset=["key"]).groupby("key")["user_id"].agg(lambda s: set(s))
+
+
+def test_every_rewrite_and_training_row_rests_on_min_users(attack, first):
+    """Every rewrite's source was said by >= min_users distinct users of the log; every
+    training row's text is a rewrite's source or a member of a paraphrase cluster whose
+    members were said by >= min_users distinct users together (distinct users, recounted
+    from the log). Quarantine stays out of runs/."""
     m = Settings().min_users
     rw, tr = first["rewrites"], first["training"]
-    assert len(rw) and (rw["n_users"] >= m).all()
+    users = _users_by_key(attack["log"])
+    assert len(rw)
+    for src in rw["source"]:
+        assert len(users.get(src, set())) >= m, src
     clusters = pd.read_parquet(first["dir"] / "paraphrase_clusters")
-    backed = set(rw["source"]) | set(clusters.loc[clusters["cluster_n_users"] >= m, "text"])
+    cluster_users = clusters.groupby(["locale", "cluster_id"])["text"].agg(
+        lambda texts: len(set().union(*(users.get(t, set()) for t in texts))))
+    backed_clusters = set(cluster_users[cluster_users >= m].index)
+    backed = set(rw["source"]) | set(clusters.loc[[k in backed_clusters for k in zip(clusters["locale"], clusters["cluster_id"])], "text"])
     assert len(tr) and set(tr["text"]) <= backed
     assert not any(p.name == "quarantine" for p in first["dir"].rglob("*"))
