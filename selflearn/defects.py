@@ -15,7 +15,7 @@ from .config import DefectModel
 
 SIGNALS = (
     "status_error", "status_unhandled", "barge_in", "feedback_negative", "feedback_positive",
-    "short_dwell", "long_dwell", "reask", "quick_next", "low_asr",
+    "short_dwell", "long_dwell", "reask", "quick_next", "low_asr", "system_reprompt", "system_elicit",
 )
 
 
@@ -41,6 +41,9 @@ def defect_signals(turns: pd.DataFrame, model: DefectModel) -> pd.DataFrame:
     out["reask"] = quick & (sim >= model.reask_min_similarity).fillna(False)
     out["quick_next"] = quick
     out["low_asr"] = (asr < 0.5).fillna(False)
+    act = turns["system_act"] if "system_act" in turns.columns else pd.Series(None, index=turns.index, dtype=object)
+    out["system_reprompt"] = act.eq("reprompt").fillna(False)
+    out["system_elicit"] = act.eq("elicit").fillna(False)
     return out.astype(np.float64)
 
 

@@ -39,8 +39,15 @@ Mapping (see also bench/dstc2_rephrase.md):
   reply (``request_phone``, ``request_address``, ``request_postcode``, ``goodbye``, else
   ``find_restaurant``) for understood turns. ``asr_confidence``, ``nlu_slots``,
   ``barge_in``, ``feedback``, ``dwell_ms``, ``rewritten_from``, ``nlu_model_version``: null.
-* ``blinded=True``: every turn ``success``, and every nlu_* / confidence field null: only
-  text and (uninformative) time remain -- what a log without system-side signals shows.
+* ``system_act`` (contract v3) is the system's act in its reply to THIS user turn
+  (`act_of`): a failure prompt -> ``reprompt``; a confirmation question -> ``confirm``;
+  any other question ("What part of town do you have in mind?", "There are restaurants in
+  the cheap price range . What type of food do you want?", "Can I help you with anything
+  else?") -> ``elicit``: the caller's next turn answers it; everything else (an offer, a
+  phone number, "no restaurant serving X", ``api_call``) -> ``inform``.
+* ``blinded=True``: every turn ``success``, and every nlu_* / confidence field and
+  ``system_act`` null: only text and (uninformative) time remain -- what a log without
+  system-side signals shows.
 
 Ground truth ``is_reask`` for a pair (A, B) of consecutive user turns:
 
@@ -96,6 +103,16 @@ def reply_kind(reply: str) -> str:
     if _CONFIRM.match(reply):
         return "confirm"
     return "acted"
+
+
+def act_of(reply: str) -> str:
+    """The contract's `system_act` of a system reply: reprompt, confirm, elicit or inform."""
+    kind = reply_kind(reply)
+    if kind == "failure":
+        return "reprompt"
+    if kind == "confirm":
+        return "confirm"
+    return "elicit" if reply.rstrip().endswith("?") else "inform"
 
 
 def _intent(reply: str) -> str:
@@ -209,6 +226,7 @@ def convert(path: str | Path, out_dir: str | Path, blinded: bool = False) -> dic
             rows["dwell_ms"].append(None)
             rows["rewritten_from"].append(None)
             rows["nlu_model_version"].append(None)
+            rows["system_act"].append(None if blinded else act_of(ln.reply))
             k += 1
 
             if prev is not None:

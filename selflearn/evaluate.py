@@ -3,7 +3,8 @@
 Reads the run's published outputs, the simulation's truth.parquet, summary.json and
 world/ (only evaluation reads those; the pipeline never does) and reports, overall and
 per locale:
-- rephrase detection precision / recall / F1 against truth `rephrase_of`;
+- rephrase detection precision / recall / F1 against truth `rephrase_of`, and per
+  simulator trap (truth `trap`) its pairs' false positive rate;
 - defect AUC of turns' defect_prob against `is_defect`, overall and on `success` turns
   alone (the silent defects);
 - quarantine completeness: every malformed row the simulator planted is quarantined
@@ -76,6 +77,27 @@ def rephrase_metrics(pairs: pd.DataFrame, truth: pd.DataFrame, turn_locale: pd.S
         ps = {p for p in pred_set if loc_of.get(p[1]) == loc}
         ts = {p for p in true_set if loc_of.get(p[1]) == loc}
         out["per_locale"][loc] = prf(len(ps & ts), len(ps), len(ts))
+    out["per_trap"] = trap_metrics(pairs, truth, pred_set, true_set)
+    return out
+
+
+def trap_metrics(pairs: pd.DataFrame, truth: pd.DataFrame, pred_set: set, true_set: set) -> dict:
+    """Per simulator trap (truth `trap`: topic_switch, follow_up, elicit; pairs whose second
+    turn is the trap's turn, all true negatives): pairs scored, false positives, their
+    rate, and overall P/R/F1 with only that trap's pairs as negatives (every true rephrase
+    kept), so each trap's cost to precision shows alone."""
+    if "trap" not in truth.columns:
+        return {}
+    trap_of = truth.loc[truth["trap"].notna()].set_index("event_id")["trap"].to_dict()
+    scored = list(zip(pairs["first_event_id"], pairs["second_event_id"]))
+    tp = len(pred_set & true_set)
+    out = {}
+    for trap in sorted(set(trap_of.values())):
+        mine = {p for p in scored if trap_of.get(p[1]) == trap and p not in true_set}
+        fp = len(mine & pred_set)
+        m = prf(tp, tp + fp, len(true_set))
+        m.update({"pairs": len(mine), "false_positives": fp, "false_positive_rate": fp / len(mine) if mine else None})
+        out[trap] = m
     return out
 
 
@@ -258,6 +280,9 @@ def render(result: dict) -> str:
     lines = [f"evaluation of run {result['run_id']}"]
     r, d = result["rephrase"], result["defect"]
     lines.append(f"rephrase  P={_fmt(r['overall']['precision'])} R={_fmt(r['overall']['recall'])} F1={_fmt(r['overall']['f1'])}")
+    for trap, m in sorted(r.get("per_trap", {}).items()):
+        lines.append(f"  trap {trap}: pairs={m['pairs']} FP={m['false_positives']} FP rate={_fmt(m['false_positive_rate'])} "
+                     f"(P={_fmt(m['precision'])} F1={_fmt(m['f1'])} with only these negatives)")
     lines.append(f"defect    AUC={_fmt(d['overall']['auc'])} AUC(success turns)={_fmt(d['overall']['auc_success_turns'])}")
     q = result["quarantine"]
     lines.append(f"quarantine completeness={_fmt(q['completeness'])} ({q['quarantined_with_reason']}/{q['planted']}) rows balance={q['rows_balance']}")

@@ -108,6 +108,8 @@ def carried_tails(spark, state: State, accepted: DataFrame, new_days: list[str])
     if not rel or not new_days:
         return None
     tails = spark.read.parquet(str(state.path(rel))).where(F.col("day") < F.lit(min(new_days)))
+    if "system_act" not in tails.columns:  # tails kept before contract v3
+        tails = tails.withColumn("system_act", F.lit(None).cast("string"))
     return tails.join(accepted.select("event_id"), "event_id", "left_anti").select(*accepted.columns)
 
 

@@ -54,6 +54,9 @@ from .text import normalize_text
 LOG_COLUMNS: tuple[str, ...] = tuple(arrow_schema("log").names)
 PASSTHROUGH = ("raw", "source", "order")
 STATUSES = frozenset(("success", "error", "unhandled"))
+# Contract v3: an optional field whose unknown values (or types) are read as null, never
+# quarantined: a log that knows some acts the contract does not name is still a log.
+SYSTEM_ACTS = frozenset(("inform", "reprompt", "elicit", "confirm"))
 
 _EPOCH_ORD = date(1970, 1, 1).toordinal()
 _US = 1_000_000
@@ -242,7 +245,7 @@ def _check(raw: Any, type_errors: Any, max_chars: int, lo_us: int, hi_us: int):
     ts_wrong = False
     if type_errors:
         for col in type_errors.split(","):
-            if g(col) is not None:
+            if col != "system_act" and g(col) is not None:
                 if col == _TIME_FIELD:
                     ts_wrong = True
                 else:
@@ -260,15 +263,17 @@ def _check(raw: Any, type_errors: Any, max_chars: int, lo_us: int, hi_us: int):
         return "utterance_too_long"
     if status not in STATUSES:
         return "unknown_status"
+    act = g("system_act")
+    act = act if type(act) is str and act in SYSTEM_ACTS else None
     # In LOG_COLUMNS order.
     return (event_id, user_id, opt[0], opt[1], us, locale, utterance, asr, opt[2], opt[3],
-            slots, nlu_conf, status, barge, feedback, dwell, opt[4], opt[5])
+            slots, nlu_conf, status, barge, feedback, dwell, opt[4], opt[5], act)
 
 
 _ORDERED = ("event_id", "user_id", "device_id", "session_id", "ts", "locale", "utterance",
             "asr_confidence", "nlu_domain", "nlu_intent", "nlu_slots", "nlu_confidence",
             "response_status", "barge_in", "feedback", "dwell_ms", "rewritten_from",
-            "nlu_model_version")
+            "nlu_model_version", "system_act")
 assert _ORDERED == LOG_COLUMNS, "log schema changed: update _check's value tuple"
 
 

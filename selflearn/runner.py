@@ -187,7 +187,18 @@ class Run:
             turns = turns.unionByName(tails.withColumn("carried", F.lit(True)))
         turns.write.mode("overwrite").parquet(str(self.dirs.work / "turns_in"))
         turns = self._read(self.dirs.work / "turns_in")
-        enriched = sessions_step(turns, self.settings).join(turns.select("event_id", "day", "carried"), "event_id")
+        enriched = sessions_step(turns, self.settings)
+        model = self.settings.rephrase_model
+        if model.w_meaning or model.w_unrelated:  # the pair score uses meaning: embed the pairs' keys first
+            from .embed import embed_keys
+            from .steps import meaning_step, pair_keys
+
+            enriched.write.mode("overwrite").parquet(str(self.dirs.work / "enriched_lexical"))
+            enriched = self._read(self.dirs.work / "enriched_lexical")
+            # Into the embedding cache: the embed stage then reuses these vectors.
+            vectors = embed_keys(self.spark, pair_keys(enriched, self.settings), self.settings, self.dirs.state / "embeddings")
+            enriched = meaning_step(enriched, vectors, self.settings)
+        enriched = enriched.join(turns.select("event_id", "day", "carried"), "event_id")
         enriched.write.mode("overwrite").parquet(str(self.dirs.work / "enriched"))
         enriched = self._read(self.dirs.work / "enriched")
         # turns and rephrase_pairs describe this run's input: carried turns only as the

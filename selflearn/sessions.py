@@ -7,6 +7,8 @@ it is plain pandas, vectorised across groups, and testable without Spark.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 
@@ -47,9 +49,13 @@ def cut_sessions(turns: pd.DataFrame, gap_s: float) -> pd.Series:
     return given.where(has_given, cut).astype(str)
 
 
-def enrich_turns(turns: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+def enrich_turns(turns: pd.DataFrame, settings: Settings, meaning=None) -> pd.DataFrame:
     """Turns of any number of (user, device) groups in -- every turn of each group that
-    is present -- one enriched row per turn out (ENRICHED_TURNS)."""
+    is present -- one enriched row per turn out (ENRICHED_TURNS).
+
+    `meaning` (optional): a callable (locales, texts, next_texts) -> meaning z per turn
+    (rephrase.EncoderMeaning); without it `meaning_z` is NaN and the pair score leaves the
+    meaning feature out (the Spark path adds it after embedding: steps.meaning_step)."""
     if turns.empty:
         return pd.DataFrame({f.name: pd.Series(dtype=object) for f in ENRICHED_TURNS})
     df = turns.copy()
@@ -75,13 +81,34 @@ def enrich_turns(turns: pd.DataFrame, settings: Settings) -> pd.DataFrame:
         sim[i] = pair_similarity(texts[i], next_texts[i])
     df["similarity"] = sim
 
+    if "system_act" not in df.columns:  # a log (or a state's tail) from before contract v3
+        df["system_act"] = None
     df["defect_prob"] = defect_probability(df, settings.defect_model)
+    # the turn's own signals only: the pair's gap and similarity speak for themselves
+    own_model = dataclasses.replace(settings.defect_model, reask=0.0, quick_next=0.0)
+    df["own_defect_prob"] = defect_probability(df, own_model)
 
     in_window = has_next & (df["gap_s"] <= settings.rephrase_window_s).to_numpy()
+    z = np.full(len(df), np.nan)
+    if meaning is not None and in_window.any():
+        idx = np.flatnonzero(in_window)
+        z[idx] = meaning(df["locale"].to_numpy()[idx], texts[idx], next_texts[idx])
+    df["meaning_z"] = z
+    df["rewritten_from"] = normalize_series(df["rewritten_from"])
+    return score_pairs(df, settings)[[f.name for f in ENRICHED_TURNS]]
+
+
+def score_pairs(df: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """pair_score and is_rephrase of enriched turns from their pair features (similarity,
+    gap_s, defect_prob, own_defect_prob, meaning_z, system_act): NaN / False outside the rephrase window."""
+    df = df.copy()
+    in_window = (df["next_event_id"].notna() & (df["gap_s"] <= settings.rephrase_window_s)).to_numpy()
     score = rephrase_score(
         df["similarity"].fillna(0.0), df["gap_s"].fillna(settings.rephrase_window_s), df["defect_prob"],
         settings.rephrase_window_s, settings.rephrase_model,
+        meaning_z=df["meaning_z"].to_numpy(dtype=np.float64), system_act=df["system_act"].to_numpy(dtype=object),
+        own_defect_prob=df["own_defect_prob"].to_numpy(dtype=np.float64),
     )
     df["pair_score"] = np.where(in_window, score, np.nan)
     df["is_rephrase"] = in_window & (df["pair_score"] >= settings.rephrase_model.threshold)
-    return df[[f.name for f in ENRICHED_TURNS]]
+    return df

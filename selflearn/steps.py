@@ -36,13 +36,51 @@ def sessions_step(accepted: DataFrame, settings: Settings) -> DataFrame:
     turn with its successor. Whole (user, device) groups per pandas batch."""
     cols = ["event_id", "user_id", "device_id", "session_id", "ts", "locale", "utterance",
             "asr_confidence", "response_status", "barge_in", "feedback", "dwell_ms",
-            "nlu_intent", "nlu_domain", "nlu_slots", "rewritten_from", "order"]
+            "nlu_intent", "nlu_domain", "nlu_slots", "rewritten_from", "system_act", "order"]
+    if "system_act" not in accepted.columns:  # a state's session tail from before contract v3
+        accepted = accepted.withColumn("system_act", F.lit(None).cast("string"))
     df = accepted.select(*cols).withColumn("device_id", F.coalesce("device_id", F.lit("")))
 
     def apply(pdf: pd.DataFrame) -> pd.DataFrame:
         return enrich_turns(pdf, settings)
 
     return map_groups(df, ["user_id", "device_id"], ["ts", "order"], apply, from_arrow_schema(ENRICHED_TURNS))
+
+
+def pair_keys(enriched: DataFrame, settings: Settings) -> DataFrame:
+    """(locale, text) of both turns of every pair in the rephrase window: the keys whose
+    vectors the meaning feature needs."""
+    pairs = enriched.where(F.col("next_event_id").isNotNull() & (F.col("gap_s") <= settings.rephrase_window_s))
+    return (pairs.select("locale", "text").unionByName(pairs.select("locale", F.col("next_text").alias("text")))
+            .distinct())
+
+
+def meaning_step(enriched: DataFrame, vectors: DataFrame, settings: Settings) -> DataFrame:
+    """Enriched turns with `meaning_z` (rephrase.meaning_z of the pair's two key vectors)
+    and the pair score recomputed with it. The chance baseline comes from a sample of
+    keys per locale (the first `meaning_baseline_keys` by sha256 of the text, as
+    rephrase.meaning_baseline takes them), collected to the driver: a few thousand vectors."""
+    from .rephrase import meaning_baseline, meaning_z, pair_cosines
+    from .sessions import score_pairs
+
+    model = settings.rephrase_model
+    w = Window.partitionBy("locale").orderBy(F.sha2("text", 256))
+    sample = (vectors.withColumn("rk", F.row_number().over(w)).where(F.col("rk") <= model.meaning_baseline_keys)
+              .select("locale", "text", "vector").toPandas())
+    baseline = meaning_baseline(sample, model.meaning_baseline_keys)
+    v = vectors.select("locale", "text", "vector")
+    joined = (enriched.join(v.withColumnRenamed("vector", "_v1"), ["locale", "text"], "left")
+              .join(v.withColumnRenamed("text", "next_text").withColumnRenamed("vector", "_v2"),
+                    ["locale", "next_text"], "left"))
+    cols = [f.name for f in ENRICHED_TURNS]
+
+    def apply(batches):
+        for pdf in batches:
+            cos = pair_cosines(pdf["_v1"].to_numpy(dtype=object), pdf["_v2"].to_numpy(dtype=object))
+            pdf["meaning_z"] = meaning_z(pdf["locale"].to_numpy(dtype=object), cos, baseline)
+            yield score_pairs(pdf.drop(columns=["_v1", "_v2"]), settings)[cols]
+
+    return joined.select(*cols, "_v1", "_v2").mapInPandas(apply, from_arrow_schema(ENRICHED_TURNS))
 
 
 def turns_output(enriched: DataFrame) -> DataFrame:

@@ -145,3 +145,18 @@ def test_real_test_set(tmp_path):
     # moved on during the caller's silence
     unhandled = set(df.loc[df["response_status"] == "unhandled", "event_id"])
     assert labels.loc[labels["is_reask"] & (labels["reask_kind"] == "not_understood"), "first_event_id"].isin(unhandled).all()
+
+
+def test_snippet_system_acts(snippet):
+    """The system's act in its reply to each user turn (contract v3 `system_act`)."""
+    conv, blind = snippet
+    act = read(conv["log"]).to_pandas().set_index("event_id")["system_act"]
+    first = "dstc2-tst-0000-"
+    assert act[first + "003"] == "inform"     # I'm sorry but there is no restaurant serving persian food
+    assert act[first + "004"] == "reprompt"   # Could you please repeat that?
+    assert act[first + "005"] == "confirm"    # Did you say ...?
+    assert act[first + "006"] == "elicit"     # ... What price range would you like?
+    assert act[first + "007"] == "inform"     # api_call
+    assert act["dstc2-tst-0001-004"] == "reprompt"  # Sorry, I can't hear you
+    assert act["dstc2-tst-0001-006"] == "elicit"    # What kind of food would you like?
+    assert read(blind["log"]).to_pandas()["system_act"].isna().all()

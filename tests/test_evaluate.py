@@ -30,3 +30,16 @@ def test_rephrase_metrics_against_rephrase_of():
     locale = pd.Series(["en-US"] * 5, index=["a", "b", "c", "d", "e"])
     m = rephrase_metrics(pairs, truth, locale)["overall"]
     assert (m["tp"], m["predicted"], m["true"]) == (1, 2, 2)
+
+
+def test_rephrase_metrics_per_trap():
+    """A trap's pairs are true negatives: their false positive rate, and P with only them."""
+    pairs = pd.DataFrame(dict(first_event_id=["a", "c", "e", "g"], second_event_id=["b", "d", "f", "h"],
+                              is_rephrase=[True, True, False, False]))
+    truth = pd.DataFrame(dict(event_id=list("abcdefgh"), rephrase_of=[None, "a"] + [None] * 6,
+                              trap=[None, None, None, "topic_switch", None, "topic_switch", None, "elicit"]))
+    locale = pd.Series(["en-US"] * 8, index=list("abcdefgh"))
+    t = rephrase_metrics(pairs, truth, locale)["per_trap"]
+    assert t["topic_switch"]["pairs"] == 2 and t["topic_switch"]["false_positives"] == 1
+    assert t["topic_switch"]["false_positive_rate"] == 0.5 and t["topic_switch"]["precision"] == 0.5
+    assert t["elicit"]["false_positive_rate"] == 0.0 and t["elicit"]["precision"] == 1.0

@@ -236,3 +236,17 @@ def test_integral_floats_count_as_integers():
                response_status="success", feedback=-1.0, dwell_ms=4200.0)
     r = run([json.dumps(row)]).iloc[0]
     assert r["reason"] is None and (r["feedback"], r["dwell_ms"]) == (-1, 4200)
+
+
+def test_system_act_known_values_kept_others_read_as_unknown():
+    """Contract v3: `system_act` is optional; a value (or type) it does not name is read
+    as unknown (null), never quarantined."""
+    acts = ["inform", "reprompt", "elicit", "confirm", "goodbye", 7, None, ["elicit"]]
+    rows = [base_row(i, system_act=a) for i, a in enumerate(acts)] + [base_row(9)]
+    out = run([json.dumps(r) for r in rows])
+    assert out["reason"].isna().all()
+    assert out["system_act"].tolist() == ["inform", "reprompt", "elicit", "confirm", None, None, None, None, None]
+    # a parquet column of another type: the reader's type hint does not quarantine it
+    pdf = pd.DataFrame({"raw": [json.dumps(base_row(0, system_act=3))], "source": ["t.parquet:0"],
+                        "order": [0], "type_errors": ["system_act"]})
+    assert validate_rows(pdf, CFG, NOW)["reason"].iloc[0] is None

@@ -238,3 +238,35 @@ def test_texts_come_from_massive(sim):
 def test_normalize_matches_contract():
     assert normalize_text("  Don\u2019t STOP!! it's 'quoted' 5:00 p.m. \uff21B ") == \
         "don't stop it's quoted 5 00 p m ab"
+
+
+def test_traps(tmp_path):
+    """Each trap knob (off by default) produces its dialogues, labelled in truth `trap`,
+    all negatives, at a re-ask's gap; system acts on the chosen share of users."""
+    kw = dict(users=60, locales=["en-US", "de-DE"], max_goals_per_locale=400, seed=5)
+    s = simulate(str(tmp_path / "t"), topic_switch_prob=0.3, follow_up_prob=0.3, elicit_prob=0.3,
+                 system_act_share=0.5, **kw)
+    log = pd.read_parquet(tmp_path / "t" / "log")
+    truth = pd.read_parquet(tmp_path / "t" / "truth.parquet")
+    assert all(s["traps"][k] > 0 for k in ("topic_switch", "follow_up", "elicit"))
+    assert set(truth["trap"].dropna()) == {"topic_switch", "follow_up", "elicit"}
+    assert truth.loc[truth["trap"].notna(), "rephrase_of"].isna().all()
+    m = log.drop_duplicates("event_id").merge(truth, on="event_id").sort_values(["user_id", "ts"])  # no planted copies
+    m["prev_ts"] = m.groupby("user_id")["ts"].shift()
+    m["prev_act"] = m.groupby("user_id")["system_act"].shift()
+    m["prev_goal"] = m.groupby("user_id")["goal_id"].shift()
+    gap = (m["ts"] - m["prev_ts"]).dt.total_seconds()
+    lo, hi = SimConfig().retry_gap_s
+    for trap in ("follow_up", "elicit"):
+        assert gap[m["trap"] == trap].between(lo - 1e-3, hi + 1e-3).all(), gap[m["trap"] == trap].describe()
+    answers = m[m["trap"] == "elicit"]
+    assert (answers["goal_id"] == answers["prev_goal"]).all() and (answers["response_status"] == "success").all()
+    acts = answers["prev_act"].dropna()
+    assert len(acts) and (acts == "elicit").all()
+    assert set(log["system_act"].dropna()) == {"inform", "reprompt", "elicit"}
+    assert (log.loc[log["system_act"] == "reprompt", "response_status"] == "unhandled").all()
+    users_with_acts = log.groupby("user_id")["system_act"].apply(lambda a: a.notna().any())
+    assert 0.25 < users_with_acts.mean() < 0.75
+    off = simulate(str(tmp_path / "off"), **kw)
+    assert off["traps"] == {"topic_switch": 0, "follow_up": 0, "elicit": 0}
+    assert pd.read_parquet(tmp_path / "off" / "log")["system_act"].isna().all()

@@ -163,6 +163,30 @@ class SimConfig:
     """After a served goal, probability the next goal has the same intent with different
     slot values (another hard negative)."""
 
+    # ---- traps for rephrase detection (all off by default: the same seed gives the same
+    # log as before; bench/traps.yaml turns them on) ------------------------------------
+    topic_switch_prob: float = 0.0
+    """After a failed turn, probability the user drops the goal and at once asks for an
+    unrelated one (another intent), with the gap of a re-ask (retry_gap_s): timing alone
+    cannot tell it from a rephrase. Truth ``trap`` = ``topic_switch`` on the new request
+    (also set on the quick switches of quick_switch_prob that land within 60 s)."""
+
+    follow_up_prob: float = 0.0
+    """After a served goal, probability the next request is a follow-up of the same frame
+    (same intent and slot names, other values: "alarm for five" -> "alarm for six") at the
+    gap of a re-ask. Truth ``trap`` = ``follow_up``."""
+
+    elicit_prob: float = 0.0
+    """Probability that a goal with slots starts as an elicitation dialogue: the user says
+    the request without its slot values ("set an alarm"), the system asks for them
+    (``system_act`` ``elicit``, status ``success``) and the user answers with the values
+    alone ("seven am") at the gap of a re-ask. Truth ``trap`` = ``elicit`` on the answer."""
+
+    system_act_share: float = 0.0
+    """Share of users whose rows carry ``system_act`` (contract v3): ``reprompt`` after an
+    ``unhandled`` turn, ``elicit`` for the system's question of an elicitation dialogue,
+    ``inform`` otherwise; the other users' rows leave it null."""
+
     # ---- signals ----------------------------------------------------------------------
     barge_in_defect_prob: float = 0.55
     """P(barge_in) on a defective turn."""

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from ..text import normalize_text
 from .config import SimConfig
-from .world import SLOTS_TYPE, World, h64, rng_for
+from .world import SLOTS_TYPE, World, h64, hunit, rng_for
 
 log = logging.getLogger("selflearn")
 PROGRESS_EVERY_S = 20.0
@@ -39,6 +39,7 @@ LOG_SCHEMA = pa.schema([
     ("dwell_ms", pa.int64()),
     ("rewritten_from", pa.string()),
     ("nlu_model_version", pa.string()),
+    ("system_act", pa.string()),
 ])
 
 TRUTH_SCHEMA = pa.schema([
@@ -48,6 +49,7 @@ TRUTH_SCHEMA = pa.schema([
     ("gold_slots", SLOTS_TYPE),
     ("is_defect", pa.bool_()),
     ("rephrase_of", pa.string()),
+    ("trap", pa.string()),  # topic_switch, follow_up, elicit (SimConfig); null otherwise
 ])
 
 MALFORMED_VARIANTS = [
@@ -90,7 +92,8 @@ class _Sim:
                           defect_turns=0, silent_defect_turns=0, misheard_turns=0,
                           transient_error_turns=0, rephrase_turns=0, repeat_turns=0,
                           quick_switch_after_give_up=0, same_intent_next=0,
-                          same_intent_next_within_60s=0, sessions=0)
+                          same_intent_next_within_60s=0, sessions=0,
+                          trap_topic_switch=0, trap_follow_up=0, trap_elicit=0)
 
     # ------------------------------------------------------------------ one turn
     def _canon(self, pairs):
@@ -158,6 +161,7 @@ class _Sim:
             "response_status": status, "barge_in": barge, "feedback": fb, "dwell_ms": dwell,
             "rewritten_from": None,
             "nlu_model_version": cfg.nlu_versions[0 if ts < self.version_switch else -1],
+            "system_act": ("reprompt" if status == "unhandled" else "inform") if u.get("acts") else None,
         }
         self.log.append(row)
         self.stats["defect_turns"] += defect
@@ -181,15 +185,22 @@ class _Sim:
         self.stats["goals"] += 1
         t = w.habit(u["user_id"], g["frame_id"])
         tried = [t["tid"]]
+        trap = ctx.pop("trap", None)
+        if cfg.elicit_prob and g["slots"] and rng.random() < cfg.elicit_prob:
+            if self.elicitation(rng, u, g, t, ctx, trap):
+                return "served"
         mis = g["mishear_value"] is not None and rng.random() < cfg.mishear_prob
         row, defect = self.turn(rng, u, g, t, mis, ctx)
-        self.truth.append(self._truth(row, g, defect, None))
+        self.truth.append(self._truth(row, g, defect, None, trap))
         ctx["prev_row"] = row
         if not defect:
             return "served"
         self.stats["failed_goals"] += 1
         retries = 0
         while True:
+            if cfg.topic_switch_prob and rng.random() < cfg.topic_switch_prob:
+                self.stats["gave_up_goals"] += 1
+                return "switched"
             if retries >= cfg.max_retries:
                 self.stats["retries_exhausted"] += 1
                 self.stats["gave_up_goals"] += 1
@@ -225,14 +236,58 @@ class _Sim:
             if not defect:
                 return "served"
 
-    def _truth(self, row, g, defect, reph):
+    def _truth(self, row, g, defect, reph, trap=None):
         return {"event_id": row["event_id"], "goal_id": g["goal_id"], "gold_intent": g["intent"],
-                "gold_slots": _slots(g["slots"]), "is_defect": bool(defect), "rephrase_of": reph}
+                "gold_slots": _slots(g["slots"]), "is_defect": bool(defect), "rephrase_of": reph,
+                "trap": trap}
+
+    def elicitation(self, rng, u, g, t, ctx, trap) -> bool:
+        """The request without its slot values, the system's question (elicit), the values
+        alone as the answer, which the system then serves. False (nothing said) when the
+        template holds nothing but slots."""
+        cfg = self.cfg
+        bare = " ".join("".join(s for kind, s in t["parts"] if kind == 0).split())
+        answer = " ".join(v for _, v in g["slots"])
+        if not normalize_text(bare) or not normalize_text(answer):
+            return False
+        domain = g["intent"].split("_", 1)[0]
+        acts = bool(u.get("acts"))
+        row = self._plain_row(rng, u, ctx, g, bare, domain, [], "elicit" if acts else None)
+        self.truth.append(self._truth(row, g, False, None, trap))
+        ctx["prev_row"] = row
+        self._advance(ctx, rng, *cfg.retry_gap_s)
+        row = self._plain_row(rng, u, ctx, g, answer, domain, _slots(g["slots"]), "inform" if acts else None)
+        self.truth.append(self._truth(row, g, False, None, "elicit"))
+        ctx["prev_row"] = row
+        self.stats["trap_elicit"] += 1
+        return True
+
+    def _plain_row(self, rng, u, ctx, g, text, domain, slots, act):
+        """A turn the system understood and served (status success, no defect signals)."""
+        cfg = self.cfg
+        n = ctx["n"]
+        ctx["n"] += 1
+        row = {
+            "event_id": f"ev-{h64(cfg.seed, u['user_id'], n):016x}", "user_id": u["user_id"],
+            "device_id": ctx["device"], "session_id": ctx["session_id"], "ts": ctx["ts"], "locale": g["locale"],
+            "utterance": text, "asr_confidence": round(rng.betavariate(12, 1.5), 4),
+            "nlu_domain": domain, "nlu_intent": g["intent"], "nlu_slots": slots,
+            "nlu_confidence": round(rng.betavariate(9, 2), 4), "response_status": "success",
+            "barge_in": False, "feedback": None,
+            "dwell_ms": int(rng.lognormvariate(math.log(cfg.dwell_good_median_ms), cfg.dwell_sigma)),
+            "rewritten_from": None,
+            "nlu_model_version": cfg.nlu_versions[0 if ctx["ts"] < self.version_switch else -1],
+            "system_act": act,
+        }
+        self.log.append(row)
+        return row
 
     # ------------------------------------------------------------------ a user
     def user(self, ui, u):
         w, cfg = self.w, self.cfg
         rng = rng_for(cfg.seed, "sim", u["user_id"])
+        # a hash, not a draw: the share does not move any other random choice
+        u["acts"] = hunit(cfg.seed, "system_act", u["user_id"]) < cfg.system_act_share
         ctx = {"n": 0}
         last_end = -10**18
         sidx = 0
@@ -262,7 +317,23 @@ class _Sim:
             out = self.goal(rng, u, g, ctx)
             if k == n_goals - 1:
                 break
-            if out == "served":
+            if out == "switched":  # at once, with a re-ask's gap, to an unrelated goal
+                self._advance(ctx, rng, *cfg.retry_gap_s)
+                g = self._unrelated_goal(rng, u, g)
+                ctx["trap"] = "topic_switch"
+                self.stats["trap_topic_switch"] += 1
+            elif out == "served" and cfg.follow_up_prob and rng.random() < cfg.follow_up_prob:
+                same = [i for i in w.goals_by_intent[(g["locale"], g["intent"])]
+                        if i != g["gidx"] and w.goals[i]["frame_id"] == g["frame_id"]]
+                if same:
+                    self._advance(ctx, rng, *cfg.retry_gap_s)
+                    g = w.goals[rng.choice(same)]
+                    ctx["trap"] = "follow_up"
+                    self.stats["trap_follow_up"] += 1
+                else:
+                    self._advance(ctx, rng, *cfg.next_goal_gap_s)
+                    g = w.sample_goal(u["locale"], rng)
+            elif out == "served":
                 gap = self._advance(ctx, rng, *cfg.next_goal_gap_s)
                 nxt = None
                 if rng.random() < cfg.same_intent_next_prob:
@@ -275,14 +346,19 @@ class _Sim:
                 if rng.random() < cfg.quick_switch_prob:
                     gap = self._advance(ctx, rng, *cfg.quick_switch_gap_s)
                     self.stats["quick_switch_after_give_up"] += gap <= 60
+                    if gap <= 60 and cfg.topic_switch_prob:  # labelled only when the traps are on
+                        ctx["trap"] = "topic_switch"
                 else:
                     self._advance(ctx, rng, *cfg.next_goal_gap_s)
-                g2 = w.sample_goal(u["locale"], rng)
-                tries = 0
-                while g2["intent"] == g["intent"] and tries < 10:  # an unrelated goal
-                    g2 = w.sample_goal(u["locale"], rng)
-                    tries += 1
-                g = g2
+                g = self._unrelated_goal(rng, u, g)
+
+    def _unrelated_goal(self, rng, u, g):
+        g2 = self.w.sample_goal(u["locale"], rng)
+        tries = 0
+        while g2["intent"] == g["intent"] and tries < 10:  # an unrelated goal
+            g2 = self.w.sample_goal(u["locale"], rng)
+            tries += 1
+        return g2
 
     # ------------------------------------------------------------------ flooding user
     def flood(self, u):
@@ -330,6 +406,7 @@ class _Sim:
             "feedback": None, "dwell_ms": int(rng.lognormvariate(math.log(1500 if e is None else 9000), 0.5)),
             "rewritten_from": None,
             "nlu_model_version": cfg.nlu_versions[0 if ctx["ts"] < self.version_switch else -1],
+            "system_act": None,
         }
         self.log.append(row)
         ctx["prev_row"] = row
@@ -487,6 +564,8 @@ def run_simulation(world: World, out_dir: str) -> dict:
         "quick_switch_after_give_up": s["quick_switch_after_give_up"],
         "same_intent_next_goal": s["same_intent_next"],
         "same_intent_next_goal_within_60s": s["same_intent_next_within_60s"],
+        "traps": {"topic_switch": s["trap_topic_switch"], "follow_up": s["trap_follow_up"],
+                  "elicit": s["trap_elicit"]},
         "response_status": dict(sorted(status_counts.items())),
         "turns_per_locale": dict(sorted(per_locale.items())),
         "world": {

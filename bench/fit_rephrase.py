@@ -1,0 +1,197 @@
+"""Fit the rephrase model's logistic weights on labelled simulated pairs, and check them on
+pairs they were not fitted on: another seed with other knobs, other locales, and DSTC2.
+
+Labelled pairs: every candidate pair (two consecutive turns of a session within
+`rephrase_window_s`) of a simulated log, scored by `selflearn.sessions.enrich_turns` with
+the meaning feature of the default encoder (`rephrase.EncoderMeaning`: the same features
+the Spark path computes); the label is the simulator's truth (`rephrase_of` of the second
+turn is the first). Simulations use the traps of bench/traps.yaml (topic switches after a
+failure and follow-ups after a success at a re-ask's gap, elicitation dialogues, system
+acts on half the users).
+
+  fit        seed 1, the default locales, traps.yaml
+  seed       seed 2, other knobs (below), the default locales
+  locales    seed 3, six other MASSIVE locales, traps.yaml
+  DSTC2      the test set (selflearn.dstc2): acts mapped, and blinded (no acts, all success)
+
+The fit: L2-regularised logistic regression (scikit-learn, C=1) on rephrase.FEATURES;
+the intercept is `bias`; the threshold is the one of highest F1 on the fitting pairs.
+Every weight stays a setting (config.RephraseModel); the defaults in config.py are the
+fitted values this script prints, rounded.
+
+Run:  .venv/bin/python -m bench.fit_rephrase [--users 600] [--out bench/fit_rephrase.md]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from selflearn import dstc2
+from selflearn.config import RephraseModel, Settings
+from selflearn.embed import load_encoder
+from selflearn.rephrase import FEATURES, WEIGHTS, EncoderMeaning, pair_features
+from selflearn.sessions import enrich_turns
+from selflearn.simulate import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAPS = yaml.safe_load((ROOT / "bench" / "traps.yaml").read_text(encoding="utf-8"))
+OTHER_KNOBS = dict(TRAPS, topic_switch_prob=0.25, follow_up_prob=0.25, elicit_prob=0.15, system_act_share=0.3,
+                   abandon_prob=0.35, repeat_prob_mean=0.15, retry_gap_s=(1.0, 30.0), quick_switch_prob=0.7,
+                   same_intent_next_prob=0.5, supported_share=0.6)
+OTHER_LOCALES = ("fr-FR", "es-ES", "tr-TR", "ko-KR", "zh-CN", "sw-KE")
+DSTC2_TEST = (ROOT.parent / "shared" / "data" / "dstc2_babi_task6" / "dialog-babi-task6-dstc2-tst.txt").resolve()
+
+
+def sim_pairs(out: Path, settings: Settings, meaning, **knobs) -> pd.DataFrame:
+    """Candidate pairs of a fresh simulation with features and the truth label."""
+    simulate(str(out), **knobs)
+    log = pd.read_parquet(out / "log")
+    truth = pd.read_parquet(out / "truth.parquet")
+    log = log[log["event_id"].isin(truth["event_id"])].drop_duplicates("event_id")  # malformed rows out
+    log["order"] = np.arange(len(log), dtype=np.int64)
+    e = enrich_turns(log, settings, meaning=meaning)
+    pairs = e[e["pair_score"].notna()].copy()
+    t = truth.set_index("event_id")
+    pairs["label"] = pairs["next_event_id"].map(t["rephrase_of"]).eq(pairs["event_id"]).to_numpy()
+    pairs["trap"] = pairs["next_event_id"].map(t["trap"]).to_numpy()
+    return pairs
+
+
+def dstc2_pairs(settings: Settings, meaning, blinded: bool) -> pd.DataFrame:
+    with tempfile.TemporaryDirectory() as tmp:
+        c = dstc2.convert(DSTC2_TEST, tmp, blinded=blinded)
+        log = pd.read_parquet(c["log"])
+        labels = pd.read_parquet(c["labels"])
+    log["order"] = np.arange(len(log), dtype=np.int64)
+    e = enrich_turns(log, settings, meaning=meaning)
+    m = labels.merge(e, left_on="first_event_id", right_on="event_id", how="left", validate="one_to_one")
+    m["label"] = m["is_reask"].astype(bool)
+    m["trap"] = None
+    return m
+
+
+def features(pairs: pd.DataFrame, settings: Settings) -> np.ndarray:
+    return pair_features(pairs["similarity"].fillna(0.0), pairs["gap_s"].fillna(settings.rephrase_window_s),
+                         pairs["defect_prob"], pairs["meaning_z"].to_numpy(dtype=np.float64),
+                         pairs["system_act"].to_numpy(dtype=object), settings.rephrase_window_s,
+                         settings.rephrase_model, pairs["own_defect_prob"].to_numpy(dtype=np.float64))
+
+
+def predict(pairs: pd.DataFrame, settings: Settings) -> np.ndarray:
+    m = settings.rephrase_model
+    logit = m.bias + features(pairs, settings) @ np.array([getattr(m, w) for w in WEIGHTS])
+    return 1.0 / (1.0 + np.exp(-logit)) >= m.threshold
+
+
+def prf(pred, truth) -> dict:
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    tp, fp, fn = int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    return dict(pairs=len(pred), positives=int(truth.sum()), tp=tp, fp=fp, fn=fn, precision=p, recall=r,
+                f1=2 * p * r / (p + r) if p + r else 0.0)
+
+
+def fit(pairs: pd.DataFrame, settings: Settings) -> RephraseModel:
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = features(pairs, settings), pairs["label"].to_numpy(bool)
+    lr = LogisticRegression(C=1.0, max_iter=5000).fit(x, y)
+    w = dict(zip(WEIGHTS, (round(float(v), 2) for v in lr.coef_[0])))
+    model = dataclasses.replace(settings.rephrase_model, bias=round(float(lr.intercept_[0]), 2), **w)
+    logit = model.bias + x @ np.array([getattr(model, k) for k in WEIGHTS])
+    score = 1.0 / (1.0 + np.exp(-logit))
+    best = max((prf(score >= t, y)["f1"], -abs(t - 0.5), t) for t in np.arange(0.20, 0.91, 0.05))
+    return dataclasses.replace(model, threshold=round(float(best[2]), 2))
+
+
+def report(name: str, pairs: pd.DataFrame, settings: Settings) -> dict:
+    pred = predict(pairs, settings)
+    row = {"set": name, **prf(pred, pairs["label"])}
+    for trap in ("topic_switch", "follow_up", "elicit"):
+        sel = (pairs["trap"] == trap).to_numpy() & ~pairs["label"].to_numpy(bool)
+        row[f"fpr_{trap}"] = float(pred[sel].mean()) if sel.any() else None
+    per_loc = {loc: prf(pred[(pairs["locale"] == loc).to_numpy()], pairs.loc[pairs["locale"] == loc, "label"])["f1"]
+               for loc in sorted(pairs["locale"].dropna().unique())}
+    row["min_locale_f1"] = min(per_loc.values()) if per_loc else None
+    row["per_locale_f1"] = per_loc
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--users", type=int, default=600)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "fit_rephrase.md"))
+    ap.add_argument("--cache", default="", help="folder keeping the scored pairs of each set (refits skip scoring)")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    base = Settings()
+    encoder = load_encoder(base)
+    hand = dataclasses.replace(base, rephrase_model=RephraseModel(
+        bias=-3.5, w_similarity=2.5, w_defect=5.0, w_sim_defect=6.0, w_gap=-10.0, w_meaning=0.0, w_unrelated=0.0,
+        w_reprompt=0.0, w_elicit=0.0, w_confirm=0.0, threshold=0.5))
+    sets = {}
+    cache = Path(args.cache) if args.cache else None
+
+    def cached(name: str, make) -> pd.DataFrame:
+        f = cache / f"{name}-{args.users}.parquet" if cache else None
+        if f is not None and f.is_file():
+            return pd.read_parquet(f)
+        pairs = make()
+        if f is not None:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            pairs.drop(columns=[c for c in ("nlu_slots",) if c in pairs.columns]).to_parquet(f)
+        return pairs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # One EncoderMeaning per set: each z-scores against its own keys, as a run does.
+        sets["fit (seed 1)"] = cached("fit", lambda: sim_pairs(tmp / "fit", base, EncoderMeaning(encoder),
+                                                                users=args.users, seed=1, **TRAPS))
+        sets["seed 2, other knobs"] = cached("seed", lambda: sim_pairs(tmp / "seed", base, EncoderMeaning(encoder),
+                                                                        users=args.users, seed=2, **OTHER_KNOBS))
+        sets["other locales (seed 3)"] = cached("loc", lambda: sim_pairs(
+            tmp / "loc", base, EncoderMeaning(encoder), users=args.users, seed=3, locales=list(OTHER_LOCALES), **TRAPS))
+    sets["DSTC2 test, acts"] = cached("dstc2", lambda: dstc2_pairs(base, EncoderMeaning(encoder), blinded=False))
+    sets["DSTC2 test, blinded"] = cached("dstc2b", lambda: dstc2_pairs(base, EncoderMeaning(encoder), blinded=True))
+    fitted = fit(sets["fit (seed 1)"], base)
+    fitted_settings = dataclasses.replace(base, rephrase_model=fitted)
+    rows = []
+    for label, s in (("hand-set (before)", hand), ("defaults", base), ("fitted", fitted_settings)):
+        for name, pairs in sets.items():
+            rows.append({"weights": label, **report(name, pairs, s)})
+    took = time.perf_counter() - t0
+
+    lines = ["# Rephrase weights: fitted on simulated pairs, checked on held-out data", "",
+             f"Command: `.venv/bin/python -m bench.fit_rephrase --users {args.users}`  ",
+             f"Date: {dt.date.today().isoformat()}; {took:.0f} s; encoder: {base.embedding_model} ({base.embedding_backend})",
+             "", "Fitted (config.RephraseModel):", "", "```yaml", "rephrase_model:"]
+    for k in ("bias", *WEIGHTS, "threshold"):
+        lines.append(f"  {k}: {getattr(fitted, k)}")
+    lines += ["```", "", f"Features: {', '.join(FEATURES)}.", "",
+              "| weights | set | pairs | positives | P | R | F1 | min locale F1 | FPR topic switch | FPR follow-up | FPR elicit |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    f3 = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for r in rows:
+        lines.append(f"| {r['weights']} | {r['set']} | {r['pairs']} | {r['positives']} | {f3(r['precision'])} | "
+                     f"{f3(r['recall'])} | {f3(r['f1'])} | {f3(r['min_locale_f1'])} | {f3(r['fpr_topic_switch'])} | "
+                     f"{f3(r['fpr_follow_up'])} | {f3(r['fpr_elicit'])} |")
+    lines += ["", "Per-locale F1 (fitted weights):", ""]
+    for r in rows:
+        if r["weights"] == "fitted" and not r["set"].startswith("DSTC2"):
+            lines.append(f"- {r['set']}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["per_locale_f1"].items()))
+    lines.append("")
+    Path(args.out).write_text("\n".join(lines), encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

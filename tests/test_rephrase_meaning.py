@@ -1,0 +1,103 @@
+"""Rephrase scoring with meaning and system acts (issue 15), in plain pandas with the real
+default encoder, on turns built from real MASSIVE utterances:
+- a fast unrelated request after a failure is not a rephrase (the meaning veto);
+- an answer to the system's `elicit` is not a rephrase;
+- a re-ask in other words after a `reprompt` is one (the veto keeps its recall)."""
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from selflearn.config import Settings
+from selflearn.rephrase import EncoderMeaning, meaning_baseline, meaning_z, pair_similarity
+from selflearn.sessions import enrich_turns
+from selflearn.text import normalize_text
+from test_sessions import by_time_value, frame, turn
+
+
+@pytest.fixture(scope="module")
+def meaning(massive):
+    """The default encoder, z-scored against 300 real en-US MASSIVE keys (as a run does
+    with its own keys)."""
+    from selflearn.embed import load_encoder
+
+    enc = load_encoder(Settings())
+    keys = sorted({normalize_text(r["utt"]) for r in massive("en-US", 300)})
+    base = meaning_baseline(pd.DataFrame({"locale": "en-US", "text": keys, "vector": list(enc.encode(keys))}))
+    return EncoderMeaning(enc, baseline=base)
+
+
+def test_baseline_is_the_encoders_chance_level(meaning):
+    b = meaning.baseline.set_index("locale")
+    # MiniLM puts unrelated English requests near 0.1: far below paraphrases
+    assert -0.1 < b.loc["en-US", "mean"] < 0.3 and 0.02 < b.loc["en-US", "std"] < 0.25
+    z = meaning_z(["en-US", "fr-FR"], [b.loc["en-US", "mean"], 0.5], meaning.baseline)
+    assert z[0] == pytest.approx(0.0) and np.isnan(z[1])  # no baseline for the locale: no feature
+
+
+def _unrelated_pair(massive):
+    """A failing alarm request then, at once, an unrelated real request sharing no words."""
+    recs = massive("en-US")
+    alarm = next(r["utt"] for r in recs if r["intent"] == "alarm_set")
+    other = next(r["utt"] for r in recs if r["intent"] == "social_post"
+                 and pair_similarity(normalize_text(alarm), normalize_text(r["utt"])) < 0.3)
+    return alarm, other
+
+
+def test_fast_unrelated_request_after_a_failure_is_not_a_rephrase(massive, meaning):
+    alarm, other = _unrelated_pair(massive)
+    df = frame([turn("a", alarm, 0, status="unhandled", dwell_ms=500, barge_in=True), turn("b", other, 3)])
+    lexical_only = enrich_turns(df, Settings()).set_index("event_id")
+    out = enrich_turns(df, Settings(), meaning=meaning).set_index("event_id")
+    # form and timing alone say rephrase: a failure, 3 s, and the same short-request shape
+    assert lexical_only.loc["a", "is_rephrase"], lexical_only.loc["a", "pair_score"]
+    assert out.loc["a", "meaning_z"] < 1.0
+    assert not out.loc["a", "is_rephrase"], (alarm, other, out.loc["a", "pair_score"])
+
+
+def test_reask_in_other_words_after_reprompt_is_a_rephrase(massive, meaning):
+    groups = by_time_value(massive)
+    # two real phrasings of one alarm request sharing few words: the veto must not fire
+    first, second = next(
+        (a, b) for v, utts in sorted(groups.items()) for a in sorted(set(utts)) for b in sorted(set(utts))
+        if a < b and pair_similarity(normalize_text(a), normalize_text(b)) < 0.5)
+    df = frame([turn("a", first, 0, status="unhandled", dwell_ms=900, system_act="reprompt"),
+                turn("b", second, 40)])
+    out = enrich_turns(df, Settings(), meaning=meaning).set_index("event_id")
+    assert out.loc["a", "meaning_z"] > 1.0
+    assert out.loc["a", "is_rephrase"], (first, second, out.loc["a", "pair_score"])
+    # the act is what carries a slow re-ask (40 s) over the threshold
+    no_act = enrich_turns(df.assign(system_act=None), Settings(), meaning=meaning).set_index("event_id")
+    assert no_act.loc["a", "pair_score"] < out.loc["a", "pair_score"]
+
+
+def test_answer_to_elicit_is_not_a_rephrase(massive, meaning):
+    """"wake me up" -> (system: at what time?) -> "wake me up at five am": similar words, 3 s
+    later; after `elicit` it answers the question."""
+    groups = by_time_value(massive)
+    full = next(u for v, utts in sorted(groups.items()) for u in sorted(utts)
+                if normalize_text(u).startswith("wake me up ") and len(u.split()) <= 7)
+    bare = "wake me up"
+    # the system's question plays briefly (short dwell) and the answer comes at once
+    rows = [turn("a", bare, 0, nlu_intent="alarm_set", nlu_domain="alarm", dwell_ms=1500), turn("b", full, 3)]
+    plain = enrich_turns(frame(rows), Settings(), meaning=meaning).set_index("event_id")
+    assert plain.loc["a", "is_rephrase"], (bare, full, plain.loc["a", "pair_score"])  # without the act
+    rows[0]["system_act"] = "elicit"
+    out = enrich_turns(frame(rows), Settings(), meaning=meaning).set_index("event_id")
+    assert not out.loc["a", "is_rephrase"], (bare, full, out.loc["a", "pair_score"])
+    assert out.loc["a", "defect_prob"] < 0.1  # asking for a missing piece is no failure
+
+
+def test_unknown_act_and_no_vectors_change_nothing(massive):
+    groups = by_time_value(massive)
+    value, utts = next((v, u) for v, u in sorted(groups.items()) if len(set(u)) >= 2)
+    a, b = sorted(set(utts))[:2]
+    rows = [turn("a", a, 0, status="unhandled", dwell_ms=800), turn("b", b, 6)]
+    before = enrich_turns(frame(rows), Settings())
+    rows[0]["system_act"] = None
+    after = enrich_turns(frame(rows), Settings())
+    assert before["pair_score"].equals(after["pair_score"])
+    # without any meaning weight the score is the lexical model's
+    s = Settings(rephrase_model=dataclasses.replace(Settings().rephrase_model, w_meaning=0.0, w_unrelated=0.0))
+    assert enrich_turns(frame(rows), s)["pair_score"].equals(before["pair_score"])
