@@ -83,6 +83,7 @@ class Settings:
     embedding_batch_size: int = 256
     embedding_device: str = "auto"  # auto: cuda when present, else cpu
     embedding_models_dir: str = ""  # ONNX exports; empty: $SELFLEARN_MODELS_DIR or ~/.cache/selflearn/models
+    embedding_progress_s: float = 30.0  # log keys encoded, rate and ETA this often while embedding; 0: off
     # --- paraphrase mining ---
     knn_k: int = 10
     paraphrase_min_cosine: float = 0.80
