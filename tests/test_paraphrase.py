@@ -12,7 +12,7 @@ import pytest
 
 from conftest import massive_records
 from selflearn import paraphrase as P
-from selflearn.embed import load_encoder
+from selflearn.embed import load_encoder, paraphrase_min_cosine
 from selflearn.schema import required_fields
 from selflearn.text import normalize_text
 
@@ -110,7 +110,7 @@ def test_clusters_respect_slot_values(settings, alarm):
     idx = {t: i for i, t in enumerate(keys["text"])}
     five, six, nine = "set an alarm for five am", "set an alarm for six am", "set an alarm for nine am"
     for a, b in [(five, six), (five, nine), (six, nine)]:
-        assert float(x[idx[a]] @ x[idx[b]]) >= settings.paraphrase_min_cosine
+        assert float(x[idx[a]] @ x[idx[b]]) >= paraphrase_min_cosine(settings, "en-US")
         assert cluster_of.get(a) is None or cluster_of.get(a) != cluster_of.get(b)
     # same-value paraphrases do merge
     assert cluster_of[six] == cluster_of["set my alarm for six am"] == cluster_of["create an alarm for six am"]
