@@ -11,7 +11,7 @@ import pyarrow as pa
 
 TABLES = (
     "log", "truth", "turns", "rephrase_pairs", "rewrites", "training",
-    "paraphrase_clusters", "quarantine",
+    "paraphrase_clusters", "quarantine", "rewrite_patterns",
 )
 
 REASON_CODES = (

@@ -322,7 +322,8 @@ def rewrites_step(candidates_pdf: pd.DataFrame, settings: Settings) -> tuple[pd.
     return decided, published_rewrites(decided)
 
 
-def labels_step(rewrites_pdf: pd.DataFrame, clusters_pdf: pd.DataFrame, key_stats: DataFrame, settings: Settings) -> pd.DataFrame:
+def labels_step(rewrites_pdf: pd.DataFrame, clusters_pdf: pd.DataFrame, key_stats: DataFrame, settings: Settings,
+                pattern_rows: pd.DataFrame | None = None) -> pd.DataFrame:
     """Weak labels; reads only the key statistics of keys named by rewrites/clusters."""
     needed = pd.concat([
         rewrites_pdf[["locale", "target"]].rename(columns={"target": "text"}),
@@ -339,4 +340,78 @@ def labels_step(rewrites_pdf: pd.DataFrame, clusters_pdf: pd.DataFrame, key_stat
     interp = stats[stats["intent"].notna()][["locale", "text", "intent", "domain", "slots_json"]]
     rw = rewrite_labels(rewrites_pdf, interp)
     pp = paraphrase_labels(clusters_pdf, stats[["locale", "text", "defect_rate"]], interp, settings)
-    return drop_controlled(training_rows(rw, pp, settings.dev_share), settings, load_controls(settings.controls_file))
+    return drop_controlled(training_rows(rw, pp, settings.dev_share, pattern_rows), settings, load_controls(settings.controls_file))
+
+
+# --- pattern rewrites (selflearn.patterns) -------------------------------------------
+
+PATTERN_PAIRS = pa.schema([
+    ("locale", pa.string()), ("source", pa.string()), ("target", pa.string()), ("user_id", pa.string()),
+    ("session", pa.string()), ("values", pa.string()), ("target_intent", pa.string()), ("target_domain", pa.string()),
+    ("source_intent", pa.string()), ("source_domain", pa.string()),
+])
+PATTERN_CANDIDATES = pa.schema([
+    ("locale", pa.string()), ("source", pa.string()), ("target", pa.string()), ("n_users", pa.int64()),
+    ("n_sessions", pa.int64()), ("n_values", pa.int64()), ("source_users", pa.int64()), ("share", pa.float64()),
+    ("source_defect_rate", pa.float64()), ("source_n_users", pa.float64()), ("source_working_share", pa.float64()),
+    ("source_n_keys", pa.int64()), ("target_success_rate", pa.float64()), ("target_n_users", pa.float64()),
+    ("confidence", pa.float64()), ("target_intent", pa.string()), ("target_domain", pa.string()),
+    ("intent_agreement", pa.float64()), ("source_intent", pa.string()), ("source_domain", pa.string()),
+    ("evidence", pa.string()),
+])
+
+
+def pattern_candidates_step(reach: DataFrame, key_stats: DataFrame, settings: Settings) -> pd.DataFrame:
+    """Pattern candidates with their statistics (patterns.pattern_candidates), one
+    applyInPandas group per locale: the locale's pattern pairs and its key statistics
+    (every key a source or target pattern may match). Small: to the driver as pandas."""
+    from .patterns import pattern_candidates, pattern_pairs
+
+    thr = settings.min_source_defect_rate
+    failing = key_stats.where(F.col("defect_rate") >= thr).select(
+        "locale", F.col("text").alias("source"), F.col("intent").alias("source_intent"), F.col("domain").alias("source_domain"))
+    served = key_stats.where((F.col("defect_rate") < thr) & F.col("intent").isNotNull()).select(
+        "locale", F.col("text").alias("target"), F.col("intent").alias("target_intent"),
+        F.col("domain").alias("target_domain"), F.col("slots_json").alias("target_slots_json"))
+    pairs = reach.join(failing, ["locale", "source"]).join(served, ["locale", "target"])
+
+    def delex(batches):
+        for pdf in batches:
+            yield pattern_pairs(pdf)
+
+    ppairs = pairs.mapInPandas(delex, from_arrow_schema(PATTERN_PAIRS))
+    keys = key_stats.select("locale", "text", "n_users", "defect_rate")
+
+    def apply(pairs_pdf: pd.DataFrame, keys_pdf: pd.DataFrame) -> pd.DataFrame:
+        if pairs_pdf.empty:
+            return pd.DataFrame(columns=PATTERN_CANDIDATES.names)
+        keys_pdf = keys_pdf.sort_values("text", kind="mergesort")
+        out = pattern_candidates(pairs_pdf, keys_pdf, settings)
+        for col in ("n_users", "n_sessions", "n_values", "source_users", "source_n_keys"):
+            out[col] = out[col].astype("int64")
+        return out[PATTERN_CANDIDATES.names]
+
+    cands = ppairs.groupBy("locale").cogroup(keys.groupBy("locale")).applyInPandas(apply, from_arrow_schema(PATTERN_CANDIDATES))
+    return cands.toPandas().sort_values(["locale", "source", "target"], kind="mergesort").reset_index(drop=True)
+
+
+def served_values_step(enriched: DataFrame, settings: Settings) -> pd.DataFrame:
+    """(locale, name, value, n_users): slot values (as text keys) at least min_users
+    distinct users were served with in that slot, for pattern labels."""
+    from .text import normalize_text
+
+    good = _organic(enriched).where(
+        (F.col("response_status") == "success") & (F.col("defect_prob") < 0.5) & F.col("nlu_intent").isNotNull())
+    slots = good.select("locale", "user_id", F.explode("nlu_slots").alias("s")).select(
+        "locale", "user_id", F.col("s.name").alias("name"), F.col("s.value").alias("value")).distinct()
+
+    def norm(batches):
+        for pdf in batches:
+            pdf = pdf.copy()
+            pdf["value"] = [normalize_text(str(v)) for v in pdf["value"]]
+            yield pdf[pdf["value"] != ""]
+
+    normed = slots.mapInPandas(norm, "locale string, user_id string, name string, value string")
+    counted = normed.groupBy("locale", "name", "value").agg(F.countDistinct("user_id").alias("n_users")).where(
+        F.col("n_users") >= settings.min_users)
+    return counted.toPandas().sort_values(["locale", "name", "value"], kind="mergesort").reset_index(drop=True)
