@@ -194,3 +194,14 @@ def test_pattern_labels_use_only_values_min_users_were_served_with():
     assert set(rows["label_source"]) == {"pattern"} and set(rows["intent"]) == {"alarm_set"}
     assert rows.iloc[0]["slots"] == [{"name": "time", "value": "noon"}]
     assert (rows["weight"] == emitted.iloc[0]["confidence"]).all()
+
+
+def test_controls_file_names_patterns_with_placeholders(tmp_path):
+    from selflearn.controls import load_controls
+
+    f = tmp_path / "controls.yaml"
+    f.write_text('block:\n  - {locale: en-US, source: "Wake me up at {time}, please!"}\n', encoding="utf-8")
+    c = load_controls(f)
+    assert list(c.blocks["source"]) == ["wake me up at {time} please"]
+    decided = _decide(_pairs(VALUES[:4], ["u1", "u2", "u3", "u4"]), _keys(VALUES[:4], VALUES), controls=c)
+    assert set(decided["decision"]) == {"blocked"}
