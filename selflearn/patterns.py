@@ -18,7 +18,8 @@ published pattern only if (rules in order, the first failed one is kept for the 
      match every key);
   `too_few_values`: n_values >= 2 distinct slot-value tuples (one value is an exact rewrite);
   `too_few_users`: n_users >= min_users distinct users over all its values;
-  `outvoted`: another target of the same source has more users (one pattern per source);
+  `outvoted`: another target of the same source has more users, or as many and more of
+     its own (one pattern per source);
   `matches_working`: among the users of every logged key the source matches (with the
      contract's own regular expression, selflearn.rewrite_apply), the share on keys that
      work (defect rate below min_source_defect_rate) is at most pattern_max_working_share:
@@ -35,8 +36,11 @@ published pattern only if (rules in order, the first failed one is kept for the 
 A pin skips the statistical rules (matches_working .. target_disagrees), never the
 privacy rules (literal text, values, users).
 
-confidence = (users of source -> target) / (users of source -> any pattern target)
-             x target_success_rate.
+n_users, n_values and n_sessions of a candidate count every pattern pair from its source
+to a target phrasing served with the target's intent (the class the users reached; the
+values are variables); the class's most chosen phrasing is the published target.
+confidence = (users of source -> the target's class) / (users of source -> any pattern
+target) x target_success_rate.
 
 Everything here is plain pandas over one locale's (or many locales') rows; Spark only
 places the data (selflearn.steps.patterns_step).
@@ -184,7 +188,7 @@ def pattern_candidates(ppairs: pd.DataFrame, keys: pd.DataFrame, settings: Setti
 
     `ppairs`: pattern_pairs rows; `keys`: the locale's key statistics (text, n_users,
     defect_rate). Stable order."""
-    cols = ["locale", "source", "target", "n_users", "n_sessions", "n_values", "source_users", "share",
+    cols = ["locale", "source", "target", "n_users", "n_sessions", "n_values", "target_users", "source_users", "share",
             "source_defect_rate", "source_n_users", "source_working_share", "source_n_keys",
             "target_success_rate", "target_n_users", "confidence", "target_intent", "target_domain",
             "intent_agreement", "source_intent", "source_domain", "evidence"]
@@ -202,6 +206,17 @@ def pattern_candidates(ppairs: pd.DataFrame, keys: pd.DataFrame, settings: Setti
     agree["ok"] = agree["target_intent"] == agree["target_intent_mode"]
     c = c.merge(agree.groupby(["locale", "source", "target"])["ok"].mean().rename("intent_agreement").reset_index(),
                 on=["locale", "source", "target"])
+    # Users stand behind the source's pattern when they went to any target phrasing served
+    # with the same intent (the values are variables, so the intent is the target's
+    # class, as an exact rewrite pools over its target's interpretation class); the
+    # published target is the class's phrasing most of them chose (rule `outvoted`).
+    c = c.rename(columns={"n_users": "target_users"})
+    pooled = ppairs.dropna(subset=["target_intent"]).groupby(["locale", "source", "target_intent"]).agg(
+        n_users=("user_id", "nunique"), n_values=("values", "nunique")).reset_index()
+    sessions = ppairs.dropna(subset=["target_intent"]).drop_duplicates(["locale", "source", "target_intent", "user_id", "session"])
+    pooled["n_sessions"] = sessions.groupby(["locale", "source", "target_intent"]).size().to_numpy()
+    c = c.drop(columns=["n_values", "n_sessions"]).merge(pooled, on=["locale", "source", "target_intent"], how="left")
+    c[["n_users", "n_values", "n_sessions"]] = c[["n_users", "n_values", "n_sessions"]].fillna(0).astype("int64")
     src_users = ppairs.groupby(["locale", "source"])["user_id"].nunique().rename("source_users").reset_index()
     c = c.merge(src_users, on=["locale", "source"])
     c["share"] = c["n_users"] / c["source_users"]
@@ -235,8 +250,8 @@ def select_patterns(candidates: pd.DataFrame, settings: Settings, controls: Cont
                                     settings.significance_z)
     pinned, pinned_elsewhere = controls.pinned(c["locale"], c["source"], c["target"])
     # One target per source: the most users, then values, then the smaller target.
-    best = c.sort_values(["locale", "source", "n_users", "n_values", "target"],
-                         ascending=[True, True, False, False, True], kind="mergesort").drop_duplicates(["locale", "source"])
+    best = c.sort_values(["locale", "source", "n_users", "target_users", "n_values", "target"],
+                         ascending=[True, True, False, False, False, True], kind="mergesort").drop_duplicates(["locale", "source"])
     outvoted = ~c.index.isin(best.index)
     idx = c.index
     operator_rules = [

@@ -352,7 +352,8 @@ PATTERN_PAIRS = pa.schema([
 ])
 PATTERN_CANDIDATES = pa.schema([
     ("locale", pa.string()), ("source", pa.string()), ("target", pa.string()), ("n_users", pa.int64()),
-    ("n_sessions", pa.int64()), ("n_values", pa.int64()), ("source_users", pa.int64()), ("share", pa.float64()),
+    ("n_sessions", pa.int64()), ("n_values", pa.int64()), ("target_users", pa.int64()), ("source_users", pa.int64()),
+    ("share", pa.float64()),
     ("source_defect_rate", pa.float64()), ("source_n_users", pa.float64()), ("source_working_share", pa.float64()),
     ("source_n_keys", pa.int64()), ("target_success_rate", pa.float64()), ("target_n_users", pa.float64()),
     ("confidence", pa.float64()), ("target_intent", pa.string()), ("target_domain", pa.string()),
@@ -387,7 +388,7 @@ def pattern_candidates_step(reach: DataFrame, key_stats: DataFrame, settings: Se
             return pd.DataFrame(columns=PATTERN_CANDIDATES.names)
         keys_pdf = keys_pdf.sort_values("text", kind="mergesort")
         out = pattern_candidates(pairs_pdf, keys_pdf, settings)
-        for col in ("n_users", "n_sessions", "n_values", "source_users", "source_n_keys"):
+        for col in ("n_users", "n_sessions", "n_values", "target_users", "source_users", "source_n_keys"):
             out[col] = out[col].astype("int64")
         return out[PATTERN_CANDIDATES.names]
 

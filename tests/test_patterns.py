@@ -166,9 +166,9 @@ def test_outvoted_and_target_disagrees():
     b = _pairs(VALUES[:3], ["u5", "u6", "u7"], tgt="alarm at {v}")
     decided = _decide(pd.concat([a, b]), _keys(VALUES[:4], VALUES, [(f"alarm at {v}", 3, 0.05) for v in VALUES]))
     assert dict(zip(decided["target"], decided["decision"])) == {"set an alarm for {time}": "emit", "alarm at {time}": "outvoted"}
-    mixed = _pairs(VALUES[:4], ["u1", "u2", "u3", "u4"])
-    mixed.loc[:1, "target_intent"] = "alarm_query"  # half the target keys were served as another intent
-    assert set(_decide(mixed, _keys(VALUES[:4], VALUES))["decision"]) == {"target_disagrees"}
+    mixed = _pairs(VALUES[:6], ["u1", "u2", "u3", "u4", "u5", "u6"])
+    mixed.loc[:1, "target_intent"] = "alarm_query"  # a third of the target keys were served as another intent
+    assert set(_decide(mixed, _keys(VALUES[:6], VALUES))["decision"]) == {"target_disagrees"}
 
 
 def test_operator_controls_apply_to_patterns():
@@ -205,3 +205,19 @@ def test_controls_file_names_patterns_with_placeholders(tmp_path):
     assert list(c.blocks["source"]) == ["wake me up at {time} please"]
     decided = _decide(_pairs(VALUES[:4], ["u1", "u2", "u3", "u4"]), _keys(VALUES[:4], VALUES), controls=c)
     assert set(decided["decision"]) == {"blocked"}
+
+
+def test_users_pool_over_target_phrasings_of_one_intent():
+    """Two users went to one understood phrasing, two to another of the same intent: four
+    users stand behind the source (as an exact rewrite pools over its target's class);
+    the phrasing most of them chose is the target."""
+    a = _pairs(VALUES[:2], ["u1", "u2"])
+    b = _pairs(VALUES[2:4], ["u3", "u4"], tgt="alarm at {v}")
+    b.loc[1, "user_id"] = "u3"  # one user said two values: still one vote
+    keys = _keys(VALUES[:4], VALUES, [(f"alarm at {v}", 3, 0.05) for v in VALUES])
+    decided = _decide(pd.concat([a, b]), keys)
+    assert dict(zip(decided["target"], decided["decision"])) == {"alarm at {time}": "outvoted", "set an alarm for {time}": "emit"}
+    assert set(decided["n_users"]) == {3} and set(decided["n_values"]) == {4}
+    # another intent's users are no votes for this one
+    b["target_intent"] = "alarm_query"
+    assert set(_decide(pd.concat([a, b]), keys)["decision"]) == {"too_few_users"}
