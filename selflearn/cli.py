@@ -88,7 +88,7 @@ def cmd_simulate(args) -> int:
         kwargs["locales"] = [x.strip() for x in args.locales.split(",") if x.strip()]
     if args.seed is not None:
         kwargs["seed"] = args.seed
-    _progress_logging()
+    progress_logging()
     from .runner import heartbeat
 
     with heartbeat("simulate", 25.0, logging.getLogger("selflearn").info):  # building the world, writing files
@@ -126,7 +126,7 @@ def cmd_serve(args) -> int:
     settings = load_settings(args.config)
     if not Path(args.output).is_dir():
         raise FileNotFoundError(f"no such ROOT: {args.output}")
-    _progress_logging()
+    progress_logging()
     server = make_server(args.output, host=args.host, port=args.port, poll_s=settings.serve_poll_s)
     rewriter = server.config.app.state.rewriter
     if rewriter.current is None:  # healthz answers 503 until LATEST names a loadable run

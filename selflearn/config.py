@@ -53,6 +53,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "gate_max_evidence_drop": (0.0, 1.0),
     "serve_poll_s": (0.05, 3600.0),
     "embedding_progress_s": (0.0, 86400.0),
+    "pattern_max_working_share": (0.0, 1.0),
+    "pattern_label_rows": (0, 100_000),
     "export_min_weight": (0.0, 1.0),
     "spark_shuffle_partitions": (1, 100_000),
     "defect_model.short_dwell_ms": (0, 10**9),
@@ -198,6 +200,10 @@ class Settings:
     paraphrase_evidence_weight: float = 0.5
     served_min_turns: int = 5  # served turns needed before a rewrite can be retracted
     served_max_defect_rate: float = 0.5
+    # --- pattern rewrites (rewrite_patterns/, selflearn.patterns) ---
+    patterns_enabled: bool = True  # mine rewrite_patterns/; off: the table is published empty
+    pattern_max_working_share: float = 0.05  # most users a pattern source may match on keys that work (0..1)
+    pattern_label_rows: int = 5  # training rows per pattern, filled with values >= min_users users were served with
     # --- incremental runs (docs/incremental.md) ---
     evidence_window_days: int = 28  # days of evidence kept, back from the newest day in state; 0 keeps all
     # --- weak labels ---

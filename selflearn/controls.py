@@ -22,6 +22,10 @@ and blocks still win over a pin, and a pin adds no row the logs do not support (
 contract's `evidence` stays what the graph found). Another target proposed for a pinned
 source is rejected (rule `pinned_elsewhere`). Pins the run found no candidate for are
 counted in the manifest (`rewrites.pins_unmatched`).
+
+The same entries apply to pattern rewrites (`rewrite_patterns/`): write the source (and
+target) as a pattern with `{slot_name}` placeholders, e.g.
+`{locale: en-US, source: "wake me up at {time} please"}`.
 """
 from __future__ import annotations
 
@@ -77,7 +81,17 @@ def _entry(raw, where: str, action: str) -> tuple[str, str, str | None]:
         raise ConfigError(f"controls: {where}: target must be text")
     if action == "pin" and target is None:
         raise ConfigError(f"controls: {where}: a pin needs a target")
-    return locale.strip(), normalize_text(source), (normalize_text(target) if target is not None else None)
+    return locale.strip(), _key(source), (_key(target) if target is not None else None)
+
+
+def _key(text: str) -> str:
+    """The text key of an entry; a pattern rewrite's source or target keeps its `{name}`
+    placeholders (selflearn.patterns.normalize_template)."""
+    if "{" in text:
+        from .patterns import normalize_template
+
+        return normalize_template(text)
+    return normalize_text(text)
 
 
 def load_controls(path: str | Path | None) -> Controls:

@@ -160,33 +160,57 @@ def rewrite_metrics(rewrites: pd.DataFrame, goals: pd.DataFrame, world) -> dict:
     return out
 
 
-def replay_metrics(rewrites: pd.DataFrame, world, n: int = FRESH_REQUESTS, seed: int = 12345) -> dict:
-    table = {(r.locale, r.source): r.target for r in rewrites.itertuples(index=False)}
+def replay_metrics(rewrites: pd.DataFrame, world, n: int = FRESH_REQUESTS, seed: int = 12345,
+                   patterns: pd.DataFrame | None = None) -> dict:
+    """Fresh requests through the published rewrites as a runtime applies them (contract
+    4.1, selflearn.rewrite_apply: exact first, then the most specific pattern). Wins,
+    losses and defect reduction overall, per kind (`exact`, `pattern`) and per locale;
+    pattern precision is the share of pattern applications that served the user's goal."""
+    from .rewrite_apply import RewriteIndex
+
+    index = RewriteIndex.from_frames(rewrites, patterns)
     fresh = world.fresh_traffic(n, seed=seed)
+    unseen = fresh["unseen_goal"] if "unseen_goal" in fresh else pd.Series(False, index=fresh.index)
     rows = []
-    for r in fresh.itertuples(index=False):
+    for r, new_goal in zip(fresh.itertuples(index=False), unseen):
         key = normalize_text(r.utterance)
         before = bool(world.serves(r.locale, key, r.goal_id))
-        target = table.get((r.locale, key))
-        if target is None:
-            after, acts_elsewhere = before, False
+        hit = index.lookup(r.locale, key)
+        if hit is None:
+            after, acts_elsewhere, kind = before, False, None
         else:
-            after = bool(world.serves(r.locale, target, r.goal_id))
-            acts_elsewhere = (not after) and world.interpret(r.locale, target) is not None
+            after = bool(world.serves(r.locale, hit.rewrite, r.goal_id))
+            acts_elsewhere = (not after) and world.interpret(r.locale, hit.rewrite) is not None
+            kind = hit.kind
         win = (not before) and after
-        loss = target is not None and not after and (before or acts_elsewhere)
-        rows.append((r.locale, before, after, win, loss, target is not None))
-    df = pd.DataFrame(rows, columns=["locale", "before", "after", "win", "loss", "rewritten"])
+        loss = hit is not None and not after and (before or acts_elsewhere)
+        rows.append((r.locale, before, after, win, loss, kind, bool(new_goal)))
+    df = pd.DataFrame(rows, columns=["locale", "before", "after", "win", "loss", "kind", "unseen_goal"])
 
     def summary(d: pd.DataFrame) -> dict:
         wins, losses = int(d["win"].sum()), int(d["loss"].sum())
         defects_before, defects_after = int((~d["before"]).sum()), int((~d["after"]).sum())
-        return {
-            "requests": int(len(d)), "rewritten": int(d["rewritten"].sum()), "wins": wins, "losses": losses,
+        out = {
+            "requests": int(len(d)), "rewritten": int(d["kind"].notna().sum()), "wins": wins, "losses": losses,
             "win_loss_ratio": (wins / losses) if losses else (float("inf") if wins else None),
             "defects_before": defects_before, "defects_after": defects_after,
             "relative_defect_reduction": (defects_before - defects_after) / defects_before if defects_before else None,
         }
+        for kind in ("exact", "pattern"):
+            k = d[d["kind"] == kind]
+            kw, kl = int(k["win"].sum()), int(k["loss"].sum())
+            out[kind] = {
+                "applied": int(len(k)), "wins": kw, "losses": kl,
+                "win_loss_ratio": (kw / kl) if kl else (float("inf") if kw else None),
+                # the defects of all requests this kind removed, as a share of all defects before
+                "relative_defect_reduction": (int((~k["before"]).sum()) - int((~k["after"]).sum())) / defects_before if defects_before else None,
+                "precision": float(k["after"].mean()) if len(k) else None,
+            }
+        u = d[d["unseen_goal"]]
+        ub = int((~u["before"]).sum())
+        out["unseen_goals"] = {"requests": int(len(u)), "defects_before": ub,
+                               "relative_defect_reduction": (ub - int((~u["after"]).sum())) / ub if ub else None}
+        return out
 
     return {"overall": summary(df), "per_locale": {loc: summary(g) for loc, g in df.groupby("locale", sort=True)}}
 
@@ -197,8 +221,27 @@ def _slot_set(slots) -> set:
     return {(str(s["name"]), normalize_text(str(s["value"]))) for s in slots}
 
 
-def label_metrics(training: pd.DataFrame, goals: pd.DataFrame) -> dict:
-    m = training.merge(goals[["locale", "text", "gold_intent", "gold_slots"]], on=["locale", "text"], how="inner")
+def pattern_row_goals(training: pd.DataFrame, goals: pd.DataFrame, world) -> pd.DataFrame:
+    """Gold intent and slots of `pattern` training rows whose text is not in the log (a
+    filled template): the world's phrasings (templates) that render to the text; judged
+    only where all of them mean one intent."""
+    rows = training[(training["label_source"] == "pattern")]
+    rows = rows.merge(goals[["locale", "text"]], on=["locale", "text"], how="left", indicator=True)
+    rows = rows[rows["_merge"] == "left_only"]
+    out = []
+    for loc, text in zip(rows["locale"], rows["text"]):
+        found = world.parse(loc, text) if hasattr(world, "parse") else []
+        intents = {f[0] for f in found}
+        if len(intents) == 1:
+            out.append((loc, text, found[0][0], [{"name": n, "value": v} for n, v in found[0][1]]))
+    return pd.DataFrame(out, columns=["locale", "text", "gold_intent", "gold_slots"])
+
+
+def label_metrics(training: pd.DataFrame, goals: pd.DataFrame, world=None) -> dict:
+    gold = goals[["locale", "text", "gold_intent", "gold_slots"]]
+    if world is not None and len(training) and (training["label_source"] == "pattern").any():
+        gold = pd.concat([gold, pattern_row_goals(training, goals, world)], ignore_index=True)
+    m = training.merge(gold, on=["locale", "text"], how="inner")
     if m.empty:
         return {"overall": {"rows": int(len(training)), "judged": 0, "intent_accuracy": None, "slot_f1": None}, "per_locale": {}}
 
@@ -212,7 +255,10 @@ def label_metrics(training: pd.DataFrame, goals: pd.DataFrame) -> dict:
 
     overall = summary(m)
     overall["rows"] = int(len(training))
-    return {"overall": overall, "per_locale": {loc: summary(g) for loc, g in m.groupby("locale", sort=True)}}
+    by_source = {src: {**summary(g), "rows": int((training["label_source"] == src).sum())}
+                 for src, g in m.groupby("label_source", sort=True)}
+    return {"overall": overall, "by_label_source": by_source,
+            "per_locale": {loc: summary(g) for loc, g in m.groupby("locale", sort=True)}}
 
 
 SIM_FILES = ("summary.json", "truth.parquet", "log", "world")
@@ -247,6 +293,7 @@ def evaluate(run_path: str | Path, sim_dir: str | Path) -> dict:
     pairs = _read(run_dir / "rephrase_pairs")
     rewrites = _read(run_dir / "rewrites")
     training = _read(run_dir / "training")
+    patterns = _read(run_dir / "rewrite_patterns") if (run_dir / "rewrite_patterns").exists() else None
     world = World.load(str(sim))
     goals = key_goals(log, truth)
     flood = [(loc, normalize_text(a), normalize_text(b)) for loc, a, b in world.flood_pairs()]
@@ -259,8 +306,9 @@ def evaluate(run_path: str | Path, sim_dir: str | Path) -> dict:
         "defect": defect_metrics(turns, truth, log),
         "quarantine": quarantine_metrics(root, run_dir, manifest, summary),
         "rewrites": rewrite_metrics(rewrites, goals, world),
-        "replay": replay_metrics(rewrites, world),
-        "weak_labels": label_metrics(training, goals),
+        "patterns": {"patterns": 0 if patterns is None else int(len(patterns))},
+        "replay": replay_metrics(rewrites, world, patterns=patterns),
+        "weak_labels": label_metrics(training, goals, world),
         "flood": {"pairs": [list(f) for f in flood], "emitted": any(f in emitted for f in flood),
                   "source_rewritten": any((f[0], f[1]) in sources for f in flood)},
     }
@@ -289,15 +337,26 @@ def render(result: dict) -> str:
     rw, rp, wl = result["rewrites"]["overall"], result["replay"]["overall"], result["weak_labels"]["overall"]
     lines.append(f"rewrites  n={rw['rewrites']} precision={_fmt(rw['precision'])}")
     lines.append(f"replay    wins={rp['wins']} losses={rp['losses']} win/loss={_fmt(rp['win_loss_ratio'])} defect reduction={_fmt(rp['relative_defect_reduction'])}")
+    for kind in ("exact", "pattern"):
+        k = rp.get(kind, {})
+        lines.append(f"  {kind:8s}applied={k.get('applied')} wins={k.get('wins')} losses={k.get('losses')} "
+                     f"win/loss={_fmt(k.get('win_loss_ratio'))} defect reduction={_fmt(k.get('relative_defect_reduction'))} "
+                     f"precision={_fmt(k.get('precision'))}")
+    if "unseen_goals" in rp:
+        lines.append(f"  unseen goals: requests={rp['unseen_goals']['requests']} defect reduction={_fmt(rp['unseen_goals']['relative_defect_reduction'])}")
+    lines.append(f"patterns  n={result.get('patterns', {}).get('patterns')}")
     lines.append(f"labels    rows={wl.get('rows')} intent acc={_fmt(wl['intent_accuracy'])} slot F1={_fmt(wl['slot_f1'])}")
+    for src, b in sorted(result["weak_labels"].get("by_label_source", {}).items()):
+        lines.append(f"  {src:10s} rows={b['rows']} judged={b['judged']} intent acc={_fmt(b['intent_accuracy'])} slot F1={_fmt(b['slot_f1'])}")
     lines.append(f"flood     emitted={result['flood']['emitted']}")
-    lines.append("per locale: rephrase F1 | defect AUC | AUC success | rewrite P | win/loss | defect red. | label acc")
+    lines.append("per locale: rephrase F1 | defect AUC | AUC success | rewrite P | win/loss | defect red. | label acc | pattern P | pattern red.")
     for loc in sorted(result["rephrase"]["per_locale"]):
         get = lambda sec, key: result[sec]["per_locale"].get(loc, {}).get(key)  # noqa: E731
         lines.append(
             f"  {loc:6s} {_fmt(get('rephrase', 'f1')):>6s} | {_fmt(get('defect', 'auc')):>6s} | {_fmt(get('defect', 'auc_success_turns')):>6s} | "
             f"{_fmt(get('rewrites', 'precision')):>6s} | {_fmt(get('replay', 'win_loss_ratio')):>6s} | {_fmt(get('replay', 'relative_defect_reduction')):>6s} | "
-            f"{_fmt(get('weak_labels', 'intent_accuracy')):>6s}"
+            f"{_fmt(get('weak_labels', 'intent_accuracy')):>6s} | "
+            f"{_fmt((get('replay', 'pattern') or {}).get('precision')):>6s} | {_fmt((get('replay', 'pattern') or {}).get('relative_defect_reduction')):>6s}"
         )
     return "\n".join(lines)
 

@@ -61,6 +61,17 @@ def rewrite_churn(previous: pd.DataFrame | None, current: pd.DataFrame, pins: pd
             "churn": round((added + removed) / union, 6) if union else 0.0}
 
 
+def published_rewrites(run_dir: Path) -> pd.DataFrame:
+    """Exact rewrites and pattern rewrites of a run, one frame (a pattern source holds a
+    brace, so it never equals an exact source): the churn check counts both."""
+    cols = KEY + ["confidence", "n_users", "evidence"]
+    frames = [pd.read_parquet(run_dir / "rewrites")[cols]]
+    if (run_dir / "rewrite_patterns").exists():
+        frames.append(pd.read_parquet(run_dir / "rewrite_patterns")[cols])
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+
 def evaluate_gate(manifest: dict, previous_run: Path | None, staging: Path, settings: Settings, force: bool = False,
                   controls: Controls | None = None) -> dict:
     """The gate's verdict for a run whose outputs are in `staging`."""
@@ -84,9 +95,9 @@ def evaluate_gate(manifest: dict, previous_run: Path | None, staging: Path, sett
         ratio = max(rows_in / prev_in, prev_in / rows_in) if rows_in and prev_in else (1.0 if rows_in == prev_in else float("inf"))
         checks["volume_ratio"] = {"value": round(ratio, 6), "previous_rows_in": prev_in, "rows_in": rows_in,
                                   "threshold": settings.gate_max_volume_ratio, "passed": ratio <= settings.gate_max_volume_ratio}
-        prev_rw = pd.read_parquet(previous_run / "rewrites") if (previous_run / "rewrites").exists() else None
+        prev_rw = published_rewrites(previous_run) if (previous_run / "rewrites").exists() else None
         controls = load_controls(settings.controls_file) if controls is None else controls
-        churn = rewrite_churn(prev_rw, pd.read_parquet(staging / "rewrites"), controls.pins)
+        churn = rewrite_churn(prev_rw, published_rewrites(staging), controls.pins)
         judged = churn["union"] >= settings.gate_churn_min_rewrites
         checks["rewrite_churn"] = {"value": churn["churn"], **{k: churn[k] for k in ("added", "removed", "kept")},
                                    "threshold": settings.gate_max_rewrite_churn, "judged": judged,

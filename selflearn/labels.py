@@ -101,13 +101,19 @@ def paraphrase_labels(clusters: pd.DataFrame, key_stats: pd.DataFrame, interpret
     return pd.DataFrame(rows, columns=TRAINING_COLUMNS[:-1])
 
 
-def training_rows(rewrite_rows: pd.DataFrame, paraphrase_rows: pd.DataFrame, dev_share: float) -> pd.DataFrame:
-    """One row per (locale, text): a rewrite label wins over a paraphrase label, then the
+LABEL_SOURCE_RANK = {"rewrite": 0, "paraphrase": 1, "pattern": 2}
+
+
+def training_rows(rewrite_rows: pd.DataFrame, paraphrase_rows: pd.DataFrame, dev_share: float,
+                  pattern_rows: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (locale, text): a rewrite label wins over a paraphrase label, which
+    wins over a pattern label (a text seen in the log beats a filled template), then the
     higher weight. Stable order."""
-    both = pd.concat([f for f in (rewrite_rows, paraphrase_rows) if len(f)], ignore_index=True) if len(rewrite_rows) or len(paraphrase_rows) else pd.DataFrame()
+    frames = [f for f in (rewrite_rows, paraphrase_rows, pattern_rows) if f is not None and len(f)]
+    both = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if both.empty:
         return pd.DataFrame(columns=TRAINING_COLUMNS)
-    both["_rank"] = (both["label_source"] != "rewrite").astype(int)
+    both["_rank"] = both["label_source"].map(LABEL_SOURCE_RANK).astype(int)
     both = both.sort_values(["locale", "text", "_rank", "weight"], ascending=[True, True, True, False], kind="mergesort")
     both = both.drop_duplicates(["locale", "text"]).drop(columns="_rank")
     both["weight"] = both["weight"].clip(0.0, 1.0).round(9)

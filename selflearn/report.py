@@ -631,6 +631,38 @@ def _f(v) -> str:
         return "-"
     return "inf" if v == float("inf") else f"{v:.3f}"
 
+def _patterns_section(run_dir: Path, work_dir: Path, manifest: dict, n: int = 10) -> list[str]:
+    """Top pattern rewrites with one example each (the source filled with slot values at
+    least min_users users were served with, never a value one user said) and what each
+    reaches: the logged keys and users its source matches."""
+    from .patterns import top_patterns
+    from .rewrite_apply import fill, placeholder_names
+
+    path = Path(run_dir) / "rewrite_patterns"
+    patterns = pd.read_parquet(path) if path.exists() else pd.DataFrame()
+    counts = manifest["counts"].get("patterns", {})
+    head = [f"<h2 id='patterns'>Top pattern rewrites ({len(patterns)} in all)</h2>"]
+    if patterns.empty:
+        return head + [f"<p>No pattern rewrite. Candidates rejected by rule: {html.escape(str(counts.get('rejected_by_rule', {})))}</p>"]
+    top = top_patterns(patterns, n)
+    decided_path, served_path = Path(work_dir) / "patterns_decided.parquet", Path(work_dir) / "served_values.parquet"
+    if decided_path.is_file():
+        reach = pd.read_parquet(decided_path)[["locale", "source", "target", "source_n_keys", "source_n_users"]]
+        top = top.merge(reach, on=["locale", "source", "target"], how="left")
+    served = pd.read_parquet(served_path) if served_path.is_file() else pd.DataFrame(columns=["locale", "name", "value", "n_users"])
+    served = served.sort_values(["n_users", "value"], ascending=[False, True], kind="mergesort")
+    first = {(l, nm): v for l, nm, v in zip(served["locale"][::-1], served["name"][::-1], served["value"][::-1])}
+    examples = []
+    for loc, src, tgt in zip(top["locale"], top["source"], top["target"]):
+        bind = {nm: first.get((loc, nm)) for nm in placeholder_names(src)}
+        examples.append(f"{fill(src, bind)} -> {fill(tgt, bind)}" if all(bind.values()) else "")
+    top["example"] = examples
+    cols = [c for c in ["locale", "source", "target", "example", "n_users", "n_values", "confidence",
+                        "source_n_keys", "source_n_users", "source_defect_rate"] if c in top]
+    return head + [_table(top[cols].rename(columns={"source_n_keys": "reaches_keys", "source_n_users": "reaches_users"})),
+                   "<h2>Pattern candidates not emitted, by the first rule they failed</h2>",
+                   _table(pd.DataFrame(sorted(counts.get("rejected_by_rule", {}).items()), columns=["rule", "candidates"]))]
+
 
 def write_report(run_dir: Path, manifest: dict, work_dir: Path, previous: Path | None = None) -> Path:
     """`previous`: the previous complete run's directory, for the section of changes."""
@@ -680,6 +712,7 @@ def write_report(run_dir: Path, manifest: dict, work_dir: Path, previous: Path |
         *_graph_section(rewrites, nodes, edges, clusters, int(manifest.get("config", {}).get("min_users", 0)), published),
         "<h2>Rewrite candidates not emitted, by the first rule they failed</h2>",
         _table(pd.DataFrame(sorted(manifest["counts"].get("rewrites", {}).get("rejected_by_rule", {}).items()), columns=["rule", "candidates"])),
+        *_patterns_section(run_dir, work_dir, manifest),
         *_training_section(training),
         "</body></html>",
     ]

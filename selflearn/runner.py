@@ -27,7 +27,7 @@ from .publish import RunDirs, content_checksum, input_fingerprint, new_run_id, p
 
 log = logging.getLogger("selflearn")
 
-STAGES = ("ingest", "sessions", "evidence", "keys", "embed", "paraphrase", "graph", "rewrites", "labels", "publish")
+STAGES = ("ingest", "sessions", "evidence", "keys", "embed", "paraphrase", "graph", "rewrites", "patterns", "labels", "publish")
 
 
 # Who each output is for (README, "Where to look"); paths relative to the run directory
@@ -300,12 +300,37 @@ class Run:
             "rejected_by_rule": {k: int(v) for k, v in decided["decision"].value_counts().sort_index().items() if k != "emit"},
         }
 
+    def stage_patterns(self) -> None:
+        from .patterns import published_patterns, rejected_by_rule, select_patterns
+        from .steps import PATTERN_CANDIDATES, pattern_candidates_step, served_values_step
+
+        s = self.settings
+        if s.patterns_enabled:
+            cands = pattern_candidates_step(self._read(self.dirs.work / "reach"), self._read(self.dirs.work / "key_stats"), s)
+            served = served_values_step(self._evidence(), s)
+        else:
+            cands = pd.DataFrame(columns=PATTERN_CANDIDATES.names)
+            served = pd.DataFrame(columns=["locale", "name", "value", "n_users"])
+        decided = select_patterns(cands, s, self.controls)
+        decided.to_parquet(self.dirs.work / "patterns_decided.parquet", index=False)
+        served.to_parquet(self.dirs.work / "served_values.parquet", index=False)
+        n = write_table(published_patterns(decided), self.dirs.output("rewrite_patterns"), "rewrite_patterns",
+                        ["locale", "source", "target"])
+        self.counts["patterns"] = {"enabled": s.patterns_enabled, "candidates": int(len(decided)), "emitted": n,
+                                   "rejected_by_rule": rejected_by_rule(decided)}
+
     def stage_labels(self) -> None:
+        from .patterns import pattern_labels
         from .steps import labels_step
 
         rewrites = pd.read_parquet(self.dirs.output("rewrites"))
         clusters = pd.read_parquet(self.dirs.work / "clusters")
-        training = labels_step(rewrites, clusters, self._read(self.dirs.work / "key_stats"), self.settings, self.controls)
+        pattern_rows = None
+        if (self.dirs.work / "patterns_decided.parquet").is_file():
+            decided = pd.read_parquet(self.dirs.work / "patterns_decided.parquet")
+            emitted = decided[decided["decision"] == "emit"] if len(decided) else decided
+            pattern_rows = pattern_labels(emitted, pd.read_parquet(self.dirs.work / "served_values.parquet"), self.settings)
+        training = labels_step(rewrites, clusters, self._read(self.dirs.work / "key_stats"), self.settings, self.controls, pattern_rows)
         n = write_table(training, self.dirs.output("training"), "training", ["locale", "text"])
         by_source = training["label_source"].value_counts().sort_index().to_dict() if n else {}
         self.counts["labels"] = {"training_rows": n, "by_label_source": {k: int(v) for k, v in by_source.items()}}

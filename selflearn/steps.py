@@ -385,7 +385,7 @@ def rewrites_step(candidates_pdf: pd.DataFrame, settings: Settings, controls: Co
 
 
 def labels_step(rewrites_pdf: pd.DataFrame, clusters_pdf: pd.DataFrame, key_stats: DataFrame, settings: Settings,
-                controls: Controls | None = None) -> pd.DataFrame:
+                controls: Controls | None = None, pattern_rows: pd.DataFrame | None = None) -> pd.DataFrame:
     """Weak labels; reads only the key statistics of keys named by rewrites/clusters."""
     needed = pd.concat([
         rewrites_pdf[["locale", "target"]].rename(columns={"target": "text"}),
@@ -403,8 +403,77 @@ def labels_step(rewrites_pdf: pd.DataFrame, clusters_pdf: pd.DataFrame, key_stat
     rw = rewrite_labels(rewrites_pdf, interp)
     pp = paraphrase_labels(clusters_pdf, stats[["locale", "text", "defect_rate"]], interp, settings)
     controls = load_controls(settings.controls_file) if controls is None else controls
-    rows = drop_controlled(training_rows(rw, pp, settings.dev_share), settings, controls)
+    rows = drop_controlled(training_rows(rw, pp, settings.dev_share, pattern_rows), settings, controls)
+    if not len(rows):
+        return rows
     # A label's text must itself have been said by min_users distinct users: a rewrite's
     # source may rest on its cluster mates' users, a cluster member on its cluster's.
-    said_by = rows.merge(stats[["locale", "text", "n_users"]], on=["locale", "text"], how="left")
-    return floor_rows(said_by, settings.min_users)[rows.columns.tolist()] if len(rows) else rows
+    # Pattern rows are template fills no user said as such: their floor is the pattern's
+    # users and slot values served to min_users users (patterns.pattern_labels).
+    templated = (rows["label_source"] == "pattern").to_numpy()
+    said_by = rows[~templated].merge(stats[["locale", "text", "n_users"]], on=["locale", "text"], how="left")
+    kept = floor_rows(said_by, settings.min_users)[rows.columns.tolist()]
+    return pd.concat([kept, rows[templated]], ignore_index=True)
+
+
+
+# --- pattern rewrites (selflearn.patterns) -------------------------------------------
+
+PATTERN_PAIRS = arrow_schema("pattern_pairs")
+PATTERN_CANDIDATES = arrow_schema("pattern_candidates")
+
+
+def pattern_candidates_step(reach: DataFrame, key_stats: DataFrame, settings: Settings) -> pd.DataFrame:
+    """Pattern candidates with their statistics (patterns.pattern_candidates), one
+    applyInPandas group per locale: the locale's pattern pairs and its key statistics
+    (every key a source or target pattern may match). Small: to the driver as pandas."""
+    from .patterns import pattern_candidates, pattern_pairs
+
+    thr = settings.min_source_defect_rate
+    failing = key_stats.where(is_failing(F.col("defect_rate"), thr)).select(
+        "locale", F.col("text").alias("source"), F.col("intent").alias("source_intent"), F.col("domain").alias("source_domain"))
+    served = key_stats.where(is_working(F.col("defect_rate"), thr) & F.col("intent").isNotNull()).select(
+        "locale", F.col("text").alias("target"), F.col("intent").alias("target_intent"),
+        F.col("domain").alias("target_domain"), F.col("slots_json").alias("target_slots_json"))
+    pairs = reach.join(failing, ["locale", "source"]).join(served, ["locale", "target"])
+
+    def delex(batches):
+        for pdf in batches:
+            yield pattern_pairs(pdf)
+
+    ppairs = pairs.mapInPandas(delex, from_arrow_schema(PATTERN_PAIRS))
+    keys = key_stats.select("locale", "text", "n_users", "defect_rate")
+
+    def apply(pairs_pdf: pd.DataFrame, keys_pdf: pd.DataFrame) -> pd.DataFrame:
+        if pairs_pdf.empty:
+            return pd.DataFrame(columns=PATTERN_CANDIDATES.names)
+        keys_pdf = keys_pdf.sort_values("text", kind="mergesort")
+        out = pattern_candidates(pairs_pdf, keys_pdf, settings)
+        for col in ("n_users", "n_sessions", "n_values", "target_users", "source_users", "source_n_keys"):
+            out[col] = out[col].astype("int64")
+        return out[PATTERN_CANDIDATES.names]
+
+    cands = ppairs.groupBy("locale").cogroup(keys.groupBy("locale")).applyInPandas(apply, from_arrow_schema(PATTERN_CANDIDATES))
+    return cands.toPandas().sort_values(["locale", "source", "target"], kind="mergesort").reset_index(drop=True)
+
+
+def served_values_step(enriched: DataFrame, settings: Settings) -> pd.DataFrame:
+    """(locale, name, value, n_users): slot values (as text keys) at least min_users
+    distinct users were served with in that slot, for pattern labels."""
+    from .text import normalize_text
+
+    good = _organic(enriched).where(
+        (F.col("response_status") == "success") & (F.col("defect_prob") < 0.5) & F.col("nlu_intent").isNotNull())
+    slots = good.select("locale", "user_id", F.explode("nlu_slots").alias("s")).select(
+        "locale", "user_id", F.col("s.name").alias("name"), F.col("s.value").alias("value")).distinct()
+
+    def norm(batches):
+        for pdf in batches:
+            pdf = pdf.copy()
+            pdf["value"] = [normalize_text(str(v)) for v in pdf["value"]]
+            yield pdf[pdf["value"] != ""]
+
+    normed = slots.mapInPandas(norm, "locale string, user_id string, name string, value string")
+    counted = normed.groupBy("locale", "name", "value").agg(F.countDistinct("user_id").alias("n_users")).where(
+        F.col("n_users") >= settings.min_users)
+    return counted.toPandas().sort_values(["locale", "name", "value"], kind="mergesort").reset_index(drop=True)

@@ -24,7 +24,7 @@ def mined(published_run):
     return published_run["root"], published_run["final"], published_run["expected"], published_run["rows"]
 
 
-PUBLISHED = {"turns": "turns", "rephrase_pairs": "rephrase_pairs", "rewrites": "rewrites",
+PUBLISHED = {"turns": "turns", "rephrase_pairs": "rephrase_pairs", "rewrites": "rewrites", "rewrite_patterns": "rewrite_patterns",
              "training": "training", "paraphrase_clusters": "paraphrase_clusters"}
 
 

@@ -270,3 +270,36 @@ def test_traps(tmp_path):
     off = simulate(str(tmp_path / "off"), **kw)
     assert off["traps"] == {"topic_switch": 0, "follow_up": 0, "elicit": 0}
     assert pd.read_parquet(tmp_path / "off" / "log")["system_act"].isna().all()
+
+
+def test_unseen_goals_are_never_in_the_log_and_come_in_fresh_traffic(sim):
+    d, s, log, truth = sim
+    w = World.load(d)
+    unseen = {g["goal_id"] for g in w.goals if g["unseen"]}
+    assert 0.1 < len(unseen) / len(w.goals) < 0.3  # unseen_goal_share 0.2
+    assert not unseen & set(truth["goal_id"])
+    ft = w.fresh_traffic(2000, seed=11)
+    assert ft["unseen_goal"].any() and set(ft.loc[ft["unseen_goal"], "goal_id"]) <= unseen
+    assert not set(ft.loc[~ft["unseen_goal"], "goal_id"]) & unseen
+
+
+def test_colliding_carrier_phrases():
+    """collide_frame_share: a frame's extra phrasing is another intent's understood
+    carrier phrase; the NLU does not understand it for this frame's goals."""
+    w = World.build(SimConfig(users=10, locales=("en-US",), collide_frame_share=0.3, seed=0))
+    collided = [t for t in w.templates if t.get("collides_with")]
+    assert collided
+    for t in collided:
+        assert not t["supported"] and t["confused_intent"] is None
+        donor_frame = t["collides_with"]
+        assert donor_frame.split(":")[1] != t["intent"]
+        literal = [p for k, p in t["parts"] if not k]
+        assert any(t2["supported"] and [p for k, p in t2["parts"] if not k] == literal for t2 in
+                   (w.templates[i] for i in w.frames[donor_frame]))
+        for gi in w.goals_by_intent[("en-US", t["intent"])][:20]:
+            g = w.goals[gi]
+            if g["frame_id"] == t["frame_id"]:
+                text, _ = w.render(g, t, False)
+                assert not w.serves("en-US", text, g["goal_id"])
+    off = World.build(SimConfig(users=10, locales=("en-US",), collide_frame_share=0.0, seed=0))
+    assert not [t for t in off.templates if t.get("collides_with")]

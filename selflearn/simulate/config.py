@@ -106,6 +106,17 @@ class SimConfig:
     transient_error_prob: float = 0.03
     """A correctly understood turn still fails at random with ``error``."""
 
+    unseen_goal_share: float = 0.2
+    """Share of goals (a seeded draw) the log never requests; fresh replay traffic
+    (``World.fresh_traffic``) requests every goal, so these bring slot values that were
+    never in the log: only a rewrite that generalizes across values can fix them. 0: off."""
+
+    collide_frame_share: float = 0.1
+    """Share of one-slot frames that get an extra, popular, not-understood phrasing whose
+    carrier phrase is a working phrasing of another one-slot frame of the locale (another
+    intent): a pattern learned from it must not fire on the other frame's working
+    requests. 0: off."""
+
     # ---- users and sessions -----------------------------------------------------------
     two_device_share: float = 0.2
     """Share of users with two devices (a session is on one device)."""

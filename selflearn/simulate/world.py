@@ -256,6 +256,7 @@ class World:
                 tids.append(tid)
             self.frames[frame_id] = tids
             kept_frames[frame] = frame_id
+        self._add_collisions(loc, kept_frames)
         # goals from records of kept frames
         seen = {}
         for frame, intent, scen, slots, rid in records:
@@ -305,6 +306,40 @@ class World:
                     g["mishear_silent"] = rng.random() < cfg.mishear_silent_share
             g["gidx"] = len(self.goals)
             self.goals.append(g)
+
+    def _add_collisions(self, loc: str, kept_frames: dict) -> None:
+        """collide_frame_share of the one-slot frames get a not-understood phrasing made of
+        another one-slot frame's understood carrier phrase (another intent), as popular as
+        the frame's top phrasing."""
+        cfg = self.config
+        if cfg.collide_frame_share <= 0:
+            return
+        one_slot = [(frame, fid) for frame, fid in sorted(kept_frames.items()) if len(frame[1]) == 1]
+        donors = [(frame, self.templates[t]) for frame, fid in one_slot for t in self.frames[fid]
+                  if self.templates[t]["supported"] and sum(k for k, _ in self.templates[t]["parts"]) == 1]
+        for frame, fid in one_slot:
+            rng = rng_for(cfg.seed, "collide", loc, frame)
+            if rng.random() >= cfg.collide_frame_share:
+                continue
+            top = self.templates[self.frames[fid][0]]
+            pool = [t for f, t in donors if f[0] != frame[0]]
+            # another intent of the same scenario where there is one ("did you set the alarm
+            # for {date}" of alarm_query said to remove one): the realistic collision
+            pool = [t for t in pool if t["scenario"] == top["scenario"]] or pool
+            if not pool:
+                continue
+            d = rng.choice(pool)
+            slot = frame[1][0]
+            parts = [(k, slot if k else s) for k, s in d["parts"]]
+            tid = len(self.templates)
+            self.templates.append({
+                "tid": tid, "locale": loc, "frame_id": fid, "intent": frame[0], "scenario": top["scenario"],
+                "parts": parts, "supported": False, "confused_intent": None, "confused_domain": None,
+                "weight": max(self.templates[t]["weight"] for t in self.frames[fid]),
+                "src_id": d["src_id"], "src_utt": d["src_utt"], "src_slots": d["src_slots"],
+                "collides_with": d["frame_id"],
+            })
+            self.frames[fid].append(tid)
 
     def _build_nlu(self) -> None:
         """Register every phrasing of every goal (heard right and misheard) in the NLU."""
@@ -365,6 +400,7 @@ class World:
                    and t["scenario"] != a["scenario"]]
         cands_b = [t for t in cands_b if (self.interpret(loc, t["src_utt"]) or {}).get("intent") == t["intent"]
                    and self._goal_of_src(t) is not None
+                   and not self.goals[self.goal_index[self._goal_of_src(t)]]["unseen"]
                    and self.serves(loc, t["src_utt"], self._goal_of_src(t))]
         b = rng.choice(cands_b)
         uid = f"u{h64(cfg.seed, 'flood-user'):016x}"
@@ -399,8 +435,15 @@ class World:
         for g in self.goals:
             self.goals_by_locale[g["locale"]].append(g["gidx"])
             self.goals_by_intent[(g["locale"], g["intent"])].append(g["gidx"])
+        share = getattr(self.config, "unseen_goal_share", 0.0)
+        for g in self.goals:  # never requested in the log; fresh traffic requests them
+            g["unseen"] = share > 0 and hunit(self.config.seed, "unseen", g["goal_id"]) < share
         self.goal_cum = {loc: list(accumulate(self.goals[i]["weight"] for i in idx))
                          for loc, idx in self.goals_by_locale.items()}
+        self.seen_goals_by_locale = {loc: [i for i in idx if not self.goals[i]["unseen"]]
+                                     for loc, idx in self.goals_by_locale.items()}
+        self.seen_goal_cum = {loc: list(accumulate(self.goals[i]["weight"] for i in idx))
+                              for loc, idx in self.seen_goals_by_locale.items()}
         self.frame_cum = {fid: list(accumulate(self.templates[t]["weight"] for t in tids))
                           for fid, tids in self.frames.items()}
         self._render_cache: dict[tuple, tuple] = {}
@@ -422,13 +465,16 @@ class World:
         self.render(g, t, misheard)
         return self._render_cache[(g["gidx"], t["tid"], misheard)][2]
 
-    def sample_goal(self, locale: str, rng: random.Random) -> dict:
-        cum = self.goal_cum[locale]
+    def sample_goal(self, locale: str, rng: random.Random, include_unseen: bool = False) -> dict:
+        """A goal by popularity; the log's goals leave out the unseen ones (fresh traffic
+        passes include_unseen)."""
+        cum, idx = (self.goal_cum[locale], self.goals_by_locale[locale]) if include_unseen else \
+            (self.seen_goal_cum[locale], self.seen_goals_by_locale[locale])
         i = bisect_right(cum, rng.random() * cum[-1])
-        return self.goals[self.goals_by_locale[locale][min(i, len(cum) - 1)]]
+        return self.goals[idx[min(i, len(cum) - 1)]]
 
     def sample_same_intent(self, g: dict, rng: random.Random) -> dict | None:
-        pool = [i for i in self.goals_by_intent[(g["locale"], g["intent"])] if i != g["gidx"]]
+        pool = [i for i in self.goals_by_intent[(g["locale"], g["intent"])] if i != g["gidx"] and not self.goals[i]["unseen"]]
         if not pool:
             return None
         ws = [self.goals[i]["weight"] for i in pool]
@@ -496,7 +542,7 @@ class World:
         rows = []
         for k in range(n):
             u = users[min(bisect_right(ucum, rng.random() * ucum[-1]), len(users) - 1)]
-            g = self.sample_goal(u["locale"], rng)
+            g = self.sample_goal(u["locale"], rng, include_unseen=True)
             t = self.habit(u["user_id"], g["frame_id"])
             mis = g["mishear_value"] is not None and rng.random() < cfg.mishear_prob
             text, _ = self.render(g, t, mis)
@@ -505,11 +551,45 @@ class World:
                 "goal_id": g["goal_id"], "gold_intent": g["intent"],
                 "gold_slots": _slots_list(g["slots"]), "template_id": t["tid"],
                 "misheard": mis, "utterance": text,
-                "text": self.render_key(g, t, mis),
+                "text": self.render_key(g, t, mis), "unseen_goal": bool(g["unseen"]),
             })
         return pd.DataFrame(rows, columns=["request_id", "locale", "user_id", "goal_id",
                                            "gold_intent", "gold_slots", "template_id",
-                                           "misheard", "utterance", "text"])
+                                           "misheard", "utterance", "text", "unseen_goal"])
+
+    def parse(self, locale: str, key: str) -> list[tuple[str, list]]:
+        """(intent, [(slot name, value key)]) of the phrasings (templates) of the locale
+        that render to the text key `key` with some values, those with the most fixed text
+        only: what a person would read the text as (evaluation judges weak labels of texts
+        no one said with it)."""
+        if not hasattr(self, "_parsers"):
+            self._parsers = {}
+        if locale not in self._parsers:
+            compiled = []
+            for t in self.templates:
+                if t["locale"] != locale:
+                    continue
+                rx, names = [], []
+                for kind, piece in t["parts"]:
+                    if kind:
+                        rx.append(r"\s?(.+?)\s?")
+                        names.append(piece)
+                    else:
+                        lit = normalize_text(piece)
+                        if lit:
+                            rx.append(re.escape(lit))
+                literal = sum(len(normalize_text(p)) for k, p in t["parts"] if not k)
+                if literal:  # a phrasing of bare slots reads any text
+                    compiled.append((re.compile("".join(rx)), names, t["intent"], literal))
+            self._parsers[locale] = compiled
+        found = []
+        for rx, names, intent, literal in self._parsers[locale]:
+            m = rx.fullmatch(key)
+            if m is not None:
+                found.append((literal, intent, [(n, v.strip()) for n, v in zip(names, m.groups())]))
+        # the phrasings with the most fixed text: the reading a person makes
+        best = max((f[0] for f in found), default=0)
+        return [(intent, slots) for literal, intent, slots in found if literal == best]
 
     # ------------------------------------------------------------------ persistence
     def save(self, world_dir: str) -> None:
