@@ -184,7 +184,10 @@ def write_table(pdf: pd.DataFrame, path: Path, table: str | pa.Schema, sort_by: 
     the contract. Returns the row count."""
     schema = arrow_schema(table) if isinstance(table, str) else table
     pdf = pdf.sort_values(sort_by, kind="mergesort").reset_index(drop=True) if len(pdf) else pdf
-    arrow = pa.Table.from_pandas(pdf[schema.names], schema=schema, preserve_index=False)
+    # An empty frame's columns carry no types (pandas makes them float64 or object): an
+    # empty table is the schema's own, whatever the frame says.
+    arrow = (pa.Table.from_pandas(pdf[schema.names], schema=schema, preserve_index=False) if len(pdf)
+             else schema.empty_table())
     path.mkdir(parents=True, exist_ok=True)
     pq.write_table(arrow, path / "part-00000.parquet")
     return arrow.num_rows

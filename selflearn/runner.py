@@ -248,7 +248,11 @@ class Run:
         vectors.write.mode("overwrite").parquet(str(self.dirs.work / "vectors"))
         self.counts["embed"] = {"keys_embedded": self._read(self.dirs.work / "vectors").count(),
                                 "keys_encoded": ran.get("embedded", 0),
-                                "ran": {k: ran.get(k) for k in ("backend", "device", "cache_id")}}
+                                "ran": {**{k: ran.get(k) for k in ("backend", "device", "cache_id")},
+                                        # under auto: which encoder embedded which locales
+                                        "routes": {b: {"locales": r.get("locales"), "cache_id": r.get("cache_id"),
+                                                       "device": r.get("device")}
+                                                   for b, r in (ran.get("routes") or {}).items()} or None}}
 
     def stage_paraphrase(self) -> None:
         from .steps import floor_rows, paraphrase_step

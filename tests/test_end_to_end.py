@@ -45,8 +45,13 @@ def test_every_published_output_is_there_atomically(mined):
     assert set(manifest["checksums"]) == set(PUBLISHED) | {"rewrite_graph/nodes", "rewrite_graph/edges"}
     # the manifest records the encoder that ran (this machine has no GPU: torch on the CPU)
     ran = manifest["embedding"]["ran"]
-    assert ran["backend"] == manifest["embedding"]["backend"] and ran["device"] == "cpu"
-    assert ran["cache_id"] and (mined[0] / "state" / "embeddings" / ran["cache_id"]).is_dir()
+    encoders = ran["routes"] or {ran["backend"]: ran}  # auto routes locales to encoders
+    assert ran["backend"] == manifest["embedding"]["backend"]
+    if ran["routes"]:
+        assert ran["backend"] == "auto" and sorted(sum((r["locales"] for r in encoders.values()), [])) == sorted(
+            pd.read_parquet(final / "turns")["locale"].unique())
+    for enc in encoders.values():
+        assert enc["device"] == "cpu" and (mined[0] / "state" / "embeddings" / enc["cache_id"]).is_dir()
     html = (final / "report.html").read_text()
     assert "<svg" in html and "Top rewrites" in html
     # every parquet table the run published is one of schemas/' published tables (so it is

@@ -34,7 +34,10 @@ def _one_line_exit_2(r, secs, *needles):
     assert "Traceback" not in r.stderr and r.stdout == ""
     for n in needles:
         assert n in r.stderr, r.stderr
-    assert secs < 15, f"took {secs:.1f} s: Spark (or Prefect) started before the check"
+    # A JVM start prints its own line ("Using incubator modules"), so the one-line check above
+    # already fails when Spark starts before the check; time only guards against a hang
+    # (a loaded machine takes 20 s to import the CLI's modules).
+    assert secs < 60, f"took {secs:.1f} s"
 
 
 def test_root_that_is_a_file_or_below_a_file(tmp_path, log):

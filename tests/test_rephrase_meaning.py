@@ -20,9 +20,9 @@ from test_sessions import by_time_value, frame, turn
 def meaning(massive):
     """The default encoder, z-scored against 300 real en-US MASSIVE keys (as a run does
     with its own keys)."""
-    from selflearn.embed import load_encoder
+    from selflearn.embed import load_encoder, settings_for_locale
 
-    enc = load_encoder(Settings())
+    enc = load_encoder(settings_for_locale(Settings(), "en-US"))
     keys = sorted({normalize_text(r["utt"]) for r in massive("en-US", 300)})
     base = meaning_baseline(pd.DataFrame({"locale": "en-US", "text": keys, "vector": list(enc.encode(keys))}))
     return EncoderMeaning(enc, baseline=base)
