@@ -243,10 +243,13 @@ def evaluation_tables(result: dict) -> list[str]:
             _table(kinds, "evaluation-kinds"), "<h3>Per locale</h3>", _table(per_locale, "evaluation-locales")]
 
 
-def add_evaluation(run_dir: Path, result: dict) -> Path:
+def add_evaluation(run_dir: Path, result: dict) -> Path | None:
     """Put `selflearn evaluate`'s numbers into the run's report.html (its evaluation
-    section is replaced, so evaluating twice leaves one). The run's tables are untouched."""
+    section is replaced, so evaluating twice leaves one). The run's tables are untouched.
+    None when the run has no report."""
     page = Path(run_dir) / "report.html"
+    if not page.is_file():
+        return None
     text = page.read_text(encoding="utf-8")
     new = "\n".join(_evaluation_section(Path(run_dir).name, result))
     if EVAL_START in text and EVAL_END in text:
