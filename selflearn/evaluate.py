@@ -368,6 +368,6 @@ def evaluate_cli(run_path: str, sim_dir: str) -> int:
     run_dir = resolve_run(run_path)
     page = add_evaluation(run_dir, result)
     print(render(result))
-    print(f"wrote {evaluation_path(run_dir)}; its numbers are in {page}")
+    print(f"wrote {evaluation_path(run_dir)}" + (f"; its numbers are in {page}" if page else ""))
     sys.stdout.flush()
     return 0

@@ -260,10 +260,13 @@ def evaluation_tables(result: dict) -> list[str]:
             _table(kinds, "evaluation-kinds"), "<h3>Per locale</h3>", _table(per_locale, "evaluation-locales")]
 
 
-def add_evaluation(run_dir: Path, result: dict) -> Path:
+def add_evaluation(run_dir: Path, result: dict) -> Path | None:
     """Put `selflearn evaluate`'s numbers into the run's report.html (its evaluation
-    section is replaced, so evaluating twice leaves one). The run's tables are untouched."""
+    section is replaced, so evaluating twice leaves one). The run's tables are untouched.
+    None when the run has no report."""
     page = Path(run_dir) / "report.html"
+    if not page.is_file():
+        return None
     text = page.read_text(encoding="utf-8")
     new = "\n".join(_evaluation_section(Path(run_dir).name, result))
     if EVAL_START in text and EVAL_END in text:
@@ -553,20 +556,27 @@ def _neighbourhood_svg(rw, paths: pd.DataFrame, nodes: pd.DataFrame) -> str:
                              f"stroke-width='1.5' stroke-dasharray='5 4'/>")
         if r.p_second is not None and not pd.isna(r.p_second):
             edges_svg.append(curve(right, t_in, width(r.p_second), color))
+    if not len(direct) and not any(r.p_second is not None and not pd.isna(r.p_second) for r, _, _ in mid_boxes):
+        # the users reached other keys served with the target's intent and slots: no drawn
+        # step enters the target, so a dotted arc says they are one outcome (never a lone box)
+        edges_svg.append(f"<path d='M{s_out[0]},{s_out[1]} C{s_out[0] + 80},4 {t_in[0] - 80},4 {t_in[0] - 6},{t_in[1]}' "
+                         "fill='none' stroke='#1e8449' stroke-width='1.5' stroke-dasharray='2 4' marker-end='url(#arrow)'/>")
     w_total, h_total = x2 + BOX_W + 10, max(mid_bottom, sy + sh, ty + th) + 10
-    legend = ("<text x='10' y='14' class='info'>line width: probability of the step; blue: users' rephrases; "
-              "purple dashed: paraphrase-cluster mate of the source; grey: where else the source's users went. "
-              "Bar in a box: the key's sessions ending served (green) or failed (red); the rest moved on</text>")
     return (f"<svg xmlns='http://www.w3.org/2000/svg' class='nbh' viewBox='0 0 {w_total} {h_total + 24:.0f}' "
             f"width='{w_total}' height='{h_total + 24:.0f}'>"
             "<defs><marker id='arrow' viewBox='0 0 10 10' refX='8' refY='5' markerWidth='9' markerHeight='9' markerUnits='userSpaceOnUse' orient='auto'>"
             "<path d='M0,0 L10,5 L0,10 z' fill='#555'/></marker></defs>"
-            f"{legend}<g transform='translate(0,24)'>{''.join(edges_svg)}{''.join(svg)}</g></svg>")
+            f"<g transform='translate(0,24)'>{''.join(edges_svg)}{''.join(svg)}</g></svg>")
 
 
 def _graph_section(rewrites: pd.DataFrame, nodes: pd.DataFrame, edges: pd.DataFrame, clusters: pd.DataFrame,
                    min_users: int, published: set) -> list[str]:
-    parts = ["<h2 id='graph'>The rewrite graph around the top rewrites</h2>"]
+    parts = ["<h2 id='graph'>The rewrite graph around the top rewrites</h2>",
+             "<p class='note'>Source red (left), target green (right), between them the keys users went through. "
+             "Line width: the step's probability (numbers in the table under each drawing). Blue: users' rephrases; "
+             "purple dashed: a failing paraphrase-cluster mate of the source (its users count for the source); grey: "
+             "where else the source's users went; green dotted: users reached keys served like the target. The bar in a "
+             "box: the share of the key's sessions ending served (green) or failed (red); the rest moved on to another key.</p>"]
     if rewrites.empty or edges.empty:
         return parts + ["<p><em>no rewrite to draw</em></p>"]
     top = rewrites.sort_values(["n_users", "confidence"], ascending=False, kind="mergesort").head(TOP_DRAWN)

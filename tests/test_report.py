@@ -228,3 +228,42 @@ def test_spark_start_prints_no_log_level_banner(tmp_path):
                        env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Setting default log level" not in r.stderr and "setLogLevel" not in r.stderr
+
+
+def _evaluation_result():
+    """The shape evaluate.evaluate returns, two locales (numbers only)."""
+    prf_ = lambda p, r: {"precision": p, "recall": r, "f1": 2 * p * r / (p + r), "tp": 1, "predicted": 1, "true": 1}  # noqa: E731
+    loc = ["de-DE", "ja-JP"]
+    return {
+        "run_id": "r1", "sim": "/sim",
+        "rephrase": {"overall": prf_(0.9, 0.8), "per_locale": {x: prf_(0.9, 0.8) for x in loc}},
+        "defect": {"overall": {"auc": 0.99, "auc_success_turns": 0.98, "turns": 10, "defects": 3},
+                   "per_locale": {x: {"auc": 0.99, "auc_success_turns": 0.97} for x in loc}},
+        "quarantine": {"planted": 4, "quarantined_with_reason": 4, "completeness": 1.0, "missed": [], "rows_balance": True, "by_reason": {}},
+        "rewrites": {"overall": {"precision": 0.75, "rewrites": 4, "judged": 4},
+                     "per_locale": {"de-DE": {"precision": 1.0, "rewrites": 1}, "ja-JP": {"precision": 2 / 3, "rewrites": 3}}},
+        "replay": {"overall": {"requests": 100, "rewritten": 9, "wins": 7, "losses": 1, "win_loss_ratio": 7.0,
+                               "defects_before": 20, "defects_after": 14, "relative_defect_reduction": 0.3},
+                   "per_locale": {x: {"wins": 3, "losses": 0, "relative_defect_reduction": 0.25, "win_loss_ratio": float("inf")} for x in loc}},
+        "weak_labels": {"overall": {"rows": 5, "judged": 5, "intent_accuracy": 0.8, "slot_f1": 0.9},
+                        "per_locale": {x: {"judged": 2, "intent_accuracy": 1.0, "slot_f1": 1.0} for x in loc}},
+        "flood": {"pairs": [], "emitted": False, "source_rewritten": False},
+    }
+
+
+def test_evaluate_fills_the_report_section_once(tmp_path):
+    from selflearn.report import _evaluation_section, add_evaluation
+
+    page = tmp_path / "report.html"
+    page.write_text("<html><body><h1>run</h1>\n" + "\n".join(_evaluation_section("r1")) + "\n<h2>after</h2></body></html>")
+    assert "Not evaluated" in _tables(page.read_text()).text_by_id["evaluation-status"]
+    add_evaluation(tmp_path, _evaluation_result())
+    add_evaluation(tmp_path, _evaluation_result())  # a second evaluate replaces, never appends
+    text = page.read_text()
+    assert text.count("id='evaluation'") == 1 and "Not evaluated" not in text and "<h2>after</h2>" in text
+    t = _tables(text)
+    kinds = {r[0]: r[2] for r in t.tables["evaluation-kinds"][1:]}
+    assert kinds["rewrites"] == "0.750 of 4 judged" and kinds["replay of fresh traffic"].startswith("7 / 1 / 0.300")
+    head, *rows = t.tables["evaluation-locales"]
+    assert [r[0] for r in rows] == ["de-DE", "ja-JP"] and dict(zip(head, rows[1]))["rewrite P"] == "0.667"
+    assert add_evaluation(tmp_path / "no-report", _evaluation_result()) is None
