@@ -63,7 +63,7 @@ def run_to_end(sim_log, root, config, env) -> Path:
     r = CliRun(sim_log, root, config, env)
     rc, out = r.finish()
     assert rc == 0, r.tail()
-    final = Path(out.strip().splitlines()[-1])
+    final = Path(out.strip().splitlines()[-2])  # the run directory; the report path is the last line
     assert (final / "_SUCCESS").is_file()
     return final
 
