@@ -54,6 +54,7 @@ class RephraseModel:
                     + w_gap * min(gap_s, window) / window
                     + w_meaning * clip(z, meaning_z_min, meaning_z_max)
                     + w_unrelated * [z < unrelated_max_meaning_z and sim < unrelated_max_similarity]
+                    + w_slots_changed * [the first turn's NLU slot values all missing from the second]
                     + w_reprompt * [act = reprompt] + w_elicit * [act = elicit]
                     + w_confirm * [act = confirm])
     with sim the pair's lexical similarity (the best of token Dice, char-trigram Dice and
@@ -73,6 +74,7 @@ class RephraseModel:
     w_gap: float = -10.0
     w_meaning: float = 0.0
     w_unrelated: float = -8.0
+    w_slots_changed: float = 0.0
     w_reprompt: float = 3.0
     w_elicit: float = -8.0
     w_confirm: float = 0.0
