@@ -82,7 +82,8 @@ def features(pairs: pd.DataFrame, settings: Settings) -> np.ndarray:
     return pair_features(pairs["similarity"].fillna(0.0), pairs["gap_s"].fillna(settings.rephrase_window_s),
                          pairs["defect_prob"], pairs["meaning_z"].to_numpy(dtype=np.float64),
                          pairs["system_act"].to_numpy(dtype=object), settings.rephrase_window_s,
-                         settings.rephrase_model, pairs["own_defect_prob"].to_numpy(dtype=np.float64))
+                         settings.rephrase_model, pairs["own_defect_prob"].to_numpy(dtype=np.float64),
+                         pairs["slots_changed"].to_numpy(dtype=np.float64))
 
 
 def predict(pairs: pd.DataFrame, settings: Settings) -> np.ndarray:
@@ -100,13 +101,20 @@ def prf(pred, truth) -> dict:
                 f1=2 * p * r / (p + r) if p + r else 0.0)
 
 
+VETO = -8.0  # w_unrelated: a veto, not a fitted weight (a pair sharing neither words nor meaning)
+
+
 def fit(pairs: pd.DataFrame, settings: Settings) -> RephraseModel:
+    """Logistic regression on the pairs the unrelated veto leaves (the veto decides the
+    others); w_unrelated stays the veto; the threshold is the one of highest F1."""
     from sklearn.linear_model import LogisticRegression
 
     x, y = features(pairs, settings), pairs["label"].to_numpy(bool)
-    lr = LogisticRegression(C=1.0, max_iter=5000).fit(x, y)
-    w = dict(zip(WEIGHTS, (round(float(v), 2) for v in lr.coef_[0])))
-    model = dataclasses.replace(settings.rephrase_model, bias=round(float(lr.intercept_[0]), 2), **w)
+    vetoed = x[:, WEIGHTS.index("w_unrelated")] > 0
+    cols = [i for i, w in enumerate(WEIGHTS) if w != "w_unrelated"]
+    lr = LogisticRegression(C=1.0, max_iter=5000).fit(x[~vetoed][:, cols], y[~vetoed])
+    w = {WEIGHTS[i]: round(float(c), 2) for i, c in zip(cols, lr.coef_[0])}
+    model = dataclasses.replace(settings.rephrase_model, bias=round(float(lr.intercept_[0]), 2), w_unrelated=VETO, **w)
     logit = model.bias + x @ np.array([getattr(model, k) for k in WEIGHTS])
     score = 1.0 / (1.0 + np.exp(-logit))
     best = max((prf(score >= t, y)["f1"], -abs(t - 0.5), t) for t in np.arange(0.20, 0.91, 0.05))
@@ -131,17 +139,21 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=600)
     ap.add_argument("--out", default=str(ROOT / "bench" / "fit_rephrase.md"))
     ap.add_argument("--cache", default="", help="folder keeping the scored pairs of each set (refits skip scoring)")
+    ap.add_argument("--only", default="", help="with --cache: only score this set (fit, seed, loc, dstc2, dstc2b) and stop")
     args = ap.parse_args()
     t0 = time.perf_counter()
     base = Settings()
     encoder = load_encoder(base)
-    hand = dataclasses.replace(base, rephrase_model=RephraseModel(
-        bias=-3.5, w_similarity=2.5, w_defect=5.0, w_sim_defect=6.0, w_gap=-10.0, w_meaning=0.0, w_unrelated=0.0,
-        w_reprompt=0.0, w_elicit=0.0, w_confirm=0.0, threshold=0.5))
+    hand = dataclasses.replace(base, rephrase_model=RephraseModel(  # the model before issue 15
+        bias=-3.5, w_similarity=2.5, w_defect=5.0, w_sim_defect=6.0, w_own_defect=0.0, w_sim_own_defect=0.0,
+        w_gap=-10.0, w_meaning=0.0, w_unrelated=0.0, w_slots_changed=0.0, w_reprompt=0.0, w_elicit=0.0,
+        w_confirm=0.0, threshold=0.5))
     sets = {}
     cache = Path(args.cache) if args.cache else None
 
     def cached(name: str, make) -> pd.DataFrame:
+        if args.only and name != args.only:
+            return pd.DataFrame()
         f = cache / f"{name}-{args.users}.parquet" if cache else None
         if f is not None and f.is_file():
             return pd.read_parquet(f)
@@ -162,6 +174,8 @@ def main() -> None:
             tmp / "loc", base, EncoderMeaning(encoder), users=args.users, seed=3, locales=list(OTHER_LOCALES), **TRAPS))
     sets["DSTC2 test, acts"] = cached("dstc2", lambda: dstc2_pairs(base, EncoderMeaning(encoder), blinded=False))
     sets["DSTC2 test, blinded"] = cached("dstc2b", lambda: dstc2_pairs(base, EncoderMeaning(encoder), blinded=True))
+    if args.only:
+        return
     fitted = fit(sets["fit (seed 1)"], base)
     fitted_settings = dataclasses.replace(base, rephrase_model=fitted)
     rows = []

@@ -115,6 +115,7 @@ class RephraseModel:
                     + w_gap * min(gap_s, window) / window
                     + w_meaning * clip(z, meaning_z_min, meaning_z_max)
                     + w_unrelated * [z < unrelated_max_meaning_z and sim < unrelated_max_similarity]
+                    + w_slots_changed * [the first turn's NLU slot values all missing from the second]
                     + w_reprompt * [act = reprompt] + w_elicit * [act = elicit]
                     + w_confirm * [act = confirm])
     with sim the pair's lexical similarity (the best of token Dice, char-trigram Dice and
@@ -123,26 +124,28 @@ class RephraseModel:
     cosine z-scored against unrelated keys of the locale (left out when there are no
     vectors), act the first turn's `system_act` (left out when unknown). The weights are
     fitted on simulated pairs and checked on other seeds, locales and DSTC2
-    (bench/fit_rephrase.py; README "Rephrase detection")."""
+    (bench/fit_rephrase.py, bench/fit_rephrase.md), except w_unrelated (a veto, fixed) and
+    w_confirm (no simulated confirmations: left 0)."""
 
-    bias: float = -3.5
-    w_similarity: float = 2.5
-    w_defect: float = 5.0
-    w_sim_defect: float = 6.0
-    w_own_defect: float = 0.0
-    w_sim_own_defect: float = 0.0
-    w_gap: float = -10.0
-    w_meaning: float = 0.0
+    bias: float = -2.4
+    w_similarity: float = -1.17
+    w_defect: float = 3.02
+    w_sim_defect: float = 1.3
+    w_own_defect: float = 0.8
+    w_sim_own_defect: float = 5.2
+    w_gap: float = -2.18
+    w_meaning: float = 0.34
     w_unrelated: float = -8.0
-    w_reprompt: float = 3.0
-    w_elicit: float = -8.0
+    w_slots_changed: float = -3.22
+    w_reprompt: float = -0.6
+    w_elicit: float = -1.14
     w_confirm: float = 0.0
     meaning_z_min: float = -3.0
     meaning_z_max: float = 6.0
     unrelated_max_meaning_z: float = 1.0
     unrelated_max_similarity: float = 0.35
     meaning_baseline_keys: int = 1000
-    threshold: float = 0.5
+    threshold: float = 0.45
 
     def __post_init__(self):
         _validate(self, "rephrase_model.")

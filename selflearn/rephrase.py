@@ -12,6 +12,8 @@ bench/fit_rephrase.py) over
   the turn's own signals alone (`own_defect`: status, barge-in, feedback, dwell, ASR, act;
   not the quick-next / re-ask signals, which say the same as the pair's gap and
   similarity: a quick similar follow-up after a success must not count twice);
+- slots: whether the second turn drops every slot value the NLU heard in the first
+  (`slots_changed`: a follow-up of the same frame with other values);
 - the system's act on the first turn, where the log has it (contract v3 `system_act`):
   after `elicit` the next turn answers a question, after `reprompt` it re-asks.
 A pair with neither shared words nor shared meaning (meaning z below
@@ -34,12 +36,12 @@ import numpy as np
 import pandas as pd
 
 from .config import RephraseModel
-from .text import similarity_features
+from .text import normalize_text, similarity_features
 
 FEATURES = ("similarity", "defect", "sim_defect", "own_defect", "sim_own_defect", "gap", "meaning",
-            "unrelated", "act_reprompt", "act_elicit", "act_confirm")
+            "unrelated", "slots_changed", "act_reprompt", "act_elicit", "act_confirm")
 WEIGHTS = ("w_similarity", "w_defect", "w_sim_defect", "w_own_defect", "w_sim_own_defect", "w_gap", "w_meaning",
-           "w_unrelated", "w_reprompt", "w_elicit", "w_confirm")
+           "w_unrelated", "w_slots_changed", "w_reprompt", "w_elicit", "w_confirm")
 
 
 def pair_similarity(first: str, second: str) -> float:
@@ -49,13 +51,28 @@ def pair_similarity(first: str, second: str) -> float:
     return max(f["token_dice"], f["char3_dice"], f["edit_sim"])
 
 
+def slots_changed(first_slots, next_texts) -> np.ndarray:
+    """1.0 where the first turn's NLU slots hold values and none of them is in the second
+    turn's key: a follow-up of the same frame changes the values ("alarm for five" ->
+    "alarm for six"), a re-ask keeps them. 0.0 without slots (not understood, or none)."""
+    out = np.zeros(len(next_texts))
+    for i, (slots, nxt) in enumerate(zip(first_slots, next_texts)):
+        if slots is None or not isinstance(nxt, str):
+            continue
+        values = [normalize_text(str(s["value"])) for s in slots if s is not None and s.get("value")]
+        values = [v for v in values if v]
+        if values and not any(v in nxt for v in values):
+            out[i] = 1.0
+    return out
+
+
 def pair_features(similarity, gap_s, first_defect_prob, meaning_z, system_act, window_s: float,
-                  model: RephraseModel, own_defect_prob=None) -> np.ndarray:
+                  model: RephraseModel, own_defect_prob=None, changed=None) -> np.ndarray:
     """(n, len(FEATURES)) float matrix. `meaning_z` NaN (no vectors) leaves both the meaning
     term and the unrelated veto out; `system_act` None (unknown) leaves the act terms out.
     `own_defect_prob`: the first turn's defect probability from its own signals only (no
     quick-next / re-ask signal, which the pair's gap and similarity already carry); None:
-    the full defect probability."""
+    the full defect probability. `changed`: `slots_changed` per pair (None: zeros)."""
     sim = np.asarray(similarity, dtype=np.float64)
     n = len(sim)
     gap = np.clip(np.asarray(gap_s, dtype=np.float64), 0.0, window_s) / window_s
@@ -68,6 +85,7 @@ def pair_features(similarity, gap_s, first_defect_prob, meaning_z, system_act, w
     acts = pd.Series(system_act if system_act is not None else [None] * n, dtype=object).to_numpy()
     return np.column_stack([
         sim, defect, sim * defect, own, sim * own, gap, meaning, unrelated.astype(np.float64),
+        np.zeros(n) if changed is None else np.asarray(changed, dtype=np.float64),
         (acts == "reprompt").astype(np.float64), (acts == "elicit").astype(np.float64),
         (acts == "confirm").astype(np.float64),
     ])
@@ -78,9 +96,10 @@ def weights_of(model: RephraseModel) -> np.ndarray:
 
 
 def rephrase_score(similarity, gap_s, first_defect_prob, window_s: float, model: RephraseModel,
-                   meaning_z=None, system_act=None, own_defect_prob=None) -> np.ndarray:
+                   meaning_z=None, system_act=None, own_defect_prob=None, changed=None) -> np.ndarray:
     """Vectorised score in [0, 1] for arrays of pair features."""
-    x = pair_features(similarity, gap_s, first_defect_prob, meaning_z, system_act, window_s, model, own_defect_prob)
+    x = pair_features(similarity, gap_s, first_defect_prob, meaning_z, system_act, window_s, model,
+                      own_defect_prob, changed)
     logit = model.bias + x @ weights_of(model)
     return 1.0 / (1.0 + np.exp(-logit))
 

@@ -16,7 +16,7 @@ from .config import Settings
 from .defects import defect_probability
 from .keys import text_keys
 from .privacy import scrub_slots
-from .rephrase import pair_similarity, rephrase_score
+from .rephrase import pair_similarity, rephrase_score, slots_changed
 from .schema import arrow_schema
 from .text import normalize_text
 
@@ -94,13 +94,14 @@ def enrich_turns(turns: pd.DataFrame, settings: Settings, meaning=None) -> pd.Da
         idx = np.flatnonzero(in_window)
         z[idx] = meaning(df["locale"].to_numpy()[idx], texts[idx], next_texts[idx])
     df["meaning_z"] = z
+    df["slots_changed"] = slots_changed(df["nlu_slots"].to_numpy(dtype=object), df["next_text"].to_numpy(dtype=object))
     df["rewritten_from"] = normalize_series(df["rewritten_from"])
     return score_pairs(df, settings)[[f.name for f in ENRICHED_TURNS]]
 
 
 def score_pairs(df: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """pair_score and is_rephrase of enriched turns from their pair features (similarity,
-    gap_s, defect_prob, own_defect_prob, meaning_z, system_act): NaN / False outside the rephrase window."""
+    gap_s, defect_prob, own_defect_prob, meaning_z, system_act, slots_changed): NaN / False outside the rephrase window."""
     df = df.copy()
     in_window = (df["next_event_id"].notna() & (df["gap_s"] <= settings.rephrase_window_s)).to_numpy()
     score = rephrase_score(
@@ -108,6 +109,7 @@ def score_pairs(df: pd.DataFrame, settings: Settings) -> pd.DataFrame:
         settings.rephrase_window_s, settings.rephrase_model,
         meaning_z=df["meaning_z"].to_numpy(dtype=np.float64), system_act=df["system_act"].to_numpy(dtype=object),
         own_defect_prob=df["own_defect_prob"].to_numpy(dtype=np.float64),
+        changed=df["slots_changed"].to_numpy(dtype=np.float64),
     )
     df["pair_score"] = np.where(in_window, score, np.nan)
     df["is_rephrase"] = in_window & (df["pair_score"] >= settings.rephrase_model.threshold)

@@ -67,9 +67,6 @@ def test_reask_in_other_words_after_reprompt_is_a_rephrase(massive, meaning):
     out = enrich_turns(df, Settings(), meaning=meaning).set_index("event_id")
     assert out.loc["a", "meaning_z"] > 1.0
     assert out.loc["a", "is_rephrase"], (first, second, out.loc["a", "pair_score"])
-    # the act is what carries a slow re-ask (40 s) over the threshold
-    no_act = enrich_turns(df.assign(system_act=None), Settings(), meaning=meaning).set_index("event_id")
-    assert no_act.loc["a", "pair_score"] < out.loc["a", "pair_score"]
 
 
 def test_answer_to_elicit_is_not_a_rephrase(massive, meaning):
@@ -101,3 +98,15 @@ def test_unknown_act_and_no_vectors_change_nothing(massive):
     # without any meaning weight the score is the lexical model's
     s = Settings(rephrase_model=dataclasses.replace(Settings().rephrase_model, w_meaning=0.0, w_unrelated=0.0))
     assert enrich_turns(frame(rows), s)["pair_score"].equals(before["pair_score"])
+
+
+def test_slots_changed_marks_a_follow_up_not_a_reask(massive):
+    """"... for five" served, then "... for six": the values the NLU heard are gone."""
+    from selflearn.rephrase import slots_changed
+
+    groups = by_time_value(massive)
+    values = [v for v in sorted(groups) if len(v.split()) <= 2][:2]
+    a, b = groups[values[0]][0], groups[values[1]][0]
+    slots = [{"name": "time", "value": values[0]}]
+    out = slots_changed([slots, slots, None, []], [normalize_text(b), normalize_text(a), normalize_text(b), "x"])
+    assert out.tolist() == [1.0, 0.0, 0.0, 0.0]

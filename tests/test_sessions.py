@@ -81,10 +81,20 @@ def test_hard_negative_same_kind_after_success(massive):
 
 
 def test_hard_negative_failure_then_unrelated_request(massive):
+    # The fitted weights rely on the meaning veto for this case (the pipeline always has it):
+    # score with the default encoder, z-scored against real en-US keys.
+    from selflearn.embed import load_encoder
+    from selflearn.rephrase import EncoderMeaning, meaning_baseline
+    from selflearn.text import normalize_text
+
+    enc = load_encoder(Settings())
+    keys = sorted({normalize_text(r["utt"]) for r in massive("en-US", 300)})
+    meaning = EncoderMeaning(enc, meaning_baseline(pd.DataFrame({"locale": "en-US", "text": keys,
+                                                                  "vector": list(enc.encode(keys))})))
     weather = next(r["utt"] for r in massive("en-US") if r["intent"] == "weather_query")
     alarm = next(r["utt"] for r in massive("en-US") if r["intent"] == "alarm_set")
     df = frame([turn("a", alarm, 0, status="unhandled", dwell_ms=500), turn("b", weather, 25)])
-    out = enrich_turns(df, Settings()).set_index("event_id")
+    out = enrich_turns(df, Settings(), meaning=meaning).set_index("event_id")
     assert not out.loc["a", "is_rephrase"], (alarm, weather, out.loc["a", "pair_score"])
 
 
