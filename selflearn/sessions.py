@@ -95,7 +95,6 @@ def enrich_turns(turns: pd.DataFrame, settings: Settings, meaning=None) -> pd.Da
         z[idx] = meaning(df["locale"].to_numpy()[idx], texts[idx], next_texts[idx])
     df["meaning_z"] = z
     df["slots_changed"] = slots_changed(df["nlu_slots"].to_numpy(dtype=object), df["next_text"].to_numpy(dtype=object))
-    df["rewritten_from"] = normalize_series(df["rewritten_from"])
     return score_pairs(df, settings)[[f.name for f in ENRICHED_TURNS]]
 
 
