@@ -177,7 +177,11 @@ def test_evidence_older_than_the_window_no_longer_counts(mini, spark, run_settin
 
     base, keys, _, _ = mini
     root = base / "after-day-1"
-    final, m = mine(spark, root, base / "log" / f"dt={DAYS[4]}", dataclasses.replace(run_settings, evidence_window_days=3))
+    # The window expires every retained day here: the evidence_drop gate (issue 19) would
+    # hold such a run for review; this test allows it, as an operator would after review.
+    final, m = mine(spark, root, base / "log" / f"dt={DAYS[4]}",
+                    dataclasses.replace(run_settings, evidence_window_days=3, gate_max_evidence_drop=1.0))
+    assert m["evidence"]["drop_share"] == 1.0 and m["gate"]["latest_moved"]
     assert not has_rewrite(final, keys)
     assert m["evidence"]["days_merged"] == [DAYS[4]]
     assert m["evidence"]["days_dropped"] == [DAYS[0], DAYS[1]]
