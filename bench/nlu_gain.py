@@ -45,8 +45,8 @@ from selflearn.keys import text_keys  # noqa: E402
 def _train(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float):
     from sklearn.linear_model import LogisticRegression
 
-    if len(set(y)) < 2:  # one class: a constant predictor
-        only = y[0]
+    if len(set(y)) < 2:  # no or one class: a constant predictor
+        only = y[0] if len(y) else None
         return lambda xs: np.full(len(xs), only, dtype=object)
     model = LogisticRegression(C=c, max_iter=300)
     model.fit(x, y, sample_weight=w)
@@ -78,7 +78,15 @@ def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boos
     encoder = load_encoder(settings, device="cpu")
     texts = sorted(set(base["text"]) | set(training["text"]) | set(fresh["text"]))
     t0 = time.time()
-    vec = dict(zip(texts, encoder.encode(texts)))
+    # The run's own embedding cache (same encoder, same keys) saves re-encoding the log.
+    vec: dict[str, np.ndarray] = {}
+    cache_dir = run_dir.parent.parent / "state" / "embeddings" / encoder.cache_id
+    if cache_dir.is_dir():
+        cached = pd.read_parquet(cache_dir)
+        wanted = set(texts)
+        vec = {t: np.asarray(v, dtype=np.float32) for t, v in zip(cached["text"], cached["vector"]) if t in wanted}
+    missing = [t for t in texts if t not in vec]
+    vec.update(zip(missing, encoder.encode(missing)))
     embed_s = time.time() - t0
 
     def xs(keys):
@@ -120,7 +128,7 @@ def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boos
               "training_boost": training_boost, "supersede": supersede, "encoder": f"{encoder.name} ({encoder.backend})",
               "train_rows": {"log_success_keys": int(len(base)), "training": int(len(training)),
                              "by_label_source": training["label_source"].value_counts().sort_index().to_dict()},
-              "embed_s": round(embed_s, 1), "failing": {}, "working": {}}
+              "embed_s": round(embed_s, 1), "embedded_new": len(missing), "failing": {}, "working": {}}
     for part, mask in (("failing", ~fresh["working"]), ("working", fresh["working"])):
         d = fresh[mask]
         result[part]["overall"] = table(d)
