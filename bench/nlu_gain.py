@@ -20,7 +20,7 @@ Evaluated on fresh replay requests from the simulation's world (another seed tha
 log), split by whether the simulated NLU serves the request's goal today (`working`) or
 not (`failing`): intent accuracy against the request's true intent, per locale. A
 request that fails today is one the NLU did not understand or understood wrongly.
-Also reported: the same gain per training `label_source` alone (`rewrite`, `paraphrase`,
+With --by-source, also: the same gain per training `label_source` alone (`rewrite`, `paraphrase`,
 `pattern` where the run has it), so what each kind of label adds is measured, not said.
 """
 from __future__ import annotations
@@ -45,15 +45,16 @@ from selflearn.keys import text_keys  # noqa: E402
 def _train(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float):
     from sklearn.linear_model import LogisticRegression
 
-    if len(set(y)) < 2:  # one class: a constant predictor
-        only = y[0]
+    if len(set(y)) < 2:  # no or one class: a constant predictor
+        only = y[0] if len(y) else None
         return lambda xs: np.full(len(xs), only, dtype=object)
-    model = LogisticRegression(C=c, max_iter=300)
+    model = LogisticRegression(C=c, max_iter=200, tol=1e-3)
     model.fit(x, y, sample_weight=w)
     return model.predict
 
 
-def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boost: float, supersede: bool = True) -> dict:
+def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boost: float, supersede: bool = True,
+        by_source: bool = False) -> dict:
     from selflearn.embed import load_encoder
     from selflearn.simulate import World
 
@@ -78,7 +79,15 @@ def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boos
     encoder = load_encoder(settings, device="cpu")
     texts = sorted(set(base["text"]) | set(training["text"]) | set(fresh["text"]))
     t0 = time.time()
-    vec = dict(zip(texts, encoder.encode(texts)))
+    # The run's own embedding cache (same encoder, same keys) saves re-encoding the log.
+    vec: dict[str, np.ndarray] = {}
+    cache_dir = run_dir.parent.parent / "state" / "embeddings" / encoder.cache_id
+    if cache_dir.is_dir():
+        cached = pd.read_parquet(cache_dir)
+        wanted = set(texts)
+        vec = {t: np.asarray(v, dtype=np.float32) for t, v in zip(cached["text"], cached["vector"]) if t in wanted}
+    missing = [t for t in texts if t not in vec]
+    vec.update(zip(missing, encoder.encode(missing)))
     embed_s = time.time() - t0
 
     def xs(keys):
@@ -96,7 +105,7 @@ def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boos
 
     sources = sorted(training["label_source"].unique())
     variants = {"baseline": base, "+training": plus(training)}
-    for s in sources:
+    for s in (sources if by_source else []):
         variants[f"+{s} only"] = plus(training[training["label_source"] == s])
     preds: dict[str, np.ndarray] = {name: np.empty(len(fresh), dtype=object) for name in variants}
     for loc, idx in fresh.groupby("locale").groups.items():
@@ -120,7 +129,7 @@ def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boos
               "training_boost": training_boost, "supersede": supersede, "encoder": f"{encoder.name} ({encoder.backend})",
               "train_rows": {"log_success_keys": int(len(base)), "training": int(len(training)),
                              "by_label_source": training["label_source"].value_counts().sort_index().to_dict()},
-              "embed_s": round(embed_s, 1), "failing": {}, "working": {}}
+              "embed_s": round(embed_s, 1), "embedded_new": len(missing), "failing": {}, "working": {}}
     for part, mask in (("failing", ~fresh["working"]), ("working", fresh["working"])):
         d = fresh[mask]
         result[part]["overall"] = table(d)
@@ -154,9 +163,10 @@ def main(argv=None) -> int:
     p.add_argument("--training-boost", type=float, default=1.0, help="multiplier on training/ weights (1: as published)")
     p.add_argument("--no-supersede", action="store_true",
                    help="keep the log's label of a key beside its training row (default: the training row replaces it)")
+    p.add_argument("--by-source", action="store_true", help="also train with each training label_source alone")
     p.add_argument("--json", help="write the result here too")
     args = p.parse_args(argv)
-    r = run(args.sim, args.run, args.requests, args.seed, args.C, args.training_boost, not args.no_supersede)
+    r = run(args.sim, args.run, args.requests, args.seed, args.C, args.training_boost, not args.no_supersede, args.by_source)
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2), encoding="utf-8")
     print(json.dumps({k: v for k, v in r.items() if k not in ("failing", "working")}))
