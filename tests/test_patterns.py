@@ -240,3 +240,12 @@ def test_the_publish_gates_churn_counts_patterns(tmp_path):
     gate = evaluate_gate({"rows_in": 100, "rows_quarantined": 0}, prev, cur, S)
     churn = gate["checks"]["rewrite_churn"]
     assert (churn["added"], churn["kept"]) == (1, 24)  # the new pattern is one added rewrite
+
+
+def test_no_emitted_pattern_still_publishes_a_typed_empty_table(tmp_path):
+    from selflearn.publish import write_table
+
+    decided = _decide(_pairs(VALUES[:4], ["u1"] * 4), _keys(VALUES[:4], VALUES))  # too few users: nothing emitted
+    assert write_table(published_patterns(decided), tmp_path / "rp", "rewrite_patterns", ["locale", "source", "target"]) == 0
+    assert write_table(published_patterns(select_patterns(pattern_candidates(pattern_pairs(_pairs([], [])), _keys([], []), S), S)),
+                       tmp_path / "rp2", "rewrite_patterns", ["locale", "source", "target"]) == 0
