@@ -285,6 +285,8 @@ def published_patterns(decided: pd.DataFrame) -> pd.DataFrame:
     if decided.empty:
         return pd.DataFrame(columns=PATTERN_COLUMNS)
     out = decided[decided["decision"] == "emit"].copy()
+    if out.empty:  # an empty float column cannot become list<string>: typed empty frame
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in PATTERN_COLUMNS})
     out["slots"] = [placeholder_names(s) for s in out["source"]]
     for col in ("n_users", "n_values", "n_sessions"):
         out[col] = out[col].astype("int64")

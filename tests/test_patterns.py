@@ -221,3 +221,31 @@ def test_users_pool_over_target_phrasings_of_one_intent():
     # another intent's users are no votes for this one
     b["target_intent"] = "alarm_query"
     assert set(_decide(pd.concat([a, b]), keys)["decision"]) == {"too_few_users"}
+
+
+def test_the_publish_gates_churn_counts_patterns(tmp_path):
+    from selflearn.gate import evaluate_gate
+    from selflearn.publish import write_table
+
+    decided = _decide(_pairs(VALUES[:4], ["u1", "u2", "u3", "u4"]), _keys(VALUES[:4], VALUES))
+    rewrites = pd.DataFrame([("en-US", f"wake me at {v}", f"set an alarm for {v}", 0.9, 5, 5, 0.9, 0.95, "rephrase")
+                             for v in VALUES * 4], columns=["locale", "source", "target", "confidence", "n_users", "n_sessions",
+                                                             "source_defect_rate", "target_success_rate", "evidence"])
+    rewrites["source"] = [f"{s} {i}" for i, s in enumerate(rewrites["source"])]
+    prev, cur = tmp_path / "prev", tmp_path / "cur"
+    for d, pats in ((prev, published_patterns(decided).iloc[:0]), (cur, published_patterns(decided))):
+        write_table(rewrites, d / "rewrites", "rewrites", ["locale", "source", "target"])
+        write_table(pats, d / "rewrite_patterns", "rewrite_patterns", ["locale", "source", "target"])
+    (prev / "manifest.json").write_text('{"run_id": "p", "rows_in": 100}')
+    gate = evaluate_gate({"rows_in": 100, "rows_quarantined": 0}, prev, cur, S)
+    churn = gate["checks"]["rewrite_churn"]
+    assert (churn["added"], churn["kept"]) == (1, 24)  # the new pattern is one added rewrite
+
+
+def test_no_emitted_pattern_still_publishes_a_typed_empty_table(tmp_path):
+    from selflearn.publish import write_table
+
+    decided = _decide(_pairs(VALUES[:4], ["u1"] * 4), _keys(VALUES[:4], VALUES))  # too few users: nothing emitted
+    assert write_table(published_patterns(decided), tmp_path / "rp", "rewrite_patterns", ["locale", "source", "target"]) == 0
+    assert write_table(published_patterns(select_patterns(pattern_candidates(pattern_pairs(_pairs([], [])), _keys([], []), S), S)),
+                       tmp_path / "rp2", "rewrite_patterns", ["locale", "source", "target"]) == 0
