@@ -72,14 +72,20 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "encoder_clusters.md"))
+    ap.add_argument("--encoders", default=",".join(ENCODERS))
+    ap.add_argument("--locales", default="", help="comma separated; default: the simulated ones")
+    ap.add_argument("--floor", type=float, default=0.0, help="paraphrase_min_cosine for every encoder (0: each its own)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         sim = Path(tmp) / "sim"
         simulate(str(sim), users=args.users, seed=args.seed)
         keys = keys_of(sim)
     rows = []
-    for name, settings in ENCODERS.items():
+    for name in args.encoders.split(","):
+        settings = dataclasses.replace(ENCODERS[name], paraphrase_min_cosine=args.floor)
         for loc, k in keys.groupby("locale"):
+            if args.locales and loc not in args.locales.split(","):
+                continue
             k = k.reset_index(drop=True)
             s = embed.settings_for_locale(settings, loc)
             enc = embed.load_encoder(s)
@@ -95,7 +101,10 @@ def main() -> None:
     df = pd.DataFrame(rows)
     lines = ["# Paraphrase clusters on simulated traffic, per locale", "",
              f"Generated {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by "
-             f"`HF_HUB_OFFLINE=1 .venv/bin/python -m bench.encoder_clusters --users {args.users} --seed {args.seed}` "
+             f"`HF_HUB_OFFLINE=1 .venv/bin/python -m bench.encoder_clusters --users {args.users} --seed {args.seed}"
+             + (f" --encoders {args.encoders}" if args.encoders != ",".join(ENCODERS) else "")
+             + (f" --locales {args.locales}" if args.locales else "")
+             + (f" --floor {args.floor}" if args.floor else "") + "` "
              "(served intents hidden; purity: clustered keys of their cluster's majority true intent; "
              "coverage: keys in a cluster). Targets: purity >= 0.95, coverage >= 0.5 in every locale.", "",
              "| encoder | locale | backend | floor | keys | clusters | purity | coverage |",

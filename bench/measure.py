@@ -160,7 +160,7 @@ def embed_only(run_dir: str, config: dict | None = None, sample: float = 1.0) ->
     all_texts = distinct_keys(run_dir)
     step = max(1, round(1 / sample)) if 0 < sample < 1 else 1
     texts = all_texts[::step]
-    settings = Settings.from_dict(config or {})
+    settings = embed.settings_for_locale(Settings.from_dict(config or {}), "en-US")  # mixed keys: auto's en-US route
     settings, note = embed.prepare_encoder(settings, texts[:: max(1, len(texts) // 1000)])
     enc = embed.load_encoder(settings, worker=False)
     enc.encode(texts[:64])  # warm-up: first-call allocations are not embedding work

