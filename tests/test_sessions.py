@@ -83,11 +83,11 @@ def test_hard_negative_same_kind_after_success(massive):
 def test_hard_negative_failure_then_unrelated_request(massive):
     # The fitted weights rely on the meaning veto for this case (the pipeline always has it):
     # score with the default encoder, z-scored against real en-US keys.
-    from selflearn.embed import load_encoder
+    from selflearn.embed import load_encoder, settings_for_locale
     from selflearn.rephrase import EncoderMeaning, meaning_baseline
     from selflearn.text import normalize_text
 
-    enc = load_encoder(Settings())
+    enc = load_encoder(settings_for_locale(Settings(), "en-US"))  # the default routes per locale
     keys = sorted({normalize_text(r["utt"]) for r in massive("en-US", 300)})
     meaning = EncoderMeaning(enc, meaning_baseline(pd.DataFrame({"locale": "en-US", "text": keys,
                                                                   "vector": list(enc.encode(keys))})))
