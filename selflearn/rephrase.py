@@ -31,6 +31,7 @@ The hard negatives it must separate:
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pandas as pd
@@ -106,7 +107,7 @@ def rephrase_score(similarity, gap_s, first_defect_prob, window_s: float, model:
 
 # --- meaning -------------------------------------------------------------------------
 
-def _order_key(text: str) -> str:
+def order_key(text: str) -> str:
     # sha256 hex: Spark's F.sha2(text, 256) gives the same order (steps.meaning_step).
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -124,7 +125,7 @@ def meaning_baseline(keys: pd.DataFrame, max_keys: int = 1000, min_keys: int = 3
     with fewer than that overall, no baseline (the meaning feature stays out)."""
     rows, pooled = [], []
     for locale, grp in keys.groupby("locale", sort=True):
-        g = grp.drop_duplicates("text").assign(_o=lambda d: d["text"].map(_order_key))
+        g = grp.drop_duplicates("text").assign(_o=lambda d: d["text"].map(order_key))
         g = g.sort_values("_o", kind="mergesort").head(max_keys)
         v = np.stack(g["vector"].to_numpy()).astype(np.float64) if len(g) else np.zeros((0, 1))
         cos = _shifted_cosines(v)
@@ -194,3 +195,25 @@ class EncoderMeaning:
         a = [self.vectors.get(t) if isinstance(t, str) else None for t in texts]
         b = [self.vectors.get(t) if isinstance(t, str) else None for t in next_texts]
         return meaning_z(locales, pair_cosines(a, b), base)
+
+def calibrated_baseline(baseline: pd.DataFrame, encoder_of_locale) -> pd.DataFrame:
+    """`baseline` with each locale's figures replaced by the calibrated chance level of the
+    encoder that embeds it (selflearn/meaning_baselines.json, written by
+    bench/meaning_baselines.py from MASSIVE), where the table has them. A fixed level keeps
+    pair scores independent of which other keys a run happens to hold, so a log mined day by
+    day scores its pairs as the same log mined at once. `encoder_of_locale`: locale -> the
+    encoder's cache id. Locales the table lacks keep the run's own figures."""
+    table = _calibrations()
+    rows = {r.locale: (r.mean, r.std) for r in baseline.itertuples()}
+    for locale in set(rows) | set(getattr(encoder_of_locale, "locales", ())):
+        cal = table.get(encoder_of_locale(locale), {}).get(locale)
+        if cal is not None:
+            rows[locale] = (float(cal[0]), float(cal[1]))
+    return pd.DataFrame([(lo, m, sd) for lo, (m, sd) in sorted(rows.items())], columns=["locale", "mean", "std"])
+
+
+def _calibrations() -> dict:
+    from importlib import resources
+
+    f = resources.files("selflearn").joinpath("meaning_baselines.json")
+    return json.loads(f.read_text("utf-8")) if f.is_file() else {}

@@ -60,7 +60,7 @@ def meaning_step(enriched: DataFrame, vectors: DataFrame, settings: Settings) ->
     and the pair score recomputed with it. The chance baseline comes from a sample of
     keys per locale (the first `meaning_baseline_keys` by sha256 of the text, as
     rephrase.meaning_baseline takes them), collected to the driver: a few thousand vectors."""
-    from .rephrase import meaning_baseline, meaning_z, pair_cosines
+    from .rephrase import calibrated_baseline, meaning_baseline, meaning_z, pair_cosines
     from .sessions import score_pairs
 
     model = settings.rephrase_model
@@ -68,6 +68,16 @@ def meaning_step(enriched: DataFrame, vectors: DataFrame, settings: Settings) ->
     sample = (vectors.withColumn("rk", F.row_number().over(w)).where(F.col("rk") <= model.meaning_baseline_keys)
               .select("locale", "text", "vector").toPandas())
     baseline = meaning_baseline(sample, model.meaning_baseline_keys)
+    # calibrated chance levels where the encoder and locale have one (incremental runs
+    # then score a pair the same whatever else their input holds)
+    from .embed import encoder_cache_id, settings_for_locale
+
+    def encoder_of(locale: str) -> str:
+        s = settings_for_locale(settings, locale) if settings.embedding_backend == "auto" else settings
+        return encoder_cache_id(s, "cpu")
+
+    encoder_of.locales = [r[0] for r in enriched.select("locale").distinct().collect()]
+    baseline = calibrated_baseline(baseline, encoder_of)
     v = vectors.select("locale", "text", "vector")
     joined = (enriched.join(v.withColumnRenamed("vector", "_v1"), ["locale", "text"], "left")
               .join(v.withColumnRenamed("text", "next_text").withColumnRenamed("vector", "_v2"),

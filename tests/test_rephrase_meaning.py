@@ -110,3 +110,18 @@ def test_slots_changed_marks_a_follow_up_not_a_reask(massive):
     slots = [{"name": "time", "value": values[0]}]
     out = slots_changed([slots, slots, None, []], [normalize_text(b), normalize_text(a), normalize_text(b), "x"])
     assert out.tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_the_chance_level_is_the_calibrated_one_where_the_table_has_it():
+    """A run's own sample moves with its input; the calibrated level (bench/meaning_baselines.py)
+    does not, so day-by-day runs score pairs as one run does. Locales without one keep theirs."""
+    from selflearn.embed import encoder_cache_id, settings_for_locale
+    from selflearn.rephrase import _calibrations, calibrated_baseline
+
+    enc = encoder_cache_id(settings_for_locale(Settings(), "en-US"), "cpu")
+    table = _calibrations()
+    assert "en-US" in table[enc]  # the default encoder of the default locales is calibrated
+    run_own = pd.DataFrame({"locale": ["en-US", "xx-XX"], "mean": [0.5, 0.3], "std": [0.2, 0.1]})
+    out = calibrated_baseline(run_own, lambda loc: enc).set_index("locale")
+    assert tuple(out.loc["en-US"]) == tuple(table[enc]["en-US"][:2])
+    assert tuple(out.loc["xx-XX"]) == (0.3, 0.1)
