@@ -4,6 +4,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 DEMO    ?= demo-out
+PYTEST_EXTRA ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export SPARK_LOCAL_IP := 127.0.0.1
@@ -33,7 +34,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -m "not heavy" --durations=15 tests
 
 test-full: $(STAMP)
-	$(PY) -m pytest -q -m heavy --durations=15 tests
+	$(PY) -m pytest -q -m heavy --durations=15 $(PYTEST_EXTRA) tests
 
 # the fast encoder path is what the suite measures (the default stays torch: see config.py)
 bench: $(STAMP)

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.heavy  # second tier (make test-full): runs whole pipel
 from trust_logs import (colluders, id_forms, inflater, inject_pii, published_text, read_log, report_tables,
                         served_targets, unused_massive, write_log)
 
-RATE_OFF = 10**9
+RATE_OFF = 10_000_000  # the largest max_turns_per_user_day config.RANGES allows: the limit off in effect
 INFLATE_TURNS = 2200  # > max_turns_per_user_day (2000): 200 quarantined with the limit on
 
 
@@ -320,15 +320,21 @@ def test_every_rewrite_and_training_row_rests_on_min_users(attack, first):
     m = Settings().min_users
     rw, tr = first["rewrites"], first["training"]
     users = _users_by_key(attack["log"])
+    clusters = pd.read_parquet(first["work"] / "clusters")  # every clustered key, published or not
+    mates = clusters.merge(clusters, on=["locale", "cluster_id"], suffixes=("", "_mate"))
+    mates_of = mates.groupby(["locale", "text"])["text_mate"].agg(set)
     assert len(rw)
-    for src in rw["source"]:
-        assert len(users.get(src, set())) >= m, src
+    for r in rw.itertuples():
+        # a rephrase rewrite rests on its source's own users; paraphrase evidence also on the
+        # source's cluster mates' users (the chain inherits their continuations)
+        keys = {r.source} | (mates_of.get((r.locale, r.source), set()) if r.evidence != "rephrase" else set())
+        assert len(set().union(*(users.get(k, set()) for k in keys))) >= m, (r.source, r.evidence)
     clusters = pd.read_parquet(first["dir"] / "paraphrase_clusters")
     cluster_users = clusters.groupby(["locale", "cluster_id"])["text"].agg(
         lambda texts: len(set().union(*(users.get(t, set()) for t in texts))))
     backed_clusters = set(cluster_users[cluster_users >= m].index)
     backed = set(rw["source"]) | set(clusters.loc[[k in backed_clusters for k in zip(clusters["locale"], clusters["cluster_id"])], "text"])
-    assert len(tr) and set(tr["text"]) <= backed
+    assert len(tr) and set(tr.loc[tr["label_source"] != "pattern", "text"]) <= backed
     assert not any(p.name == "quarantine" for p in first["dir"].rglob("*"))
 
 
@@ -355,7 +361,10 @@ def test_published_keys_rest_on_min_users_distinct_users(attack, first):
     few += [("edge", r.source, r.target) for r in edges.itertuples()
             if min(users(r.locale, r.source), users(r.locale, r.target)) < m or r.n_users < m]
     few += [("cluster", r.text) for r in clusters.itertuples() if users(r.locale, r.text) < m]
-    few += [("training", r.text) for r in training.itertuples() if users(r.locale, r.text) < m]
+    # pattern rows are template fills nobody said as such: their floor is the pattern's
+    # users and slot values served to min_users users (tests/test_patterns.py)
+    few += [("training", r.text) for r in training.itertuples()
+            if r.label_source != "pattern" and users(r.locale, r.text) < m]
     assert few == [], few[:10]
     # the two-account pair's source (2 users) is in no published table but turns/ and rephrase_pairs/
     src2 = attack["pair2"][0]
