@@ -110,6 +110,14 @@ def _pairs(run) -> set:
     return set(zip(run["rewrites"]["source"], run["rewrites"]["target"]))
 
 
+def _pattern_pairs(run) -> set:
+    path = run["dir"] / "rewrite_patterns"
+    if not path.exists():
+        return set()
+    p = pd.read_parquet(path)
+    return set(zip(p["source"], p["target"]))
+
+
 def _decided(run) -> pd.DataFrame:
     return pd.read_parquet(run["work"] / "decided.parquet")
 
@@ -262,8 +270,10 @@ def test_churn_gate_blocks_denies_pins_and_force(gated, first):
     assert rules["blocked"] == len(gated["blocked"]) and rules["denied"] >= len(gated["denied"])
     assert d["manifest"]["counts"]["rewrites"]["pins_unmatched"] == 0
     assert gated["deny_domain"] not in set(d["training"]["domain"])
-    # churn by hand: A's rewrites vs D's, the pin left out of both
-    a, now = _pairs(first) - {gated["pin"]}, pairs - {gated["pin"]}
+    # churn by hand: A's rewrites and pattern rewrites vs D's (the gate counts both kinds),
+    # the pin left out of both
+    a = (_pairs(first) | _pattern_pairs(first)) - {gated["pin"]}
+    now = (pairs | _pattern_pairs(d)) - {gated["pin"]}
     churn = gate["checks"]["rewrite_churn"]
     assert (churn["added"], churn["removed"]) == (len(now - a), len(a - now))
     assert churn["value"] == pytest.approx(len(a ^ now) / len(a | now), abs=1e-6)
@@ -276,7 +286,12 @@ def test_report_shows_what_changed_against_the_previous_run(gated, first):
     head, *moved = t.tables["diff-retargeted"] if "diff-retargeted" in t.tables else [["source", "target_prev", "target"]]
     moved = [dict(zip(head, r)) for r in moved]
     removed = {(r[1], r[2]) for r in t.tables["diff-removed"][1:]} | {(m["source"], m["target_prev"]) for m in moved}
-    assert removed == (gated["blocked"] | gated["denied"]) & _pairs(first)
+    # what D's rules refused of A's rewrites: the blocks, and the denied domain whether it is
+    # the target's or the source's cluster interpretation (controls.denied)
+    d_dec = _decided(d).set_index(["source", "target"])["decision"]
+    refused = {p for p in _pairs(first) if d_dec.get(p) in ("blocked", "denied")}
+    assert gated["blocked"] | (gated["denied"] & _pairs(first)) <= refused
+    assert removed == refused
     added = {(r[1], r[2]) for r in t.tables["diff-added"][1:]} | {(m["source"], m["target"]) for m in moved}
     assert added == {gated["pin"]}
     counts = {r[0]: r[1:] for r in t.tables["diff-counts"][1:]}
