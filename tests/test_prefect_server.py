@@ -191,7 +191,7 @@ def daily_run(server, tmp_path_factory):
     from selflearn.simulate import simulate
 
     base = tmp_path_factory.mktemp("daily")
-    simulate(str(base / "sim"), users=60, locales=["en-US"], seed=3)
+    simulate(str(base / "sim"), users=300, locales=["en-US"], seed=3)  # enough users for a day to pass the min_users floors
     days = sorted(p.name.split("=", 1)[1] for p in (base / "sim" / "log").glob("dt=*"))
     day = days[len(days) // 2]
     partition = base / "sim" / "log" / f"dt={day}"
