@@ -196,16 +196,17 @@ class EncoderMeaning:
         b = [self.vectors.get(t) if isinstance(t, str) else None for t in next_texts]
         return meaning_z(locales, pair_cosines(a, b), base)
 
-def calibrated_baseline(baseline: pd.DataFrame, encoder_of_locale) -> pd.DataFrame:
+def calibrated_baseline(baseline: pd.DataFrame, locales, encoder_of_locale) -> pd.DataFrame:
     """`baseline` with each locale's figures replaced by the calibrated chance level of the
     encoder that embeds it (selflearn/meaning_baselines.json, written by
     bench/meaning_baselines.py from MASSIVE), where the table has them. A fixed level keeps
     pair scores independent of which other keys a run happens to hold, so a log mined day by
-    day scores its pairs as the same log mined at once. `encoder_of_locale`: locale -> the
-    encoder's cache id. Locales the table lacks keep the run's own figures."""
+    day scores its pairs as the same log mined at once. `locales`: the run's locales with
+    vectors; `encoder_of_locale`: locale -> the encoder's cache id. Locales the table lacks
+    keep the run's own figures."""
     table = _calibrations()
     rows = {r.locale: (r.mean, r.std) for r in baseline.itertuples()}
-    for locale in set(rows) | set(getattr(encoder_of_locale, "locales", ())):
+    for locale in set(rows) | set(locales):
         cal = table.get(encoder_of_locale(locale), {}).get(locale)
         if cal is not None:
             rows[locale] = (float(cal[0]), float(cal[1]))

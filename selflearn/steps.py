@@ -73,11 +73,10 @@ def meaning_step(enriched: DataFrame, vectors: DataFrame, settings: Settings) ->
     from .embed import encoder_cache_id, settings_for_locale
 
     def encoder_of(locale: str) -> str:
-        s = settings_for_locale(settings, locale) if settings.embedding_backend == "auto" else settings
-        return encoder_cache_id(s, "cpu")
+        return encoder_cache_id(settings_for_locale(settings, locale), "cpu")
 
-    encoder_of.locales = [r[0] for r in enriched.select("locale").distinct().collect()]
-    baseline = calibrated_baseline(baseline, encoder_of)
+    # the sampled locales are every locale with vectors (no extra Spark job for the list)
+    baseline = calibrated_baseline(baseline, sorted(set(sample["locale"])), encoder_of)
     v = vectors.select("locale", "text", "vector")
     joined = (enriched.join(v.withColumnRenamed("vector", "_v1"), ["locale", "text"], "left")
               .join(v.withColumnRenamed("text", "next_text").withColumnRenamed("vector", "_v2"),

@@ -122,6 +122,6 @@ def test_the_chance_level_is_the_calibrated_one_where_the_table_has_it():
     table = _calibrations()
     assert "en-US" in table[enc]  # the default encoder of the default locales is calibrated
     run_own = pd.DataFrame({"locale": ["en-US", "xx-XX"], "mean": [0.5, 0.3], "std": [0.2, 0.1]})
-    out = calibrated_baseline(run_own, lambda loc: enc).set_index("locale")
+    out = calibrated_baseline(run_own, ["en-US", "xx-XX"], lambda loc: enc).set_index("locale")
     assert tuple(out.loc["en-US"]) == tuple(table[enc]["en-US"][:2])
     assert tuple(out.loc["xx-XX"]) == (0.3, 0.1)
