@@ -1,9 +1,9 @@
 """Rephrase detection on real human-machine dialogues: DSTC2 test set (dialog bAbI task 6).
 
-The DSTC2 test set is converted to a contract log (selflearn.dstc2.convert) twice: as
+The DSTC2 test set is converted to a contract log (selflearn.evaluation.dstc2.convert) twice: as
 converted (response_status from the system's reply: "Could you please repeat that?" ->
 unhandled, ...) and blinded (every turn `success`, no confidences: only text and time).
-`selflearn.sessions.enrich_turns` with the default `Settings()` scores every pair of
+`selflearn.core.sessions.enrich_turns` with the default `Settings()` scores every pair of
 consecutive user turns; its `is_rephrase` is compared with the ground truth `is_reask`
 (the system's reply to the first turn asked the caller to repeat, or the caller corrected a
 "Did you say ...?" confirmation with "no ...").
@@ -15,7 +15,7 @@ Rows:
       negatives = all non-re-ask pairs; exact-repeat re-asks excluded.
 
 DSTC2 has no timing: the converter spaces every pair of user turns equally
-(selflearn.dstc2.TURN_SPACING_S), so the gap feature carries no information here.
+(selflearn.evaluation.dstc2.TURN_SPACING_S), so the gap feature carries no information here.
 
 Run:  .venv/bin/python -m bench.dstc2_rephrase [--data FILE] [--out bench/dstc2_rephrase.md]
 """
@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from selflearn import dstc2
+from selflearn.evaluation import dstc2
 from selflearn.config import DefectModel, RephraseModel, Settings
-from selflearn.sessions import enrich_turns
+from selflearn.core.sessions import enrich_turns
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = (ROOT.parent / "shared" / "data" / "dstc2_babi_task6" / "dialog-babi-task6-dstc2-tst.txt").resolve()
@@ -137,7 +137,7 @@ def main() -> None:
               f"Date: {dt.date.today().isoformat()}  ",
               f"Data: `{Path(args.data).name}` (dialog bAbI task 6 = DSTC2 test set, CC BY 3.0)  ",
               f"Settings: default `Settings()` (rephrase threshold {settings.rephrase_model.threshold}, "
-              f"window {settings.rephrase_window_s:g} s); scored with `selflearn.sessions.enrich_turns` "
+              f"window {settings.rephrase_window_s:g} s); scored with `selflearn.core.sessions.enrich_turns` "
               f"(pandas, no Spark); {elapsed:.1f} s on {platform.machine()}", ""]
     lines += ["## Counts", "", "| what | n |", "|---|---:|"]
     lines += [f"| {k} | {v} |" for k, v in counts.items()]
@@ -185,7 +185,7 @@ def main() -> None:
               "(understood and searched). Blinded: all `success`, no confidences.",
               "- Ground truth: the second user turn re-asks the first when the system's reply to the "
               "first was a failure prompt, or a confirmation that the caller corrected with \"no ...\" "
-              "(see `selflearn/dstc2.py`).",
+              "(see `selflearn/evaluation/dstc2.py`).",
               "- What is missing: in this log the only behavioural signal is text. With a constant "
               "synthetic gap, `quick_next` fires on every pair and the default decision reduces to "
               "lexical similarity >= `defect_model.reask_min_similarity` (0.35): short DSTC2 answers "

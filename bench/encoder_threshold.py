@@ -1,4 +1,4 @@
-"""The paraphrase cosine floor of each encoder (``selflearn.embed.MIN_COSINE``), calibrated on
+"""The paraphrase cosine floor of each encoder (``selflearn.encoders.embed.MIN_COSINE``), calibrated on
 real MASSIVE keys: cosines mean different things per encoder (e5's unrelated pairs sit at
 0.75, USE's at 0.2), so a floor tuned for MiniLM does not carry over.
 
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.encoder_quality import ENCODERS, load_locale
-from selflearn.embed import load_encoder
-from selflearn.text import normalize_text
+from selflearn.encoders.embed import load_encoder
+from selflearn.core.text import normalize_text
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = [round(x, 2) for x in np.arange(0.30, 0.96, 0.05)]

@@ -2,7 +2,7 @@
 pairs they were not fitted on: another seed with other knobs, other locales, and DSTC2.
 
 Labelled pairs: every candidate pair (two consecutive turns of a session within
-`rephrase_window_s`) of a simulated log, scored by `selflearn.sessions.enrich_turns` with
+`rephrase_window_s`) of a simulated log, scored by `selflearn.core.sessions.enrich_turns` with
 the meaning feature of the default encoder (`rephrase.EncoderMeaning`: the same features
 the Spark path computes); the label is the simulator's truth (`rephrase_of` of the second
 turn is the first). Simulations use the traps of bench/traps.yaml (topic switches after a
@@ -12,7 +12,7 @@ acts on half the users).
   fit        seed 1, the default locales, traps.yaml
   seed       seed 2, other knobs (below), the default locales
   locales    seed 3, six other MASSIVE locales, traps.yaml
-  DSTC2      the test set (selflearn.dstc2): acts mapped, and blinded (no acts, all success)
+  DSTC2      the test set (selflearn.evaluation.dstc2): acts mapped, and blinded (no acts, all success)
 
 The fit: L2-regularised logistic regression (scikit-learn, C=1) on rephrase.FEATURES;
 the intercept is `bias`; the threshold is the one of highest F1 on the fitting pairs.
@@ -34,11 +34,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from selflearn import dstc2
+from selflearn.evaluation import dstc2
 from selflearn.config import RephraseModel, Settings
-from selflearn.embed import load_encoder
-from selflearn.rephrase import FEATURES, WEIGHTS, EncoderMeaning, pair_features
-from selflearn.sessions import enrich_turns
+from selflearn.encoders.embed import load_encoder
+from selflearn.core.rephrase import FEATURES, WEIGHTS, EncoderMeaning, pair_features
+from selflearn.core.sessions import enrich_turns
 from selflearn.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -77,7 +77,7 @@ def prepare(folder: Path, n_keys: int = 200_000, n_check: int = 2000) -> None:
 
     from bench.run import _massive_dir, massive_keys, mixed_keys
     from selflearn.config import Settings
-    from selflearn.embed import _model_path
+    from selflearn.encoders.embed import _model_path
 
     folder.mkdir(parents=True, exist_ok=True)
     model = SentenceTransformer(_model_path(Settings().embedding_model), device="cpu", local_files_only=True).float()
@@ -132,9 +132,11 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from selflearn import embed, paraphrase
+    from selflearn.encoders import embed
+
+    from selflearn.core import paraphrase
     from selflearn.config import Settings
-    from selflearn.devices import choose_devices, cuda_available, faiss_gpus
+    from selflearn.encoders.devices import choose_devices, cuda_available, faiss_gpus
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from selflearn import embed
+from selflearn.encoders import embed
 from selflearn.config import Settings
-from selflearn.rephrase import meaning_baseline, order_key
-from selflearn.text import normalize_text
+from selflearn.core.rephrase import meaning_baseline, order_key
+from selflearn.core.text import normalize_text
 
 MASSIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "massive" / "locales"
 OUT = Path(__file__).resolve().parents[1] / "selflearn" / "meaning_baselines.json"

@@ -106,7 +106,8 @@ class PeakRSS:
 
 def run_pipeline(input_path: str, output_root: str, config: dict | None = None) -> dict:
     from selflearn.config import Settings
-    from selflearn.runner import STAGES, Run
+    from selflearn.run.runner import Run
+    from selflearn.run.stages import STAGE_NAMES
 
     mem = PeakRSS()
     settings = Settings.from_dict(config or {})
@@ -117,7 +118,7 @@ def run_pipeline(input_path: str, output_root: str, config: dict | None = None) 
     run.start()
     try:
         mem.take()
-        for name in STAGES:
+        for name in STAGE_NAMES:
             run.stage(name)
             peaks[name], peaks_pss[name] = mem.take()
     finally:
@@ -154,7 +155,7 @@ def embed_only(run_dir: str, config: dict | None = None, sample: float = 1.0) ->
     lengths in proportion) and reports `embed_s` scaled up by the same factor, beside the
     measured `sample_embed_s`: encoding time is linear in keys, and on a slow machine the
     full set can take half an hour."""
-    from selflearn import embed
+    from selflearn.encoders import embed
     from selflearn.config import Settings
 
     all_texts = distinct_keys(run_dir)
@@ -202,7 +203,7 @@ if __name__ == "__main__":
 
 def _half(args) -> float:
     settings_dict, texts, barrier = args
-    from selflearn import embed
+    from selflearn.encoders import embed
     from selflearn.config import Settings
 
     enc = embed.load_encoder(Settings.from_dict(settings_dict), worker=True)  # 1 thread, as in Spark
@@ -218,7 +219,7 @@ def thread_layouts(texts: list[str], settings) -> dict:
     keys split between them) against one process using every core."""
     import multiprocessing as mp
 
-    from selflearn import embed
+    from selflearn.encoders import embed
 
     cores = os.cpu_count() or 1
     d = settings.to_dict()

@@ -12,7 +12,7 @@ bundled encoder's vectors of the text keys), trained twice:
   traffic, not on `dev`); a key with a training row loses its log label (the log's label
   is what the NLU did when it failed: nothing, or a wrong intent that reads `success`),
   unless `--no-supersede`.
-Both see keys made by `selflearn.keys.text_key` (the pipeline's masking + normalize_text),
+Both see keys made by `selflearn.core.keys.text_key` (the pipeline's masking + normalize_text),
 so a training row's key and a request's key are the same string when the same thing was
 said.
 
@@ -38,8 +38,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from selflearn.config import Settings  # noqa: E402
-from selflearn.evaluate import resolve_run  # noqa: E402
-from selflearn.keys import text_keys  # noqa: E402
+from selflearn.evaluation.evaluate import resolve_run  # noqa: E402
+from selflearn.core.keys import text_keys  # noqa: E402
 
 
 def _train(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float):
@@ -55,7 +55,7 @@ def _train(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float):
 
 def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boost: float, supersede: bool = True,
         by_source: bool = False) -> dict:
-    from selflearn.embed import load_encoder
+    from selflearn.encoders.embed import load_encoder
     from selflearn.simulate import World
 
     run_dir = resolve_run(root)

@@ -12,7 +12,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from selflearn.privacy import MASKS, scrub_utterance
+from selflearn.core.privacy import MASKS, scrub_utterance
 
 MASSIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "massive" / "locales"
 

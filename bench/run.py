@@ -165,7 +165,7 @@ def _keys_of(run_dir: str) -> set[str]:
 def massive_keys(n: int, data_dir: Path) -> list[str]:
     """``n`` distinct real text keys: MASSIVE utterances (every split) through the pipeline's
     normalizer, locales in a fixed order (en-US first)."""
-    from selflearn.text import normalize_text
+    from selflearn.core.text import normalize_text
 
     files = sorted(data_dir.glob("*.jsonl.gz"))
     files.sort(key=lambda f: (f.name != "en-US.jsonl.gz", f.name))
@@ -185,7 +185,7 @@ def mixed_keys(n: int, data_dir: Path) -> list[str]:
     """``n`` distinct real keys, an equal share from each of the simulator's default locales
     (Latin, Japanese, Arabic, Devanagari, Cyrillic: token lengths differ by script)."""
     from selflearn.simulate.config import DEFAULT_LOCALES
-    from selflearn.text import normalize_text
+    from selflearn.core.text import normalize_text
 
     per = -(-n // len(DEFAULT_LOCALES))
     out: dict[str, None] = {}
@@ -211,7 +211,7 @@ def _massive_dir() -> Path:
 def peer_vectors(n: int, work: Path, settings) -> "np.ndarray":  # noqa: F821
     import numpy as np
 
-    from selflearn import embed
+    from selflearn.encoders import embed
 
     settings = embed.settings_for_locale(settings, "en-US")  # mixed-locale keys, one encoder: auto's en-US route
     f = work / f"peer-vectors-{fmt_size(n)}-{embed.encoder_cache_id(settings, 'cpu')}.npy"
@@ -246,7 +246,7 @@ def compare_mining(n: int, work: Path, settings, repeats: int, community_detecti
     import torch
     from sentence_transformers import util
 
-    from selflearn.paraphrase import knn_pairs
+    from selflearn.core.paraphrase import knn_pairs
 
     x = peer_vectors(n, work, settings)
     n = len(x)
@@ -284,7 +284,7 @@ def compare_encoders(n: int, settings, repeats: int) -> dict:
     keys with the same model and batch size (both with every core, in this process)."""
     import numpy as np
 
-    from selflearn import embed
+    from selflearn.encoders import embed
 
     texts = mixed_keys(n, _massive_dir())
     settings = embed.settings_for_locale(settings, "en-US")  # mixed-locale keys, one encoder: auto's en-US route
@@ -337,7 +337,7 @@ PARTS = ("mining", "encoder", "pipeline")
 def run_suite(sizes: list[int], peer_keys: list[int], encoder_keys: int, repeats: int, work: Path, out: Path,
               command: str, config: dict, parts: tuple[str, ...] = PARTS, community_detection: bool = True,
               embed_only: bool = True, embed_sample: float = 1.0, next_day: bool = True) -> dict:
-    from selflearn import embed
+    from selflearn.encoders import embed
     from selflearn.config import Settings
 
     work.mkdir(parents=True, exist_ok=True)

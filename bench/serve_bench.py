@@ -45,9 +45,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from selflearn.keys import text_key  # noqa: E402
-from selflearn.rewrite_apply import Pattern, RewriteIndex, best_pattern  # noqa: E402
-from selflearn.text import normalize_text  # noqa: E402
+from selflearn.core.keys import text_key  # noqa: E402
+from selflearn.core.rewrite_apply import Pattern, RewriteIndex, best_pattern  # noqa: E402
+from selflearn.core.text import normalize_text  # noqa: E402
 
 DATA = (REPO.parent / "shared" / "data").resolve()
 _SLOT = re.compile(r"\[\s*([a-z0-9_]+)\s*:\s*([^\]]+?)\s*\]")

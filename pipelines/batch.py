@@ -67,13 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from selflearn.cli import progress_logging
         from selflearn.config import load_settings
-        from selflearn.readers import check_input
-        from selflearn.runner import Run, run_all
-        from selflearn.spark import SUBMIT
+        from selflearn.spark.readers import check_input
+        from selflearn.run.runner import Run, run_all
+        from selflearn.spark.session import SUBMIT
 
         settings = load_settings(args.config, spark_master=SUBMIT)
         if args.probe:
-            from selflearn.spark import get_spark
+            from selflearn.spark.session import get_spark
 
             spark = get_spark(settings, app_name="selflearn-probe")
             print(json.dumps({"spark_master": spark.sparkContext.master, "driver": where_code_runs(),

@@ -1,5 +1,5 @@
 """The mining flow: one Prefect task per stage, in order. Thin on purpose: the stages
-live in selflearn.runner / selflearn.steps; this file only orders them and names them
+live in selflearn.run.runner / selflearn.spark.steps; this file only orders them and names them
 for the Prefect UI. Without PREFECT_API_URL, Prefect runs it on a temporary local server.
 
 Scheduled use (deploy/prefect.yaml): `input_path` may hold a `{date}` placeholder, e.g.
@@ -21,7 +21,8 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
 from selflearn.config import load_settings  # noqa: E402
-from selflearn.runner import STAGES, Run  # noqa: E402
+from selflearn.run.runner import Run  # noqa: E402
+from selflearn.run.stages import STAGES  # noqa: E402
 
 # Stages that read the input or move the run into place touch storage that can fail
 # transiently (a partition landing late, a network file system hiccup); both are safe to
@@ -111,7 +112,8 @@ def mine(input_path: str, output_root: str, config_path: str | None = None, date
     run = Run(input_path=input_path, output_root=output_root, settings=settings, force_publish=force_publish)
     run.start()
     try:
-        for name in STAGES:
+        for stage in STAGES:
+            name = stage.name
             options = {"name": f"stage-{name}"}
             if name in STORAGE_STAGES and storage_retries > 0:
                 options.update(retries=storage_retries, retry_jitter_factor=0.2,

@@ -1,5 +1,5 @@
 __version__ = "0.1.0"
 
-from .text import normalize_text
+from selflearn.core.text import normalize_text
 
 __all__ = ["normalize_text", "__version__"]

@@ -38,13 +38,13 @@ def progress_logging() -> None:
 
 
 def cmd_run(args) -> int:
-    from .config import load_settings
+    from selflearn.config import load_settings
 
-    from .publish import check_output_root, ensure_root_free
-    from .readers import check_input
+    from selflearn.run.publish import check_output_root, ensure_root_free
+    from selflearn.spark.readers import check_input
 
-    from .controls import load_controls
-    from .gate import GATE_EXIT_CODE, gate_message
+    from selflearn.core.controls import load_controls
+    from selflearn.run.gate import GATE_EXIT_CODE, gate_message
 
     settings = load_settings(args.config)  # fail fast, before Spark or Prefect start
     load_controls(settings.controls_file)
@@ -57,7 +57,7 @@ def cmd_run(args) -> int:
 
         final = mine(args.input, args.output, args.config, force_publish=args.force_publish)
     else:  # the stages called directly: no Prefect server to start, no Prefect log lines
-        from .runner import Run, run_all
+        from selflearn.run.runner import Run, run_all
 
         final = run_all(Run(input_path=args.input, output_root=args.output, settings=settings,
                             force_publish=args.force_publish))
@@ -74,7 +74,7 @@ def cmd_run(args) -> int:
 def cmd_simulate(args) -> int:
     import yaml
 
-    from .simulate import simulate
+    from selflearn.simulate import simulate
 
     kwargs = {}
     if args.config:  # any SimConfig knob, e.g. supported_share: 0.6
@@ -89,7 +89,7 @@ def cmd_simulate(args) -> int:
     if args.seed is not None:
         kwargs["seed"] = args.seed
     progress_logging()
-    from .runner import heartbeat
+    from selflearn.run.runner import heartbeat
 
     with heartbeat("simulate", 25.0, logging.getLogger("selflearn").info):  # building the world, writing files
         summary = simulate(args.output, **kwargs)
@@ -98,13 +98,13 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_cli
+    from selflearn.evaluation.evaluate import evaluate_cli
 
     return evaluate_cli(args.run, args.sim)
 
 
 def cmd_forget(args) -> int:
-    from .forget import FORGET_NOT_FOUND_EXIT, forget_user
+    from selflearn.run.forget import FORGET_NOT_FOUND_EXIT, forget_user
 
     if not args.user.strip():
         raise ValueError("--user must not be empty")
@@ -120,8 +120,8 @@ def cmd_forget(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .config import load_settings
-    from .server import make_server
+    from selflearn.config import load_settings
+    from selflearn.serving.server import make_server
 
     settings = load_settings(args.config)
     if not Path(args.output).is_dir():
@@ -137,9 +137,9 @@ def cmd_serve(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .config import load_settings
-    from .evaluate import resolve_run
-    from .export import export
+    from selflearn.config import load_settings
+    from selflearn.evaluation.evaluate import resolve_run
+    from selflearn.serving.export import export
 
     settings = load_settings(args.config)
     path = export(resolve_run(args.run), args.output, args.format, settings.export_min_weight)

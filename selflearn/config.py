@@ -109,7 +109,7 @@ class DefectModel:
 
 @dataclass(frozen=True)
 class RephraseModel:
-    """Logistic rephrase score over a candidate pair of consecutive turns (selflearn.rephrase):
+    """Logistic rephrase score over a candidate pair of consecutive turns (selflearn.core.rephrase):
     score = sigmoid(bias + w_similarity * sim + w_defect * d + w_sim_defect * sim * d
                     + w_own_defect * o + w_sim_own_defect * sim * o
                     + w_gap * min(gap_s, window) / window
@@ -203,7 +203,7 @@ class Settings:
     paraphrase_evidence_weight: float = 0.5
     served_min_turns: int = 5  # served turns needed before a rewrite can be retracted
     served_max_defect_rate: float = 0.5
-    # --- pattern rewrites (rewrite_patterns/, selflearn.patterns) ---
+    # --- pattern rewrites (rewrite_patterns/, selflearn.core.patterns) ---
     patterns_enabled: bool = True  # mine rewrite_patterns/; off: the table is published empty
     pattern_max_working_share: float = 0.05  # most users a pattern source may match on keys that work (0..1)
     pattern_label_rows: int = 5  # training rows per pattern, filled with values >= min_users users were served with

@@ -32,7 +32,7 @@ def settings():
 
 @pytest.fixture(scope="session")
 def spark(settings):
-    from selflearn.spark import get_spark
+    from selflearn.spark.session import get_spark
 
     session = get_spark(settings, app_name="selflearn-tests")
     yield session
@@ -60,7 +60,7 @@ def published_run(tmp_path_factory, massive, spark, settings):
     """The fast tier's one end-to-end run, shared by every test that reads published
     outputs: tests/small_logs.py's three-locale log through every stage (real Spark, the
     bundled encoder, FAISS, the publish step), in this process, on the session's Spark."""
-    from selflearn.runner import Run, run_all
+    from selflearn.run.runner import Run, run_all
     from small_logs import build_log
 
     base = tmp_path_factory.mktemp("published-run")

@@ -13,8 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from selflearn.keys import text_key
-from selflearn.rewrite_apply import RewriteIndex
+from selflearn.core.keys import text_key
+from selflearn.core.rewrite_apply import RewriteIndex
 
 # en-US records 1 ("wake me up at [time : nine am] on [date : friday]"), 0, 2, 93, 139, 140;
 # ja-JP records 0 and 1; e-mail record 15744 ("add new email to anna") with an address said.

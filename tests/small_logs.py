@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from selflearn.schema import arrow_schema
-from selflearn.text import normalize_text
+from selflearn.core.text import normalize_text
 
 LOCALES = ("en-US", "de-DE", "ja-JP")
 T0 = datetime(2026, 11, 2, 8, 0, tzinfo=timezone.utc)

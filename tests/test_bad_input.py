@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, assume, given, settings as hsettings, strate
 from conftest import massive_records
 from damaged import damaged_parquet_dir, table as _table
 from selflearn.config import Settings
-from selflearn.ingest import LOG_COLUMNS, validate_rows
-from selflearn.readers import check_input, ingest
+from selflearn.spark.ingest import LOG_COLUMNS, validate_rows
+from selflearn.spark.readers import check_input, ingest
 from selflearn.schema import REASON_CODES, arrow_schema
-from selflearn.text import normalize_text
+from selflearn.core.text import normalize_text
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
 CFG = Settings()  # the contract's defaults: max_utterance_chars 1000
@@ -137,7 +137,7 @@ def test_timestamps_far_past_or_future_are_bad_timestamp(row, when, fmt):
 @given(rows, st.text(max_size=30))
 def test_unparseable_timestamps_are_bad_timestamp(row, junk):
     assume(_clean(junk))
-    from selflearn.ingest import parse_ts_us
+    from selflearn.spark.ingest import parse_ts_us
 
     assume(parse_ts_us(junk) is None)
     row["ts"] = junk
@@ -256,7 +256,7 @@ def test_gzip_lines_are_numbered_as_in_the_plain_file(spark, tmp_path):
     and CR line ends, a BOM, blank lines, broken bytes, and two concatenated gzip members."""
     import gzip
 
-    from selflearn.readers import read_raw
+    from selflearn.spark.readers import read_raw
 
     rows = _jsonl_rows(40)
     data = (b"\xef\xbb\xbf" + rows[0] + b"\r\n" + rows[1] + b"\r" + rows[2] + b"\n\n  \n"
@@ -324,7 +324,7 @@ def test_corrupt_gzip_completes_and_accounts_for_every_row(spark, tmp_path):
 
 
 def test_a_gz_file_that_is_not_gzip_cannot_be_a_log(tmp_path):
-    from selflearn.readers import InputError
+    from selflearn.spark.readers import InputError
 
     (tmp_path / "log.jsonl.gz").write_bytes(b"\n".join(_jsonl_rows(3)))
     with pytest.raises(InputError, match="not a gzip file"):

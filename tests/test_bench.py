@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from selflearn.runner import STAGES
+from selflearn.run.stages import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def test_quick_bench_writes_every_field(tmp_path, tmp_path_factory):
     assert [s["size"] for s in res["sizes"]] == ["2k", "4k"]
     for s in res["sizes"]:
         assert s["turns"] > 1000 and 0 < s["distinct_keys"] <= s["turns"]
-        assert set(s["stages_s"]) == set(STAGES)
+        assert set(s["stages_s"]) == set(STAGE_NAMES)
         assert set(s["peak_rss_gib"]) == set(s["stages_s"]) and s["peak_rss_gib_max"] > 0.2  # a JVM at least
         assert s["embed_only_s"] > 0 and s["e2e_over_embed_only"] > 0 and s["turns_per_s"] > 0
     nd = res["sizes"][-1]["next_day"]

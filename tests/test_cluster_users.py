@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from selflearn.incremental import EVIDENCE_SCHEMA
-from selflearn.steps import key_stats_step, paraphrase_step
-from selflearn.text import normalize_text
+from selflearn.spark.incremental import EVIDENCE_SCHEMA
+from selflearn.spark.steps import key_stats_step, paraphrase_step
+from selflearn.core.text import normalize_text
 
 
 def test_one_user_saying_three_keys_of_a_cluster_counts_once(spark, settings, massive):

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from selflearn.config import ConfigError, Settings, load_settings
-from selflearn.controls import Controls, load_controls
-from selflearn.gate import rewrite_churn, rewrite_diff
-from selflearn.labels import drop_controlled
-from selflearn.rewrites import published_rewrites, select_rewrites, unmatched_pins
+from selflearn.core.controls import Controls, load_controls
+from selflearn.run.gate import rewrite_churn, rewrite_diff
+from selflearn.core.labels import drop_controlled
+from selflearn.core.rewrites import published_rewrites, select_rewrites, unmatched_pins
 
 
 def candidate(**kw):

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import massive_records
-from selflearn import embed
-from selflearn import paraphrase as P
-from selflearn.devices import GPU_MIN_BATCH, choose_devices, cuda_available
-from selflearn.text import normalize_text
+from selflearn.encoders import embed
+from selflearn.core import paraphrase as P
+from selflearn.encoders.devices import GPU_MIN_BATCH, choose_devices, cuda_available
+from selflearn.core.text import normalize_text
 
 
 @pytest.fixture(scope="module")

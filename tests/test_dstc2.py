@@ -6,7 +6,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from selflearn import dstc2
+from selflearn.evaluation import dstc2
 from selflearn.schema import arrow_schema
 
 DATA = (Path(__file__).resolve().parents[2] / "shared" / "data" / "dstc2_babi_task6"

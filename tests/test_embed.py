@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import massive_records
-from selflearn import embed
-from selflearn.text import normalize_text
+from selflearn.encoders import embed
+from selflearn.core.text import normalize_text
 
 
 @pytest.fixture(scope="session")  # session: the session-scoped spark fixture depends on it
@@ -135,7 +135,7 @@ def test_the_encoder_runs_in_workers_of_its_own(spark, settings, tmp_path):
     assert stats["embedded"] == len(texts)
 
     def loaded(batches):
-        from selflearn import embed as worker_embed
+        from selflearn.encoders import embed as worker_embed
 
         for b in batches:
             yield pd.DataFrame({"encoders": [len(worker_embed._ENCODERS)] * len(b)})

@@ -9,8 +9,8 @@ import re
 import pytest
 
 from conftest import massive_records
-from selflearn import embed
-from selflearn.text import normalize_text
+from selflearn.encoders import embed
+from selflearn.core.text import normalize_text
 
 PROGRESS = re.compile(r"embed_keys: (\d+)/(\d+) keys encoded \(([\d.]+)%\), ([\d.]+) keys/s, elapsed \S+, ETA (\S+)")
 SKEW_RE = re.compile(r"embed_keys: (\d+) keys not in the cache")  # what tests/test_skew.py parses
@@ -30,11 +30,11 @@ def test_embed_logs_progress_while_encoding_and_a_warm_run_says_nothing_to_encod
     df = spark.createDataFrame([("de-DE", t) for t in texts], "locale string, text string")
     fast = dataclasses.replace(settings, embedding_backend="sentence-transformers", embedding_progress_s=0.25)
     monkeypatch.setattr(embed, "_PROGRESS_TASK_KEYS", 40)  # several tasks: progress in steps
-    caplog.set_level(logging.INFO, logger="selflearn.embed")
+    caplog.set_level(logging.INFO, logger="selflearn.encoders.embed")
     stats: dict = {}
     embed.embed_keys(spark, df, fast, tmp_path, stats=stats)
     assert stats["embedded"] == len(texts)
-    lines = [r.getMessage() for r in caplog.records if r.name == "selflearn.embed"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "selflearn.encoders.embed"]
     progress = [PROGRESS.fullmatch(m) for m in lines if PROGRESS.fullmatch(m)]
     # the periodic lines (every 0.25 s here) and the closing one
     assert len(progress) >= 2, lines
@@ -48,7 +48,7 @@ def test_embed_logs_progress_while_encoding_and_a_warm_run_says_nothing_to_encod
     stats2: dict = {}
     embed.embed_keys(spark, df, fast, tmp_path, stats=stats2)
     assert stats2["embedded"] == 0
-    lines = [r.getMessage() for r in caplog.records if r.name == "selflearn.embed"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "selflearn.encoders.embed"]
     warm = [m for m in lines if SKEW_RE.search(m)]
     assert len(warm) == 1 and int(SKEW_RE.search(warm[0]).group(1)) == 0
     assert warm[0].endswith("nothing to encode") and "encoding them" not in warm[0]

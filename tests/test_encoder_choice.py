@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import MASSIVE, massive_records
-from selflearn import embed
+from selflearn.encoders import embed
 from selflearn.config import Settings
-from selflearn.text import normalize_text
+from selflearn.core.text import normalize_text
 
 MINILM = dict(embedding_backend="sentence-transformers", embedding_model="bundled:all-MiniLM-L6-v2")
 

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selflearn.evaluate import auc, prf, rephrase_metrics
+from selflearn.evaluation.evaluate import auc, prf, rephrase_metrics
 
 
 def test_auc_by_hand():
@@ -49,8 +49,8 @@ def test_replay_applies_patterns_after_exact_rewrites_and_reports_each_kind():
     """A pattern made from a real MASSIVE frame's not-understood phrasing and an understood
     one fixes fresh requests of that phrasing, values never seen included; its
     applications are counted apart from exact rewrites, with their precision."""
-    from selflearn.evaluate import replay_metrics
-    from selflearn.patterns import delexicalize
+    from selflearn.evaluation.evaluate import replay_metrics
+    from selflearn.core.patterns import delexicalize
     from selflearn.simulate import SimConfig, World
 
     w = World.build(SimConfig(users=40, locales=("en-US",), seed=0))

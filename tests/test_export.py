@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from selflearn.text import normalize_text
+from selflearn.core.text import normalize_text
 
 _SLOT = re.compile(r"\[\s*([a-z0-9_]+)\s*:\s*([^\]]+?)\s*\]")
 
@@ -76,7 +76,7 @@ _MARK = re.compile(r"\[([^\]]+)\]\(([a-z0-9_]+)\)")
 
 def test_rasa_export_is_rasa_nlu_yaml_with_entities_marked(run_dir, tmp_path):
     run, df = run_dir
-    from selflearn.export import export
+    from selflearn.serving.export import export
 
     export(run, tmp_path / "out", "rasa")
     for locale, split, name in [(loc, s, n) for loc in ("en-US", "ja-JP") for s, n in (("train", "nlu.yml"), ("dev", "test_nlu.yml"))]:
@@ -100,7 +100,7 @@ def test_rasa_export_is_rasa_nlu_yaml_with_entities_marked(run_dir, tmp_path):
 
 def test_rasa_export_leaves_out_rows_under_export_min_weight(run_dir, tmp_path):
     run, df = run_dir
-    from selflearn.export import export
+    from selflearn.serving.export import export
 
     export(run, tmp_path / "o", "rasa", min_weight=0.75)  # the CLI passes Settings.export_min_weight
     doc = yaml.safe_load((tmp_path / "o" / "rasa" / "en-US" / "nlu.yml").read_text(encoding="utf-8"))

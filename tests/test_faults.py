@@ -16,7 +16,7 @@ also writes the embedding cache, but here the baseline has filled it, so a kille
 nothing there). Every attempt starts from scratch, so each kill costs the run up to that
 point: killing after all nine stage boundaries took 1,002 s of a 2-core fresh clone's suite
 (2026-11-29), most of it in the late boundaries, which check nothing the early ones don't.
-SELFLEARN_FAULTS_ALL=1 kills after every stage of runner.STAGES (a release check).
+SELFLEARN_FAULTS_ALL=1 kills after every stage of stages.STAGES (a release check).
 
 Determinism rides along: the runs killed after their move into runs/ are complete
 repeated runs (local[1], 2 shuffle partitions), and the final rerun uses local[2] with 5
@@ -37,8 +37,8 @@ import pytest
 from cliproc import CliRun, survivors
 from damaged import damaged_parquet_dir
 
-from selflearn.publish import FAULT_POINTS, ensure_root_free, latest_run
-from selflearn.runner import STAGES
+from selflearn.run.publish import FAULT_POINTS, ensure_root_free, latest_run
+from selflearn.run.stages import STAGE_NAMES
 from selflearn.schema import PUBLISHED_TABLES
 
 pytestmark = pytest.mark.heavy  # second tier: make test-full
@@ -53,7 +53,7 @@ def _no_run_outlives_its_test():
     yield
     kill_all_alive()
 # Boundaries "[stage] done" -> next stage; publish's own "done" is a finished run.
-BOUNDARIES = STAGES[:-1]
+BOUNDARIES = STAGE_NAMES[:-1]
 FIRST_WRITERS = ("ingest", "sessions")  # the first stage to write each kind of place
 KILL_AT = [f"after:{s}" for s in BOUNDARIES
            if os.environ.get("SELFLEARN_FAULTS_ALL") or s in FIRST_WRITERS] + list(FAULT_POINTS)

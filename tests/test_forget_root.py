@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from selflearn.cli import main
-from selflearn.forget import FORGET_NOT_FOUND_EXIT
-from selflearn.state import State
+from selflearn.run.forget import FORGET_NOT_FOUND_EXIT
+from selflearn.run.state import State
 
 
 def _log(massive, path):
@@ -28,7 +28,7 @@ def _log(massive, path):
 
 
 def test_a_forgotten_users_rejected_rows_stay_out_of_the_quarantine(tmp_path, massive, spark, settings):
-    from selflearn.runner import Run
+    from selflearn.run.runner import Run
 
     root = tmp_path / "root"
     state = State(root / "state")

@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from selflearn.graph import FAILURE, SUCCESS, inherit_paraphrase_evidence, solve_rewrite_targets
+from selflearn.core.graph import FAILURE, SUCCESS, inherit_paraphrase_evidence, solve_rewrite_targets
 
 
 def edges(rows):
@@ -92,7 +92,7 @@ def test_reachable_agrees_with_networkx_descendants():
     import networkx as nx
     import numpy as np
 
-    from selflearn.graph import reachable
+    from selflearn.core.graph import reachable
 
     rng = np.random.default_rng(3)
     keys = [f"k{i}" for i in range(300)]
@@ -118,7 +118,7 @@ def test_block_solves_equal_a_dense_inverse(monkeypatch, block_keys):
     confidences equal those read off the dense fundamental matrix N = (I - Q)^-1."""
     import numpy as np
 
-    from selflearn import graph
+    from selflearn.core import graph
 
     monkeypatch.setattr(graph, "BLOCK_KEYS", block_keys)
     rng = np.random.default_rng(11)

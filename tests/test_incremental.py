@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from selflearn.schema import arrow_schema
-from selflearn.text import normalize_text
+from selflearn.core.text import normalize_text
 from small_logs import pick_goal
 
 pytestmark = pytest.mark.heavy  # second tier (make test-full): runs whole pipelines or servers
@@ -30,7 +30,7 @@ def run_settings():
 
 
 def mine(spark, root: Path, inp: Path, settings) -> tuple[Path, dict]:
-    from selflearn.runner import Run, run_all
+    from selflearn.run.runner import Run, run_all
 
     final = run_all(Run(input_path=str(inp), output_root=str(root), settings=settings))
     return final, json.loads((final / "manifest.json").read_text())
@@ -192,7 +192,7 @@ def test_evidence_older_than_the_window_no_longer_counts(mini, spark, run_settin
 
 def test_forget_removes_the_user_and_the_rewrite_they_made(mini, spark, run_settings, capsys):
     from selflearn.cli import main
-    from selflearn.state import State
+    from selflearn.run.state import State
 
     base, keys, _, _ = mini
     root = base / "root"

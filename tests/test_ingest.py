@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 
 from conftest import massive_records
 from selflearn.config import Settings
-from selflearn.ingest import LOG_COLUMNS, output_arrow_schema, parse_ts_us, validate_rows
+from selflearn.spark.ingest import LOG_COLUMNS, output_arrow_schema, parse_ts_us, validate_rows
 from selflearn.schema import REASON_CODES, arrow_schema
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)

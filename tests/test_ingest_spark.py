@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import massive_records
-from selflearn.readers import InputError, ingest, list_input_files
+from selflearn.spark.readers import InputError, ingest, list_input_files
 from selflearn.schema import arrow_schema
 
 NOW = datetime(2026, 11, 24, 23, 0, tzinfo=timezone.utc)

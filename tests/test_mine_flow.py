@@ -9,8 +9,8 @@ import json
 import pytest
 
 from selflearn.config import Settings
-from selflearn.publish import RunDirs, latest_run, publish
-from selflearn.runner import Run
+from selflearn.run.publish import RunDirs, latest_run, publish
+from selflearn.run.runner import Run
 
 
 def resolve_input(*args):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import massive_records
-from selflearn import embed
-from selflearn.text import normalize_text
+from selflearn.encoders import embed
+from selflearn.core.text import normalize_text
 
 
 def _keys(locale: str, start: int, stop: int) -> list[str]:
@@ -54,7 +54,7 @@ def test_int8_export_agrees_with_torch_on_held_out_real_keys(settings, prepared)
 
 
 def test_export_is_built_once_and_reused(onnx_settings, prepared):
-    from selflearn.onnx_backend import export_id, read_meta
+    from selflearn.encoders.onnx_backend import export_id, read_meta
 
     s, note = prepared
     path = embed._model_path(onnx_settings.embedding_model)

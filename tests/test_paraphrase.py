@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from conftest import massive_records
-from selflearn import paraphrase as P
-from selflearn.embed import load_encoder, paraphrase_min_cosine
+from selflearn.core import paraphrase as P
+from selflearn.encoders.embed import load_encoder, paraphrase_min_cosine
 from selflearn.schema import required_fields
-from selflearn.text import normalize_text
+from selflearn.core.text import normalize_text
 
 
 @pytest.fixture(scope="session")  # session: the session-scoped spark fixture depends on it

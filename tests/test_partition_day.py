@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from selflearn.config import Settings
-from selflearn.gate import evaluate_gate
+from selflearn.run.gate import evaluate_gate
 from selflearn.schema import arrow_schema
-from selflearn.state import State, retained_days
+from selflearn.run.state import State, retained_days
 
 
 def _rows(massive, day: str, n: int, prefix: str):
@@ -31,7 +31,7 @@ def _write(path, rows):
 
 
 def test_a_mislabelled_partition_takes_its_rows_days_and_is_reported(tmp_path, massive, spark, settings):
-    from selflearn.runner import Run
+    from selflearn.run.runner import Run
 
     log = tmp_path / "log"
     _write(log / "dt=3000-01-01", _rows(massive, "2026-11-03", 5, "bad"))
@@ -57,7 +57,7 @@ def test_the_window_never_counts_back_from_a_day_after_the_wall_clock():
 
 
 def test_evidence_drop_counts_rows_and_the_gate_refuses_most(tmp_path):
-    from selflearn.incremental import evidence_drop
+    from selflearn.spark.incremental import evidence_drop
 
     state = State(tmp_path / "state")
 

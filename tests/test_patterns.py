@@ -1,4 +1,4 @@
-"""Pattern rewrites (selflearn.patterns): delexicalization, the emission rules that keep
+"""Pattern rewrites (selflearn.core.patterns): delexicalization, the emission rules that keep
 patterns off working traffic, weak labels from filled templates. Texts are real MASSIVE
 carrier phrases (en-US, ja-JP alarm_set and play_music) with their real slot values."""
 from __future__ import annotations
@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from selflearn.config import Settings
-from selflearn.controls import Controls
-from selflearn.patterns import (
+from selflearn.core.controls import Controls
+from selflearn.core.patterns import (
     delexicalize, normalize_template, pattern_candidates, pattern_labels, pattern_pairs,
     published_patterns, select_patterns,
 )
-from selflearn.rewrite_apply import RewriteIndex, pattern_regex
+from selflearn.core.rewrite_apply import RewriteIndex, pattern_regex
 
 S = Settings()
 TIME = "time"
@@ -197,7 +197,7 @@ def test_pattern_labels_use_only_values_min_users_were_served_with():
 
 
 def test_controls_file_names_patterns_with_placeholders(tmp_path):
-    from selflearn.controls import load_controls
+    from selflearn.core.controls import load_controls
 
     f = tmp_path / "controls.yaml"
     f.write_text('block:\n  - {locale: en-US, source: "Wake me up at {time}, please!"}\n', encoding="utf-8")
@@ -224,8 +224,8 @@ def test_users_pool_over_target_phrasings_of_one_intent():
 
 
 def test_the_publish_gates_churn_counts_patterns(tmp_path):
-    from selflearn.gate import evaluate_gate
-    from selflearn.publish import write_table
+    from selflearn.run.gate import evaluate_gate
+    from selflearn.run.publish import write_table
 
     decided = _decide(_pairs(VALUES[:4], ["u1", "u2", "u3", "u4"]), _keys(VALUES[:4], VALUES))
     rewrites = pd.DataFrame([("en-US", f"wake me at {v}", f"set an alarm for {v}", 0.9, 5, 5, 0.9, 0.95, "rephrase")
@@ -243,7 +243,7 @@ def test_the_publish_gates_churn_counts_patterns(tmp_path):
 
 
 def test_no_emitted_pattern_still_publishes_a_typed_empty_table(tmp_path):
-    from selflearn.publish import write_table
+    from selflearn.run.publish import write_table
 
     decided = _decide(_pairs(VALUES[:4], ["u1"] * 4), _keys(VALUES[:4], VALUES))  # too few users: nothing emitted
     assert write_table(published_patterns(decided), tmp_path / "rp", "rewrite_patterns", ["locale", "source", "target"]) == 0

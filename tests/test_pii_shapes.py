@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from selflearn.privacy import EMAIL_MASK, NUMBER_MASK, PHONE_MASK, scrub_utterance
-from selflearn.text import normalize_text
+from selflearn.core.privacy import EMAIL_MASK, NUMBER_MASK, PHONE_MASK, scrub_utterance
+from selflearn.core.text import normalize_text
 
 LOCALES = ["en-US", "ja-JP", "hi-IN", "ar-SA", "ru-RU", "th-TH", "zh-CN"]
 DEVANAGARI = "०१२३४५६७८९"
@@ -75,7 +75,7 @@ def phone_shape(draw):
 @given(phone_shape(), st.sampled_from(["set an alarm for seven", "call my mother please", "wake me up tomorrow"]))
 def test_property_digit_runs_across_any_separator_and_script_are_masked(shape, utt):
     piece, digits = shape
-    from selflearn.privacy import _DATE, _THOUSANDS, _shadow
+    from selflearn.core.privacy import _DATE, _THOUSANDS, _shadow
 
     shadow = _shadow(piece)
     if digits < 7 or _DATE.fullmatch(shadow) or _THOUSANDS.fullmatch(shadow):

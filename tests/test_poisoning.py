@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 
 from selflearn.config import Settings
-from selflearn.graph import solve_rewrite_targets
-from selflearn.rewrites import select_rewrites
-from selflearn.steps import edges_step
-from selflearn.text import normalize_text
+from selflearn.core.graph import solve_rewrite_targets
+from selflearn.core.rewrites import select_rewrites
+from selflearn.spark.steps import edges_step
+from selflearn.core.text import normalize_text
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The PII scrubber (selflearn.privacy) on real MASSIVE utterances of six scripts, into
+"""The PII scrubber (selflearn.core.privacy) on real MASSIVE utterances of six scripts, into
 which e-mail addresses, phone numbers and digit runs are inserted; and its place in the
 pipeline: before the text key, on slot values and served rewrites too."""
 from __future__ import annotations
@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from selflearn.config import Settings
-from selflearn.privacy import EMAIL_MASK, MASKS, NUMBER_MASK, PHONE_MASK, scrub_utterance
-from selflearn.sessions import enrich_turns
-from selflearn.text import normalize_text
+from selflearn.core.privacy import EMAIL_MASK, MASKS, NUMBER_MASK, PHONE_MASK, scrub_utterance
+from selflearn.core.sessions import enrich_turns
+from selflearn.core.text import normalize_text
 
 # locale -> the script's own decimal digits (None: ASCII), unspaced script or not
 LOCALES = {
@@ -127,7 +127,7 @@ def test_enrich_turns_keys_slots_and_served_rewrites_are_scrubbed(massive):
     assert set(values) == {EMAIL_MASK, PHONE_MASK}
     assert PHONE_MASK in out["rewritten_from"].dropna().iloc[0].split()
     # the masked slot value still projects onto the masked key (weak labels keep working)
-    from selflearn.labels import project_slots
+    from selflearn.core.labels import project_slots
 
     assert project_slots(out["text"].iloc[0], [{"name": "personal_info", "value": values[0]}]) is not None
 

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from selflearn.publish import FAULT_POINTS, RootBusyError, RunDirs, content_checksum, ensure_root_free, publish
+from selflearn.run.publish import FAULT_POINTS, RootBusyError, RunDirs, content_checksum, ensure_root_free, publish
 
 
 def _dead_run(root, run_id, *, staged_success=False):
@@ -93,7 +93,7 @@ def test_lock_of_a_sigkilled_holder_is_free(tmp_path):
     root = tmp_path / "root"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from selflearn.publish import RunDirs; "
+         "import sys, time; from selflearn.run.publish import RunDirs; "
          "d = RunDirs(sys.argv[1], 'r1'); d.acquire(); print('held', flush=True); time.sleep(600)", str(root)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     try:
@@ -168,7 +168,7 @@ def test_checksum_changes_with_any_one_value_and_not_with_file_layout(tmp_path):
 
 _PUBLISHER = """
 import sys
-from selflearn.publish import RunDirs, publish
+from selflearn.run.publish import RunDirs, publish
 d = RunDirs(sys.argv[1], sys.argv[2])
 d.acquire()
 (d.output("turns")).mkdir()

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from selflearn.config import Settings
-from selflearn.rephrase import EncoderMeaning, meaning_baseline, meaning_z, pair_similarity
-from selflearn.sessions import enrich_turns
-from selflearn.text import normalize_text
+from selflearn.core.rephrase import EncoderMeaning, meaning_baseline, meaning_z, pair_similarity
+from selflearn.core.sessions import enrich_turns
+from selflearn.core.text import normalize_text
 from test_sessions import by_time_value, frame, turn
 
 
@@ -20,7 +20,7 @@ from test_sessions import by_time_value, frame, turn
 def meaning(massive):
     """The default encoder, z-scored against 300 real en-US MASSIVE keys (as a run does
     with its own keys)."""
-    from selflearn.embed import load_encoder, settings_for_locale
+    from selflearn.encoders.embed import load_encoder, settings_for_locale
 
     enc = load_encoder(settings_for_locale(Settings(), "en-US"))
     keys = sorted({normalize_text(r["utt"]) for r in massive("en-US", 300)})
@@ -102,7 +102,7 @@ def test_unknown_act_and_no_vectors_change_nothing(massive):
 
 def test_slots_changed_marks_a_follow_up_not_a_reask(massive):
     """"... for five" served, then "... for six": the values the NLU heard are gone."""
-    from selflearn.rephrase import slots_changed
+    from selflearn.core.rephrase import slots_changed
 
     groups = by_time_value(massive)
     values = [v for v in sorted(groups) if len(v.split()) <= 2][:2]
@@ -115,8 +115,8 @@ def test_slots_changed_marks_a_follow_up_not_a_reask(massive):
 def test_the_chance_level_is_the_calibrated_one_where_the_table_has_it():
     """A run's own sample moves with its input; the calibrated level (bench/meaning_baselines.py)
     does not, so day-by-day runs score pairs as one run does. Locales without one keep theirs."""
-    from selflearn.embed import encoder_cache_id, settings_for_locale
-    from selflearn.rephrase import _calibrations, calibrated_baseline
+    from selflearn.encoders.embed import encoder_cache_id, settings_for_locale
+    from selflearn.core.rephrase import _calibrations, calibrated_baseline
 
     enc = encoder_cache_id(settings_for_locale(Settings(), "en-US"), "cpu")
     table = _calibrations()

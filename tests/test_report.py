@@ -22,35 +22,32 @@ def run_cli(*args):
 # --- progress ---------------------------------------------------------------------------
 
 def test_a_silent_stage_gets_a_heartbeat_line(tmp_path):
-    from selflearn.runner import Run
-
-    class Slow(Run):
-        def stage_slow(self):
-            time.sleep(1.3)
+    from selflearn.run.runner import Run
+    from selflearn.run.stages import Stage
 
     said = []
-    run = Slow(input_path="x", output_root=str(tmp_path), settings=Settings(progress_heartbeat_s=0.4), progress=said.append)
-    run.stage("slow")
+    run = Run(input_path="x", output_root=str(tmp_path), settings=Settings(progress_heartbeat_s=0.4), progress=said.append)
+    run.stage(Stage("slow", (), (), lambda run: time.sleep(1.3)))
     beats = [m for m in said if "still running" in m]
     assert said[0] == "[slow] started" and said[-1].startswith("[slow] done in")
     assert 2 <= len(beats) <= 3 and all(m.startswith("[slow] still running, ") for m in beats)
 
 
 def test_a_stage_that_logs_on_its_own_gets_no_heartbeat(tmp_path):
-    from selflearn.runner import Run
+    from selflearn.run.runner import Run
+    from selflearn.run.stages import Stage
 
-    log = logging.getLogger("selflearn.embed")
+    log = logging.getLogger("selflearn.encoders.embed")
     logging.getLogger("selflearn").setLevel(logging.INFO)
 
-    class Chatty(Run):
-        def stage_chatty(self):
-            for _ in range(10):
-                log.info("encoded some keys")
-                time.sleep(0.1)
+    def chatty(run):
+        for _ in range(10):
+            log.info("encoded some keys")
+            time.sleep(0.1)
 
     said = []
-    run = Chatty(input_path="x", output_root=str(tmp_path), settings=Settings(progress_heartbeat_s=0.4), progress=said.append)
-    run.stage("chatty")
+    run = Run(input_path="x", output_root=str(tmp_path), settings=Settings(progress_heartbeat_s=0.4), progress=said.append)
+    run.stage(Stage("chatty", (), (), chatty))
     assert not [m for m in said if "still running" in m]
 
 
@@ -89,8 +86,8 @@ def _rewrites(rows):
 def _changes_html(tmp_path, massive):
     """Two runs' rewrites over real MASSIVE utterances: one kept with another confidence,
     one retargeted, one added, 61 removed; min_users 3 -> 4 between them."""
-    from selflearn.report import _diff_section
-    from selflearn.text import normalize_text
+    from selflearn.run.report import _diff_section
+    from selflearn.core.text import normalize_text
 
     texts = sorted({normalize_text(r["utt"]) for r in massive("en-US", 200)})
     k = iter(texts)
@@ -149,7 +146,7 @@ def test_changes_section_shows_the_config_change_and_explains_min_users(tmp_path
 
 
 def test_changes_section_without_previous_run(tmp_path):
-    from selflearn.report import _diff_section
+    from selflearn.run.report import _diff_section
 
     assert "this is the first" in "".join(_diff_section({}, _rewrites([]), None))
 
@@ -157,7 +154,7 @@ def test_changes_section_without_previous_run(tmp_path):
 # --- pieces of the report ---------------------------------------------------------------
 
 def test_labels_wrap_whole_in_any_script():
-    from selflearn.report import _width_units, wrap_label
+    from selflearn.run.report import _width_units, wrap_label
 
     for text in ["what is a good black eye pea substitute olly and more words after it",
                  "明日の東京の天気を教えてくださいそれから大阪の天気も", "कल सुबह सात बजे का अलार्म लगाओ"]:
@@ -171,7 +168,7 @@ def test_labels_wrap_whole_in_any_script():
 def test_the_chain_through_b_explains_a_rewrite_confidence(published_run):
     """A -> C rests on users saying A, then B, then C: the report's path through B must
     carry the rewrite's whole confidence, P(A->B) * P(B->C) * P(C served)."""
-    from selflearn.report import _load_graph, rewrite_paths
+    from selflearn.run.report import _load_graph, rewrite_paths
 
     final = published_run["final"]
     nodes, edges = _load_graph(final)
@@ -222,7 +219,7 @@ def test_report_shows_evidence_graph_samples_and_fonts(published_run):
 def test_spark_start_prints_no_log_level_banner(tmp_path):
     """Spark prints 'Setting default log level to "WARN"' and a hint when PySpark's gateway
     logger has no level of its own (selflearn/log4j2.properties gives it one)."""
-    code = ("from selflearn.config import Settings; from selflearn.spark import get_spark; "
+    code = ("from selflearn.config import Settings; from selflearn.spark.session import get_spark; "
             "s = get_spark(Settings(spark_master='local[1]')); s.range(3).count(); s.stop()")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                        env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
@@ -252,7 +249,7 @@ def _evaluation_result():
 
 
 def test_evaluate_fills_the_report_section_once(tmp_path):
-    from selflearn.report import _evaluation_section, add_evaluation
+    from selflearn.run.report import _evaluation_section, add_evaluation
 
     page = tmp_path / "report.html"
     page.write_text("<html><body><h1>run</h1>\n" + "\n".join(_evaluation_section("r1")) + "\n<h2>after</h2></body></html>")

@@ -7,7 +7,7 @@ import random
 import pandas as pd
 import pytest
 
-from selflearn.rewrite_apply import (
+from selflearn.core.rewrite_apply import (
     Pattern, RewriteIndex, best_pattern, has_literal_text, literal_chars, pattern_regex, placeholder_names,
 )
 
@@ -111,7 +111,7 @@ def test_one_placeholder_patterns_answer_as_the_regex_does_without_compiling_it(
     # The string fast path (head, tail, at least one character between) against the
     # contract's regex itself, on carriers of MASSIVE en-US records 0-2 and 93, where
     # the fixed ends can overlap or fill the whole key.
-    from selflearn.rewrite_apply import fill
+    from selflearn.core.rewrite_apply import fill
 
     sources = ["wake me up at {time}", "{time} alarm", "set an alarm for {time} please", "a{x}a", "set {x}set"]
     keys = ["wake me up at five am", "wake me up at", "wake me up at ", "five am alarm", " alarm", "alarm", "aa", "aba",

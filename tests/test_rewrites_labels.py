@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from selflearn.config import Settings
-from selflearn.labels import paraphrase_labels, project_slots, rewrite_labels, split_of, training_rows
-from selflearn.rewrites import published_rewrites, select_rewrites, wilson_bounds
+from selflearn.core.labels import paraphrase_labels, project_slots, rewrite_labels, split_of, training_rows
+from selflearn.core.rewrites import published_rewrites, select_rewrites, wilson_bounds
 
 
 def candidate(**kw):
@@ -120,7 +120,7 @@ def test_training_rows_prefer_rewrite_labels_and_split_stably():
 def _chain_pairs_by_loop(turns):
     """The chain rule turn by turn, as a reference: a chain grows while each turn is
     rephrased by the next; its last MAX_CHAIN turns pair up (i < j, different keys)."""
-    from selflearn.rewrites import MAX_CHAIN
+    from selflearn.core.rewrites import MAX_CHAIN
 
     rows = set()
     for (user, session), g in turns.sort_values("seq").groupby(["user_id", "session"]):
@@ -137,7 +137,7 @@ def _chain_pairs_by_loop(turns):
 
 
 def test_rephrase_chain_pairs_by_hand(massive):
-    from selflearn.rewrites import rephrase_chain_pairs
+    from selflearn.core.rewrites import rephrase_chain_pairs
 
     a, b, c, d = (r["utt"].lower() for r in massive("en-US", 4))
     turns = pd.DataFrame({
@@ -155,7 +155,7 @@ def test_rephrase_chain_pairs_agree_with_the_turn_by_turn_rule(massive):
     running to the session's end: the vectorised pairs equal the reference loop's."""
     import numpy as np
 
-    from selflearn.rewrites import rephrase_chain_pairs
+    from selflearn.core.rewrites import rephrase_chain_pairs
 
     texts = [r["utt"].lower() for r in massive("de-DE", 12)]
     rng = np.random.default_rng(7)

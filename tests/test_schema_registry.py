@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from selflearn import schema
-from selflearn.defects import is_failing, is_working
+from selflearn.core.defects import is_failing, is_working
 from selflearn.schema import PUBLISHED_TABLES, arrow_schema, columns, evidence_kind
 
 # Written down here, not read from the registry: the contract's published tables (section 4)

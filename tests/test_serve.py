@@ -1,4 +1,4 @@
-"""selflearn.serving and `selflearn serve` (contract section 5): a real uvicorn server on
+"""selflearn.serving.rewriter and `selflearn serve` (contract section 5): a real uvicorn server on
 loopback over run folders with both kinds of rewrites (tests/serve_runs.py), answers
 checked against contract 4.1 as rewrite_apply computes it, LATEST moved under load, bad
 runs refused, bad requests 4xx."""
@@ -13,8 +13,8 @@ import urllib.parse
 import pandas as pd
 import pytest
 
-from selflearn.keys import text_key
-from selflearn.serving import BadRequest, NotLoaded, Rewriter
+from selflearn.core.keys import text_key
+from selflearn.serving.rewriter import BadRequest, NotLoaded, Rewriter
 from serve_runs import REQUESTS, RUN_A, RUN_B, expected_answer, move_latest_to, write_run
 
 
@@ -26,7 +26,7 @@ def root(tmp_path):
 
 @pytest.fixture()
 def server(root):
-    from selflearn.server import serve_in_thread
+    from selflearn.serving.server import serve_in_thread
 
     srv, thread, url = serve_in_thread(root, poll_s=0.05)
     yield srv, url
@@ -65,7 +65,7 @@ def test_answers_follow_contract_4_1_exact_first_then_most_specific_pattern(root
 
 
 def test_requests_are_keyed_with_the_pipelines_pii_masking(root, settings):
-    from selflearn.sessions import enrich_turns
+    from selflearn.core.sessions import enrich_turns
 
     said = "add new email to anna jane.doe@example.org"
     got = Rewriter.from_root(root).rewrite("en-US", said)
@@ -97,13 +97,13 @@ def test_bad_runs_are_refused_and_the_old_one_keeps_serving(root, caplog):
     rw = Rewriter.from_root(root)
     assert rw.current.run_id == "run-a"
     write_run(root, "run-incomplete", RUN_B, success=False)  # LATEST moved to a run without _SUCCESS
-    with caplog.at_level("WARNING", logger="selflearn.serving"):
+    with caplog.at_level("WARNING", logger="selflearn.serving.rewriter"):
         assert rw.refresh() is False
     assert rw.current.run_id == "run-a" and "refused run run-incomplete" in caplog.text and "_SUCCESS" in caplog.text
     bad = write_run(root, "run-corrupt", RUN_B)
     (bad / "rewrite_patterns" / "part-0.parquet").write_bytes(b"PAR1 this is not parquet")
     caplog.clear()
-    with caplog.at_level("WARNING", logger="selflearn.serving"):
+    with caplog.at_level("WARNING", logger="selflearn.serving.rewriter"):
         assert rw.refresh() is False
     assert "rewrite_patterns/ is not readable parquet" in caplog.text
     assert rw.rewrite("en-US", "start my jazz playlist") == expected_answer(RUN_A, "run-a", "en-US", "start my jazz playlist")
@@ -184,7 +184,7 @@ def test_http_bad_input_gets_4xx_with_a_reason_never_500(server):
 
 
 def test_healthz_is_503_until_a_run_is_loaded(tmp_path):
-    from selflearn.server import serve_in_thread
+    from selflearn.serving.server import serve_in_thread
 
     srv, thread, url = serve_in_thread(tmp_path, poll_s=0.05)
     try:

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from selflearn.config import DefectModel, Settings
-from selflearn.defects import defect_probability
-from selflearn.sessions import enrich_turns
+from selflearn.core.defects import defect_probability
+from selflearn.core.sessions import enrich_turns
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
 
@@ -83,9 +83,9 @@ def test_hard_negative_same_kind_after_success(massive):
 def test_hard_negative_failure_then_unrelated_request(massive):
     # The fitted weights rely on the meaning veto for this case (the pipeline always has it):
     # score with the default encoder, z-scored against real en-US keys.
-    from selflearn.embed import load_encoder, settings_for_locale
-    from selflearn.rephrase import EncoderMeaning, meaning_baseline
-    from selflearn.text import normalize_text
+    from selflearn.encoders.embed import load_encoder, settings_for_locale
+    from selflearn.core.rephrase import EncoderMeaning, meaning_baseline
+    from selflearn.core.text import normalize_text
 
     enc = load_encoder(settings_for_locale(Settings(), "en-US"))  # the default routes per locale
     keys = sorted({normalize_text(r["utt"]) for r in massive("en-US", 300)})

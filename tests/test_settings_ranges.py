@@ -52,7 +52,7 @@ def test_min_users_below_two_needs_the_override_and_zero_never():
 
 
 def test_the_manifest_privacy_block_flags_the_override():
-    from selflearn.privacy import privacy_block
+    from selflearn.core.privacy import privacy_block
 
     assert privacy_block(Settings())["below_floor"] is False
     flagged = privacy_block(Settings(min_users=1, min_users_override=True))
@@ -138,7 +138,7 @@ def test_property_the_validator_accepts_exactly_the_documented_ranges(case):
 
 def test_the_backend_choices_are_the_embed_modules_backends():
     from selflearn.config import CHOICES
-    from selflearn.embed import BACKENDS
+    from selflearn.encoders.embed import BACKENDS
 
     assert set(CHOICES["embedding_backend"]) == set(BACKENDS)
     assert Settings().embedding_backend in BACKENDS  # the default itself passes the check

@@ -13,7 +13,7 @@ import pytest
 
 from selflearn.simulate import LOG_SCHEMA, TRUTH_SCHEMA, SimConfig, World, simulate
 from selflearn.simulate.config import resolve_data_dir
-from selflearn.text import normalize_text
+from selflearn.core.text import normalize_text
 
 DATA = resolve_data_dir()  # the real data must be there: no silent skip
 

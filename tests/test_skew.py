@@ -115,7 +115,7 @@ def test_skewed_log_shape(logs):
 
 
 def test_heavy_user_is_rate_limited_and_counted(spark, settings, logs):
-    from selflearn.readers import ingest
+    from selflearn.spark.readers import ingest
 
     skewed_dir, _, skewed, _ = logs
     now = datetime(2026, 11, 24, tzinfo=timezone.utc)
@@ -137,9 +137,9 @@ def test_heavy_user_is_rate_limited_and_counted(spark, settings, logs):
 def _warm_embedding_cache(spark, settings, log: pd.DataFrame, root: Path) -> None:
     """Embed every key of the logs into ROOT's cache first, so neither measured run loads
     the model (its worker would dominate both peaks and hide what skew costs)."""
-    from selflearn.embed import embed_keys
-    from selflearn.privacy import scrub_text
-    from selflearn.text import normalize_text
+    from selflearn.encoders.embed import embed_keys
+    from selflearn.core.privacy import scrub_text
+    from selflearn.core.text import normalize_text
 
     keys = log[["locale", "utterance"]].dropna().drop_duplicates()
     # the keys the sessions stage makes: PII masked first, then normalized

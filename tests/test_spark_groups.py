@@ -6,7 +6,7 @@ import sys
 
 import pandas as pd
 
-from selflearn import spark as spark_mod
+from selflearn.spark import session as spark_mod
 
 
 def _frame(sizes: dict[str, int]) -> pd.DataFrame:

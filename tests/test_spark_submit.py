@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from selflearn.config import load_settings
-from selflearn.runner import Run, run_all
+from selflearn.run.runner import Run, run_all
 from selflearn.schema import PUBLISHED_TABLES
 
 pytestmark = pytest.mark.heavy  # second tier (make test-full): runs whole pipelines or servers
@@ -195,7 +195,7 @@ def sim(tmp_path_factory) -> Path:
 
 def test_submit_master_needs_spark_submit(monkeypatch):
     from selflearn.config import Settings
-    from selflearn.spark import get_spark
+    from selflearn.spark.session import get_spark
 
     monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
     with pytest.raises(RuntimeError, match="spark-submit"):
@@ -233,7 +233,7 @@ def test_worker_python_does_not_have_the_project(worker_python, dist):
     shipped = runs(
         "import json, selflearn, networkx\n"
         "from selflearn.schema import arrow_schema\n"
-        "from selflearn.spark import log4j_file\n"
+        "from selflearn.spark.session import log4j_file\n"
         "print(json.dumps([selflearn.__file__, networkx.__file__, arrow_schema('rewrites').names, open(log4j_file()).read()]))",
         pythonpath=str(zip_path),
     )

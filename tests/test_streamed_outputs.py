@@ -8,8 +8,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from selflearn.publish import content_checksum
-from selflearn.report import BINS, _per_locale
+from selflearn.run.publish import content_checksum
+from selflearn.run.report import BINS, _per_locale
 
 
 def _write(rows: pd.DataFrame, folder, cuts: list[int], schema: pa.Schema) -> None:

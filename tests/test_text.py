@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from selflearn import normalize_text
-from selflearn.rephrase import pair_similarity
-from selflearn.text import tokens
+from selflearn.core.rephrase import pair_similarity
+from selflearn.core.text import tokens
 
 from conftest import MASSIVE
 
@@ -83,7 +83,7 @@ def test_keys_of_all_of_massive_are_the_pinned_keys():
 def test_spark_keys_of_all_of_massive_are_the_pinned_keys(spark):
     """Every utterance of MASSIVE in all 52 locales through the Spark path (normalize in
     mapInPandas batches) gives exactly the pinned keys."""
-    from selflearn.sessions import normalize_series
+    from selflearn.core.sessions import normalize_series
 
     utts = _massive_utterances()
     df = spark.createDataFrame(pd.DataFrame({"utt": utts}))

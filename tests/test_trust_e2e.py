@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 
 from selflearn.config import Settings
-from selflearn.privacy import EMAIL_MASK, scrub_text
-from selflearn.publish import latest_run
-from selflearn.runner import Run, run_all
-from selflearn.text import normalize_text
+from selflearn.core.privacy import EMAIL_MASK, scrub_text
+from selflearn.run.publish import latest_run
+from selflearn.run.runner import Run, run_all
+from selflearn.core.text import normalize_text
 
 pytestmark = pytest.mark.heavy  # second tier (make test-full): runs whole pipelines or servers
 

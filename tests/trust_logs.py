@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from selflearn.schema import arrow_schema
-from selflearn.text import normalize_text
+from selflearn.core.text import normalize_text
 
 # Nullable: the simulator's malformed rows (missing ids...) must reach the quarantine.
 LOG = pa.schema([f.with_nullable(True) for f in arrow_schema("log")])

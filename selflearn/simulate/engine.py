@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..text import normalize_text
+from selflearn.core.text import normalize_text
 from .config import SimConfig
 from .world import SLOTS_TYPE, World, h64, hunit, rng_for
 

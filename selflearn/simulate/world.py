@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..text import normalize_text
+from selflearn.core.text import normalize_text
 from .config import SimConfig, resolve_data_dir
 
 _SLOT_RE = re.compile(r"\[\s*([^\[\]:]+?)\s*:\s*([^\[\]]*?)\s*\]")

@@ -1,0 +1,357 @@
+"""Rewrites that generalize across slot values: `rewrite_patterns/` (contract section 4.1).
+
+A failing phrasing usually fails for every slot value, and most of its values are said by
+too few users for an exact rewrite. Pattern evidence is the same rephrase evidence as
+exact rewrites, delexicalized: where a failing source key was followed, in one session's
+chain of re-asks, by a served target key whose served slot values all occur in both
+texts (the projection labels.project_slots makes for weak labels), the pair also yields a
+pattern pair, both keys with those values replaced by `{slot_name}`
+("wake me up at {time} tomorrow" -> "set an alarm for {time} tomorrow").
+
+Pattern pairs pool across users, sessions and slot values per locale; distinct users are
+the votes (users, not turns: a flood is one vote). A candidate (source, target) becomes a
+published pattern only if (rules in order, the first failed one is kept for the manifest):
+  operator controls, as for exact rewrites: `denied` (the target's or the source's served
+  intent or domain is on a deny list), `blocked` (a block names the pattern source, or the
+  pair), `pinned_elsewhere` (the source is pinned to another target);
+  `no_literal_text`: the source holds text besides its placeholders (a bare `{x}` would
+     match every key);
+  `too_few_values`: n_values >= 2 distinct slot-value tuples (one value is an exact rewrite);
+  `too_few_users`: n_users >= min_users distinct users over all its values;
+  `outvoted`: another target of the same source has more users, or as many and more of
+     its own (one pattern per source);
+  `matches_working`: among the users of every logged key the source matches (with the
+     contract's own regular expression, selflearn.core.rewrite_apply), the share on keys that
+     work (defect rate below min_source_defect_rate) is at most pattern_max_working_share:
+     a pattern fires on texts nobody said yet, so it must not fire on requests that work
+     today (a carrier phrase shared with another frame's working phrasing is refused);
+  `source_not_defective`: source_defect_rate, over every turn of every key the source
+     matches (not only the turns that made the pattern), >= min_source_defect_rate;
+  `not_significant`: the Wilson lower bound of the target's success rate (over every key
+     the target matches) exceeds the Wilson upper bound of the source's, at significance_z,
+     as for exact rewrites (n = users of the matched keys);
+  `low_confidence`: confidence >= min_rewrite_confidence;
+  `target_disagrees`: the target keys behind the pattern were served with one intent
+     (share >= min_label_agreement), so the pattern means one thing.
+A pin skips the statistical rules (matches_working .. target_disagrees), never the
+privacy rules (literal text, values, users).
+
+n_users, n_values and n_sessions of a candidate count every pattern pair from its source
+to a target phrasing served with the target's intent (the class the users reached; the
+values are variables); the class's most chosen phrasing is the published target.
+confidence = (users of source -> the target's class) / (users of source -> any pattern
+target) x target_success_rate.
+
+Everything here is plain pandas over one locale's (or many locales') rows; Spark only
+places the data (selflearn.spark.steps.patterns_step).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+
+import numpy as np
+import pandas as pd
+
+from selflearn.config import Settings
+from selflearn.core.controls import Controls, denied
+from selflearn.core.labels import TRAINING_COLUMNS, parse_slots, split_of
+from selflearn.core.rewrite_apply import PLACEHOLDER, Pattern, _LocalePatterns, fill, has_literal_text, placeholder_names
+from selflearn.core.rewrites import wilson_bounds
+from selflearn.core.text import is_unspaced_char, normalize_text
+
+PATTERN_COLUMNS = [
+    "locale", "source", "target", "slots", "confidence", "n_users", "n_values", "n_sessions",
+    "source_defect_rate", "target_success_rate", "evidence",
+]
+PAIR_COLUMNS = ["locale", "source", "target", "user_id", "session", "values", "target_intent", "target_domain",
+                "source_intent", "source_domain"]
+SLOT_NAME = re.compile(r"[a-z0-9_]+")
+ADJACENT = re.compile(r"\{[a-z0-9_]+\}(?:\s*\{[a-z0-9_]+\})+")
+
+
+# --- delexicalization ---------------------------------------------------------------
+
+def _replace_value(text: str, value: str, placeholder: str) -> str | None:
+    """`text` with every occurrence of `value` (a text key) replaced by `placeholder`, as
+    whole tokens, or inside a word for a value in an unspaced script (as project_slots
+    matches it); None when the value does not occur."""
+    padded = f" {text} "
+    if f" {value} " in padded:
+        while f" {value} " in padded:  # adjacent repeats share a space: loop
+            padded = padded.replace(f" {value} ", f" {placeholder} ")
+        return padded[1:-1]
+    if any(is_unspaced_char(c) for c in value) and value in text:
+        return text.replace(value, placeholder)
+    return None
+
+
+def delexicalize(source: str, target: str, slots: list[dict]) -> tuple[str, str, tuple[str, ...]] | None:
+    """(source pattern, target pattern, slot values in the source's placeholder order),
+    or None when the pair yields no pattern: no slot, a slot name that is not a
+    placeholder name, two values of one slot name, a value missing from either text, or
+    the two patterns equal (no identity rewrites)."""
+    values: dict[str, str] = {}
+    for s in slots:
+        name, value = str(s["name"]), normalize_text(str(s["value"]))
+        if not value or not SLOT_NAME.fullmatch(name):
+            return None
+        if values.setdefault(name, value) != value:
+            return None
+    if not values:
+        return None
+    psrc, ptgt = source, target
+    # Longest value first, so "new york city" is not cut by a "new york" of another slot.
+    for name, value in sorted(values.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        psrc = _replace_value(psrc, value, "{" + name + "}")
+        ptgt = _replace_value(ptgt, value, "{" + name + "}") if psrc is not None else None
+        if psrc is None or ptgt is None:
+            return None
+    if psrc == ptgt:
+        return None
+    # Adjacent placeholders split a text ambiguously ((?P<a>.+?)(?P<b>.+?) binds one
+    # character to `a`): harmless only where the target keeps the run as it is.
+    if any(run not in ptgt for run in ADJACENT.findall(psrc)):
+        return None
+    names = placeholder_names(psrc)
+    if set(names) != set(values) or not set(placeholder_names(ptgt)) <= set(names):
+        return None
+    return psrc, ptgt, tuple(values[n] for n in names)
+
+
+def normalize_template(template: str) -> str:
+    """normalize_text of a pattern written by a person, placeholders kept: each `{name}`
+    travels through the normalization as a private-use character, which no rule of
+    section 3 touches."""
+    names = PLACEHOLDER.findall(template)
+    marked = PLACEHOLDER.sub(lambda m: chr(0xE000 + names.index(m.group(1))), template)
+    key = normalize_text(marked)
+    return "".join("{" + names[ord(c) - 0xE000] + "}" if 0xE000 <= ord(c) < 0xE000 + len(names) else c for c in key)
+
+
+def pattern_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Pattern pairs from key pairs.
+
+    `pairs`: locale, source, target, user_id, session (rephrase chains, rewrites.
+    rephrase_chain_pairs) joined with the target's served interpretation (target_intent,
+    target_domain, target_slots_json) and the source's (source_intent, source_domain),
+    only pairs whose source fails and whose target is served. Returns PAIR_COLUMNS, with
+    `source`/`target` the patterns and `values` the slot values as a JSON list."""
+    rows = []
+    for r in pairs.itertuples(index=False):
+        d = delexicalize(r.source, r.target, parse_slots(r.target_slots_json))
+        if d is None:
+            continue
+        rows.append((r.locale, d[0], d[1], r.user_id, r.session, json.dumps(list(d[2]), ensure_ascii=False),
+                     r.target_intent, r.target_domain, r.source_intent, r.source_domain))
+    return pd.DataFrame(rows, columns=PAIR_COLUMNS)
+
+
+# --- candidates and their statistics --------------------------------------------------
+
+def _mode(s: pd.Series):
+    s = s.dropna()
+    if s.empty:
+        return None
+    counts = s.value_counts()
+    return sorted(counts[counts == counts.max()].index)[0]
+
+
+def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float) -> pd.DataFrame:
+    """Per template of one locale: the logged keys its regular expression fullmatches
+    (contract 4.1), with n_keys, users (summed over keys), the user-weighted defect rate
+    and the users on working keys (defect rate below `working_defect`).
+
+    `keys`: text, n_users, defect_rate (one locale's key statistics)."""
+    uniq = sorted(set(templates))
+    if not uniq:
+        return pd.DataFrame(columns=["template", "n_keys", "users", "defect_users", "working_users"])
+    index = _LocalePatterns([Pattern.make("", t, t, 0.0) for t in uniq])
+    acc = {t: [0, 0.0, 0.0, 0.0] for t in uniq}
+    for text, n, d in zip(keys["text"], keys["n_users"].astype(float), keys["defect_rate"].astype(float)):
+        for p in index.candidates(text):
+            if p.regex.fullmatch(text) is None:
+                continue
+            a = acc[p.source]
+            a[0] += 1
+            a[1] += n
+            a[2] += n * d
+            if d < working_defect:
+                a[3] += n
+    return pd.DataFrame([(t, a[0], a[1], a[2], a[3]) for t, a in acc.items()],
+                        columns=["template", "n_keys", "users", "defect_users", "working_users"])
+
+
+def pattern_candidates(ppairs: pd.DataFrame, keys: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """One locale's pattern candidates with the statistics the rules read.
+
+    `ppairs`: pattern_pairs rows; `keys`: the locale's key statistics (text, n_users,
+    defect_rate). Stable order."""
+    cols = ["locale", "source", "target", "n_users", "n_sessions", "n_values", "target_users", "source_users", "share",
+            "source_defect_rate", "source_n_users", "source_working_share", "source_n_keys",
+            "target_success_rate", "target_n_users", "confidence", "target_intent", "target_domain",
+            "intent_agreement", "source_intent", "source_domain", "evidence"]
+    if ppairs.empty:
+        return pd.DataFrame(columns=cols)
+    g = ppairs.groupby(["locale", "source", "target"], sort=True)
+    c = g.agg(n_users=("user_id", "nunique"), n_values=("values", "nunique"),
+              target_intent=("target_intent", _mode), target_domain=("target_domain", _mode),
+              source_intent=("source_intent", _mode), source_domain=("source_domain", _mode)).reset_index()
+    c["n_sessions"] = ppairs.drop_duplicates(["locale", "source", "target", "user_id", "session"]).groupby(
+        ["locale", "source", "target"], sort=True).size().to_numpy()
+    # The share of a pattern's pairs whose target key was served with its modal intent.
+    agree = ppairs.merge(c[["locale", "source", "target", "target_intent"]], on=["locale", "source", "target"],
+                         suffixes=("", "_mode"))
+    agree["ok"] = agree["target_intent"] == agree["target_intent_mode"]
+    c = c.merge(agree.groupby(["locale", "source", "target"])["ok"].mean().rename("intent_agreement").reset_index(),
+                on=["locale", "source", "target"])
+    # Users stand behind the source's pattern when they went to any target phrasing served
+    # with the same intent (the values are variables, so the intent is the target's
+    # class, as an exact rewrite pools over its target's interpretation class); the
+    # published target is the class's phrasing most of them chose (rule `outvoted`).
+    c = c.rename(columns={"n_users": "target_users"})
+    pooled = ppairs.dropna(subset=["target_intent"]).groupby(["locale", "source", "target_intent"]).agg(
+        n_users=("user_id", "nunique"), n_values=("values", "nunique")).reset_index()
+    sessions = ppairs.dropna(subset=["target_intent"]).drop_duplicates(["locale", "source", "target_intent", "user_id", "session"])
+    pooled["n_sessions"] = sessions.groupby(["locale", "source", "target_intent"]).size().to_numpy()
+    c = c.drop(columns=["n_values", "n_sessions"]).merge(pooled, on=["locale", "source", "target_intent"], how="left")
+    c[["n_users", "n_values", "n_sessions"]] = c[["n_users", "n_values", "n_sessions"]].fillna(0).astype("int64")
+    src_users = ppairs.groupby(["locale", "source"])["user_id"].nunique().rename("source_users").reset_index()
+    c = c.merge(src_users, on=["locale", "source"])
+    c["share"] = c["n_users"] / c["source_users"]
+    working = settings.min_source_defect_rate
+    m = match_stats(list(c["source"]) + list(c["target"]), keys, working).set_index("template")
+    src, tgt = m.loc[c["source"]], m.loc[c["target"]]
+    su, tu = src["users"].to_numpy(float), tgt["users"].to_numpy(float)
+    c["source_n_users"] = su
+    c["source_n_keys"] = src["n_keys"].to_numpy()
+    c["source_defect_rate"] = np.where(su > 0, src["defect_users"].to_numpy(float) / np.maximum(su, 1e-9), 0.0)
+    c["source_working_share"] = np.where(su > 0, src["working_users"].to_numpy(float) / np.maximum(su, 1e-9), 0.0)
+    c["target_n_users"] = tu
+    c["target_success_rate"] = np.where(tu > 0, 1.0 - tgt["defect_users"].to_numpy(float) / np.maximum(tu, 1e-9), 0.0)
+    c["confidence"] = c["share"] * c["target_success_rate"]
+    c["evidence"] = "rephrase"
+    return c[cols].sort_values(["locale", "source", "target"], kind="mergesort").reset_index(drop=True)
+
+
+# --- emission rules ---------------------------------------------------------------------
+
+def select_patterns(candidates: pd.DataFrame, settings: Settings, controls: Controls | None = None) -> pd.DataFrame:
+    """`candidates` (pattern_candidates) with `decision`: 'emit' or the first rule failed."""
+    c = candidates.copy()
+    if c.empty:
+        c["decision"] = pd.Series(dtype=object)
+        return c
+    controls = controls or Controls()
+    _, source_upper = wilson_bounds(1.0 - c["source_defect_rate"].astype(float), c["source_n_users"].astype(float),
+                                    settings.significance_z)
+    target_lower, _ = wilson_bounds(c["target_success_rate"].astype(float), c["target_n_users"].astype(float),
+                                    settings.significance_z)
+    pinned, pinned_elsewhere = controls.pinned(c["locale"], c["source"], c["target"])
+    # One target per source: the most users, then values, then the smaller target.
+    best = c.sort_values(["locale", "source", "n_users", "target_users", "n_values", "target"],
+                         ascending=[True, True, False, False, False, True], kind="mergesort").drop_duplicates(["locale", "source"])
+    outvoted = ~c.index.isin(best.index)
+    idx = c.index
+    operator_rules = [
+        ("denied", denied(c["target_intent"].astype(object), c["target_domain"].astype(object), settings)
+         | denied(c["source_intent"].astype(object), c["source_domain"].astype(object), settings)),
+        ("blocked", controls.is_blocked(c["locale"], c["source"], c["target"])),
+        ("pinned_elsewhere", pinned_elsewhere),
+    ]
+    privacy_rules = [
+        ("no_literal_text", pd.Series([not has_literal_text(s) for s in c["source"]], index=idx)),
+        ("too_few_values", c["n_values"] < 2),
+        ("too_few_users", c["n_users"] < settings.min_users),
+    ]
+    statistical_rules = [
+        ("outvoted", pd.Series(outvoted, index=idx)),
+        ("matches_working", c["source_working_share"] > settings.pattern_max_working_share),
+        ("source_not_defective", c["source_defect_rate"] < settings.min_source_defect_rate),
+        ("not_significant", pd.Series(target_lower <= source_upper, index=idx)),
+        ("low_confidence", c["confidence"] < settings.min_rewrite_confidence),
+        ("target_disagrees", c["intent_agreement"] < settings.min_label_agreement),
+    ]
+    rules = operator_rules + privacy_rules + [(n, f & ~pinned) for n, f in statistical_rules]
+    decision = pd.Series("emit", index=idx, dtype=object)
+    for name, failed in reversed(rules):  # the first failing rule wins
+        decision = decision.where(~pd.Series(failed, index=idx).fillna(False).to_numpy(dtype=bool), name)
+    c["decision"] = decision
+    return c.sort_values(["locale", "source", "target"], kind="mergesort").reset_index(drop=True)
+
+
+def published_patterns(decided: pd.DataFrame) -> pd.DataFrame:
+    if decided.empty:
+        return pd.DataFrame(columns=PATTERN_COLUMNS)
+    out = decided[decided["decision"] == "emit"].copy()
+    if out.empty:  # an empty float column cannot become list<string>: typed empty frame
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in PATTERN_COLUMNS})
+    out["slots"] = [placeholder_names(s) for s in out["source"]]
+    for col in ("n_users", "n_values", "n_sessions"):
+        out[col] = out[col].astype("int64")
+    for col in ("confidence", "source_defect_rate", "target_success_rate"):
+        out[col] = out[col].astype(float).clip(0.0, 1.0).round(9)
+    return out[PATTERN_COLUMNS].reset_index(drop=True)
+
+
+def rejected_by_rule(decided: pd.DataFrame) -> dict[str, int]:
+    if decided.empty:
+        return {}
+    return {k: int(v) for k, v in decided["decision"].value_counts().sort_index().items() if k != "emit"}
+
+
+# --- weak labels ------------------------------------------------------------------------
+
+def pattern_labels(patterns: pd.DataFrame, served_values: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """Training rows (TRAINING_COLUMNS less `split`) from published patterns: the source
+    filled with slot values that at least min_users distinct users were served with in
+    that slot (template-based augmentation: no row reveals a value one user said), the
+    target's intent and domain, the filled values as slots, weight = confidence.
+
+    `patterns`: published patterns with target_intent and target_domain; `served_values`:
+    locale, name, value, n_users (distinct users served with that value in that slot).
+    Per pattern at most pattern_label_rows rows, the most used values first."""
+    out_cols = TRAINING_COLUMNS[:-1]
+    if patterns.empty or served_values.empty:
+        return pd.DataFrame(columns=out_cols)
+    sv = served_values[served_values["n_users"] >= settings.min_users].sort_values(
+        ["locale", "name", "n_users", "value"], ascending=[True, True, False, True], kind="mergesort")
+    pool = {k: list(g["value"]) for k, g in sv.groupby(["locale", "name"], sort=False)}
+    k = max(1, settings.pattern_label_rows)
+    rows = []
+    for p in patterns.itertuples(index=False):
+        if not isinstance(p.target_intent, str):
+            continue
+        names = placeholder_names(p.source)
+        choices = [pool.get((p.locale, n), [])[:k] for n in names]
+        if not all(choices):
+            continue
+        made = 0
+        for combo in itertools.product(*choices):
+            if len(set(combo)) < len(combo):  # two slots, one value: not a real request
+                continue
+            bind = dict(zip(names, combo))
+            text = fill(p.source, bind)
+            slots = [{"name": n, "value": bind[n]} for n in placeholder_names(p.target)]
+            rows.append((p.locale, text, p.target_intent, p.target_domain, slots, float(p.confidence), "pattern"))
+            made += 1
+            if made >= k:
+                break
+    return pd.DataFrame(rows, columns=out_cols)
+
+
+def top_patterns(patterns: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """The report's view: the patterns with the most users, with one example each (the
+    source filled with its own placeholder names as stand-ins is no example; the caller
+    fills real served values when it has them)."""
+    if patterns is None or patterns.empty:
+        return pd.DataFrame(columns=PATTERN_COLUMNS)
+    return patterns.sort_values(["n_users", "n_values", "locale", "source"], ascending=[False, False, True, True],
+                                kind="mergesort").head(n).reset_index(drop=True)
+
+
+def with_split(rows: pd.DataFrame, dev_share: float) -> pd.DataFrame:
+    rows = rows.copy()
+    rows["split"] = [split_of(l, t, dev_share) for l, t in zip(rows["locale"], rows["text"])]
+    return rows

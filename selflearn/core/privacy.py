@@ -1,0 +1,179 @@
+"""The PII scrubber: masks e-mail addresses, phone numbers and long digit runs in an
+utterance before its text key is made, so no published output (keys, slot values,
+rewrites, clusters, graph, report) can carry them.
+
+It must run on the raw utterance: normalize_text turns '@', '.', '+' and '-' into
+spaces, after which an e-mail or a formatted phone number is no longer recognisable.
+
+Masks are whole tokens of lower-case ASCII letters framed by 'xx' (fastai's convention):
+normalize_text leaves them unchanged (no punctuation, already case-folded), they are one
+token for the similarity features, and no ASR system transcribes a user saying
+"xxphonexx", so a mask is never confused with a word:
+
+    xxemailxx   an e-mail address, written in any script (a@b.co, राम@example.com,
+                علي@مثال.com), spelled with brackets (jane(at)example(dot)com), or spoken in
+                English (a at b dot com)
+    xxphonexx   a digit sequence with separators (any space, zero-width space, dash, minus,
+                U+30FC, '/', ',', '_', '.', parentheses) holding at least `min_digits` digits
+    xxnumberxx  an unbroken run of at least `min_digits` digits, or as many English digit
+                words in a row ("five five five one two ...")
+
+Digits are any Unicode decimal digits (category Nd: Arabic-Indic, Devanagari, Thai,
+Myanmar...); full-width digits and '＠' become ASCII under NFKC first. Times, dates,
+amounts and years have fewer than `min_digits` digits in one run (default 7) and stay.
+"""
+from __future__ import annotations
+
+import unicodedata
+
+import regex as re  # \p{...} classes: letters, marks and digits of every script
+
+EMAIL_MASK, PHONE_MASK, NUMBER_MASK = "xxemailxx", "xxphonexx", "xxnumberxx"
+MASKS = (EMAIL_MASK, PHONE_MASK, NUMBER_MASK)
+
+# An e-mail address in any script. Each part (the local part, each domain label) is a run of
+# ONE script's letters and marks (plus digits of any script and the address punctuation):
+# in an unspaced script (Japanese, Chinese, Thai) the words around a Latin address touch it,
+# and a run of one script never reaches into them. A non-Latin local part in an unspaced
+# script takes the words before it too (no segmenter says where a name begins): the mask is
+# then wider than the address, never narrower. Marks count by their script extension
+# (a Devanagari vowel sign is Devanagari): a Thai tone mark after a Latin address stays Thai.
+_SCRIPTS = ("Latin", "Greek", "Cyrillic", "Armenian", "Georgian", "Hebrew", "Arabic", "Syriac", "Thaana",
+            "Devanagari", "Bengali", "Gurmukhi", "Gujarati", "Oriya", "Tamil", "Telugu", "Kannada", "Malayalam",
+            "Sinhala", "Thai", "Lao", "Tibetan", "Myanmar", "Ethiopic", "Khmer", "Mongolian", "Hangul",
+            "Han}\\p{scx=Hiragana}\\p{scx=Katakana}\\p{scx=Bopomofo")
+
+
+def _runs(extra: str) -> str:
+    return "(?:" + "|".join(rf"[\p{{scx={sc}}}\p{{Nd}}{extra}]+" for sc in _SCRIPTS) + ")"
+
+
+_LOCAL = _runs(r"._%+'\-")
+_LABEL = _runs(r"\-")
+# '@' written, or spelled in brackets: jane(at)example(dot)com, jane [at] example [dot] com
+_AT = r"(?:@|\s*[(\[{<]\s*(?i:at)\s*[)\]}>]\s*)"
+_DOT = r"(?:\.|\s*[(\[{<]\s*(?i:dot)\s*[)\]}>]\s*)"
+_EMAIL = re.compile(rf"{_LOCAL}{_AT}{_LABEL}(?:{_DOT}{_LABEL})+")
+_MAYBE_EMAIL = re.compile(r"@|[(\[{<]\s*(?i:at)\s*[)\]}>]")
+# Spoken e-mail in an English ASR transcript: "john dot smith at gmail dot com".
+# A part is a word or spelled letters ("a. o. l.").
+_PART = r"(?:(?:\w\.\s?)+|\w+)"
+_SPOKEN_EMAIL = re.compile(
+    rf"\b{_PART}(?:\s*(?:dot|underscore|dash) {_PART})*\s*at {_PART}(?:\s*dot {_PART})*\s*dot (?:com|net|org|edu|gov|co|io|de|uk|fr|in|ru|jp)\b",
+    re.IGNORECASE,
+)
+# What may stand between two digits of one number: spaces of every kind (NBSP, narrow NBSP,
+# ideographic), zero-width characters, every dash (Unicode Pd: U+2010 hyphen, en/em dash,
+# wave dash...), U+2212 minus, U+30FC (the katakana long mark, typed as a dash in Japanese
+# phone numbers), middle dots, '/', ',', '_', '.', parentheses and the Arabic separators.
+_SEP = r"[\s\p{Pd}\u2212\u30fc\u30fb\u00b7\u200b-\u200d\u2060\ufeff/,_.()\u060c\u066b\u066c\u3001]"
+_DIGIT_SEQ = re.compile(rf"\+?\(?\p{{Nd}}(?:{_SEP}{{0,3}}\p{{Nd}})*")
+# On the sequence's ASCII shadow (digits as ASCII, every separator as itself or '-'):
+# dates have 8 digits but are no phone number: 2019-03-12, 12.03.2019, 12/03/2019; an
+# amount grouped by thousands (1,000,000; 1.000.000) is no number of a person.
+_DATE = re.compile(r"\d{4}([-./])\d{1,2}\1\d{1,2}|\d{1,2}([-./])\d{1,2}\2\d{4}")
+_THOUSANDS = re.compile(r"[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?|[1-9]\d{0,2}(?:\.\d{3})+(?:,\d+)?")
+_SPOKEN_DIGIT = r"(?:zero|oh|one|two|three|four|five|six|seven|eight|nine|double|triple)"
+
+
+def _shadow(seq: str) -> str:
+    """The sequence with every digit as its ASCII digit and every dash-like separator as '-'
+    (same length), so one date/amount rule holds for every script and separator."""
+    out = []
+    for ch in seq:
+        d = unicodedata.decimal(ch, None)
+        if d is not None:
+            out.append(str(d))
+        elif ch in "/.,":
+            out.append(ch)
+        elif unicodedata.category(ch) == "Pd" or ch in "\u2212\u30fc":
+            out.append("-")
+        else:
+            out.append(" ")
+    return "".join(out)
+
+
+def _spoken_digits(min_digits: int) -> re.Pattern:
+    return re.compile(rf"\b{_SPOKEN_DIGIT}(?:[ -]{_SPOKEN_DIGIT}){{{max(min_digits - 1, 0)},}}\b", re.IGNORECASE)
+
+
+_SPOKEN_CACHE: dict[int, re.Pattern] = {}
+
+
+def scrub_utterance(text: str, min_digits: int = 7) -> tuple[str, int]:
+    """(masked text, number of masks applied). The text is NFKC-normalised (as the text
+    key would be anyway); everything else is left as it was."""
+    if not isinstance(text, str) or not text:
+        return text, 0
+    s = unicodedata.normalize("NFKC", text)
+    n = 0
+
+    def sub(pattern: re.Pattern, mask, s: str) -> str:
+        nonlocal n
+
+        def one(m) -> str:
+            nonlocal n
+            out = mask(m) if callable(mask) else mask
+            if out is None:
+                return m.group(0)
+            n += 1
+            return f" {out} "
+
+        return pattern.sub(one, s)
+
+    if _MAYBE_EMAIL.search(s):
+        s = sub(_EMAIL, EMAIL_MASK, s)
+    s = sub(_SPOKEN_EMAIL, EMAIL_MASK, s)
+
+    def digits(m):
+        seq = m.group(0)
+        count = sum(ch.isdecimal() for ch in seq)
+        if count < min_digits:
+            return None
+        shadow = _shadow(seq).strip()
+        if _DATE.fullmatch(shadow) or _THOUSANDS.fullmatch(shadow):
+            return None
+        return NUMBER_MASK if seq.isdecimal() else PHONE_MASK
+
+    s = sub(_DIGIT_SEQ, digits, s)
+    spoken = _SPOKEN_CACHE.get(min_digits) or _SPOKEN_CACHE.setdefault(min_digits, _spoken_digits(min_digits))
+    s = sub(spoken, NUMBER_MASK, s)
+    if n:
+        s = " ".join(s.split())
+    return s, n
+
+
+def scrub_text(text, min_digits: int = 7):
+    """scrub_utterance without the count (None stays None)."""
+    return scrub_utterance(text, min_digits)[0] if isinstance(text, str) else text
+
+
+def scrub_slots(slots, min_digits: int = 7):
+    """A list of {name, value} slots with every value scrubbed like the utterance, so a
+    masked value still projects onto the masked utterance."""
+    if slots is None or (not isinstance(slots, (list, tuple)) and not hasattr(slots, "__len__")):
+        return slots
+    return [{"name": s["name"], "value": scrub_text(s["value"], min_digits)} for s in slots]
+
+
+# Published tables that describe every turn, single-user texts included (contract v3,
+# section 4): the operator's own data, never to be handed on. Every other published table
+# holds only texts behind at least `min_users` distinct users.
+OPERATOR_DATA = ("turns", "rephrase_pairs")
+FLOORED = ("rewrites", "training", "paraphrase_clusters", "rewrite_graph")
+
+
+def privacy_block(settings) -> dict:
+    """The manifest's `privacy` block: the floor the run kept, whether it went below the
+    documented one (min_users_override), and which tables are operator data."""
+    from selflearn.config import MIN_USERS_FLOOR
+
+    return {
+        "min_users": int(settings.min_users),
+        "min_users_override": bool(settings.min_users_override),
+        "below_floor": int(settings.min_users) < MIN_USERS_FLOOR,
+        "floored_tables": list(FLOORED),
+        "operator_data": list(OPERATOR_DATA),
+        "operator_data_note": "turns/ and rephrase_pairs/ describe every turn, texts of one user included: "
+                              "operator data, not to be handed on",
+    }

@@ -1,0 +1,220 @@
+"""Rephrase scoring of candidate pairs (two consecutive turns of a session within
+`rephrase_window_s`): is the second turn the user re-asking the first?
+
+The score is one logistic function (weights in `config.RephraseModel`, fitted by
+bench/fit_rephrase.py) over
+- form: lexical similarity (script-aware, see text.similarity_features);
+- meaning: the cosine of the two keys' embeddings, z-scored against the cosine of
+  unrelated keys of the same locale under the same encoder (`meaning_baseline`), so the
+  feature means "how far above chance" whatever the encoder: a better encoder (the
+  multilingual one) simply separates more;
+- behaviour: the time gap and the first turn's defect probability, both in full and from
+  the turn's own signals alone (`own_defect`: status, barge-in, feedback, dwell, ASR, act;
+  not the quick-next / re-ask signals, which say the same as the pair's gap and
+  similarity: a quick similar follow-up after a success must not count twice);
+- slots: whether the second turn drops every slot value the NLU heard in the first
+  (`slots_changed`: a follow-up of the same frame with other values);
+- the system's act on the first turn, where the log has it (contract v3 `system_act`):
+  after `elicit` the next turn answers a question, after `reprompt` it re-asks.
+A pair with neither shared words nor shared meaning (meaning z below
+`unrelated_max_meaning_z` AND lexical similarity below `unrelated_max_similarity`) gets
+`w_unrelated` on top, so a fast unrelated request after a failure cannot be a rephrase
+however quick it came: a veto for clearly unrelated pairs only, which keeps the recall of
+re-asks in other words (they share meaning) and of repeats (they share words).
+
+The hard negatives it must separate:
+- a failed request followed by an unrelated new request: low similarity, low meaning;
+- a success followed by a different request of the same kind ("... for six" after
+  "... for five"): high similarity, but the first turn worked (low defect probability);
+- an answer to the system's question ("for what time?" -> "seven am"): `elicit`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+
+from selflearn.config import RephraseModel
+from selflearn.core.text import normalize_text, similarity_features
+
+FEATURES = ("similarity", "defect", "sim_defect", "own_defect", "sim_own_defect", "gap", "meaning",
+            "unrelated", "slots_changed", "act_reprompt", "act_elicit", "act_confirm")
+WEIGHTS = ("w_similarity", "w_defect", "w_sim_defect", "w_own_defect", "w_sim_own_defect", "w_gap", "w_meaning",
+           "w_unrelated", "w_slots_changed", "w_reprompt", "w_elicit", "w_confirm")
+
+
+def pair_similarity(first: str, second: str) -> float:
+    """One lexical similarity in [0, 1]: the best of token Dice, char-trigram Dice and
+    edit similarity (each catches a different kind of rephrase in some script)."""
+    f = similarity_features(first, second)
+    return max(f["token_dice"], f["char3_dice"], f["edit_sim"])
+
+
+def slots_changed(first_slots, next_texts) -> np.ndarray:
+    """1.0 where the first turn's NLU slots hold values and none of them is in the second
+    turn's key: a follow-up of the same frame changes the values ("alarm for five" ->
+    "alarm for six"), a re-ask keeps them. 0.0 without slots (not understood, or none)."""
+    out = np.zeros(len(next_texts))
+    for i, (slots, nxt) in enumerate(zip(first_slots, next_texts)):
+        if slots is None or not isinstance(nxt, str):
+            continue
+        values = [normalize_text(str(s["value"])) for s in slots if s is not None and s.get("value")]
+        values = [v for v in values if v]
+        if values and not any(v in nxt for v in values):
+            out[i] = 1.0
+    return out
+
+
+def pair_features(similarity, gap_s, first_defect_prob, meaning_z, system_act, window_s: float,
+                  model: RephraseModel, own_defect_prob=None, changed=None) -> np.ndarray:
+    """(n, len(FEATURES)) float matrix. `meaning_z` NaN (no vectors) leaves both the meaning
+    term and the unrelated veto out; `system_act` None (unknown) leaves the act terms out.
+    `own_defect_prob`: the first turn's defect probability from its own signals only (no
+    quick-next / re-ask signal, which the pair's gap and similarity already carry); None:
+    the full defect probability. `changed`: `slots_changed` per pair (None: zeros)."""
+    sim = np.asarray(similarity, dtype=np.float64)
+    n = len(sim)
+    gap = np.clip(np.asarray(gap_s, dtype=np.float64), 0.0, window_s) / window_s
+    defect = np.asarray(first_defect_prob, dtype=np.float64)
+    own = defect if own_defect_prob is None else np.asarray(own_defect_prob, dtype=np.float64)
+    z = np.asarray(meaning_z, dtype=np.float64) if meaning_z is not None else np.full(n, np.nan)
+    known = ~np.isnan(z)
+    meaning = np.where(known, np.clip(np.nan_to_num(z), model.meaning_z_min, model.meaning_z_max), 0.0)
+    unrelated = known & (np.nan_to_num(z) < model.unrelated_max_meaning_z) & (sim < model.unrelated_max_similarity)
+    acts = pd.Series(system_act if system_act is not None else [None] * n, dtype=object).to_numpy()
+    return np.column_stack([
+        sim, defect, sim * defect, own, sim * own, gap, meaning, unrelated.astype(np.float64),
+        np.zeros(n) if changed is None else np.asarray(changed, dtype=np.float64),
+        (acts == "reprompt").astype(np.float64), (acts == "elicit").astype(np.float64),
+        (acts == "confirm").astype(np.float64),
+    ])
+
+
+def weights_of(model: RephraseModel) -> np.ndarray:
+    return np.array([getattr(model, w) for w in WEIGHTS], dtype=np.float64)
+
+
+def rephrase_score(similarity, gap_s, first_defect_prob, window_s: float, model: RephraseModel,
+                   meaning_z=None, system_act=None, own_defect_prob=None, changed=None) -> np.ndarray:
+    """Vectorised score in [0, 1] for arrays of pair features."""
+    x = pair_features(similarity, gap_s, first_defect_prob, meaning_z, system_act, window_s, model,
+                      own_defect_prob, changed)
+    logit = model.bias + x @ weights_of(model)
+    return 1.0 / (1.0 + np.exp(-logit))
+
+
+# --- meaning -------------------------------------------------------------------------
+
+def order_key(text: str) -> str:
+    # sha256 hex: Spark's F.sha2(text, 256) gives the same order (steps.meaning_step).
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def meaning_baseline(keys: pd.DataFrame, max_keys: int = 1000, min_keys: int = 30) -> pd.DataFrame:
+    """Per locale, the mean and standard deviation of the cosine between unrelated keys
+    under the run's encoder: DataFrame[locale, mean, std].
+
+    `keys` holds locale, text, vector (L2-normalized). Up to `max_keys` keys per locale (the
+    first by sha256 of the text: the same sample whatever the partitioning), each paired
+    with the key half the sample further on. Most pairs of keys in a locale want different
+    things, so this is the encoder's chance level (MiniLM: about 0.1 +- 0.1 in English; an
+    encoder blind to a script: high and narrow; multilingual e5: about 0.75 +- 0.04). A
+    locale with fewer than `min_keys` keys takes the pooled figure of all sampled keys;
+    with fewer than that overall, no baseline (the meaning feature stays out)."""
+    rows, pooled = [], []
+    for locale, grp in keys.groupby("locale", sort=True):
+        g = grp.drop_duplicates("text").assign(_o=lambda d: d["text"].map(order_key))
+        g = g.sort_values("_o", kind="mergesort").head(max_keys)
+        v = np.stack(g["vector"].to_numpy()).astype(np.float64) if len(g) else np.zeros((0, 1))
+        cos = _shifted_cosines(v)
+        pooled.append(cos)
+        rows.append((locale, len(g), cos))
+    every = np.concatenate(pooled) if pooled else np.zeros(0)
+    out = []
+    for locale, n, cos in rows:
+        use = cos if n >= min_keys else every
+        if len(use) < min_keys:
+            continue
+        out.append((locale, float(use.mean()), float(max(use.std(), 1e-3))))
+    return pd.DataFrame(out, columns=["locale", "mean", "std"])
+
+
+def _shifted_cosines(v: np.ndarray) -> np.ndarray:
+    n = len(v)
+    if n < 2:
+        return np.zeros(0)
+    other = np.roll(v, n // 2, axis=0)
+    return np.einsum("ij,ij->i", v, other)
+
+
+def meaning_z(locales, cosines, baseline: pd.DataFrame) -> np.ndarray:
+    """(cosine - chance mean) / chance std of each pair's locale; NaN where the cosine or
+    the locale's baseline is missing."""
+    mean = dict(zip(baseline["locale"], baseline["mean"]))
+    std = dict(zip(baseline["locale"], baseline["std"]))
+    loc = pd.Series(locales, dtype=object)
+    mu = loc.map(mean).to_numpy(dtype=np.float64)
+    sd = loc.map(std).to_numpy(dtype=np.float64)
+    return (np.asarray(cosines, dtype=np.float64) - mu) / sd
+
+
+def pair_cosines(first_vectors, second_vectors) -> np.ndarray:
+    """Cosine of each pair of L2-normalized vectors (lists/arrays, None -> NaN)."""
+    out = np.full(len(first_vectors), np.nan)
+    for i, (a, b) in enumerate(zip(first_vectors, second_vectors)):
+        if a is not None and b is not None and len(a) and len(b):
+            out[i] = float(np.dot(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)))
+    return out
+
+
+class EncoderMeaning:
+    """The meaning feature without Spark (tests, benchmarks): embeds the keys of the pairs
+    it is asked about with `encoder` (selflearn.encoders.embed.Encoder), keeps their vectors, and
+    z-scores against the baseline of every key it has seen per locale (or a given one)."""
+
+    def __init__(self, encoder, baseline: pd.DataFrame | None = None):
+        self.encoder = encoder
+        self.vectors: dict[str, np.ndarray] = {}
+        self.baseline = baseline
+
+    def vector_table(self, locales, texts) -> pd.DataFrame:
+        df = pd.DataFrame({"locale": list(locales), "text": list(texts)}).dropna().drop_duplicates()
+        missing = sorted(set(df["text"]) - set(self.vectors))
+        if missing:
+            for t, v in zip(missing, self.encoder.encode(missing)):
+                self.vectors[t] = v
+        df["vector"] = [self.vectors[t] for t in df["text"]]
+        return df
+
+    def __call__(self, locales, texts, next_texts) -> np.ndarray:
+        locales, texts, next_texts = list(locales), list(texts), list(next_texts)
+        keys = self.vector_table(locales + locales, texts + next_texts)
+        base = self.baseline if self.baseline is not None else meaning_baseline(keys)
+        a = [self.vectors.get(t) if isinstance(t, str) else None for t in texts]
+        b = [self.vectors.get(t) if isinstance(t, str) else None for t in next_texts]
+        return meaning_z(locales, pair_cosines(a, b), base)
+
+def calibrated_baseline(baseline: pd.DataFrame, locales, encoder_of_locale) -> pd.DataFrame:
+    """`baseline` with each locale's figures replaced by the calibrated chance level of the
+    encoder that embeds it (selflearn/meaning_baselines.json, written by
+    bench/meaning_baselines.py from MASSIVE), where the table has them. A fixed level keeps
+    pair scores independent of which other keys a run happens to hold, so a log mined day by
+    day scores its pairs as the same log mined at once. `locales`: the run's locales with
+    vectors; `encoder_of_locale`: locale -> the encoder's cache id. Locales the table lacks
+    keep the run's own figures."""
+    table = _calibrations()
+    rows = {r.locale: (r.mean, r.std) for r in baseline.itertuples()}
+    for locale in set(rows) | set(locales):
+        cal = table.get(encoder_of_locale(locale), {}).get(locale)
+        if cal is not None:
+            rows[locale] = (float(cal[0]), float(cal[1]))
+    return pd.DataFrame([(lo, m, sd) for lo, (m, sd) in sorted(rows.items())], columns=["locale", "mean", "std"])
+
+
+def _calibrations() -> dict:
+    from importlib import resources
+
+    f = resources.files("selflearn").joinpath("meaning_baselines.json")
+    return json.loads(f.read_text("utf-8")) if f.is_file() else {}

@@ -1,0 +1,153 @@
+"""From absorption results to published rewrites: the emission rules.
+
+A candidate (source, target, confidence) from the rewrite graph becomes a rewrite only if
+  1. the source is defective often enough: source_defect_rate >= min_source_defect_rate
+     (organic turns only; a source that now succeeds on its own is dropped);
+  2. at least min_users distinct users stand behind it (users whose sessions went from
+     the source to the target's class, directly or, for paraphrase evidence, through a
+     failing paraphrase-cluster mate);
+  3. the target is significantly better than the source: the one-sided Wilson lower bound
+     of the target's success rate exceeds the Wilson upper bound of the source's, both at
+     z = significance_z with n = distinct users of the source key and of the target's
+     interpretation class (users, not turns, so a flood cannot shrink the interval);
+  4. confidence >= min_rewrite_confidence;
+  5. paraphrase-only evidence (no user of the source itself went there) must agree
+     with the source's cluster: the target was served with the intent the cluster's
+     successful members were served with, every slot value the target was served with
+     occurs in the source text, and confidence >= min_paraphrase_confidence;
+  6. its served evidence does not retract it: among turns served through this rewrite
+     (`rewritten_from`), once there are served_min_turns of them, the mean defect
+     probability must stay <= served_max_defect_rate.
+  7. with `cluster_must_agree` (off by default), rephrase evidence too must agree with
+     the intent the source's paraphrase cluster is served with, where it has one.
+Operator controls come first (selflearn.core.controls): `denied` (the target's or the
+source's interpretation or cluster intent is on a deny list), `blocked` (a manual
+block), `pinned_elsewhere` (the source is pinned to another target). A pinned pair skips
+the statistical rules 1 and 3-7, never `too_few_users`.
+Every rejected candidate keeps the first rule it failed, for the report.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from selflearn.config import Settings
+from selflearn.core.controls import Controls, denied
+from selflearn.core.defects import is_working
+from selflearn.core.labels import parse_slots, project_slots
+from selflearn.schema import PARAPHRASE, columns
+
+REWRITE_COLUMNS = columns("rewrites")
+
+
+MAX_CHAIN = 8  # a chain's last turns that count: a long loop of re-asks is one user's struggle
+CHAIN_PAIRS = ["locale", "source", "target", "user_id", "session"]
+
+
+def rephrase_chain_pairs(turns: pd.DataFrame) -> pd.DataFrame:
+    """(locale, source, target, user_id, session) for every pair of turns linked by a
+    chain of rephrases in one session: A -> B -> C gives A->B, A->C and B->C.
+
+    `turns`: locale, user_id, session, seq, text, is_rephrase (the turn's successor
+    re-asks it), whole sessions. A chain is a run of turns each rephrased by the next;
+    only its last MAX_CHAIN turns pair up, and a pair needs two different keys. The
+    locale is that of the chain's last turn. Vectorised: one frame holds many sessions."""
+    if turns.empty:
+        return pd.DataFrame(columns=CHAIN_PAIRS)
+    t = turns.sort_values(["user_id", "session", "seq"], kind="mergesort").reset_index(drop=True)
+    same_session = (t["user_id"].eq(t["user_id"].shift()) & t["session"].eq(t["session"].shift())).to_numpy()
+    continues = same_session & t["is_rephrase"].shift().eq(True).to_numpy()
+    chain = np.cumsum(~continues)
+    t["chain"] = chain
+    by_chain = t.groupby("chain", sort=False)
+    t["pos"] = by_chain.cumcount()
+    size = by_chain["seq"].transform("size").to_numpy()
+    t = t[(size >= 2) & (t["pos"].to_numpy() >= size - MAX_CHAIN)]
+    if t.empty:
+        return pd.DataFrame(columns=CHAIN_PAIRS)
+    last_locale = t.groupby("chain", sort=False)["locale"].transform("last")
+    t = t.assign(locale=last_locale)[["chain", "pos", "locale", "user_id", "session", "text"]]
+    pairs = t.merge(t[["chain", "pos", "text"]], on="chain", suffixes=("", "_b"))
+    pairs = pairs[(pairs["pos"] < pairs["pos_b"]) & (pairs["text"] != pairs["text_b"])]
+    return pairs.rename(columns={"text": "source", "text_b": "target"})[CHAIN_PAIRS].reset_index(drop=True)
+
+
+def wilson_bounds(p, n, z: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval (lower, upper) for success rate p observed over n trials."""
+    p = np.asarray(p, dtype=np.float64)
+    n = np.maximum(np.asarray(n, dtype=np.float64), 1e-9)
+    z2 = z * z
+    centre = p + z2 / (2 * n)
+    margin = z * np.sqrt(np.clip(p * (1 - p), 0, None) / n + z2 / (4 * n * n))
+    denom = 1 + z2 / n
+    return (centre - margin) / denom, (centre + margin) / denom
+
+
+def _col(c: pd.DataFrame, name: str) -> pd.Series:
+    return c[name].astype(object) if name in c else pd.Series(None, index=c.index, dtype=object)
+
+
+def select_rewrites(candidates: pd.DataFrame, settings: Settings, controls: Controls | None = None) -> pd.DataFrame:
+    """`candidates` columns: locale, source, target, confidence, n_users, n_sessions,
+    source_defect_rate, source_n_users, target_success_rate, target_n_users, evidence,
+    served_turns, served_defect_rate. Returns them with `decision` ('emit' or the failed
+    rule) in a stable order."""
+    c = candidates.copy()
+    _, source_upper = wilson_bounds(1.0 - c["source_defect_rate"], c["source_n_users"], settings.significance_z)
+    target_lower, _ = wilson_bounds(c["target_success_rate"], c["target_n_users"], settings.significance_z)
+    served_n = pd.to_numeric(c["served_turns"], errors="coerce").fillna(0)
+    slots_project = pd.Series(
+        [project_slots(s, parse_slots(j)) is not None for s, j in zip(c["source"], c["target_slots_json"])], index=c.index
+    )
+    served_bad = (served_n >= settings.served_min_turns) & (pd.to_numeric(c["served_defect_rate"], errors="coerce").fillna(0) > settings.served_max_defect_rate)
+    controls = controls or Controls()
+    is_denied = (
+        denied(_col(c, "target_intent"), _col(c, "target_domain"), settings)
+        | denied(_col(c, "source_intent"), _col(c, "source_domain"), settings)
+        | denied(_col(c, "source_cluster_intent"), pd.Series(None, index=c.index, dtype=object), settings)
+    )
+    pinned, pinned_elsewhere = controls.pinned(c["locale"], c["source"], c["target"])
+    cluster_intent = _col(c, "source_cluster_intent")
+    operator_rules = [
+        ("denied", is_denied),
+        ("blocked", controls.is_blocked(c["locale"], c["source"], c["target"])),
+        ("pinned_elsewhere", pinned_elsewhere),
+    ]
+    rules = [
+        ("source_not_defective", is_working(c["source_defect_rate"], settings.min_source_defect_rate)),
+        ("too_few_users", c["n_users"] < settings.min_users),
+        ("not_significant", pd.Series(target_lower <= source_upper, index=c.index)),
+        ("low_confidence", c["confidence"] < settings.min_rewrite_confidence),
+        ("paraphrase_disagrees", (c["evidence"] == PARAPHRASE) & (
+            (c["target_intent"].astype(object) != c["source_cluster_intent"].astype(object))
+            | c["source_cluster_intent"].isna() | ~slots_project
+            | (c["confidence"] < settings.min_paraphrase_confidence))),
+        ("retracted_by_served_turns", served_bad),
+        ("cluster_disagrees", pd.Series(settings.cluster_must_agree, index=c.index) & (c["evidence"] != PARAPHRASE)
+         & cluster_intent.notna() & (_col(c, "target_intent") != cluster_intent)),
+    ]
+    # A pin skips the statistical rules, never the privacy floor (too_few_users).
+    rules = operator_rules + [(n, pd.Series(f, index=c.index).fillna(False).astype(bool) & (~pinned if n != "too_few_users" else True))
+                              for n, f in rules]
+    decision = pd.Series("emit", index=c.index, dtype=object)
+    for name, failed in reversed(rules):  # the first failing rule wins
+        decision = decision.where(~pd.Series(failed, index=c.index).fillna(False).to_numpy(dtype=bool), name)
+    c["decision"] = decision
+    return c.sort_values(["locale", "source", "target"], kind="mergesort").reset_index(drop=True)
+
+
+def published_rewrites(decided: pd.DataFrame) -> pd.DataFrame:
+    out = decided[decided["decision"] == "emit"][REWRITE_COLUMNS].copy()
+    out["n_users"] = out["n_users"].astype("int64")
+    out["n_sessions"] = out["n_sessions"].astype("int64")
+    for col in ("confidence", "source_defect_rate", "target_success_rate"):
+        out[col] = out[col].clip(0.0, 1.0).round(9)
+    return out.reset_index(drop=True)
+
+
+def unmatched_pins(decided: pd.DataFrame, controls: Controls) -> int:
+    """Pins the run's graph proposed no candidate for (reported, never invented)."""
+    if controls.pins.empty:
+        return 0
+    got = set(decided[["locale", "source", "target"]].itertuples(index=False, name=None)) if len(decided) else set()
+    return int(sum(p not in got for p in controls.pins[["locale", "source", "target"]].itertuples(index=False, name=None)))

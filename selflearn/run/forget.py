@@ -1,0 +1,187 @@
+"""`selflearn forget --user ID --output ROOT`: remove one user's evidence from the state
+and caches of ROOT, under the ROOT lock, so the next run's outputs no longer depend on it.
+
+* the user's keyed hash is recorded in state/forgotten.json first, so any later ingest
+  (an old log replayed) drops that user's rows, counted as `rows_forgotten`;
+* every committed evidence day and the session tails are rewritten without the user's
+  rows, as new version directories, then made current by one atomic replace of
+  state/evidence.json (the old versions are deleted after);
+* embedding-cache entries of keys no other retained user said are deleted (a file at a
+  time, written aside and renamed);
+* work directories of crashed runs (which may hold the user's rows) are deleted;
+* rows of the user in earlier runs' quarantine/<run_id>/ (rows as read, raw ids
+  included) are removed the same way (write aside, rename).
+
+ROOT must be a selflearn ROOT (state/, runs/ or LATEST in it): a mistyped path is refused,
+never created. `init=True` (`--init`) records the user in a new or empty ROOT before its
+first run. `found` says whether the user had any row in ROOT (the CLI exits
+FORGET_NOT_FOUND_EXIT when not); the user is recorded as forgotten either way.
+
+Plain pyarrow: no Spark needed. Published runs are not touched: they carry counts, never
+user ids (contract section 4).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from selflearn.run.publish import RunDirs
+from selflearn.run.state import State
+
+
+def _read_dir(path: Path) -> pa.Table:
+    return ds.dataset(str(path), format="parquet").to_table()  # skips _SUCCESS and .crc files
+
+
+def _texts(table: pa.Table, columns: tuple[str, ...]) -> set[str]:
+    out: set[str] = set()
+    for c in columns:
+        if c in table.column_names:
+            out.update(v for v in pc.unique(table[c]).to_pylist() if v is not None)
+    return out
+
+
+FORGET_NOT_FOUND_EXIT = 4
+
+
+class NotARootError(ValueError):
+    """The path given as ROOT is no selflearn output ROOT."""
+
+
+def is_selflearn_root(root: Path) -> bool:
+    return root.is_dir() and any((root / p).exists() for p in ("state", "runs", "LATEST"))
+
+
+def check_root(root: str | Path, init: bool = False) -> None:
+    """Refuse a path that is not a selflearn ROOT (with init: a new or empty directory is
+    allowed too)."""
+    p = Path(root)
+    if is_selflearn_root(p):
+        return
+    if init and (not p.exists() or (p.is_dir() and not any(p.iterdir()))):
+        return
+    if p.exists() and not p.is_dir():
+        raise NotARootError(f"{p} is a file, not a selflearn output ROOT")
+    hint = " (use --init to record the user in a new ROOT before its first run)" if not p.exists() or not any(p.iterdir()) else ""
+    raise NotARootError(f"{p} is not a selflearn output ROOT (no state/, runs/ or LATEST){hint}")
+
+
+def forget_user(root: str | Path, user_id: str, init: bool = False) -> dict:
+    """Forget `user_id` in ROOT; returns what was removed, and `found`."""
+    check_root(root, init)
+    dirs = RunDirs(root, f"forget-{uuid.uuid4().hex[:8]}")
+    dirs.acquire()
+    try:
+        return _forget(dirs, user_id)
+    finally:
+        dirs.release()
+        shutil.rmtree(dirs.staging, ignore_errors=True)
+
+
+def _forget(dirs: RunDirs, user_id: str) -> dict:
+    state = State(dirs.state)
+    user = state.hash_value(user_id)
+    state.add_forgotten(user)  # first: whatever happens next, later ingests drop the user
+    committed = state.committed()
+    tag = f"forget-{uuid.uuid4().hex[:8]}"
+    new = {"days": dict(committed["days"]), "tails": committed.get("tails")}
+    said, others = set(), set()
+    removed = {"evidence_rows": 0, "days": 0, "tail_turns": 0, "cached_keys": 0, "quarantine_rows": 0}
+    for day, rel in sorted(committed["days"].items()):
+        table = _read_dir(state.path(rel))
+        mine = pc.equal(table["user_id"], user)
+        n = pc.sum(mine).as_py() or 0
+        rest = table.filter(pc.invert(mine)) if n else table
+        others |= _texts(rest, ("text", "next_text"))
+        if not n:
+            continue
+        said |= _texts(table.filter(mine), ("text", "next_text"))
+        out = f"evidence/{tag}/day={day}"
+        state.path(out).mkdir(parents=True)
+        pq.write_table(rest, state.path(out) / "part-00000.parquet")
+        new["days"][day] = out
+        removed["evidence_rows"] += n
+        removed["days"] += 1
+    if committed.get("tails"):
+        table = _read_dir(state.path(committed["tails"]))
+        mine = pc.equal(table["user_id"], user)
+        n = pc.sum(mine).as_py() or 0
+        if n:
+            out = f"tails/{tag}"
+            state.path(out).mkdir(parents=True)
+            pq.write_table(table.filter(pc.invert(mine)), state.path(out) / "part-00000.parquet")
+            new["tails"] = out
+            removed["tail_turns"] = n
+    state.commit(new)
+    removed["cached_keys"] = _drop_cached(state.dir / "embeddings", said - others)
+    removed["quarantine_rows"] = _drop_quarantined(dirs.root / "quarantine", user_id)
+    # A crashed run's work data may hold the user's rows; no run is active (we hold the lock).
+    if (dirs.root / ".work").is_dir():
+        for d in (dirs.root / ".work").iterdir():
+            shutil.rmtree(d, ignore_errors=True)
+    removed["found"] = bool(removed["evidence_rows"] or removed["tail_turns"] or removed["quarantine_rows"])
+    return removed
+
+
+def _raw_user(raw: str | None) -> str | None:
+    import json
+    import re
+
+    if raw is None:
+        return None
+    try:
+        row = json.loads(raw)
+        if isinstance(row, dict) and row.get("user_id") is not None:
+            return str(row["user_id"])
+    except ValueError:
+        pass
+    m = re.search(r'"user_id"\s*:\s*"((?:[^"\\]|\\.)*)"', raw)
+    return m.group(1) if m else None
+
+
+def _drop_quarantined(quarantine_dir: Path, user_id: str) -> int:
+    """Remove the user's rows from every quarantine/<run_id>/ part file (rows as read: the
+    raw id is matched), a file at a time (write aside, rename)."""
+    dropped = 0
+    for part in sorted(quarantine_dir.glob("*/*.parquet")) if quarantine_dir.is_dir() else []:
+        table = pq.read_table(part)
+        if "raw" not in table.column_names:
+            continue
+        hit = pa.array([_raw_user(r) == user_id for r in table["raw"].to_pylist()], pa.bool_())
+        n = pc.sum(hit).as_py() or 0
+        if not n:
+            continue
+        dropped += n
+        tmp = part.with_name(f".{part.name}.tmp")
+        pq.write_table(table.filter(pc.invert(hit)), tmp)
+        os.replace(tmp, part)
+    return dropped
+
+
+def _drop_cached(cache_dir: Path, texts: set[str]) -> int:
+    """Delete cached vectors of `texts`, one part file at a time (write aside, rename)."""
+    if not texts or not cache_dir.is_dir():
+        return 0
+    wanted = pa.array(sorted(texts), pa.string())
+    dropped = 0
+    for part in sorted(cache_dir.glob("*/part-*.parquet")):
+        table = pq.read_table(part)
+        hit = pc.is_in(table["text"], value_set=wanted)
+        n = pc.sum(hit).as_py() or 0
+        if not n:
+            continue
+        dropped += n
+        if n == table.num_rows:
+            part.unlink()
+            continue
+        tmp = part.with_name(f".{part.name}.tmp")
+        pq.write_table(table.filter(pc.invert(hit)), tmp)
+        os.replace(tmp, part)
+    return dropped

@@ -1,0 +1,226 @@
+"""The runtime side of selflearn: apply a published run's rewrites to live requests.
+
+    from selflearn.serving.rewriter import Rewriter
+    rw = Rewriter.from_root("ROOT")          # loads the run ROOT/LATEST names
+    rw.start_watching()                      # follow LATEST (a daemon thread)
+    rw.rewrite("en-US", "Wake me up at 7 am on Friday!")
+    # {"locale": "en-US", "key": "wake me up at 7 am on friday", "rewrite": ..., "kind": ...,
+    #  "confidence": ..., "run_id": ...}
+
+A request is keyed exactly as the pipeline keyed the log (`selflearn.core.keys.text_key`, with
+the PII settings of the run being served, read from its manifest) and answered per
+contract section 4.1 (`selflearn.core.rewrite_apply`: exact first, then the most specific
+pattern, from an index built once per run).
+
+Following LATEST: a new run is loaded aside (tables read, patterns compiled) and swapped
+in with one reference assignment, so a request, which reads that reference once, sees
+one run, never a mix. A run that cannot be loaded (no `_SUCCESS`, a table that is not
+readable parquet or lacks a column) is refused with one log line and the old run keeps
+serving; it is tried again only when LATEST changes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from selflearn.config import Settings
+from selflearn.core.keys import text_key
+from selflearn.core.rewrite_apply import Applied, RewriteIndex
+
+log = logging.getLogger("selflearn.serving.rewriter")
+
+# The ingest's BCP-47 shape (contract section 1): a locale the pipeline would quarantine
+# can never have a rewrite.
+LOCALE_SHAPE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*")
+_COLUMNS = ["locale", "source", "target", "confidence"]
+
+
+class BadRequest(ValueError):
+    """A request that cannot be answered as asked; the message says why (one line)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class NotLoaded(RuntimeError):
+    """No run has been loaded yet (no LATEST, or every run so far was refused)."""
+
+
+class RunRefused(RuntimeError):
+    """A run that must not be served; the message says why."""
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """One published run, ready to answer: immutable once built, swapped as a whole."""
+
+    run_id: str
+    path: Path
+    index: RewriteIndex
+    scrub_pii: bool
+    pii_min_digits: int
+    max_text_chars: int
+    published_at: float  # mtime of _SUCCESS (epoch seconds)
+    loaded_at: float
+    n_exact: int
+    n_patterns: int
+
+    def key(self, text: str) -> str:
+        return text_key(text, self.scrub_pii, self.pii_min_digits)
+
+    def answer(self, locale: str, text: str) -> dict:
+        key = self.key(text)
+        hit: Applied | None = self.index.lookup(locale, key) if key else None
+        return {
+            "locale": locale, "key": key,
+            "rewrite": hit.rewrite if hit else None,
+            "kind": hit.kind if hit else None,
+            "confidence": hit.confidence if hit else None,
+            "run_id": self.run_id,
+        }
+
+
+def _read_table(path: Path, name: str):
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable table refuses the run
+        raise RunRefused(f"{name}/ is not readable parquet ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+    missing = [c for c in _COLUMNS if c not in table.column_names]
+    if missing:
+        raise RunRefused(f"{name}/ lacks column(s) {', '.join(missing)}")
+    return table.select(_COLUMNS).to_pandas()
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Read and index one run directory; RunRefused when it must not be served."""
+    run_dir = Path(run_dir)
+    success = run_dir / "_SUCCESS"
+    if not success.is_file():
+        raise RunRefused(f"run {run_dir.name} has no _SUCCESS (incomplete or not a run)")
+    if not (run_dir / "rewrites").exists():
+        raise RunRefused(f"run {run_dir.name} has no rewrites/")
+    rewrites = _read_table(run_dir / "rewrites", "rewrites")
+    # rewrite_patterns/ is published from contract v3 on; a run without it has no patterns.
+    patterns = _read_table(run_dir / "rewrite_patterns", "rewrite_patterns") if (run_dir / "rewrite_patterns").exists() else None
+    defaults = Settings()
+    config: dict = {}
+    manifest = run_dir / "manifest.json"
+    if manifest.is_file():
+        try:
+            config = json.loads(manifest.read_text(encoding="utf-8")).get("config") or {}
+        except ValueError:
+            raise RunRefused(f"run {run_dir.name} has an unreadable manifest.json") from None
+    index = RewriteIndex.from_frames(rewrites, patterns)
+    return LoadedRun(
+        run_id=run_dir.name, path=run_dir, index=index,
+        # keys must be made with the settings the run made its keys with
+        scrub_pii=bool(config.get("scrub_pii", defaults.scrub_pii)),
+        pii_min_digits=int(config.get("pii_min_digits", defaults.pii_min_digits)),
+        max_text_chars=int(config.get("max_utterance_chars", defaults.max_utterance_chars)),
+        published_at=success.stat().st_mtime, loaded_at=time.time(),
+        n_exact=len(index.exact), n_patterns=index.n_patterns,
+    )
+
+
+class Rewriter:
+    """The rewrites of the run ROOT/LATEST names, following LATEST when asked to."""
+
+    def __init__(self, root: str | Path, max_text_chars: int | None = None):
+        self.root = Path(root)
+        self.current: LoadedRun | None = None
+        self.max_text_chars = max_text_chars  # None: the served run's max_utterance_chars
+        self.refused: dict[str, str] = {}  # run_id -> why, for the LATEST value last refused
+        self.n_swaps = 0
+        self.n_refused = 0
+        self._lock = threading.Lock()  # one load at a time; requests never take it
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @classmethod
+    def from_root(cls, root: str | Path, **kwargs) -> "Rewriter":
+        """A Rewriter with the run LATEST names loaded (if any can be: healthz says so)."""
+        rw = cls(root, **kwargs)
+        rw.refresh()
+        return rw
+
+    def latest_id(self) -> str | None:
+        try:
+            return (self.root / "LATEST").read_text(encoding="utf-8").strip() or None
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def refresh(self) -> bool:
+        """Load the run LATEST names if it is not the one serving; True when swapped."""
+        with self._lock:
+            run_id = self.latest_id()
+            if run_id is None or (self.current is not None and self.current.run_id == run_id) or run_id in self.refused:
+                return False
+            try:
+                if "/" in run_id or run_id in (".", ".."):
+                    raise RunRefused(f"LATEST holds {run_id!r}, not a run id")
+                loaded = load_run(self.root / "runs" / run_id)
+            except RunRefused as exc:
+                self.refused = {run_id: str(exc)}
+                self.n_refused += 1
+                serving = self.current.run_id if self.current else "nothing"
+                log.warning("selflearn serve: refused run %s: %s; still serving %s", run_id, exc, serving)
+                return False
+            self.refused = {}
+            self.current = loaded  # the swap: one reference assignment
+            self.n_swaps += 1
+            log.info("selflearn serve: serving run %s (%d exact rewrites, %d patterns)", run_id, loaded.n_exact, loaded.n_patterns)
+            return True
+
+    def start_watching(self, poll_s: float = 1.0) -> None:
+        """Poll LATEST every `poll_s` seconds in a daemon thread."""
+        if self._thread is not None:
+            return
+
+        def loop():
+            while not self._stop.wait(poll_s):
+                try:
+                    self.refresh()
+                except Exception:  # noqa: BLE001 - the watcher must outlive any surprise
+                    log.exception("selflearn serve: reloading failed; still serving the old run")
+
+        self._thread = threading.Thread(target=loop, name="selflearn-latest-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def check(self, locale, text) -> None:
+        """BadRequest unless (locale, text) is a request the pipeline could have keyed."""
+        if locale is None or locale == "":
+            raise BadRequest("missing query parameter 'locale'")
+        if text is None:
+            raise BadRequest("missing query parameter 'text'")
+        if not isinstance(locale, str) or LOCALE_SHAPE.fullmatch(locale) is None:
+            raise BadRequest("locale is not BCP-47 shaped (e.g. en-US)")
+        run = self.current
+        limit = self.max_text_chars or (run.max_text_chars if run else Settings().max_utterance_chars)
+        if len(text) > limit:
+            raise BadRequest(f"text longer than {limit} characters", status=413)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("text is not valid Unicode (a lone surrogate)") from None
+
+    def rewrite(self, locale, text) -> dict:
+        """The contract's answer for one request, from one run (NotLoaded before any)."""
+        self.check(locale, text)
+        run = self.current  # read once: the whole answer comes from this run
+        if run is None:
+            raise NotLoaded("no run loaded yet")
+        return run.answer(locale, text)

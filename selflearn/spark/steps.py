@@ -1,0 +1,488 @@
+"""Spark steps: one function per stage of the run, each applying a stage module's pure
+functions to DataFrames (applyInPandas / mapInPandas / aggregations).
+
+Where the data lives is decided here; what it means is decided in the stage modules.
+Per-locale work (a FAISS index, a graph) runs inside one applyInPandas group; nothing
+collects the log to the driver. The driver only sees key-level tables that are small by
+construction (rewrite candidates, per-stage counts).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
+
+from selflearn.core import graph as graph_mod
+from selflearn.config import Settings
+from selflearn.core.controls import Controls, load_controls
+from selflearn.core.defects import is_failing, is_working
+from selflearn.core.labels import drop_controlled, paraphrase_labels, rewrite_labels, training_rows
+from selflearn.core.rewrites import published_rewrites, rephrase_chain_pairs, select_rewrites
+from selflearn.schema import REPHRASE, arrow_schema, evidence_kind
+from selflearn.core.sessions import ENRICHED_TURNS, enrich_turns
+from selflearn.spark.session import map_groups
+
+SUCCESS, FAILURE = graph_mod.SUCCESS, graph_mod.FAILURE
+
+
+# --- sessions, defects, rephrases ----------------------------------------------------
+
+def sessions_step(accepted: DataFrame, settings: Settings) -> DataFrame:
+    """Enriched turns: text keys, sessions, defect probability, rephrase score of each
+    turn with its successor. Whole (user, device) groups per pandas batch."""
+    cols = ["event_id", "user_id", "device_id", "session_id", "ts", "locale", "utterance",
+            "asr_confidence", "response_status", "barge_in", "feedback", "dwell_ms",
+            "nlu_intent", "nlu_domain", "nlu_slots", "rewritten_from", "system_act", "order"]
+    if "system_act" not in accepted.columns:  # a state's session tail from before contract v3
+        accepted = accepted.withColumn("system_act", F.lit(None).cast("string"))
+    df = accepted.select(*cols).withColumn("device_id", F.coalesce("device_id", F.lit("")))
+
+    def apply(pdf: pd.DataFrame) -> pd.DataFrame:
+        return enrich_turns(pdf, settings)
+
+    return map_groups(df, ["user_id", "device_id"], ["ts", "order"], apply, from_arrow_schema(ENRICHED_TURNS))
+
+
+def pair_keys(enriched: DataFrame, settings: Settings) -> DataFrame:
+    """(locale, text) of both turns of every pair in the rephrase window: the keys whose
+    vectors the meaning feature needs."""
+    pairs = enriched.where(F.col("next_event_id").isNotNull() & (F.col("gap_s") <= settings.rephrase_window_s))
+    return (pairs.select("locale", "text").unionByName(pairs.select("locale", F.col("next_text").alias("text")))
+            .distinct())
+
+
+def meaning_step(enriched: DataFrame, vectors: DataFrame, settings: Settings) -> DataFrame:
+    """Enriched turns with `meaning_z` (rephrase.meaning_z of the pair's two key vectors)
+    and the pair score recomputed with it. The chance baseline comes from a sample of
+    keys per locale (the first `meaning_baseline_keys` by sha256 of the text, as
+    rephrase.meaning_baseline takes them), collected to the driver: a few thousand vectors."""
+    from selflearn.core.rephrase import calibrated_baseline, meaning_baseline, meaning_z, pair_cosines
+    from selflearn.core.sessions import score_pairs
+
+    model = settings.rephrase_model
+    w = Window.partitionBy("locale").orderBy(F.sha2("text", 256))
+    sample = (vectors.withColumn("rk", F.row_number().over(w)).where(F.col("rk") <= model.meaning_baseline_keys)
+              .select("locale", "text", "vector").toPandas())
+    baseline = meaning_baseline(sample, model.meaning_baseline_keys)
+    # calibrated chance levels where the encoder and locale have one (incremental runs
+    # then score a pair the same whatever else their input holds)
+    from selflearn.encoders.embed import encoder_cache_id, settings_for_locale
+
+    def encoder_of(locale: str) -> str:
+        return encoder_cache_id(settings_for_locale(settings, locale), "cpu")
+
+    # the sampled locales are every locale with vectors (no extra Spark job for the list)
+    baseline = calibrated_baseline(baseline, sorted(set(sample["locale"])), encoder_of)
+    v = vectors.select("locale", "text", "vector")
+    joined = (enriched.join(v.withColumnRenamed("vector", "_v1"), ["locale", "text"], "left")
+              .join(v.withColumnRenamed("text", "next_text").withColumnRenamed("vector", "_v2"),
+                    ["locale", "next_text"], "left"))
+    cols = [f.name for f in ENRICHED_TURNS]
+
+    def apply(batches):
+        for pdf in batches:
+            cos = pair_cosines(pdf["_v1"].to_numpy(dtype=object), pdf["_v2"].to_numpy(dtype=object))
+            pdf["meaning_z"] = meaning_z(pdf["locale"].to_numpy(dtype=object), cos, baseline)
+            yield score_pairs(pdf.drop(columns=["_v1", "_v2"]), settings)[cols]
+
+    return joined.select(*cols, "_v1", "_v2").mapInPandas(apply, from_arrow_schema(ENRICHED_TURNS))
+
+
+def turns_output(enriched: DataFrame) -> DataFrame:
+    return enriched.select("event_id", "locale", "text", F.round("defect_prob", 9).alias("defect_prob"))
+
+
+def rephrase_pairs_output(enriched: DataFrame, settings: Settings) -> DataFrame:
+    return (
+        enriched.where(F.col("next_event_id").isNotNull() & (F.col("gap_s") <= settings.rephrase_window_s))
+        .select(
+            "locale",
+            F.col("event_id").alias("first_event_id"),
+            F.col("next_event_id").alias("second_event_id"),
+            F.col("text").alias("first"),
+            F.col("next_text").alias("second"),
+            F.round("gap_s", 6).alias("gap_s"),
+            F.round("pair_score", 9).alias("score"),
+            "is_rephrase",
+        )
+    )
+
+
+# --- key-level statistics ------------------------------------------------------------
+
+def _organic(enriched: DataFrame) -> DataFrame:
+    return enriched.where(F.col("rewritten_from").isNull())
+
+
+def key_stats_step(enriched: DataFrame, settings: Settings) -> DataFrame:
+    """Per (locale, text): n_turns, n_users, user-weighted defect_rate, n_success, the
+    slot values the NLU recognised on any turn, and the dominant successful
+    interpretation (intent, domain, slots_json, its user agreement)."""
+    org = _organic(enriched)
+    per_user = org.groupBy("locale", "text", "user_id").agg(
+        F.count("*").alias("n"), F.avg("defect_prob").alias("user_defect")
+    )
+    base = per_user.groupBy("locale", "text").agg(
+        F.sum("n").alias("n_turns"),
+        F.count("*").alias("n_users"),
+        F.avg("user_defect").alias("defect_rate"),
+    )
+    slot_values = (
+        org.select("locale", "text", F.explode("nlu_slots").alias("s"))
+        .groupBy("locale", "text")
+        .agg(F.sort_array(F.collect_set(F.col("s.value"))).alias("nlu_slot_values"))
+    )
+    good = org.where((F.col("response_status") == "success") & (F.col("defect_prob") < 0.5) & F.col("nlu_intent").isNotNull())
+    n_success = good.groupBy("locale", "text").agg(F.count("*").alias("n_success"))
+    interp = good.withColumn("slots_json", F.to_json(F.coalesce("nlu_slots", F.array())))
+    votes = interp.groupBy("locale", "text", "nlu_intent", "nlu_domain", "slots_json").agg(
+        F.countDistinct("user_id").alias("votes")
+    )
+    w = Window.partitionBy("locale", "text").orderBy(F.desc("votes"), "nlu_intent", "slots_json")
+    total = votes.groupBy("locale", "text").agg(F.sum("votes").alias("all_votes"))
+    dominant = (
+        votes.withColumn("rk", F.row_number().over(w)).where("rk = 1").join(total, ["locale", "text"])
+        .select("locale", "text", F.col("nlu_intent").alias("intent"), F.col("nlu_domain").alias("domain"),
+                "slots_json", (F.col("votes") / F.col("all_votes")).alias("agreement"))
+    )
+    return (
+        base.join(slot_values, ["locale", "text"], "left")
+        .join(n_success, ["locale", "text"], "left")
+        .join(dominant, ["locale", "text"], "left")
+        .withColumn("n_success", F.coalesce("n_success", F.lit(0)).cast("long"))
+        .withColumn("nlu_slot_values", F.coalesce("nlu_slot_values", F.array().cast("array<string>")))
+    )
+
+
+# --- paraphrase clusters -------------------------------------------------------------
+
+CLUSTERS = arrow_schema("paraphrase_clusters")
+
+
+def paraphrase_step(key_stats: DataFrame, vectors: DataFrame, settings: Settings, evidence: DataFrame | None = None) -> DataFrame:
+    """Per locale: FAISS kNN over the key embeddings and slot-respecting clusters. With
+    the evidence given, cluster_n_users is the exact count of distinct users of the
+    cluster's keys (cluster_users), not the sum of per-key counts (an upper bound)."""
+    from selflearn.core.paraphrase import cluster_paraphrases
+
+    keyed = key_stats.join(vectors, ["locale", "text"], "inner").select(
+        "locale", "text", "n_users", "n_turns", "n_success", "intent", "slots_json", "nlu_slot_values", "vector"
+    )
+
+    def apply(pdf: pd.DataFrame) -> pd.DataFrame:
+        pdf = pdf.sort_values("text", kind="mergesort").reset_index(drop=True)
+        vecs = np.stack(pdf["vector"].to_numpy()).astype(np.float32) if len(pdf) else np.zeros((0, 1), np.float32)
+        keys = pdf.drop(columns=["vector"])
+        keys["slots"] = [json.loads(s) if isinstance(s, str) else [] for s in keys["slots_json"]]
+        keys["nlu_slot_values"] = [list(v) if v is not None else [] for v in keys["nlu_slot_values"]]
+        out = cluster_paraphrases(keys.drop(columns=["slots_json"]), vecs, settings)
+        return out[[f.name for f in CLUSTERS]]
+
+    clusters = keyed.groupBy("locale").applyInPandas(apply, from_arrow_schema(CLUSTERS))
+    return clusters if evidence is None else cluster_users(clusters, evidence)
+
+
+def cluster_users(clusters: DataFrame, evidence: DataFrame) -> DataFrame:
+    """Clusters with cluster_n_users = distinct users who said any member key (organic
+    turns, as key_stats counts n_users): one user saying three keys of a cluster is one
+    user, so a paraphrase label can never rest on fewer than min_users people."""
+    said = _organic(evidence).select("locale", "text", "user_id").distinct()
+    exact = (
+        clusters.select("locale", "cluster_id", "text").join(said, ["locale", "text"])
+        .groupBy("locale", "cluster_id").agg(F.countDistinct("user_id").alias("cluster_n_users"))
+    )
+    return (clusters.drop("cluster_n_users").join(exact, ["locale", "cluster_id"], "left")
+            .withColumn("cluster_n_users", F.coalesce("cluster_n_users", F.lit(0)).cast("long"))
+            .select(*[f.name for f in CLUSTERS]))
+
+
+def floor_rows(pdf: pd.DataFrame, min_users: int, column: str = "n_users") -> pd.DataFrame:
+    """Rows whose text rests on at least min_users distinct users: what may leave the
+    operator's hands (contract v3 section 4)."""
+    if pdf.empty:
+        return pdf
+    return pdf[pdf[column].fillna(0).astype("int64") >= int(min_users)].reset_index(drop=True)
+
+
+# --- the rewrite graph ---------------------------------------------------------------
+
+def edges_step(enriched: DataFrame, settings: Settings) -> DataFrame:
+    """Pooled transition probabilities (locale, src, dst, prob, n_users): each user's
+    outcome distribution at a key, weighted by min(turns, per_user_edge_cap)."""
+    org = _organic(enriched)
+    s = F.when(F.col("is_rephrase"), F.col("pair_score")).otherwise(F.lit(0.0))
+    d = F.col("defect_prob")
+    outcomes = F.array(
+        F.struct(F.col("next_text").alias("dst"), s.alias("mass")),
+        F.struct(F.lit(SUCCESS).alias("dst"), ((1 - s) * (1 - d)).alias("mass")),
+        F.struct(F.lit(FAILURE).alias("dst"), ((1 - s) * d).alias("mass")),
+    )
+    exploded = org.select("locale", "user_id", "text", F.explode(outcomes).alias("o")).select(
+        "locale", "user_id", "text", F.col("o.dst").alias("dst"), F.col("o.mass").alias("mass")
+    )
+    turns_per_user = org.groupBy("locale", "user_id", "text").agg(F.count("*").alias("n"))
+    user_mass = (
+        exploded.where(F.col("mass") > 0).groupBy("locale", "user_id", "text", "dst").agg(F.sum("mass").alias("mass"))
+        .join(turns_per_user, ["locale", "user_id", "text"])
+        .withColumn("w", F.least(F.col("n").cast("double"), F.lit(float(settings.per_user_edge_cap))))
+        .withColumn("wm", F.col("w") * F.col("mass") / F.col("n"))
+    )
+    denom = turns_per_user.withColumn(
+        "w", F.least(F.col("n").cast("double"), F.lit(float(settings.per_user_edge_cap)))
+    ).groupBy("locale", "text").agg(F.sum("w").alias("wsum"))
+    return (
+        # user_mass holds one row per (user, text, dst): counting rows counts distinct users
+        user_mass.groupBy("locale", "text", "dst").agg(F.sum("wm").alias("num"), F.count("*").alias("n_users"))
+        .join(denom, ["locale", "text"])
+        .select("locale", F.col("text").alias("src"), "dst", (F.col("num") / F.col("wsum")).alias("prob"), "n_users")
+    )
+
+
+def reach_step(enriched: DataFrame) -> DataFrame:
+    """(locale, source, target, user_id, session) for every pair of turns linked by a
+    chain of rephrases in one session (rewrites.rephrase_chain_pairs), many whole
+    sessions per pandas batch."""
+    schema = "locale string, source string, target string, user_id string, session string"
+    org = _organic(enriched).select("locale", "user_id", "session", "seq", "text", "is_rephrase")
+    return map_groups(org, ["user_id", "session"], ["seq"], rephrase_chain_pairs, schema)
+
+
+CANDIDATES = arrow_schema("candidates")
+
+
+def mates_step(clusters: DataFrame, key_stats: DataFrame, settings: Settings) -> DataFrame:
+    """(locale, key, mate): two failing members of one paraphrase cluster."""
+    failing = clusters.join(key_stats.select("locale", "text", "defect_rate"), ["locale", "text"]).where(
+        is_failing(F.col("defect_rate"), settings.min_source_defect_rate)
+    ).select("locale", "cluster_id", "text")
+    a, b = failing.alias("a"), failing.alias("b")
+    return a.join(b, (F.col("a.locale") == F.col("b.locale")) & (F.col("a.cluster_id") == F.col("b.cluster_id")) & (F.col("a.text") != F.col("b.text"))).select(
+        F.col("a.locale").alias("locale"), F.col("a.text").alias("key"), F.col("b.text").alias("mate")
+    )
+
+
+def interpretation_class(key_stats: DataFrame, settings: Settings):
+    """A served key's interpretation (intent and slots it was served with): keys with the
+    same class are the same outcome for the user. Null for keys not served."""
+    return F.when(
+        is_working(F.col("defect_rate"), settings.min_source_defect_rate) & F.col("intent").isNotNull(),
+        F.concat_ws("|", F.col("intent"), F.coalesce(F.col("slots_json"), F.lit("[]"))),
+    )
+
+
+def solve_step(edges: DataFrame, mates: DataFrame, key_stats: DataFrame, settings: Settings) -> DataFrame:
+    """Per locale: paraphrase inheritance, then the absorbing chain's best target per
+    defective source key."""
+    users = key_stats.select("locale", F.col("text").alias("src"), F.col("n_users").alias("src_users"),
+                             F.col("defect_rate").alias("src_defect"), interpretation_class(key_stats, settings).alias("src_class"))
+    e = edges.join(users, ["locale", "src"], "left")
+
+    def apply(edges_pdf: pd.DataFrame, mates_pdf: pd.DataFrame) -> pd.DataFrame:
+        if edges_pdf.empty:
+            return pd.DataFrame(columns=[f.name for f in CANDIDATES])
+        locale = edges_pdf["locale"].iloc[0]
+        edges_pdf = edges_pdf.sort_values(["src", "dst"], kind="mergesort")
+        n_users = dict(zip(edges_pdf["src"], edges_pdf["src_users"].fillna(0)))
+        transient = edges_pdf[~edges_pdf["dst"].isin([SUCCESS, FAILURE])]
+        rephrased_by = transient.groupby("src")["n_users"].max().to_dict()  # a lower bound of distinct users
+        mixed = graph_mod.inherit_paraphrase_evidence(
+            edges_pdf, mates_pdf.sort_values(["key", "mate"]), n_users, settings.paraphrase_evidence_weight,
+            rephrased_by, settings.min_users,
+        )
+        defect = dict(zip(edges_pdf["src"], edges_pdf["src_defect"].fillna(0)))
+        sources = sorted(k for k, v in defect.items() if is_failing(v, settings.min_source_defect_rate))
+        classes = {k: c for k, c in zip(edges_pdf["src"], edges_pdf["src_class"]) if isinstance(c, str)}
+        solved = graph_mod.solve_rewrite_targets(mixed, sources, classes)
+        if solved.empty:
+            return pd.DataFrame(columns=[f.name for f in CANDIDATES])
+        solved["evidence"] = _evidence_kinds(edges_pdf, mixed, solved)
+        solved["locale"] = locale
+        return solved[[f.name for f in CANDIDATES]]
+
+    return e.groupBy("locale").cogroup(mates.groupBy("locale")).applyInPandas(apply, from_arrow_schema(CANDIDATES))
+
+
+def _evidence_kinds(edges_pdf: pd.DataFrame, mixed: pd.DataFrame, solved: pd.DataFrame) -> list[str]:
+    """`rephrase` where the source's own rephrase edges lead to the target, `paraphrase`
+    where a key it inherited from a cluster mate is the target or leads to it, `both`."""
+    inherited = mixed.loc[mixed["inherited"] > 0, ["src", "dst"]].drop_duplicates()
+    via = solved[["source", "target"]].reset_index(drop=True).rename_axis("row").reset_index().merge(
+        inherited, left_on="source", right_on="src")
+    # one call: the graph is indexed once for both sets of questions
+    reached = graph_mod.reachable(edges_pdf, pd.concat([solved["source"], via["dst"]]), pd.concat([solved["target"], via["target"]]))
+    direct = reached[:len(solved)]
+    hit = (via["dst"] == via["target"]).to_numpy() | reached[len(solved):]
+    by_mate = np.zeros(len(solved), dtype=bool)
+    by_mate[via["row"].to_numpy()[hit]] = True
+    return [evidence_kind(bool(d), bool(p)) for d, p in zip(direct, by_mate)]
+
+
+def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, key_stats: DataFrame,
+                    enriched: DataFrame, clusters: DataFrame, settings: Settings) -> pd.DataFrame:
+    """Rewrite candidates with the users behind them, key statistics and served evidence;
+    key-level and small, so it comes to the driver as pandas.
+
+    The users behind (source, target) are those whose sessions went from the source (or,
+    where the rewrite rests on paraphrase evidence, a failing cluster mate of it) to any
+    key served like the target (same interpretation class); the target's success is pooled over that class too. Each
+    candidate also carries the target's intent and the dominant successful intent of the
+    source's paraphrase cluster, which paraphrase-only evidence must agree with."""
+    cls = key_stats.select("locale", F.col("text").alias("key"), interpretation_class(key_stats, settings).alias("cls"))
+    cls = cls.withColumn("cls", F.coalesce("cls", F.concat(F.lit("key:"), F.col("key"))))
+    # A mate's users stand behind a rewrite only where the graph used the mate's evidence.
+    uses_mates = candidates.where(F.col("evidence") != REPHRASE).select("locale", F.col("source").alias("via_key")).distinct()
+    inherited = (
+        reach.join(mates.select("locale", F.col("mate").alias("source"), F.col("key").alias("via_key")), ["locale", "source"])
+        .join(uses_mates, ["locale", "via_key"])
+        .select("locale", F.col("via_key").alias("source"), "target", "user_id", "session")
+    )
+    reach_all = reach.unionByName(inherited)
+    if settings.min_user_active_days > 1:  # only users with history stand behind a rewrite (anti-sybil)
+        # the evidence's day (the dt= partition, else the UTC date of ts): a column, or the
+        # state's day=D folder the rows were read from
+        day = F.col("day") if "day" in enriched.columns else F.regexp_extract(F.input_file_name(), r"day=([0-9]{4}-[0-9]{2}-[0-9]{2})", 1)
+        # projected first: Spark refuses input_file_name() inside an aggregate
+        days = enriched.select("user_id", day.alias("day")).groupBy("user_id").agg(F.countDistinct("day").alias("days"))
+        reach_all = reach_all.join(days.where(F.col("days") >= settings.min_user_active_days).select("user_id"), "user_id")
+    reach_cls = reach_all.join(
+        cls.withColumnRenamed("key", "target").withColumnRenamed("cls", "target_cls"), ["locale", "target"]
+    ).drop("target")
+    cand = candidates.join(cls.withColumnRenamed("key", "target").withColumnRenamed("cls", "target_cls"), ["locale", "target"], "left")
+    behind = (
+        reach_cls.join(cand.select("locale", "source", "target", "target_cls"), ["locale", "source", "target_cls"])
+        .groupBy("locale", "source", "target")
+        .agg(F.countDistinct("user_id").alias("n_users"), F.countDistinct("user_id", "session").alias("n_sessions"))
+    )
+    src = key_stats.select("locale", F.col("text").alias("source"), F.col("defect_rate").alias("source_defect_rate"),
+                           F.col("n_users").alias("source_n_users"), F.col("intent").alias("source_intent"),
+                           F.col("domain").alias("source_domain"))
+    tgt = (
+        key_stats.join(cls.withColumnRenamed("key", "text"), ["locale", "text"])
+        .groupBy("locale", F.col("cls").alias("target_cls"))
+        .agg(
+            (F.sum((1 - F.col("defect_rate")) * F.col("n_users")) / F.sum("n_users")).alias("target_success_rate"),
+            F.sum("n_users").alias("target_n_users"),
+        )
+    )
+    served = (
+        enriched.where(F.col("rewritten_from").isNotNull())
+        .groupBy("locale", F.col("rewritten_from").alias("source"), F.col("text").alias("target"))
+        .agg(F.count("*").alias("served_turns"), F.avg("defect_prob").alias("served_defect_rate"))
+    )
+    target_intent = key_stats.select("locale", F.col("text").alias("target"), F.col("intent").alias("target_intent"),
+                                     F.col("domain").alias("target_domain"), F.col("slots_json").alias("target_slots_json"))
+    source_cluster = clusters.select("locale", F.col("text").alias("source"), F.col("intent").alias("source_cluster_intent"))
+    joined = (
+        cand.join(behind, ["locale", "source", "target"], "left")
+        .join(target_intent, ["locale", "target"], "left").join(source_cluster, ["locale", "source"], "left")
+        .join(src, ["locale", "source"], "left").join(tgt, ["locale", "target_cls"], "left")
+        .join(served, ["locale", "source", "target"], "left")
+        .fillna({"n_users": 0, "n_sessions": 0, "target_success_rate": 0.0, "target_n_users": 0})
+    )
+    return joined.toPandas()
+
+
+def rewrites_step(candidates_pdf: pd.DataFrame, settings: Settings, controls: Controls | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    # controls: the run's, loaded once (Run.controls); loaded here only when called alone
+    controls = load_controls(settings.controls_file) if controls is None else controls
+    decided = select_rewrites(candidates_pdf, settings, controls)
+    return decided, published_rewrites(decided)
+
+
+def labels_step(rewrites_pdf: pd.DataFrame, clusters_pdf: pd.DataFrame, key_stats: DataFrame, settings: Settings,
+                controls: Controls | None = None, pattern_rows: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Weak labels; reads only the key statistics of keys named by rewrites/clusters."""
+    needed = pd.concat([
+        rewrites_pdf[["locale", "target"]].rename(columns={"target": "text"}),
+        rewrites_pdf[["locale", "source"]].rename(columns={"source": "text"}),
+        clusters_pdf[["locale", "text"]],
+    ]).drop_duplicates()
+    spark = key_stats.sparkSession
+    if needed.empty:
+        stats = pd.DataFrame(columns=["locale", "text", "n_users", "defect_rate", "intent", "domain", "slots_json"])
+    else:
+        stats = key_stats.join(spark.createDataFrame(needed), ["locale", "text"]).select(
+            "locale", "text", "n_users", "defect_rate", "intent", "domain", "slots_json"
+        ).toPandas()
+    interp = stats[stats["intent"].notna()][["locale", "text", "intent", "domain", "slots_json"]]
+    rw = rewrite_labels(rewrites_pdf, interp)
+    pp = paraphrase_labels(clusters_pdf, stats[["locale", "text", "defect_rate"]], interp, settings)
+    controls = load_controls(settings.controls_file) if controls is None else controls
+    rows = drop_controlled(training_rows(rw, pp, settings.dev_share, pattern_rows), settings, controls)
+    if not len(rows):
+        return rows
+    # A label's text must itself have been said by min_users distinct users: a rewrite's
+    # source may rest on its cluster mates' users, a cluster member on its cluster's.
+    # Pattern rows are template fills no user said as such: their floor is the pattern's
+    # users and slot values served to min_users users (patterns.pattern_labels).
+    templated = (rows["label_source"] == "pattern").to_numpy()
+    said_by = rows[~templated].merge(stats[["locale", "text", "n_users"]], on=["locale", "text"], how="left")
+    kept = floor_rows(said_by, settings.min_users)[rows.columns.tolist()]
+    return pd.concat([kept, rows[templated]], ignore_index=True)
+
+
+
+# --- pattern rewrites (selflearn.core.patterns) -------------------------------------------
+
+PATTERN_PAIRS = arrow_schema("pattern_pairs")
+PATTERN_CANDIDATES = arrow_schema("pattern_candidates")
+
+
+def pattern_candidates_step(reach: DataFrame, key_stats: DataFrame, settings: Settings) -> pd.DataFrame:
+    """Pattern candidates with their statistics (patterns.pattern_candidates), one
+    applyInPandas group per locale: the locale's pattern pairs and its key statistics
+    (every key a source or target pattern may match). Small: to the driver as pandas."""
+    from selflearn.core.patterns import pattern_candidates, pattern_pairs
+
+    thr = settings.min_source_defect_rate
+    failing = key_stats.where(is_failing(F.col("defect_rate"), thr)).select(
+        "locale", F.col("text").alias("source"), F.col("intent").alias("source_intent"), F.col("domain").alias("source_domain"))
+    served = key_stats.where(is_working(F.col("defect_rate"), thr) & F.col("intent").isNotNull()).select(
+        "locale", F.col("text").alias("target"), F.col("intent").alias("target_intent"),
+        F.col("domain").alias("target_domain"), F.col("slots_json").alias("target_slots_json"))
+    pairs = reach.join(failing, ["locale", "source"]).join(served, ["locale", "target"])
+
+    def delex(batches):
+        for pdf in batches:
+            yield pattern_pairs(pdf)
+
+    ppairs = pairs.mapInPandas(delex, from_arrow_schema(PATTERN_PAIRS))
+    keys = key_stats.select("locale", "text", "n_users", "defect_rate")
+
+    def apply(pairs_pdf: pd.DataFrame, keys_pdf: pd.DataFrame) -> pd.DataFrame:
+        if pairs_pdf.empty:
+            return pd.DataFrame(columns=PATTERN_CANDIDATES.names)
+        keys_pdf = keys_pdf.sort_values("text", kind="mergesort")
+        out = pattern_candidates(pairs_pdf, keys_pdf, settings)
+        for col in ("n_users", "n_sessions", "n_values", "target_users", "source_users", "source_n_keys"):
+            out[col] = out[col].astype("int64")
+        return out[PATTERN_CANDIDATES.names]
+
+    cands = ppairs.groupBy("locale").cogroup(keys.groupBy("locale")).applyInPandas(apply, from_arrow_schema(PATTERN_CANDIDATES))
+    return cands.toPandas().sort_values(["locale", "source", "target"], kind="mergesort").reset_index(drop=True)
+
+
+def served_values_step(enriched: DataFrame, settings: Settings) -> pd.DataFrame:
+    """(locale, name, value, n_users): slot values (as text keys) at least min_users
+    distinct users were served with in that slot, for pattern labels."""
+    from selflearn.core.text import normalize_text
+
+    good = _organic(enriched).where(
+        (F.col("response_status") == "success") & (F.col("defect_prob") < 0.5) & F.col("nlu_intent").isNotNull())
+    slots = good.select("locale", "user_id", F.explode("nlu_slots").alias("s")).select(
+        "locale", "user_id", F.col("s.name").alias("name"), F.col("s.value").alias("value")).distinct()
+
+    def norm(batches):
+        for pdf in batches:
+            pdf = pdf.copy()
+            pdf["value"] = [normalize_text(str(v)) for v in pdf["value"]]
+            yield pdf[pdf["value"] != ""]
+
+    normed = slots.mapInPandas(norm, "locale string, user_id string, name string, value string")
+    counted = normed.groupBy("locale", "name", "value").agg(F.countDistinct("user_id").alias("n_users")).where(
+        F.col("n_users") >= settings.min_users)
+    return counted.toPandas().sort_values(["locale", "name", "value"], kind="mergesort").reset_index(drop=True)
