@@ -61,7 +61,9 @@ WORK_TABLES = {
 # "evidence" is not a folder: the retained days of state/ plus this run's pending days
 # (incremental.read_evidence), so the key, graph and rewrite stages see all days.
 VIRTUAL = ("evidence",)
-PUBLISHED = tuple(PUBLISHED_TABLES) + ("rewrite_graph", "quarantine", "manifest.json", "report.html")
+# published folders (rewrite_graph/ holds two tables) and files
+PUBLISHED_DIRS = tuple(dict.fromkeys(t.split("/")[0] for t in PUBLISHED_TABLES))
+PUBLISHED = PUBLISHED_DIRS + ("quarantine", "manifest.json", "report.html")
 
 
 def ingest(run: Run) -> Stats:
@@ -306,7 +308,7 @@ STAGES: tuple[Stage, ...] = (
           "delexicalized pairs pooled into patterns; emission rules; rewrite_patterns/"),
     Stage("labels", ("rewrites", "clusters", "patterns_decided", "served_values", "key_stats"), ("training",), labels,
           "weak labels from rewrites, clusters and patterns; training/"),
-    Stage("publish", ("pending_state", *PUBLISHED_TABLES, *_REPORT_READS), ("manifest.json", "report.html"), publish,
+    Stage("publish", ("pending_state", *PUBLISHED_DIRS, *_REPORT_READS), ("manifest.json", "report.html"), publish,
           "manifest, publish gate, report; atomic move into runs/ and LATEST; state commit"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
