@@ -65,3 +65,39 @@ def is_failing(defect_rate, min_source_defect_rate: float):
 def is_working(defect_rate, min_source_defect_rate: float):
     """The complement of `is_failing` for a known rate (an unknown rate is neither)."""
     return defect_rate < min_source_defect_rate
+
+
+# A turn the NLU served well enough that its interpretation counts as a vote for its key
+# (key statistics, served slot values): half the defect probability is where a turn is
+# more likely failed than served.
+GOOD_TURN_MAX_DEFECT = 0.5
+
+
+def _present(x):
+    """Not null, for a scalar, a pandas Series or a Spark Column."""
+    if hasattr(x, "isNotNull"):
+        return x.isNotNull()
+    if hasattr(x, "notna"):
+        return x.notna()
+    return x is not None
+
+
+def is_good_turn(response_status, defect_prob, nlu_intent):
+    """A turn served with an intent, status success and defect probability under
+    GOOD_TURN_MAX_DEFECT. Scalars, pandas Series or Spark Columns, like `is_failing`."""
+    return (response_status == "success") & (defect_prob < GOOD_TURN_MAX_DEFECT) & _present(nlu_intent)
+
+
+def interpretation_class(defect_rate, intent, slots_json, min_source_defect_rate: float):
+    """A working key's interpretation, "intent|slots_json": keys of one class are the same
+    outcome for a user (a rewrite to any of them serves the same goal). None (null) for a
+    key that is failing, unknown or served without an intent. Scalars, Series or Columns."""
+    served = is_working(defect_rate, min_source_defect_rate) & _present(intent)
+    if hasattr(intent, "isNotNull"):  # a Spark Column
+        from pyspark.sql import functions as F
+
+        return F.when(served, F.concat_ws("|", intent, F.coalesce(slots_json, F.lit("[]"))))
+    if hasattr(intent, "notna"):  # a pandas Series
+        cls = intent.astype("object").astype(str) + "|" + slots_json.fillna("[]").astype(str)
+        return cls.where(served.fillna(False).astype(bool), None).astype("object")
+    return f"{intent}|{slots_json if slots_json is not None else '[]'}" if served else None

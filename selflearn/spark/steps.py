@@ -19,7 +19,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from selflearn.core import graph as graph_mod
 from selflearn.config import Settings
 from selflearn.core.controls import Controls, load_controls
-from selflearn.core.defects import is_failing, is_working
+from selflearn.core.defects import interpretation_class as key_class, is_failing, is_good_turn, is_working
 from selflearn.core.labels import drop_controlled, paraphrase_labels, rewrite_labels, training_rows
 from selflearn.core.rewrites import published_rewrites, rephrase_chain_pairs, select_rewrites
 from selflearn.schema import REPHRASE, arrow_schema, evidence_kind
@@ -136,7 +136,7 @@ def key_stats_step(enriched: DataFrame, settings: Settings) -> DataFrame:
         .groupBy("locale", "text")
         .agg(F.sort_array(F.collect_set(F.col("s.value"))).alias("nlu_slot_values"))
     )
-    good = org.where((F.col("response_status") == "success") & (F.col("defect_prob") < 0.5) & F.col("nlu_intent").isNotNull())
+    good = org.where(is_good_turn(F.col("response_status"), F.col("defect_prob"), F.col("nlu_intent")))
     n_success = good.groupBy("locale", "text").agg(F.count("*").alias("n_success"))
     interp = good.withColumn("slots_json", F.to_json(F.coalesce("nlu_slots", F.array())))
     votes = interp.groupBy("locale", "text", "nlu_intent", "nlu_domain", "slots_json").agg(
@@ -211,35 +211,15 @@ def floor_rows(pdf: pd.DataFrame, min_users: int, column: str = "n_users") -> pd
 # --- the rewrite graph ---------------------------------------------------------------
 
 def edges_step(enriched: DataFrame, settings: Settings) -> DataFrame:
-    """Pooled transition probabilities (locale, src, dst, prob, n_users): each user's
-    outcome distribution at a key, weighted by min(turns, per_user_edge_cap)."""
-    org = _organic(enriched)
-    s = F.when(F.col("is_rephrase"), F.col("pair_score")).otherwise(F.lit(0.0))
-    d = F.col("defect_prob")
-    outcomes = F.array(
-        F.struct(F.col("next_text").alias("dst"), s.alias("mass")),
-        F.struct(F.lit(SUCCESS).alias("dst"), ((1 - s) * (1 - d)).alias("mass")),
-        F.struct(F.lit(FAILURE).alias("dst"), ((1 - s) * d).alias("mass")),
-    )
-    exploded = org.select("locale", "user_id", "text", F.explode(outcomes).alias("o")).select(
-        "locale", "user_id", "text", F.col("o.dst").alias("dst"), F.col("o.mass").alias("mass")
-    )
-    turns_per_user = org.groupBy("locale", "user_id", "text").agg(F.count("*").alias("n"))
-    user_mass = (
-        exploded.where(F.col("mass") > 0).groupBy("locale", "user_id", "text", "dst").agg(F.sum("mass").alias("mass"))
-        .join(turns_per_user, ["locale", "user_id", "text"])
-        .withColumn("w", F.least(F.col("n").cast("double"), F.lit(float(settings.per_user_edge_cap))))
-        .withColumn("wm", F.col("w") * F.col("mass") / F.col("n"))
-    )
-    denom = turns_per_user.withColumn(
-        "w", F.least(F.col("n").cast("double"), F.lit(float(settings.per_user_edge_cap)))
-    ).groupBy("locale", "text").agg(F.sum("w").alias("wsum"))
-    return (
-        # user_mass holds one row per (user, text, dst): counting rows counts distinct users
-        user_mass.groupBy("locale", "text", "dst").agg(F.sum("wm").alias("num"), F.count("*").alias("n_users"))
-        .join(denom, ["locale", "text"])
-        .select("locale", F.col("text").alias("src"), "dst", (F.col("num") / F.col("wsum")).alias("prob"), "n_users")
-    )
+    """Pooled transition probabilities (locale, src, dst, prob, n_users): the transition
+    model of core.transitions over each key's organic turns, many whole keys per batch."""
+    from selflearn.core.transitions import EDGE_COLUMNS, TURN_COLUMNS, pooled_transitions
+
+    cap = float(settings.per_user_edge_cap)
+    schema = "locale string, src string, dst string, prob double, n_users long"
+    assert tuple(schema.replace(",", " ").split()[::2]) == EDGE_COLUMNS
+    return map_groups(_organic(enriched).select(*TURN_COLUMNS), ["locale", "text"], ["user_id"],
+                      lambda turns: pooled_transitions(turns, cap), schema)
 
 
 def reach_step(enriched: DataFrame) -> DataFrame:
@@ -266,12 +246,8 @@ def mates_step(clusters: DataFrame, key_stats: DataFrame, settings: Settings) ->
 
 
 def interpretation_class(key_stats: DataFrame, settings: Settings):
-    """A served key's interpretation (intent and slots it was served with): keys with the
-    same class are the same outcome for the user. Null for keys not served."""
-    return F.when(
-        is_working(F.col("defect_rate"), settings.min_source_defect_rate) & F.col("intent").isNotNull(),
-        F.concat_ws("|", F.col("intent"), F.coalesce(F.col("slots_json"), F.lit("[]"))),
-    )
+    """core.defects.interpretation_class over key_stats' columns."""
+    return key_class(F.col("defect_rate"), F.col("intent"), F.col("slots_json"), settings.min_source_defect_rate)
 
 
 def solve_step(edges: DataFrame, mates: DataFrame, key_stats: DataFrame, settings: Settings) -> DataFrame:
@@ -471,8 +447,7 @@ def served_values_step(enriched: DataFrame, settings: Settings) -> pd.DataFrame:
     distinct users were served with in that slot, for pattern labels."""
     from selflearn.core.text import normalize_text
 
-    good = _organic(enriched).where(
-        (F.col("response_status") == "success") & (F.col("defect_prob") < 0.5) & F.col("nlu_intent").isNotNull())
+    good = _organic(enriched).where(is_good_turn(F.col("response_status"), F.col("defect_prob"), F.col("nlu_intent")))
     slots = good.select("locale", "user_id", F.explode("nlu_slots").alias("s")).select(
         "locale", "user_id", F.col("s.name").alias("name"), F.col("s.value").alias("value")).distinct()
 
