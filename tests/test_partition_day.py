@@ -41,7 +41,7 @@ def test_a_mislabelled_partition_takes_its_rows_days_and_is_reported(tmp_path, m
     run.start()
     try:
         run.stage("ingest")
-        days = {r["day"]: r["count"] for r in run._read(run.dirs.work / "accepted").groupBy("day").count().collect()}
+        days = {r["day"]: r["count"] for r in run.read("accepted").groupBy("day").count().collect()}
     finally:
         run.finish()
     # the late row of 23:50 the day before stays in its partition's day (a partition is replaced whole)
