@@ -25,6 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 from threadpoolctl import threadpool_limits
+from selflearn.schema import evidence_kind
 
 SUCCESS = "__success__"  # dest marker: absorbed at success of the row's own key
 FAILURE = "__failure__"
@@ -212,3 +213,18 @@ def inherit_paraphrase_evidence(edges: pd.DataFrame, mates: pd.DataFrame, n_user
     for src, dests in mixed.items():
         records.extend((src, d, p, inh) for d, (p, inh) in dests.items())
     return pd.DataFrame(records, columns=["src", "dst", "prob", "inherited"])
+
+
+def evidence_kinds(edges_pdf: pd.DataFrame, mixed: pd.DataFrame, solved: pd.DataFrame) -> list[str]:
+    """`rephrase` where the source's own rephrase edges lead to the target, `paraphrase`
+    where a key it inherited from a cluster mate is the target or leads to it, `both`."""
+    inherited = mixed.loc[mixed["inherited"] > 0, ["src", "dst"]].drop_duplicates()
+    via = solved[["source", "target"]].reset_index(drop=True).rename_axis("row").reset_index().merge(
+        inherited, left_on="source", right_on="src")
+    # one call: the graph is indexed once for both sets of questions
+    reached = reachable(edges_pdf, pd.concat([solved["source"], via["dst"]]), pd.concat([solved["target"], via["target"]]))
+    direct = reached[:len(solved)]
+    hit = (via["dst"] == via["target"]).to_numpy() | reached[len(solved):]
+    by_mate = np.zeros(len(solved), dtype=bool)
+    by_mate[via["row"].to_numpy()[hit]] = True
+    return [evidence_kind(bool(d), bool(p)) for d, p in zip(direct, by_mate)]

@@ -35,7 +35,7 @@ from selflearn.config import Settings
 from selflearn.core.controls import Controls, denied
 from selflearn.core.defects import is_working
 from selflearn.core.labels import parse_slots, project_slots
-from selflearn.schema import PARAPHRASE, columns
+from selflearn.schema import PARAPHRASE, REPHRASE, columns
 
 REWRITE_COLUMNS = columns("rewrites")
 
@@ -70,6 +70,41 @@ def rephrase_chain_pairs(turns: pd.DataFrame) -> pd.DataFrame:
     pairs = t.merge(t[["chain", "pos", "text"]], on="chain", suffixes=("", "_b"))
     pairs = pairs[(pairs["pos"] < pairs["pos_b"]) & (pairs["text"] != pairs["text_b"])]
     return pairs.rename(columns={"text": "source", "text_b": "target"})[CHAIN_PAIRS].reset_index(drop=True)
+
+
+def users_behind(reach: pd.DataFrame, mates: pd.DataFrame, candidates: pd.DataFrame, key_classes: pd.DataFrame,
+                 min_user_active_days: int = 1) -> pd.DataFrame:
+    """Who stands behind each rewrite candidate: (locale, source, target, n_users,
+    n_sessions), distinct users and distinct (user, session) pairs.
+
+    A user stands behind (source, target) when one of their sessions went, by a chain of
+    rephrases (`reach`, rows of CHAIN_PAIRS plus `user_days`), from the source to any key
+    served like the target (same class in `key_classes`: locale, key, cls). Where the
+    candidate rests on paraphrase evidence (its `evidence` is not `rephrase`), sessions
+    that started at a failing cluster mate of the source (`mates`: locale, key, mate) count
+    too: the graph used those users' evidence. Only users active on at least
+    `min_user_active_days` days count (anti-sybil). Candidates no one stands behind get no row."""
+    cols = ["locale", "source", "target", "user_id", "session"]
+    uses_mates = candidates.loc[candidates["evidence"] != REPHRASE, ["locale", "source"]].drop_duplicates()
+    inherited = (
+        reach.merge(mates.rename(columns={"mate": "source", "key": "via"}), on=["locale", "source"])
+        .merge(uses_mates.rename(columns={"source": "via"}), on=["locale", "via"])
+        .drop(columns="source").rename(columns={"via": "source"})
+    )
+    rows = pd.concat([reach[cols + ["user_days"]], inherited[cols + ["user_days"]]], ignore_index=True)
+    if min_user_active_days > 1:
+        rows = rows[rows["user_days"] >= min_user_active_days]
+    classes = key_classes.rename(columns={"key": "target", "cls": "target_cls"})
+    rows = rows.merge(classes, on=["locale", "target"]).drop(columns="target")
+    wanted = candidates[["locale", "source", "target"]].merge(classes, on=["locale", "target"]).dropna(subset=["target_cls"])
+    behind = rows.merge(wanted, on=["locale", "source", "target_cls"])
+    if behind.empty:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in
+                             (("locale", object), ("source", object), ("target", object), ("n_users", "int64"), ("n_sessions", "int64"))})
+    behind["user_session"] = behind["user_id"].astype(str) + "\x00" + behind["session"].astype(str)
+    out = behind.groupby(["locale", "source", "target"], sort=True).agg(
+        n_users=("user_id", "nunique"), n_sessions=("user_session", "nunique")).reset_index()
+    return out.astype({"n_users": "int64", "n_sessions": "int64"})
 
 
 def wilson_bounds(p, n, z: float) -> tuple[np.ndarray, np.ndarray]:

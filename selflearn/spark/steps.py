@@ -21,8 +21,8 @@ from selflearn.config import Settings
 from selflearn.core.controls import Controls, load_controls
 from selflearn.core.defects import interpretation_class as key_class, is_failing, is_good_turn, is_working
 from selflearn.core.labels import drop_controlled, paraphrase_labels, rewrite_labels, training_rows
-from selflearn.core.rewrites import published_rewrites, rephrase_chain_pairs, select_rewrites
-from selflearn.schema import REPHRASE, arrow_schema, evidence_kind
+from selflearn.core.rewrites import published_rewrites, rephrase_chain_pairs, select_rewrites, users_behind
+from selflearn.schema import arrow_schema
 from selflearn.core.sessions import ENRICHED_TURNS, enrich_turns
 from selflearn.spark.session import map_groups
 
@@ -275,26 +275,11 @@ def solve_step(edges: DataFrame, mates: DataFrame, key_stats: DataFrame, setting
         solved = graph_mod.solve_rewrite_targets(mixed, sources, classes)
         if solved.empty:
             return pd.DataFrame(columns=[f.name for f in CANDIDATES])
-        solved["evidence"] = _evidence_kinds(edges_pdf, mixed, solved)
+        solved["evidence"] = graph_mod.evidence_kinds(edges_pdf, mixed, solved)
         solved["locale"] = locale
         return solved[[f.name for f in CANDIDATES]]
 
     return e.groupBy("locale").cogroup(mates.groupBy("locale")).applyInPandas(apply, from_arrow_schema(CANDIDATES))
-
-
-def _evidence_kinds(edges_pdf: pd.DataFrame, mixed: pd.DataFrame, solved: pd.DataFrame) -> list[str]:
-    """`rephrase` where the source's own rephrase edges lead to the target, `paraphrase`
-    where a key it inherited from a cluster mate is the target or leads to it, `both`."""
-    inherited = mixed.loc[mixed["inherited"] > 0, ["src", "dst"]].drop_duplicates()
-    via = solved[["source", "target"]].reset_index(drop=True).rename_axis("row").reset_index().merge(
-        inherited, left_on="source", right_on="src")
-    # one call: the graph is indexed once for both sets of questions
-    reached = graph_mod.reachable(edges_pdf, pd.concat([solved["source"], via["dst"]]), pd.concat([solved["target"], via["target"]]))
-    direct = reached[:len(solved)]
-    hit = (via["dst"] == via["target"]).to_numpy() | reached[len(solved):]
-    by_mate = np.zeros(len(solved), dtype=bool)
-    by_mate[via["row"].to_numpy()[hit]] = True
-    return [evidence_kind(bool(d), bool(p)) for d, p in zip(direct, by_mate)]
 
 
 def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, key_stats: DataFrame,
@@ -309,30 +294,37 @@ def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, k
     source's paraphrase cluster, which paraphrase-only evidence must agree with."""
     cls = key_stats.select("locale", F.col("text").alias("key"), interpretation_class(key_stats, settings).alias("cls"))
     cls = cls.withColumn("cls", F.coalesce("cls", F.concat(F.lit("key:"), F.col("key"))))
-    # A mate's users stand behind a rewrite only where the graph used the mate's evidence.
-    uses_mates = candidates.where(F.col("evidence") != REPHRASE).select("locale", F.col("source").alias("via_key")).distinct()
-    inherited = (
-        reach.join(mates.select("locale", F.col("mate").alias("source"), F.col("key").alias("via_key")), ["locale", "source"])
-        .join(uses_mates, ["locale", "via_key"])
-        .select("locale", F.col("via_key").alias("source"), "target", "user_id", "session")
-    )
-    reach_all = reach.unionByName(inherited)
+    # Who stands behind each candidate is core.rewrites.users_behind; here each locale's
+    # chain pairs (with their user's active days) meet its key-level tables in one call.
     if settings.min_user_active_days > 1:  # only users with history stand behind a rewrite (anti-sybil)
         # the evidence's day (the dt= partition, else the UTC date of ts): a column, or the
         # state's day=D folder the rows were read from
         day = F.col("day") if "day" in enriched.columns else F.regexp_extract(F.input_file_name(), r"day=([0-9]{4}-[0-9]{2}-[0-9]{2})", 1)
         # projected first: Spark refuses input_file_name() inside an aggregate
-        days = enriched.select("user_id", day.alias("day")).groupBy("user_id").agg(F.countDistinct("day").alias("days"))
-        reach_all = reach_all.join(days.where(F.col("days") >= settings.min_user_active_days).select("user_id"), "user_id")
-    reach_cls = reach_all.join(
-        cls.withColumnRenamed("key", "target").withColumnRenamed("cls", "target_cls"), ["locale", "target"]
-    ).drop("target")
-    cand = candidates.join(cls.withColumnRenamed("key", "target").withColumnRenamed("cls", "target_cls"), ["locale", "target"], "left")
-    behind = (
-        reach_cls.join(cand.select("locale", "source", "target", "target_cls"), ["locale", "source", "target_cls"])
-        .groupBy("locale", "source", "target")
-        .agg(F.countDistinct("user_id").alias("n_users"), F.countDistinct("user_id", "session").alias("n_sessions"))
+        days = enriched.select("user_id", day.alias("day")).groupBy("user_id").agg(F.countDistinct("day").alias("user_days"))
+        reach_days = reach.join(days, "user_id", "left").fillna({"user_days": 0})
+    else:
+        reach_days = reach.withColumn("user_days", F.lit(1).cast("long"))
+    none = F.lit(None).cast("string")
+    key_tables = (
+        mates.select("locale", F.lit("mate").alias("table"), F.col("key").alias("a"), F.col("mate").alias("b"), none.alias("c"))
+        .unionByName(candidates.select("locale", F.lit("candidate").alias("table"), F.col("source").alias("a"),
+                                       F.col("target").alias("b"), F.col("evidence").alias("c")))
+        .unionByName(cls.select("locale", F.lit("class").alias("table"), F.col("key").alias("a"), F.col("cls").alias("b"), none.alias("c")))
     )
+    min_days = settings.min_user_active_days
+
+    def behind_of_locale(reach_pdf: pd.DataFrame, tables: pd.DataFrame) -> pd.DataFrame:
+        def table(name: str, cols: tuple[str, ...]) -> pd.DataFrame:
+            t = tables[tables["table"] == name]
+            return t.rename(columns=dict(zip(("a", "b", "c"), cols)))[["locale", *cols]]
+
+        return users_behind(reach_pdf, table("mate", ("key", "mate")), table("candidate", ("source", "target", "evidence")),
+                            table("class", ("key", "cls")), min_days)
+
+    behind = reach_days.groupBy("locale").cogroup(key_tables.groupBy("locale")).applyInPandas(
+        behind_of_locale, "locale string, source string, target string, n_users long, n_sessions long")
+    cand = candidates.join(cls.withColumnRenamed("key", "target").withColumnRenamed("cls", "target_cls"), ["locale", "target"], "left")
     src = key_stats.select("locale", F.col("text").alias("source"), F.col("defect_rate").alias("source_defect_rate"),
                            F.col("n_users").alias("source_n_users"), F.col("intent").alias("source_intent"),
                            F.col("domain").alias("source_domain"))
