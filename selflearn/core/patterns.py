@@ -56,7 +56,7 @@ import pandas as pd
 
 from selflearn.config import Settings
 from selflearn.core.controls import Controls, denied
-from selflearn.core.labels import TRAINING_COLUMNS, parse_slots, split_of
+from selflearn.core.labels import TRAINING_COLUMNS, parse_slots
 from selflearn.core.rewrite_apply import PLACEHOLDER, Pattern, _LocalePatterns, fill, has_literal_text, placeholder_names
 from selflearn.core.rewrites import wilson_bounds
 from selflearn.core.text import is_unspaced_char, normalize_text
@@ -349,9 +349,3 @@ def top_patterns(patterns: pd.DataFrame, n: int = 10) -> pd.DataFrame:
         return pd.DataFrame(columns=PATTERN_COLUMNS)
     return patterns.sort_values(["n_users", "n_values", "locale", "source"], ascending=[False, False, True, True],
                                 kind="mergesort").head(n).reset_index(drop=True)
-
-
-def with_split(rows: pd.DataFrame, dev_share: float) -> pd.DataFrame:
-    rows = rows.copy()
-    rows["split"] = [split_of(l, t, dev_share) for l, t in zip(rows["locale"], rows["text"])]
-    return rows

@@ -503,9 +503,6 @@ class World:
             return None
         return {"intent": e[0], "domain": e[1], "slots": _slots_list(e[2])}
 
-    def _interp_raw(self, locale: str, key: str):
-        return self.nlu[locale].get(key)
-
     def serves(self, locale: str, text: str, goal_id: str) -> bool:
         """Whether saying ``text`` gets the goal served (ignoring transient failures)."""
         gi = self.goal_index.get(goal_id)

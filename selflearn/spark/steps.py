@@ -22,7 +22,7 @@ from selflearn.core.controls import Controls, load_controls
 from selflearn.core.defects import interpretation_class as key_class, is_failing, is_good_turn, is_working
 from selflearn.core.labels import drop_controlled, paraphrase_labels, rewrite_labels, training_rows
 from selflearn.core.rewrites import published_rewrites, rephrase_chain_pairs, select_rewrites, users_behind
-from selflearn.schema import arrow_schema
+from selflearn.schema import arrow_schema, spark_schema
 from selflearn.core.sessions import ENRICHED_TURNS, enrich_turns
 from selflearn.spark.session import map_groups
 
@@ -182,7 +182,7 @@ def paraphrase_step(key_stats: DataFrame, vectors: DataFrame, settings: Settings
         out = cluster_paraphrases(keys.drop(columns=["slots_json"]), vecs, settings)
         return out[[f.name for f in CLUSTERS]]
 
-    clusters = keyed.groupBy("locale").applyInPandas(apply, from_arrow_schema(CLUSTERS))
+    clusters = keyed.groupBy("locale").applyInPandas(apply, spark_schema("paraphrase_clusters"))
     return clusters if evidence is None else cluster_users(clusters, evidence)
 
 
@@ -279,7 +279,7 @@ def solve_step(edges: DataFrame, mates: DataFrame, key_stats: DataFrame, setting
         solved["locale"] = locale
         return solved[[f.name for f in CANDIDATES]]
 
-    return e.groupBy("locale").cogroup(mates.groupBy("locale")).applyInPandas(apply, from_arrow_schema(CANDIDATES))
+    return e.groupBy("locale").cogroup(mates.groupBy("locale")).applyInPandas(apply, spark_schema("candidates"))
 
 
 def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, key_stats: DataFrame,
@@ -418,7 +418,7 @@ def pattern_candidates_step(reach: DataFrame, key_stats: DataFrame, settings: Se
         for pdf in batches:
             yield pattern_pairs(pdf)
 
-    ppairs = pairs.mapInPandas(delex, from_arrow_schema(PATTERN_PAIRS))
+    ppairs = pairs.mapInPandas(delex, spark_schema("pattern_pairs"))
     keys = key_stats.select("locale", "text", "n_users", "defect_rate")
 
     def apply(pairs_pdf: pd.DataFrame, keys_pdf: pd.DataFrame) -> pd.DataFrame:
@@ -430,7 +430,7 @@ def pattern_candidates_step(reach: DataFrame, key_stats: DataFrame, settings: Se
             out[col] = out[col].astype("int64")
         return out[PATTERN_CANDIDATES.names]
 
-    cands = ppairs.groupBy("locale").cogroup(keys.groupBy("locale")).applyInPandas(apply, from_arrow_schema(PATTERN_CANDIDATES))
+    cands = ppairs.groupBy("locale").cogroup(keys.groupBy("locale")).applyInPandas(apply, spark_schema("pattern_candidates"))
     return cands.toPandas().sort_values(["locale", "source", "target"], kind="mergesort").reset_index(drop=True)
 
 
