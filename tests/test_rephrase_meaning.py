@@ -110,6 +110,25 @@ def test_slots_changed_marks_a_follow_up_not_a_reask(massive):
     slots = [{"name": "time", "value": values[0]}]
     out = slots_changed([slots, slots, None, []], [normalize_text(b), normalize_text(a), normalize_text(b), "x"])
     assert out.tolist() == [1.0, 0.0, 0.0, 0.0]
+    # the share of values gone: a follow-up that keeps one value and changes the other is
+    # half changed ("for five on monday" -> "for six on monday"), not "unchanged"
+    two = [{"name": "time", "value": values[0]}, {"name": "time", "value": values[1]}]
+    assert slots_changed([two], [normalize_text(a)]).tolist() == [0.5]
+
+
+def test_answer_to_elicit_is_not_a_rephrase_even_when_it_looks_like_a_failed_reask(massive, meaning):
+    """The user cuts the system's question short (barge-in, 0.4 s) and answers with the whole
+    request at once: every signal of a re-ask after a failure, but after `elicit` the next
+    turn answers the question, whatever it looks like (w_elicit is a veto)."""
+    groups = by_time_value(massive)
+    full = next(u for v, utts in sorted(groups.items()) for u in sorted(utts)
+                if normalize_text(u).startswith("wake me up ") and len(u.split()) <= 7)
+    rows = [turn("a", "wake me up", 0, nlu_intent="alarm_set", nlu_domain="alarm", dwell_ms=400, barge_in=True,
+                 system_act="elicit"), turn("b", full, 2)]
+    out = enrich_turns(frame(rows), Settings(), meaning=meaning).set_index("event_id")
+    assert not out.loc["a", "is_rephrase"], (full, out.loc["a", "pair_score"])
+    rows[0]["system_act"] = None  # the same pair without the act is a re-ask
+    assert enrich_turns(frame(rows), Settings(), meaning=meaning).set_index("event_id").loc["a", "is_rephrase"]
 
 
 def test_the_chance_level_is_the_calibrated_one_where_the_table_has_it():
