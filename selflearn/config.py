@@ -137,25 +137,25 @@ class RephraseModel:
     w_unrelated and w_elicit (vetoes, fixed: a pair sharing neither words nor meaning; an
     answer to the system's question) and w_confirm (no simulated confirmations: left 0)."""
 
-    bias: float = -2.4
-    w_similarity: float = -1.17
-    w_defect: float = 3.02
-    w_sim_defect: float = 1.3
-    w_own_defect: float = 0.8
-    w_sim_own_defect: float = 5.2
-    w_gap: float = -2.18
-    w_meaning: float = 0.34
+    bias: float = -3.21
+    w_similarity: float = -1.96
+    w_defect: float = 3.8
+    w_sim_defect: float = 0.03
+    w_own_defect: float = 1.86
+    w_sim_own_defect: float = 2.7
+    w_gap: float = -2.3
+    w_meaning: float = 0.65
     w_unrelated: float = -8.0
-    w_slots_changed: float = -3.22
-    w_reprompt: float = -0.6
-    w_elicit: float = -1.14
+    w_slots_changed: float = -3.82
+    w_reprompt: float = -0.22
+    w_elicit: float = -8.0
     w_confirm: float = 0.0
     meaning_z_min: float = -3.0
     meaning_z_max: float = 6.0
-    unrelated_max_meaning_z: float = 1.0
+    unrelated_max_meaning_z: float = 1.5
     unrelated_max_similarity: float = 0.35
     meaning_baseline_keys: int = 1000
-    threshold: float = 0.45
+    threshold: float = 0.5
 
     def __post_init__(self):
         _validate(self, "rephrase_model.")
