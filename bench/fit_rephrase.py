@@ -164,6 +164,10 @@ def main() -> None:
         bias=-3.5, w_similarity=2.5, w_defect=5.0, w_sim_defect=6.0, w_own_defect=0.0, w_sim_own_defect=0.0,
         w_gap=-10.0, w_meaning=0.0, w_unrelated=0.0, w_slots_changed=0.0, w_reprompt=0.0, w_elicit=0.0,
         w_confirm=0.0, threshold=0.5))
+    previous = dataclasses.replace(base, rephrase_model=RephraseModel(  # the first fit (MiniLM meaning, all-slots flag)
+        bias=-2.4, w_similarity=-1.17, w_defect=3.02, w_sim_defect=1.3, w_own_defect=0.8, w_sim_own_defect=5.2,
+        w_gap=-2.18, w_meaning=0.34, w_unrelated=-8.0, w_slots_changed=-3.22, w_reprompt=-0.6, w_elicit=-1.14,
+        w_confirm=0.0, unrelated_max_meaning_z=1.0, threshold=0.45))
     sets = {}
     cache = Path(args.cache) if args.cache else None
 
@@ -196,13 +200,15 @@ def main() -> None:
     fitted = fit(sets["fit (seed 1)"], base)
     fitted_settings = dataclasses.replace(base, rephrase_model=fitted)
     rows = []
-    for label, s in (("hand-set (before)", hand), ("defaults", base), ("fitted", fitted_settings)):
+    for label, s in (("hand-set (before)", hand), ("previous fit's weights", previous), ("defaults", base),
+                     ("fitted", fitted_settings)):
         for name, pairs in sets.items():
             rows.append({"weights": label, **report(name, pairs, s)})
     took = time.perf_counter() - t0
 
     lines = ["# Rephrase weights: fitted on simulated pairs, checked on held-out data", "",
-             f"Command: `.venv/bin/python -m bench.fit_rephrase --users {args.users}`  ",
+             f"Command: `.venv/bin/python -m bench.fit_rephrase --users {args.users}"
+             + (f" --cache {args.cache}" if args.cache else "") + "`  ",
              f"Date: {dt.date.today().isoformat()}; {took:.0f} s; encoder: {base.embedding_model} ({base.embedding_backend}: " + ", ".join(sorted({f"{loc} {route_backend(loc)}" for p in sets.values() for loc in p["locale"].dropna().unique()})) + ")",
              "", "Fitted (config.RephraseModel):", "", "```yaml", "rephrase_model:"]
     for k in ("bias", *WEIGHTS, "unrelated_max_meaning_z", "threshold"):
