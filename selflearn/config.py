@@ -124,7 +124,7 @@ class RephraseModel:
                     + w_gap * min(gap_s, window) / window
                     + w_meaning * clip(z, meaning_z_min, meaning_z_max)
                     + w_unrelated * [z < unrelated_max_meaning_z and sim < unrelated_max_similarity]
-                    + w_slots_changed * (share of the first turn's NLU slot values missing from the second)
+                    + w_slots_changed * (share of the first turn's NLU slot values missing from the second) * (1 - o)
                     + w_reprompt * [act = reprompt] + w_elicit * [act = elicit]
                     + w_confirm * [act = confirm])
     with sim the pair's lexical similarity (the best of token Dice, char-trigram Dice and
@@ -137,17 +137,17 @@ class RephraseModel:
     w_unrelated and w_elicit (vetoes, fixed: a pair sharing neither words nor meaning; an
     answer to the system's question) and w_confirm (no simulated confirmations: left 0)."""
 
-    bias: float = -3.21
-    w_similarity: float = -1.96
-    w_defect: float = 3.8
-    w_sim_defect: float = 0.03
-    w_own_defect: float = 1.86
-    w_sim_own_defect: float = 2.7
-    w_gap: float = -2.3
-    w_meaning: float = 0.65
+    bias: float = -3.22
+    w_similarity: float = -1.82
+    w_defect: float = 3.73
+    w_sim_defect: float = 0.22
+    w_own_defect: float = 0.59
+    w_sim_own_defect: float = 2.6
+    w_gap: float = -2.36
+    w_meaning: float = 0.71
     w_unrelated: float = -8.0
-    w_slots_changed: float = -3.82
-    w_reprompt: float = -0.22
+    w_slots_changed: float = -4.97
+    w_reprompt: float = 0.65
     w_elicit: float = -8.0
     w_confirm: float = 0.0
     meaning_z_min: float = -3.0
@@ -155,7 +155,7 @@ class RephraseModel:
     unrelated_max_meaning_z: float = 1.5
     unrelated_max_similarity: float = 0.35
     meaning_baseline_keys: int = 1000
-    threshold: float = 0.5
+    threshold: float = 0.55
 
     def __post_init__(self):
         _validate(self, "rephrase_model.")

@@ -13,7 +13,9 @@ bench/fit_rephrase.py) over
   not the quick-next / re-ask signals, which say the same as the pair's gap and
   similarity: a quick similar follow-up after a success must not count twice);
 - slots: the share of the slot values the NLU heard in the first turn that the second
-  drops (`slots_changed`: a follow-up of the same frame with other values);
+  drops (`slots_changed`), times the chance the first turn worked by its own signals
+  (1 - own_defect): a follow-up of the same frame with other values comes after a success,
+  while after a failure a re-ask often gives the misheard value again the right way;
 - the system's act on the first turn, where the log has it (contract v3 `system_act`):
   after `elicit` the next turn answers a question (`w_elicit` is a veto like `w_unrelated`:
   an answer is never a re-ask), after `reprompt` it re-asks.
@@ -41,7 +43,7 @@ from .config import RephraseModel
 from .text import normalize_text, similarity_features
 
 FEATURES = ("similarity", "defect", "sim_defect", "own_defect", "sim_own_defect", "gap", "meaning",
-            "unrelated", "slots_changed", "act_reprompt", "act_elicit", "act_confirm")
+            "unrelated", "slots_changed_own_ok", "act_reprompt", "act_elicit", "act_confirm")
 WEIGHTS = ("w_similarity", "w_defect", "w_sim_defect", "w_own_defect", "w_sim_own_defect", "w_gap", "w_meaning",
            "w_unrelated", "w_slots_changed", "w_reprompt", "w_elicit", "w_confirm")
 
@@ -90,7 +92,10 @@ def pair_features(similarity, gap_s, first_defect_prob, meaning_z, system_act, w
     acts = pd.Series(system_act if system_act is not None else [None] * n, dtype=object).to_numpy()
     return np.column_stack([
         sim, defect, sim * defect, own, sim * own, gap, meaning, unrelated.astype(np.float64),
-        np.zeros(n) if changed is None else np.asarray(changed, dtype=np.float64),
+        # values changed after a turn that worked by its own signals: a follow-up; after a
+        # failure a re-ask often says the value again the right way (the failure may be the
+        # misheard value: "ashab wal aaz" -> "ashab wala aaz")
+        np.zeros(n) if changed is None else np.asarray(changed, dtype=np.float64) * (1.0 - own),
         (acts == "reprompt").astype(np.float64), (acts == "elicit").astype(np.float64),
         (acts == "confirm").astype(np.float64),
     ])

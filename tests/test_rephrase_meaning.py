@@ -116,6 +116,18 @@ def test_slots_changed_marks_a_follow_up_not_a_reask(massive):
     assert slots_changed([two], [normalize_text(a)]).tolist() == [0.5]
 
 
+def test_changed_values_count_against_a_rephrase_only_after_a_turn_that_worked():
+    """After a success, other values are a follow-up; after a failure by the turn's own
+    signals the re-ask often says the misheard value again the right way, so the slots
+    term fades with the first turn's own defect probability."""
+    from selflearn.rephrase import FEATURES, pair_features
+
+    m = Settings().rephrase_model
+    x = pair_features([0.6, 0.6, 0.6], [5, 5, 5], [0.9, 0.9, 0.9], None, None, 60.0, m,
+                      own_defect_prob=[0.0, 1.0, 0.5], changed=[1.0, 1.0, 1.0])
+    assert x[:, FEATURES.index("slots_changed_own_ok")].tolist() == [1.0, 0.0, 0.5]
+
+
 def test_answer_to_elicit_is_not_a_rephrase_even_when_it_looks_like_a_failed_reask(massive, meaning):
     """The turn is logged `error`, the user cuts the system's question short (barge-in,
     0.4 s) and answers with the whole request at once: every signal of a re-ask after a
