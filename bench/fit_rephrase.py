@@ -3,8 +3,9 @@ pairs they were not fitted on: another seed with other knobs, other locales, and
 
 Labelled pairs: every candidate pair (two consecutive turns of a session within
 `rephrase_window_s`) of a simulated log, scored by `selflearn.core.sessions.enrich_turns` with
-the meaning feature of the default encoder (`rephrase.EncoderMeaning`: the same features
-the Spark path computes); the label is the simulator's truth (`rephrase_of` of the second
+the meaning feature of the default encoders (`rephrase.EncoderMeaning.for_settings`: per
+locale the encoder a run uses, calibrated chance levels; the same features the Spark path
+computes); the label is the simulator's truth (`rephrase_of` of the second
 turn is the first). Simulations use the traps of bench/traps.yaml (topic switches after a
 failure and follow-ups after a success at a re-ask's gap, elicitation dialogues, system
 acts on half the users).
@@ -14,8 +15,11 @@ acts on half the users).
   locales    seed 3, six other MASSIVE locales, traps.yaml
   DSTC2      the test set (selflearn.evaluation.dstc2): acts mapped, and blinded (no acts, all success)
 
-The fit: L2-regularised logistic regression (scikit-learn, C=1) on rephrase.FEATURES;
-the intercept is `bias`; the threshold is the one of highest F1 on the fitting pairs.
+The fit: L2-regularised logistic regression (scikit-learn, C=1) on rephrase.FEATURES but
+the vetoes (w_unrelated, w_elicit: -8, fixed) and w_confirm (0: no simulated
+confirmations), on the pairs the vetoes leave; the intercept is `bias`; the threshold is
+the one of highest F1 on the fitting pairs, and so is the veto's meaning bound
+(`unrelated_max_meaning_z`, one of UNRELATED_Z, a fit per candidate).
 Every weight stays a setting (config.RephraseModel); the defaults in config.py are the
 fitted values this script prints, rounded.
 
@@ -34,9 +38,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from selflearn.evaluation import dstc2
+from selflearn import dstc2
+from selflearn.encoders.embed import route_backend
 from selflearn.config import RephraseModel, Settings
-from selflearn.encoders.embed import load_encoder
 from selflearn.core.rephrase import FEATURES, WEIGHTS, EncoderMeaning, pair_features
 from selflearn.core.sessions import enrich_turns
 from selflearn.simulate import simulate
@@ -101,24 +105,37 @@ def prf(pred, truth) -> dict:
                 f1=2 * p * r / (p + r) if p + r else 0.0)
 
 
-VETO = -8.0  # w_unrelated: a veto, not a fitted weight (a pair sharing neither words nor meaning)
+VETO = -8.0  # w_unrelated and w_elicit: vetoes, not fitted weights
+FIXED = ("w_unrelated", "w_elicit", "w_confirm")  # w_confirm: no simulated confirmations, stays 0
+UNRELATED_Z = (1.0, 1.5, 2.0, 2.5)  # unrelated_max_meaning_z candidates (the veto's meaning bound)
 
 
 def fit(pairs: pd.DataFrame, settings: Settings) -> RephraseModel:
-    """Logistic regression on the pairs the unrelated veto leaves (the veto decides the
-    others); w_unrelated stays the veto; the threshold is the one of highest F1."""
+    """Logistic regression on the pairs the vetoes leave (a pair sharing neither words nor
+    meaning; an answer to the system's question: `elicit`), once per candidate bound of
+    the unrelated veto; the threshold is the one of highest F1, and the bound the one of
+    highest F1 on these (fitting) pairs. w_confirm stays 0."""
     from sklearn.linear_model import LogisticRegression
 
-    x, y = features(pairs, settings), pairs["label"].to_numpy(bool)
-    vetoed = x[:, WEIGHTS.index("w_unrelated")] > 0
-    cols = [i for i, w in enumerate(WEIGHTS) if w != "w_unrelated"]
-    lr = LogisticRegression(C=1.0, max_iter=5000).fit(x[~vetoed][:, cols], y[~vetoed])
-    w = {WEIGHTS[i]: round(float(c), 2) for i, c in zip(cols, lr.coef_[0])}
-    model = dataclasses.replace(settings.rephrase_model, bias=round(float(lr.intercept_[0]), 2), w_unrelated=VETO, **w)
-    logit = model.bias + x @ np.array([getattr(model, k) for k in WEIGHTS])
-    score = 1.0 / (1.0 + np.exp(-logit))
-    best = max((prf(score >= t, y)["f1"], -abs(t - 0.5), t) for t in np.arange(0.20, 0.91, 0.05))
-    return dataclasses.replace(model, threshold=round(float(best[2]), 2))
+    y = pairs["label"].to_numpy(bool)
+    best = None
+    for max_z in UNRELATED_Z:
+        s = dataclasses.replace(settings, rephrase_model=dataclasses.replace(
+            settings.rephrase_model, unrelated_max_meaning_z=max_z, w_confirm=0.0))
+        x = features(pairs, s)
+        vetoed = (x[:, WEIGHTS.index("w_unrelated")] > 0) | (x[:, WEIGHTS.index("w_elicit")] > 0)
+        cols = [i for i, w in enumerate(WEIGHTS) if w not in FIXED]
+        lr = LogisticRegression(C=1.0, max_iter=5000).fit(x[~vetoed][:, cols], y[~vetoed])
+        w = {WEIGHTS[i]: round(float(c), 2) for i, c in zip(cols, lr.coef_[0])}
+        model = dataclasses.replace(s.rephrase_model, bias=round(float(lr.intercept_[0]), 2), w_unrelated=VETO,
+                                    w_elicit=VETO, **w)
+        logit = model.bias + x @ np.array([getattr(model, k) for k in WEIGHTS])
+        score = 1.0 / (1.0 + np.exp(-logit))
+        f1, _, t = max((prf(score >= t, y)["f1"], -abs(t - 0.5), t) for t in np.arange(0.20, 0.91, 0.05))
+        print(f"unrelated_max_meaning_z {max_z}: fit F1 {f1:.4f} at threshold {t:.2f}")
+        if best is None or f1 > best[0]:
+            best = (f1, dataclasses.replace(model, threshold=round(float(t), 2)))
+    return best[1]
 
 
 def report(name: str, pairs: pd.DataFrame, settings: Settings) -> dict:
@@ -143,11 +160,14 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     base = Settings()
-    encoder = load_encoder(base)
     hand = dataclasses.replace(base, rephrase_model=RephraseModel(  # the model before issue 15
         bias=-3.5, w_similarity=2.5, w_defect=5.0, w_sim_defect=6.0, w_own_defect=0.0, w_sim_own_defect=0.0,
         w_gap=-10.0, w_meaning=0.0, w_unrelated=0.0, w_slots_changed=0.0, w_reprompt=0.0, w_elicit=0.0,
         w_confirm=0.0, threshold=0.5))
+    previous = dataclasses.replace(base, rephrase_model=RephraseModel(  # the first fit (MiniLM meaning, all-slots flag)
+        bias=-2.4, w_similarity=-1.17, w_defect=3.02, w_sim_defect=1.3, w_own_defect=0.8, w_sim_own_defect=5.2,
+        w_gap=-2.18, w_meaning=0.34, w_unrelated=-8.0, w_slots_changed=-3.22, w_reprompt=-0.6, w_elicit=-1.14,
+        w_confirm=0.0, unrelated_max_meaning_z=1.0, threshold=0.45))
     sets = {}
     cache = Path(args.cache) if args.cache else None
 
@@ -165,30 +185,33 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        # One EncoderMeaning per set: each z-scores against its own keys, as a run does.
-        sets["fit (seed 1)"] = cached("fit", lambda: sim_pairs(tmp / "fit", base, EncoderMeaning(encoder),
+        # One EncoderMeaning per set, routed per locale and z-scored against the calibrated
+        # chance level of each locale's encoder, as a run does (steps.meaning_step).
+        sets["fit (seed 1)"] = cached("fit", lambda: sim_pairs(tmp / "fit", base, EncoderMeaning.for_settings(base),
                                                                 users=args.users, seed=1, **TRAPS))
-        sets["seed 2, other knobs"] = cached("seed", lambda: sim_pairs(tmp / "seed", base, EncoderMeaning(encoder),
+        sets["seed 2, other knobs"] = cached("seed", lambda: sim_pairs(tmp / "seed", base, EncoderMeaning.for_settings(base),
                                                                         users=args.users, seed=2, **OTHER_KNOBS))
         sets["other locales (seed 3)"] = cached("loc", lambda: sim_pairs(
-            tmp / "loc", base, EncoderMeaning(encoder), users=args.users, seed=3, locales=list(OTHER_LOCALES), **TRAPS))
-    sets["DSTC2 test, acts"] = cached("dstc2", lambda: dstc2_pairs(base, EncoderMeaning(encoder), blinded=False))
-    sets["DSTC2 test, blinded"] = cached("dstc2b", lambda: dstc2_pairs(base, EncoderMeaning(encoder), blinded=True))
+            tmp / "loc", base, EncoderMeaning.for_settings(base), users=args.users, seed=3, locales=list(OTHER_LOCALES), **TRAPS))
+    sets["DSTC2 test, acts"] = cached("dstc2", lambda: dstc2_pairs(base, EncoderMeaning.for_settings(base), blinded=False))
+    sets["DSTC2 test, blinded"] = cached("dstc2b", lambda: dstc2_pairs(base, EncoderMeaning.for_settings(base), blinded=True))
     if args.only:
         return
     fitted = fit(sets["fit (seed 1)"], base)
     fitted_settings = dataclasses.replace(base, rephrase_model=fitted)
     rows = []
-    for label, s in (("hand-set (before)", hand), ("defaults", base), ("fitted", fitted_settings)):
+    for label, s in (("hand-set (before)", hand), ("previous fit's weights", previous), ("defaults", base),
+                     ("fitted", fitted_settings)):
         for name, pairs in sets.items():
             rows.append({"weights": label, **report(name, pairs, s)})
     took = time.perf_counter() - t0
 
     lines = ["# Rephrase weights: fitted on simulated pairs, checked on held-out data", "",
-             f"Command: `.venv/bin/python -m bench.fit_rephrase --users {args.users}`  ",
-             f"Date: {dt.date.today().isoformat()}; {took:.0f} s; encoder: {base.embedding_model} ({base.embedding_backend})",
+             f"Command: `.venv/bin/python -m bench.fit_rephrase --users {args.users}"
+             + (f" --cache {args.cache}" if args.cache else "") + "`  ",
+             f"Date: {dt.date.today().isoformat()}; {took:.0f} s; encoder: {base.embedding_model} ({base.embedding_backend}: " + ", ".join(sorted({f"{loc} {route_backend(loc)}" for p in sets.values() for loc in p["locale"].dropna().unique()})) + ")",
              "", "Fitted (config.RephraseModel):", "", "```yaml", "rephrase_model:"]
-    for k in ("bias", *WEIGHTS, "threshold"):
+    for k in ("bias", *WEIGHTS, "unrelated_max_meaning_z", "threshold"):
         lines.append(f"  {k}: {getattr(fitted, k)}")
     lines += ["```", "", f"Features: {', '.join(FEATURES)}.", "",
               "| weights | set | pairs | positives | P | R | F1 | min locale F1 | FPR topic switch | FPR follow-up | FPR elicit |",

@@ -62,6 +62,15 @@ RANGES: dict[str, tuple[float, float]] = {
     "defect_model.reask_window_s": (0.0, 86400.0),
     "defect_model.reask_min_similarity": (0.0, 1.0),
     "rephrase_model.threshold": (0.0, 1.0),
+    # the rephrase score's weights (fitted: bench/fit_rephrase.py): a logit of +-50 is certainty
+    **{f"rephrase_model.{w}": (-50.0, 50.0) for w in (
+        "bias", "w_similarity", "w_defect", "w_sim_defect", "w_own_defect", "w_sim_own_defect", "w_gap",
+        "w_meaning", "w_unrelated", "w_slots_changed", "w_reprompt", "w_elicit", "w_confirm")},
+    "rephrase_model.meaning_z_min": (-100.0, 0.0),
+    "rephrase_model.meaning_z_max": (0.0, 100.0),
+    "rephrase_model.unrelated_max_meaning_z": (-100.0, 100.0),
+    "rephrase_model.unrelated_max_similarity": (0.0, 1.0),
+    "rephrase_model.meaning_baseline_keys": (30, 10**6),
 }
 # String settings with a closed set of values.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -115,7 +124,7 @@ class RephraseModel:
                     + w_gap * min(gap_s, window) / window
                     + w_meaning * clip(z, meaning_z_min, meaning_z_max)
                     + w_unrelated * [z < unrelated_max_meaning_z and sim < unrelated_max_similarity]
-                    + w_slots_changed * [the first turn's NLU slot values all missing from the second]
+                    + w_slots_changed * (share of the first turn's NLU slot values missing from the second) * (1 - o)
                     + w_reprompt * [act = reprompt] + w_elicit * [act = elicit]
                     + w_confirm * [act = confirm])
     with sim the pair's lexical similarity (the best of token Dice, char-trigram Dice and
@@ -124,28 +133,29 @@ class RephraseModel:
     cosine z-scored against unrelated keys of the locale (left out when there are no
     vectors), act the first turn's `system_act` (left out when unknown). The weights are
     fitted on simulated pairs and checked on other seeds, locales and DSTC2
-    (bench/fit_rephrase.py, bench/fit_rephrase.md), except w_unrelated (a veto, fixed) and
-    w_confirm (no simulated confirmations: left 0)."""
+    (bench/fit_rephrase.py, bench/fit_rephrase.md), with unrelated_max_meaning_z, except
+    w_unrelated and w_elicit (vetoes, fixed: a pair sharing neither words nor meaning; an
+    answer to the system's question) and w_confirm (no simulated confirmations: left 0)."""
 
-    bias: float = -2.4
-    w_similarity: float = -1.17
-    w_defect: float = 3.02
-    w_sim_defect: float = 1.3
-    w_own_defect: float = 0.8
-    w_sim_own_defect: float = 5.2
-    w_gap: float = -2.18
-    w_meaning: float = 0.34
+    bias: float = -3.22
+    w_similarity: float = -1.82
+    w_defect: float = 3.73
+    w_sim_defect: float = 0.22
+    w_own_defect: float = 0.59
+    w_sim_own_defect: float = 2.6
+    w_gap: float = -2.36
+    w_meaning: float = 0.71
     w_unrelated: float = -8.0
-    w_slots_changed: float = -3.22
-    w_reprompt: float = -0.6
-    w_elicit: float = -1.14
+    w_slots_changed: float = -4.97
+    w_reprompt: float = 0.65
+    w_elicit: float = -8.0
     w_confirm: float = 0.0
     meaning_z_min: float = -3.0
     meaning_z_max: float = 6.0
-    unrelated_max_meaning_z: float = 1.0
+    unrelated_max_meaning_z: float = 1.5
     unrelated_max_similarity: float = 0.35
     meaning_baseline_keys: int = 1000
-    threshold: float = 0.45
+    threshold: float = 0.55
 
     def __post_init__(self):
         _validate(self, "rephrase_model.")

