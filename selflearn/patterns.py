@@ -25,6 +25,9 @@ published pattern only if (rules in order, the first failed one is kept for the 
      work (defect rate below min_source_defect_rate) is at most pattern_max_working_share:
      a pattern fires on texts nobody said yet, so it must not fire on requests that work
      today (a carrier phrase shared with another frame's working phrasing is refused);
+     the matched keys the NLU reads as the source's own evidence does (the same wrong
+     intent) are judged pooled, as one phrasing, since a key of one or two users has a
+     noisy defect estimate (match_stats);
   `source_not_defective`: source_defect_rate, over every turn of every key the source
      matches (not only the turns that made the pattern), >= min_source_defect_rate;
   `not_significant`: the Wilson lower bound of the target's success rate (over every key
@@ -158,18 +161,27 @@ def _mode(s: pd.Series):
     return sorted(counts[counts == counts.max()].index)[0]
 
 
-def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float) -> pd.DataFrame:
+def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float,
+                own_intent: dict[str, str] | None = None) -> pd.DataFrame:
     """Per template of one locale: the logged keys its regular expression fullmatches
     (contract 4.1), with n_keys, users (summed over keys), the user-weighted defect rate
     and the users on working keys (defect rate below `working_defect`).
 
-    `keys`: text, n_users, defect_rate (one locale's key statistics)."""
+    `keys`: text, n_users, defect_rate and optionally intent (the key's served intent),
+    one locale's key statistics. `own_intent`: per template, the intent its own evidence
+    keys were served with (a source's wrong reading). The matched keys served with that
+    intent are the template's own phrasing: whether they work is judged on their users
+    pooled, not key by key, since a key said by one or two users has a noisy defect rate
+    (a phrasing the NLU misreads fails for most of its users; a few of its keys' estimates
+    fall below the threshold). Every other matched key is judged on its own."""
     uniq = sorted(set(templates))
     if not uniq:
         return pd.DataFrame(columns=["template", "n_keys", "users", "defect_users", "working_users"])
+    own_intent = own_intent or {}
     index = _LocalePatterns([Pattern.make("", t, t, 0.0) for t in uniq])
-    acc = {t: [0, 0.0, 0.0, 0.0] for t in uniq}
-    for text, n, d in zip(keys["text"], keys["n_users"].astype(float), keys["defect_rate"].astype(float)):
+    acc = {t: [0, 0.0, 0.0, 0.0, 0.0, 0.0] for t in uniq}  # keys, users, defect users, working, own users, own defect users
+    intents = keys["intent"] if "intent" in keys.columns else pd.Series([None] * len(keys), index=keys.index)
+    for text, n, d, it in zip(keys["text"], keys["n_users"].astype(float), keys["defect_rate"].astype(float), intents):
         for p in index.candidates(text):
             if p.regex.fullmatch(text) is None:
                 continue
@@ -177,10 +189,16 @@ def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float)
             a[0] += 1
             a[1] += n
             a[2] += n * d
-            if d < working_defect:
+            if isinstance(it, str) and it == own_intent.get(p.source):
+                a[4] += n
+                a[5] += n * d
+            elif d < working_defect:
                 a[3] += n
-    return pd.DataFrame([(t, a[0], a[1], a[2], a[3]) for t, a in acc.items()],
-                        columns=["template", "n_keys", "users", "defect_users", "working_users"])
+    rows = []
+    for t, a in acc.items():
+        own_working = a[4] if a[4] > 0 and a[5] / a[4] < working_defect else 0.0
+        rows.append((t, a[0], a[1], a[2], a[3] + own_working))
+    return pd.DataFrame(rows, columns=["template", "n_keys", "users", "defect_users", "working_users"])
 
 
 def pattern_candidates(ppairs: pd.DataFrame, keys: pd.DataFrame, settings: Settings) -> pd.DataFrame:
@@ -221,7 +239,12 @@ def pattern_candidates(ppairs: pd.DataFrame, keys: pd.DataFrame, settings: Setti
     c = c.merge(src_users, on=["locale", "source"])
     c["share"] = c["n_users"] / c["source_users"]
     working = settings.min_source_defect_rate
-    m = match_stats(list(c["source"]) + list(c["target"]), keys, working).set_index("template")
+    # A source's own reading pools only where it is a misreading: never when it is the
+    # intent some target of the source is served with (then its keys may be that intent's
+    # working phrasing).
+    same = {s for s, i, ti in zip(c["source"], c["source_intent"], c["target_intent"]) if i == ti}
+    own = {s: i for s, i in zip(c["source"], c["source_intent"]) if isinstance(i, str) and s not in same}
+    m = match_stats(list(c["source"]) + list(c["target"]), keys, working, own).set_index("template")
     src, tgt = m.loc[c["source"]], m.loc[c["target"]]
     su, tu = src["users"].to_numpy(float), tgt["users"].to_numpy(float)
     c["source_n_users"] = su

@@ -451,7 +451,7 @@ def pattern_candidates_step(reach: DataFrame, key_stats: DataFrame, settings: Se
             yield pattern_pairs(pdf)
 
     ppairs = pairs.mapInPandas(delex, from_arrow_schema(PATTERN_PAIRS))
-    keys = key_stats.select("locale", "text", "n_users", "defect_rate")
+    keys = key_stats.select("locale", "text", "n_users", "defect_rate", "intent")
 
     def apply(pairs_pdf: pd.DataFrame, keys_pdf: pd.DataFrame) -> pd.DataFrame:
         if pairs_pdf.empty:
