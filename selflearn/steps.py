@@ -451,7 +451,11 @@ def pattern_candidates_step(reach: DataFrame, key_stats: DataFrame, settings: Se
             yield pattern_pairs(pdf)
 
     ppairs = pairs.mapInPandas(delex, from_arrow_schema(PATTERN_PAIRS))
-    keys = key_stats.select("locale", "text", "n_users", "defect_rate", "intent")
+    # every failing key's rephrase evidence (any served target, whether or not it
+    # delexicalizes): what the users who said the key were served in the end
+    reached = pairs.groupBy("locale", "source").agg(F.to_json(F.sort_array(F.collect_set(
+        F.struct("user_id", "target_intent", "target_slots_json")))).alias("reached")).withColumnRenamed("source", "text")
+    keys = key_stats.select("locale", "text", "n_users", "defect_rate", "intent").join(reached, ["locale", "text"], "left")
 
     def apply(pairs_pdf: pd.DataFrame, keys_pdf: pd.DataFrame) -> pd.DataFrame:
         if pairs_pdf.empty:

@@ -173,6 +173,33 @@ def test_keys_read_like_the_failing_source_are_judged_pooled_not_key_by_key():
     assert set(_decide(same, keys.assign(intent=keys["intent"].replace("qa_maths", "qa_definition")))["decision"]) == {"matches_working"}
 
 
+def _reached(keys, pairs):
+    """keys with `reached` as steps.pattern_candidates_step builds it: each failing key's
+    rephrase evidence (user, served intent, served slots) from key pairs."""
+    ev = {}
+    for r in pairs.itertuples(index=False):
+        ev.setdefault(r.source, []).append({"user_id": r.user_id, "target_intent": r.target_intent,
+                                            "target_slots_json": r.target_slots_json})
+    return keys.assign(reached=[json.dumps(ev[t]) if t in ev else None for t in keys["text"]])
+
+
+def test_a_source_whose_users_correct_the_values_it_binds_is_refused():
+    # Four users went from "wake me up at V please" to "set an alarm for V" with the same
+    # time; three more said "wake me up at nine am please" and went on to "set an alarm for
+    # five am": the time was misheard, so the pattern would have set nine am for them.
+    good = _pairs(VALUES[2:6], ["u1", "u2", "u3", "u4"])
+    misheard = _pairs(["five am"] * 3, ["u5", "u6", "u7"])
+    misheard["source"] = FAIL.format(v="nine am")
+    keys = _keys(VALUES[1:6], VALUES)
+    decided = _decide(pd.concat([good, misheard], ignore_index=True), _reached(keys, pd.concat([good, misheard])))
+    assert set(decided["decision"]) == {"disagrees_with_evidence"}
+    assert decided.iloc[0]["evidence_agreement"] == pytest.approx(4 / 7)
+    # the delexicalized pairs alone (the misheard ones yield none) would have emitted it
+    assert set(_decide(pd.concat([good, misheard], ignore_index=True), keys)["decision"]) == {"emit"}
+    # with the users' values bound right, the same evidence agrees
+    assert set(_decide(good, _reached(keys, good))["decision"]) == {"emit"}
+
+
 def test_source_defect_rate_counts_every_matching_key_not_only_the_evidence():
     # the evidence keys fail, but most users of the same carrier phrase are served fine on other
     # keys (low defect rate overall): refused even when working keys are tolerated
