@@ -457,14 +457,16 @@ def pattern_candidates_step(reach: DataFrame, key_stats: DataFrame, settings: Se
         F.struct("user_id", "target_intent", "target_slots_json")))).alias("reached")).withColumnRenamed("source", "text")
     keys = key_stats.select("locale", "text", "n_users", "defect_rate", "intent").join(reached, ["locale", "text"], "left")
 
+    names = list(PATTERN_CANDIDATES.names)  # the driver's schema travels with the function
+
     def apply(pairs_pdf: pd.DataFrame, keys_pdf: pd.DataFrame) -> pd.DataFrame:
         if pairs_pdf.empty:
-            return pd.DataFrame(columns=PATTERN_CANDIDATES.names)
+            return pd.DataFrame(columns=names)
         keys_pdf = keys_pdf.sort_values("text", kind="mergesort")
         out = pattern_candidates(pairs_pdf, keys_pdf, settings)
         for col in ("n_users", "n_sessions", "n_values", "target_users", "source_users", "source_n_keys"):
             out[col] = out[col].astype("int64")
-        return out[PATTERN_CANDIDATES.names]
+        return out[names]
 
     cands = ppairs.groupBy("locale").cogroup(keys.groupBy("locale")).applyInPandas(apply, from_arrow_schema(PATTERN_CANDIDATES))
     return cands.toPandas().sort_values(["locale", "source", "target"], kind="mergesort").reset_index(drop=True)
