@@ -43,7 +43,7 @@ published pattern only if (rules in order, the first failed one is kept for the 
      done for them. A source whose keys users mostly correct in their values (a value
      ASR mishears, a request that changes its goal) is refused: the pattern would carry
      the wrong value into a working phrasing.
-A pin skips the statistical rules (matches_working .. target_disagrees), never the
+A pin skips the statistical rules (outvoted .. disagrees_with_evidence), never the
 privacy rules (literal text, values, users).
 
 n_users, n_values and n_sessions of a candidate count every pattern pair from its source
@@ -186,8 +186,8 @@ def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float,
         return pd.DataFrame(columns=["template", "n_keys", "users", "defect_users", "working_users"])
     own_intent = own_intent or {}
     index = _LocalePatterns([Pattern.make("", t, t, 0.0) for t in uniq])
-    acc = {t: [0, 0.0, 0.0, 0.0, 0.0, 0.0] for t in uniq}
-    agree: dict[str, dict[str, set]] = {}  # template -> user -> intents served with the values it binds  # keys, users, defect users, working, own users, own defect users
+    acc = {t: [0, 0.0, 0.0, 0.0, 0.0, 0.0] for t in uniq}  # keys, users, defect users, working, own users, own defect users
+    agree: dict[str, dict[str, set]] = {}  # template -> user -> intents served with the values it binds
     intents = keys["intent"] if "intent" in keys.columns else pd.Series([None] * len(keys), index=keys.index)
     reached = keys["reached"] if "reached" in keys.columns else pd.Series([None] * len(keys), index=keys.index)
     for text, n, d, it, ev in zip(keys["text"], keys["n_users"].astype(float), keys["defect_rate"].astype(float), intents, reached):
