@@ -55,6 +55,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "embedding_progress_s": (0.0, 86400.0),
     "pattern_max_working_share": (0.0, 1.0),
     "pattern_label_rows": (0, 100_000),
+    "pattern_min_agreement": (0.0, 1.0),
     "export_min_weight": (0.0, 1.0),
     "spark_shuffle_partitions": (1, 100_000),
     "defect_model.short_dwell_ms": (0, 10**9),
@@ -217,6 +218,9 @@ class Settings:
     patterns_enabled: bool = True  # mine rewrite_patterns/; off: the table is published empty
     pattern_max_working_share: float = 0.05  # most users a pattern source may match on keys that work (0..1)
     pattern_label_rows: int = 5  # training rows per pattern, filled with values >= min_users users were served with
+    # least share of the users who rephrased from keys the source matches whose served
+    # result (intent, slot values) is what the pattern makes of those keys (rule `disagrees_with_evidence`)
+    pattern_min_agreement: float = 0.8
     # --- incremental runs (docs/incremental.md) ---
     evidence_window_days: int = 28  # days of evidence kept, back from the newest day in state; 0 keeps all
     # --- weak labels ---

@@ -74,6 +74,10 @@ def test_replay_applies_patterns_after_exact_rewrites_and_reports_each_kind():
     # a misheard value is carried into the target: no win there (exact rewrites fix those)
     assert r["pattern"]["wins"] >= (bad["template_id"] == tid).sum() - n_src
     assert r["pattern"]["precision"] == r["pattern"]["wins"] / r["pattern"]["applied"]
+    # the misheard requests it fired on are counted apart: heard right, it served every one
+    mis = int(fresh.loc[fresh["template_id"] == tid, "misheard"].sum())
+    assert r["pattern"]["applied_heard"] == r["pattern"]["applied"] - mis
+    assert r["pattern"]["precision_heard"] == 1.0
     assert r["wins"] == r["exact"]["wins"] + r["pattern"]["wins"]
     none = replay_metrics(exact.iloc[:0], w, n=3000, seed=7)["overall"]
     assert none["pattern"]["applied"] == 0 and r["defects_after"] < none["defects_after"]

@@ -143,6 +143,63 @@ def test_a_source_that_matches_a_working_frames_keys_is_refused():
     assert set(_decide(pairs, keys, loose)["decision"]) == {"emit"}
 
 
+def test_keys_read_like_the_failing_source_are_judged_pooled_not_key_by_key():
+    # en-US qa_definition (simulated log, seed 0): "olly what does [definition_word : ...]
+    # mean" is misread as qa_maths; users went on to "siri what are the definitions of ...".
+    # Two keys of the same misread phrasing, two users each, have defect estimates below
+    # the threshold: judged key by key they are "working" (4 of 20 users, over the 0.05
+    # share); pooled with the phrasing's other keys read the same way they fail.
+    values = ["haggis", "perpetual", "transistor", "cell tower"]
+    pairs = _pairs(values, ["u1", "u2", "u3", "u4"], src="olly what does {v} mean",
+                   tgt="siri what are the definitions of {v}", intent="qa_definition", slot="definition_word")
+    pairs["source_intent"], pairs["source_domain"] = "qa_maths", "qa"
+    rows = [("olly what does haggis mean", 6, 0.78, "qa_maths"), ("olly what does perpetual mean", 6, 0.66, "qa_maths"),
+            ("olly what does transistor mean", 4, 0.57, "qa_maths"),
+            ("olly what does angel mean", 2, 0.18, "qa_maths"), ("olly what does hesitant mean", 2, 0.23, "qa_maths")]
+    rows += [(f"siri what are the definitions of {v}", n, 0.04, "qa_definition") for v, n in zip(values, [6, 6, 5, 3])]
+    keys = pd.DataFrame(rows, columns=["text", "n_users", "defect_rate", "intent"])
+    decided = _decide(pairs, keys)
+    assert set(decided["decision"]) == {"emit"}
+    assert decided.iloc[0]["source_working_share"] == 0.0
+    # the same keys served as another intent (another frame's phrasing) count one by one
+    other = keys.copy()
+    other.loc[other["text"].isin(["olly what does angel mean", "olly what does hesitant mean"]), "intent"] = "qa_factoid"
+    got = _decide(pairs, other)
+    assert set(got["decision"]) == {"matches_working"}
+    assert got.iloc[0]["source_working_share"] == pytest.approx(4 / 20)
+    # and a source read as the target's own intent is never pooled (its keys may be that
+    # intent's working phrasing)
+    same = pairs.assign(source_intent="qa_definition")
+    assert set(_decide(same, keys.assign(intent=keys["intent"].replace("qa_maths", "qa_definition")))["decision"]) == {"matches_working"}
+
+
+def _reached(keys, pairs):
+    """keys with `reached` as steps.pattern_candidates_step builds it: each failing key's
+    rephrase evidence (user, served intent, served slots) from key pairs."""
+    ev = {}
+    for r in pairs.itertuples(index=False):
+        ev.setdefault(r.source, []).append({"user_id": r.user_id, "target_intent": r.target_intent,
+                                            "target_slots_json": r.target_slots_json})
+    return keys.assign(reached=[json.dumps(ev[t]) if t in ev else None for t in keys["text"]])
+
+
+def test_a_source_whose_users_correct_the_values_it_binds_is_refused():
+    # Four users went from "wake me up at V please" to "set an alarm for V" with the same
+    # time; three more said "wake me up at nine am please" and went on to "set an alarm for
+    # five am": the time was misheard, so the pattern would have set nine am for them.
+    good = _pairs(VALUES[2:6], ["u1", "u2", "u3", "u4"])
+    misheard = _pairs(["five am"] * 3, ["u5", "u6", "u7"])
+    misheard["source"] = FAIL.format(v="nine am")
+    keys = _keys(VALUES[1:6], VALUES)
+    decided = _decide(pd.concat([good, misheard], ignore_index=True), _reached(keys, pd.concat([good, misheard])))
+    assert set(decided["decision"]) == {"disagrees_with_evidence"}
+    assert decided.iloc[0]["evidence_agreement"] == pytest.approx(4 / 7)
+    # the delexicalized pairs alone (the misheard ones yield none) would have emitted it
+    assert set(_decide(pd.concat([good, misheard], ignore_index=True), keys)["decision"]) == {"emit"}
+    # with the users' values bound right, the same evidence agrees
+    assert set(_decide(good, _reached(keys, good))["decision"]) == {"emit"}
+
+
 def test_source_defect_rate_counts_every_matching_key_not_only_the_evidence():
     # the evidence keys fail, but most users of the same carrier phrase are served fine on other
     # keys (low defect rate overall): refused even when working keys are tolerated

@@ -25,6 +25,9 @@ published pattern only if (rules in order, the first failed one is kept for the 
      work (defect rate below min_source_defect_rate) is at most pattern_max_working_share:
      a pattern fires on texts nobody said yet, so it must not fire on requests that work
      today (a carrier phrase shared with another frame's working phrasing is refused);
+     the matched keys the NLU reads as the source's own evidence does (the same wrong
+     intent) are judged pooled, as one phrasing, since a key of one or two users has a
+     noisy defect estimate (match_stats);
   `source_not_defective`: source_defect_rate, over every turn of every key the source
      matches (not only the turns that made the pattern), >= min_source_defect_rate;
   `not_significant`: the Wilson lower bound of the target's success rate (over every key
@@ -32,8 +35,15 @@ published pattern only if (rules in order, the first failed one is kept for the 
      as for exact rewrites (n = users of the matched keys);
   `low_confidence`: confidence >= min_rewrite_confidence;
   `target_disagrees`: the target keys behind the pattern were served with one intent
-     (share >= min_label_agreement), so the pattern means one thing.
-A pin skips the statistical rules (matches_working .. target_disagrees), never the
+     (share >= min_label_agreement), so the pattern means one thing;
+  `disagrees_with_evidence`: of the users who rephrased from any failing key the source
+     matches to a served key (all rephrase evidence, not only the pairs that
+     delexicalize), a share >= pattern_min_agreement were served the target's intent
+     with exactly the values the source binds in that key: what the pattern would have
+     done for them. A source whose keys users mostly correct in their values (a value
+     ASR mishears, a request that changes its goal) is refused: the pattern would carry
+     the wrong value into a working phrasing.
+A pin skips the statistical rules (outvoted .. disagrees_with_evidence), never the
 privacy rules (literal text, values, users).
 
 n_users, n_values and n_sessions of a candidate count every pattern pair from its source
@@ -158,38 +168,81 @@ def _mode(s: pd.Series):
     return sorted(counts[counts == counts.max()].index)[0]
 
 
-def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float) -> pd.DataFrame:
+def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float,
+                own_intent: dict[str, str] | None = None) -> pd.DataFrame:
     """Per template of one locale: the logged keys its regular expression fullmatches
     (contract 4.1), with n_keys, users (summed over keys), the user-weighted defect rate
     and the users on working keys (defect rate below `working_defect`).
 
-    `keys`: text, n_users, defect_rate (one locale's key statistics)."""
+    `keys`: text, n_users, defect_rate and optionally intent (the key's served intent),
+    one locale's key statistics. `own_intent`: per template, the intent its own evidence
+    keys were served with (a source's wrong reading). The matched keys served with that
+    intent are the template's own phrasing: whether they work is judged on their users
+    pooled, not key by key, since a key said by one or two users has a noisy defect rate
+    (a phrasing the NLU misreads fails for most of its users; a few of its keys' estimates
+    fall below the threshold). Every other matched key is judged on its own."""
     uniq = sorted(set(templates))
     if not uniq:
         return pd.DataFrame(columns=["template", "n_keys", "users", "defect_users", "working_users"])
+    own_intent = own_intent or {}
     index = _LocalePatterns([Pattern.make("", t, t, 0.0) for t in uniq])
-    acc = {t: [0, 0.0, 0.0, 0.0] for t in uniq}
-    for text, n, d in zip(keys["text"], keys["n_users"].astype(float), keys["defect_rate"].astype(float)):
+    acc = {t: [0, 0.0, 0.0, 0.0, 0.0, 0.0] for t in uniq}  # keys, users, defect users, working, own users, own defect users
+    agree: dict[str, dict[str, set]] = {}  # template -> user -> intents served with the values it binds
+    intents = keys["intent"] if "intent" in keys.columns else pd.Series([None] * len(keys), index=keys.index)
+    reached = keys["reached"] if "reached" in keys.columns else pd.Series([None] * len(keys), index=keys.index)
+    for text, n, d, it, ev in zip(keys["text"], keys["n_users"].astype(float), keys["defect_rate"].astype(float), intents, reached):
+        entries = None
         for p in index.candidates(text):
-            if p.regex.fullmatch(text) is None:
+            m = p.regex.fullmatch(text)
+            if m is None:
                 continue
+            if isinstance(ev, str):
+                if entries is None:  # (user, served intent, served values), parsed once per key
+                    entries = [(e["user_id"], e.get("target_intent"),
+                                sorted({normalize_text(str(x["value"])) for x in parse_slots(e.get("target_slots_json"))}))
+                               for e in json.loads(ev)]
+                bound = sorted(set(m.groupdict().values()))
+                votes = agree.setdefault(p.source, {})
+                for user, intent, values in entries:
+                    ok = votes.setdefault(user, set())
+                    if intent and values == bound:
+                        ok.add(intent)
             a = acc[p.source]
             a[0] += 1
             a[1] += n
             a[2] += n * d
-            if d < working_defect:
+            if isinstance(it, str) and it == own_intent.get(p.source):
+                a[4] += n
+                a[5] += n * d
+            elif d < working_defect:
                 a[3] += n
-    return pd.DataFrame([(t, a[0], a[1], a[2], a[3]) for t, a in acc.items()],
-                        columns=["template", "n_keys", "users", "defect_users", "working_users"])
+    rows = []
+    for t, a in acc.items():
+        own_working = a[4] if a[4] > 0 and a[5] / a[4] < working_defect else 0.0
+        rows.append((t, a[0], a[1], a[2], a[3] + own_working))
+    out = pd.DataFrame(rows, columns=["template", "n_keys", "users", "defect_users", "working_users"])
+    out.attrs["agreement"] = agree
+    return out
+
+
+def evidence_agreement(votes: dict[str, set] | None, intent) -> float:
+    """The share of the users behind `votes` (match_stats: user -> the intents they were
+    served, after a key the template matches, with exactly the values it binds there)
+    who were served `intent` with those values; NaN without evidence."""
+    if not votes:
+        return float("nan")
+    return sum(intent in v for v in votes.values()) / len(votes)
 
 
 def pattern_candidates(ppairs: pd.DataFrame, keys: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """One locale's pattern candidates with the statistics the rules read.
 
     `ppairs`: pattern_pairs rows; `keys`: the locale's key statistics (text, n_users,
-    defect_rate). Stable order."""
+    defect_rate; optionally intent, the served intent, and reached, a failing key's
+    rephrase evidence as JSON [{user_id, target_intent, target_slots_json}]; see
+    match_stats). Stable order."""
     cols = ["locale", "source", "target", "n_users", "n_sessions", "n_values", "target_users", "source_users", "share",
-            "source_defect_rate", "source_n_users", "source_working_share", "source_n_keys",
+            "source_defect_rate", "source_n_users", "source_working_share", "evidence_agreement", "source_n_keys",
             "target_success_rate", "target_n_users", "confidence", "target_intent", "target_domain",
             "intent_agreement", "source_intent", "source_domain", "evidence"]
     if ppairs.empty:
@@ -221,7 +274,15 @@ def pattern_candidates(ppairs: pd.DataFrame, keys: pd.DataFrame, settings: Setti
     c = c.merge(src_users, on=["locale", "source"])
     c["share"] = c["n_users"] / c["source_users"]
     working = settings.min_source_defect_rate
-    m = match_stats(list(c["source"]) + list(c["target"]), keys, working).set_index("template")
+    # A source's own reading pools only where it is a misreading: never when it is the
+    # intent some target of the source is served with (then its keys may be that intent's
+    # working phrasing).
+    same = {s for s, i, ti in zip(c["source"], c["source_intent"], c["target_intent"]) if i == ti}
+    own = {s: i for s, i in zip(c["source"], c["source_intent"]) if isinstance(i, str) and s not in same}
+    m = match_stats(list(c["source"]) + list(c["target"]), keys, working, own)
+    votes = m.attrs.get("agreement", {})
+    c["evidence_agreement"] = [evidence_agreement(votes.get(s), i) for s, i in zip(c["source"], c["target_intent"])]
+    m = m.set_index("template")
     src, tgt = m.loc[c["source"]], m.loc[c["target"]]
     su, tu = src["users"].to_numpy(float), tgt["users"].to_numpy(float)
     c["source_n_users"] = su
@@ -272,6 +333,7 @@ def select_patterns(candidates: pd.DataFrame, settings: Settings, controls: Cont
         ("not_significant", pd.Series(target_lower <= source_upper, index=idx)),
         ("low_confidence", c["confidence"] < settings.min_rewrite_confidence),
         ("target_disagrees", c["intent_agreement"] < settings.min_label_agreement),
+        ("disagrees_with_evidence", c["evidence_agreement"].astype(float) < settings.pattern_min_agreement),
     ]
     rules = operator_rules + privacy_rules + [(n, f & ~pinned) for n, f in statistical_rules]
     decision = pd.Series("emit", index=idx, dtype=object)

@@ -165,14 +165,16 @@ def replay_metrics(rewrites: pd.DataFrame, world, n: int = FRESH_REQUESTS, seed:
     """Fresh requests through the published rewrites as a runtime applies them (contract
     4.1, selflearn.core.rewrite_apply: exact first, then the most specific pattern). Wins,
     losses and defect reduction overall, per kind (`exact`, `pattern`) and per locale;
-    pattern precision is the share of pattern applications that served the user's goal."""
+    pattern precision is the share of pattern applications that served the user's goal,
+    also on the requests heard right alone (`precision_heard`)."""
     from selflearn.core.rewrite_apply import RewriteIndex
 
     index = RewriteIndex.from_frames(rewrites, patterns)
     fresh = world.fresh_traffic(n, seed=seed)
     unseen = fresh["unseen_goal"] if "unseen_goal" in fresh else pd.Series(False, index=fresh.index)
+    misheard = fresh["misheard"] if "misheard" in fresh else pd.Series(False, index=fresh.index)
     rows = []
-    for r, new_goal in zip(fresh.itertuples(index=False), unseen):
+    for r, new_goal, mis in zip(fresh.itertuples(index=False), unseen, misheard):
         key = normalize_text(r.utterance)
         before = bool(world.serves(r.locale, key, r.goal_id))
         hit = index.lookup(r.locale, key)
@@ -184,8 +186,8 @@ def replay_metrics(rewrites: pd.DataFrame, world, n: int = FRESH_REQUESTS, seed:
             kind = hit.kind
         win = (not before) and after
         loss = hit is not None and not after and (before or acts_elsewhere)
-        rows.append((r.locale, before, after, win, loss, kind, bool(new_goal)))
-    df = pd.DataFrame(rows, columns=["locale", "before", "after", "win", "loss", "kind", "unseen_goal"])
+        rows.append((r.locale, before, after, win, loss, kind, bool(new_goal), bool(mis)))
+    df = pd.DataFrame(rows, columns=["locale", "before", "after", "win", "loss", "kind", "unseen_goal", "misheard"])
 
     def summary(d: pd.DataFrame) -> dict:
         wins, losses = int(d["win"].sum()), int(d["loss"].sum())
@@ -205,6 +207,10 @@ def replay_metrics(rewrites: pd.DataFrame, world, n: int = FRESH_REQUESTS, seed:
                 # the defects of all requests this kind removed, as a share of all defects before
                 "relative_defect_reduction": (int((~k["before"]).sum()) - int((~k["after"]).sum())) / defects_before if defects_before else None,
                 "precision": float(k["after"].mean()) if len(k) else None,
+                # the same on the requests ASR heard right (a misheard value carried into a
+                # working phrasing stays wrong whatever the rewrite)
+                "applied_heard": int((~k["misheard"]).sum()),
+                "precision_heard": float(k.loc[~k["misheard"], "after"].mean()) if (~k["misheard"]).any() else None,
             }
         u = d[d["unseen_goal"]]
         ub = int((~u["before"]).sum())
@@ -341,7 +347,7 @@ def render(result: dict) -> str:
         k = rp.get(kind, {})
         lines.append(f"  {kind:8s}applied={k.get('applied')} wins={k.get('wins')} losses={k.get('losses')} "
                      f"win/loss={_fmt(k.get('win_loss_ratio'))} defect reduction={_fmt(k.get('relative_defect_reduction'))} "
-                     f"precision={_fmt(k.get('precision'))}")
+                     f"precision={_fmt(k.get('precision'))} (heard right: {_fmt(k.get('precision_heard'))} of {k.get('applied_heard')})")
     if "unseen_goals" in rp:
         lines.append(f"  unseen goals: requests={rp['unseen_goals']['requests']} defect reduction={_fmt(rp['unseen_goals']['relative_defect_reduction'])}")
     lines.append(f"patterns  n={result.get('patterns', {}).get('patterns')}")

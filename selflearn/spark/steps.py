@@ -419,16 +419,22 @@ def pattern_candidates_step(reach: DataFrame, key_stats: DataFrame, settings: Se
             yield pattern_pairs(pdf)
 
     ppairs = pairs.mapInPandas(delex, spark_schema("pattern_pairs"))
-    keys = key_stats.select("locale", "text", "n_users", "defect_rate")
+    # every failing key's rephrase evidence (any served target, whether or not it
+    # delexicalizes): what the users who said the key were served in the end
+    reached = pairs.groupBy("locale", "source").agg(F.to_json(F.sort_array(F.collect_set(
+        F.struct("user_id", "target_intent", "target_slots_json")))).alias("reached")).withColumnRenamed("source", "text")
+    keys = key_stats.select("locale", "text", "n_users", "defect_rate", "intent").join(reached, ["locale", "text"], "left")
+
+    names = list(PATTERN_CANDIDATES.names)  # the driver's schema travels with the function
 
     def apply(pairs_pdf: pd.DataFrame, keys_pdf: pd.DataFrame) -> pd.DataFrame:
         if pairs_pdf.empty:
-            return pd.DataFrame(columns=PATTERN_CANDIDATES.names)
+            return pd.DataFrame(columns=names)
         keys_pdf = keys_pdf.sort_values("text", kind="mergesort")
         out = pattern_candidates(pairs_pdf, keys_pdf, settings)
         for col in ("n_users", "n_sessions", "n_values", "target_users", "source_users", "source_n_keys"):
             out[col] = out[col].astype("int64")
-        return out[PATTERN_CANDIDATES.names]
+        return out[names]
 
     cands = ppairs.groupBy("locale").cogroup(keys.groupBy("locale")).applyInPandas(apply, spark_schema("pattern_candidates"))
     return cands.toPandas().sort_values(["locale", "source", "target"], kind="mergesort").reset_index(drop=True)
