@@ -2,6 +2,7 @@
 test on loopback with LATEST moved mid-load.
 
     PYTHONPATH=$PWD .venv/bin/python bench/serve_bench.py inprocess [--patterns 10000]
+    PYTHONPATH=$PWD .venv/bin/python bench/serve_bench.py asgi [--patterns 10000]
     PYTHONPATH=$PWD .venv/bin/python bench/serve_bench.py http [--clients 8] [--requests 1500]
 
 The rewrites are built from real text: every distinct MASSIVE en-US carrier phrase (slot
@@ -202,6 +203,78 @@ def inprocess(n_patterns: int) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------ asgi
+
+
+def asgi_path(n_patterns: int, rounds: int = 3) -> dict:
+    """The server's per-request cost without sockets: the ASGI app called in process on
+    /rewrite queries (pattern hits, exact hits, misses), through ServeApp's fast path and
+    through Starlette's routing to the same endpoint, beside `Rewriter.rewrite` alone."""
+    import asyncio
+    import urllib.parse
+
+    from starlette.applications import Starlette
+
+    from selflearn.server import create_app
+    from selflearn.serving import Rewriter
+
+    ex, pt, pattern_keys, exact_keys, miss_keys = build(n_patterns)
+    root = Path(tempfile.mkdtemp(prefix="serve-asgi-"))
+    _write_run(root, "run-a", ex, pt)
+    _move_latest(root, "run-a")
+    rw = Rewriter.from_root(root)
+    app = create_app(rw, poll_s=None)
+    keys = pattern_keys[:500] + exact_keys[:500] + miss_keys[:500]
+    queries = [urllib.parse.urlencode({"locale": LOCALE, "text": k}).encode() for k in keys]
+
+    async def call(handler, q):
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+                 "path": "/rewrite", "raw_path": b"/rewrite", "query_string": q, "headers": [], "root_path": "",
+                 "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1), "state": {}}
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(m):
+            sent.append(m)
+
+        await handler(scope, receive, send)
+        return sent[-1]["body"]
+
+    fast = app.__call__
+    async def routed(scope, receive, send):  # Starlette's own __call__: routing + middleware
+        await Starlette.__call__(app, scope, receive, send)
+
+    async def timed(handler):
+        for q in queries[:100]:
+            await call(handler, q)
+        best = float("inf")
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for q in queries:
+                await call(handler, q)
+            best = min(best, (time.perf_counter() - t) / len(queries) * 1e6)
+        return best
+
+    async def both():
+        a = [await call(fast, q) for q in queries[:300]]
+        b = [await call(routed, q) for q in queries[:300]]
+        return await timed(fast), await timed(routed), a == b
+
+    fast_us, routed_us, same = asyncio.run(both())
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for k in keys:
+            rw.rewrite(LOCALE, k)
+        best = min(best, (time.perf_counter() - t) / len(keys) * 1e6)
+    return {"requests": len(keys), "fast_path_us_per_request": round(fast_us, 1),
+            "starlette_routing_us_per_request": round(routed_us, 1), "rewriter_only_us_per_request": round(best, 1),
+            "same_bodies": same, "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+            "note": "best of %d rounds of the mean over the requests" % rounds}
+
+
 # ------------------------------------------------------------------------------ http
 
 
@@ -367,6 +440,8 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="what", required=True)
     a = sub.add_parser("inprocess")
     a.add_argument("--patterns", type=int, default=10000)
+    g = sub.add_parser("asgi")
+    g.add_argument("--patterns", type=int, default=10000)
     h = sub.add_parser("http")
     h.add_argument("--clients", type=int, default=8)
     h.add_argument("--requests", type=int, default=1500, help="per client")
@@ -375,6 +450,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.what == "inprocess":
         out = inprocess(args.patterns)
+    elif args.what == "asgi":
+        out = asgi_path(args.patterns)
     else:
         out = http_load(args.clients, args.requests, args.patterns, args.port)
     print(json.dumps(out, indent=2))
