@@ -16,7 +16,8 @@ weight), trained twice, with the same settings:
   `weight` as sample weight, `train` and `dev` splits both: the evaluation is on fresh
   traffic, not on `dev`); a key with a training row loses its log label (the log's label
   is what the NLU did when it failed: nothing, or a wrong intent that reads `success`),
-  unless `--no-supersede`.
+  unless `--supersede none`; with `--supersede carrier`, also the log label of every key
+  that is the same carrier phrase as a training row (its slot values as wildcards).
 Both see keys made by `selflearn.keys.text_key` (the pipeline's masking + normalize_text),
 so a training row's key and a request's key are the same string when the same thing was
 said.
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -75,7 +77,21 @@ def _train(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, texts=None, fe
     return predict
 
 
-def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boost: float, supersede: bool = True,
+def _carrier(text: str, slots) -> str | None:
+    """A regex of `text` with each slot value (its `slots`) matching any non-empty span;
+    None without slots, or when fewer than 4 letters of the text are not slot values (a
+    carrier that is all or nearly all slot would match anything)."""
+    values = sorted({str(v["value"]) for v in (slots if slots is not None else []) if v.get("value")}, key=len, reverse=True)
+    values = [v for v in values if v in text]
+    if not values:
+        return None
+    parts = re.split("(" + "|".join(re.escape(v) for v in values) + ")", text)
+    if sum(len(p.replace(" ", "")) for p in parts[0::2]) < 4:
+        return None
+    return "".join(".+?" if i % 2 else re.escape(p) for i, p in enumerate(parts))
+
+
+def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boost: float, supersede: str = "key",
         by_source: bool = False, features: str = "vec", class_weight: str = "none") -> dict:
     return evaluate(prepare(sim, root, n_requests, seed), c, training_boost, supersede, by_source, features, class_weight)
 
@@ -96,7 +112,7 @@ def prepare(sim: str, root: str, n_requests: int, seed: int) -> dict:
     base = ok.groupby(["locale", "text", "nlu_intent"]).size().rename("n").reset_index()
     base = base.rename(columns={"nlu_intent": "intent"})[["locale", "text", "intent"]]
     base["weight"], base["label_source"] = 1.0, "log"
-    training = pd.read_parquet(run_dir / "training", columns=["locale", "text", "intent", "weight", "label_source"])
+    training = pd.read_parquet(run_dir / "training", columns=["locale", "text", "intent", "weight", "label_source", "slots"])
     training["weight"] = training["weight"].astype(float)
     world = World.load(sim)
     fresh = world.fresh_traffic(n_requests, seed=seed)
@@ -131,7 +147,7 @@ def prepare(sim: str, root: str, n_requests: int, seed: int) -> dict:
             "vec": vec, "dim": dim, "encoders": encoders, "embed_s": embed_s, "n_new": n_new}
 
 
-def evaluate(prep: dict, c: float, training_boost: float, supersede: bool = True, by_source: bool = False,
+def evaluate(prep: dict, c: float, training_boost: float, supersede: str = "key", by_source: bool = False,
              features: str = "vec", class_weight: str = "none") -> dict:
     """Both arms trained and scored with these settings."""
     run_dir, sim, seed, base, vec, dim = (prep[k] for k in ("run_dir", "sim", "seed", "base", "vec", "dim"))
@@ -146,11 +162,22 @@ def evaluate(prep: dict, c: float, training_boost: float, supersede: bool = True
     def plus(rows: pd.DataFrame) -> pd.DataFrame:
         # A training row corrects the log's view of its key: the log's label for that key
         # is what the NLU did when the request failed (nothing, or a wrong intent that
-        # still reads `success`), so it is replaced, not outvoted.
-        if not supersede:
+        # still reads `success`), so it is replaced, not outvoted. With supersede
+        # "carrier", also the log's label of every key that is the same carrier phrase
+        # (the row's text with its slot values, from its `slots`, as wildcards).
+        if not supersede or supersede == "none":
             return pd.concat([base, rows], ignore_index=True)
         corrected = set(zip(rows["locale"], rows["text"]))
-        keep = [(loc, t) not in corrected for loc, t in zip(base["locale"], base["text"])]
+        keep = np.array([(loc, t) not in corrected for loc, t in zip(base["locale"], base["text"])])
+        if supersede == "carrier":
+            for loc, g in rows.groupby("locale"):
+                carriers = {_carrier(t, sl) for t, sl in zip(g["text"], g["slots"])} - {None}
+                if not carriers:
+                    continue
+                rx = re.compile("|".join(f"(?:{c})" for c in sorted(carriers)))
+                in_loc = (base["locale"] == loc).to_numpy()
+                hit = np.array([bool(rx.fullmatch(t)) for t in base["text"]]) & in_loc
+                keep &= ~hit
         return pd.concat([base[keep], rows], ignore_index=True)
 
     sources = sorted(training["label_source"].unique())
@@ -213,15 +240,16 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=777)
     p.add_argument("--C", type=float, default=10.0, help="inverse regularisation of the logistic regression")
     p.add_argument("--training-boost", type=float, default=1.0, help="multiplier on training/ weights (1: as published)")
-    p.add_argument("--no-supersede", action="store_true",
-                   help="keep the log's label of a key beside its training row (default: the training row replaces it)")
+    p.add_argument("--supersede", choices=("none", "key", "carrier"), default="key",
+                   help="which log labels a training row replaces: none, its key's (default), or every key of its "
+                        "carrier phrase (its text with its slot values as wildcards)")
     p.add_argument("--by-source", action="store_true", help="also train with each training label_source alone")
     p.add_argument("--features", choices=("vec", "vec+char"), default="vec",
                    help="encoder vectors, or those plus character 2-4-gram TF-IDF of the key")
     p.add_argument("--class-weight", choices=("none", "balanced"), default="none")
     p.add_argument("--json", help="write the result here too")
     args = p.parse_args(argv)
-    r = run(args.sim, args.run, args.requests, args.seed, args.C, args.training_boost, not args.no_supersede, args.by_source,
+    r = run(args.sim, args.run, args.requests, args.seed, args.C, args.training_boost, args.supersede, args.by_source,
             args.features, args.class_weight)
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2), encoding="utf-8")
