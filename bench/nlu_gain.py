@@ -2,16 +2,22 @@
 requests that fail today?
 
     PYTHONPATH=$PWD .venv/bin/python bench/nlu_gain.py --sim SIM --run ROOT [--requests 6000]
+        [--features vec|vec+char] [--class-weight none|balanced] [--training-boost B]
 
-Two classifiers per locale, the same kind (scikit-learn logistic regression over the
-bundled encoder's vectors of the text keys), trained twice:
+Two classifiers per locale, the same kind (scikit-learn logistic regression over the text
+keys' vectors from the encoder the run used for that locale: under `embedding_backend:
+auto` the pipeline's own routing, `selflearn.encoders.embed.settings_for_locale`; with `--features
+vec+char` also character 2-4-gram TF-IDF of the key, fitted on that arm's own training
+texts; with `--class-weight balanced` classes weighted inversely to their total sample
+weight), trained twice, with the same settings:
 - `baseline`: what the NLU served successfully in the log, the team's current view: every
   distinct (text key, nlu_intent) of the log's `success` turns, weight 1;
 - `+training`: the same plus every `training/` row (its `text` key and `intent`, with its
   `weight` as sample weight, `train` and `dev` splits both: the evaluation is on fresh
   traffic, not on `dev`); a key with a training row loses its log label (the log's label
   is what the NLU did when it failed: nothing, or a wrong intent that reads `success`),
-  unless `--no-supersede`.
+  unless `--supersede none`; with `--supersede carrier`, also the log label of every key
+  that is the same carrier phrase as a training row (its slot values as wildcards).
 Both see keys made by `selflearn.core.keys.text_key` (the pipeline's masking + normalize_text),
 so a training row's key and a request's key are the same string when the same thing was
 said.
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -42,20 +49,57 @@ from selflearn.evaluation.evaluate import resolve_run  # noqa: E402
 from selflearn.core.keys import text_keys  # noqa: E402
 
 
-def _train(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float):
+def _train(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, texts=None, features: str = "vec",
+           class_weight: str = "none"):
+    """A predictor (keys' vectors, keys' texts) -> intents, fitted on one arm's rows."""
+    from scipy import sparse
+    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
     if len(set(y)) < 2:  # no or one class: a constant predictor
         only = y[0] if len(y) else None
-        return lambda xs: np.full(len(xs), only, dtype=object)
-    model = LogisticRegression(C=c, max_iter=200, tol=1e-3)
+        return lambda xs, ts=None: np.full(len(xs), only, dtype=object)
+    if class_weight == "balanced":  # each class's total weight made equal (the arm's own weights)
+        total = pd.Series(w).groupby(y).sum()
+        w = w * np.array([total.mean() / total[k] for k in y])
+    tfidf = None
+    if features == "vec+char":
+        tfidf = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=1)
+        x = sparse.hstack([sparse.csr_matrix(x), tfidf.fit_transform(texts)]).tocsr()
+    model = LogisticRegression(C=c, max_iter=300, tol=1e-3)
     model.fit(x, y, sample_weight=w)
-    return model.predict
+
+    def predict(xs, ts=None):
+        if tfidf is not None:
+            xs = sparse.hstack([sparse.csr_matrix(xs), tfidf.transform(ts)]).tocsr()
+        return model.predict(xs)
+
+    return predict
 
 
-def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boost: float, supersede: bool = True,
-        by_source: bool = False) -> dict:
-    from selflearn.encoders.embed import load_encoder
+def _carrier(text: str, slots) -> str | None:
+    """A regex of `text` with each slot value (its `slots`) matching any non-empty span;
+    None without slots, or when fewer than 4 letters of the text are not slot values (a
+    carrier that is all or nearly all slot would match anything)."""
+    values = sorted({str(v["value"]) for v in (slots if slots is not None else []) if v.get("value")}, key=len, reverse=True)
+    values = [v for v in values if v in text]
+    if not values:
+        return None
+    parts = re.split("(" + "|".join(re.escape(v) for v in values) + ")", text)
+    if sum(len(p.replace(" ", "")) for p in parts[0::2]) < 4:
+        return None
+    return "".join(".+?" if i % 2 else re.escape(p) for i, p in enumerate(parts))
+
+
+def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boost: float, supersede: str = "key",
+        by_source: bool = False, features: str = "vec", class_weight: str = "none") -> dict:
+    return evaluate(prepare(sim, root, n_requests, seed), c, training_boost, supersede, by_source, features, class_weight)
+
+
+def prepare(sim: str, root: str, n_requests: int, seed: int) -> dict:
+    """The log's view, training/, the fresh requests and every key's vector (one encoding
+    for any number of `evaluate` settings)."""
+    from selflearn.encoders.embed import load_encoder, settings_for_locale
     from selflearn.simulate import World
 
     run_dir = resolve_run(root)
@@ -68,39 +112,72 @@ def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boos
     base = ok.groupby(["locale", "text", "nlu_intent"]).size().rename("n").reset_index()
     base = base.rename(columns={"nlu_intent": "intent"})[["locale", "text", "intent"]]
     base["weight"], base["label_source"] = 1.0, "log"
-    training = pd.read_parquet(run_dir / "training", columns=["locale", "text", "intent", "weight", "label_source"])
-    training["weight"] = training["weight"].astype(float) * training_boost
+    training = pd.read_parquet(run_dir / "training", columns=["locale", "text", "intent", "weight", "label_source", "slots"])
+    training["weight"] = training["weight"].astype(float)
     world = World.load(sim)
     fresh = world.fresh_traffic(n_requests, seed=seed)
     fresh["text"] = text_keys(fresh["utterance"], scrub, digits)
     fresh["working"] = [bool(world.serves(loc, k, g)) for loc, k, g in zip(fresh["locale"], fresh["text"], fresh["goal_id"])]
 
     settings = Settings(**{k: cfg[k] for k in ("embedding_model", "embedding_backend") if k in cfg})
-    encoder = load_encoder(settings, device="cpu")
-    texts = sorted(set(base["text"]) | set(training["text"]) | set(fresh["text"]))
+    locales = sorted(set(fresh["locale"]))
     t0 = time.time()
-    # The run's own embedding cache (same encoder, same keys) saves re-encoding the log.
-    vec: dict[str, np.ndarray] = {}
-    cache_dir = run_dir.parent.parent / "state" / "embeddings" / encoder.cache_id
-    if cache_dir.is_dir():
-        cached = pd.read_parquet(cache_dir)
-        wanted = set(texts)
-        vec = {t: np.asarray(v, dtype=np.float32) for t, v in zip(cached["text"], cached["vector"]) if t in wanted}
-    missing = [t for t in texts if t not in vec]
-    vec.update(zip(missing, encoder.encode(missing)))
+    vec: dict[tuple[str, str], np.ndarray] = {}  # (locale, key) -> vector of the locale's encoder
+    encoders, n_new = {}, 0
+    for loc in locales:
+        encoder = load_encoder(settings_for_locale(settings, loc), device="cpu")
+        encoders[loc] = f"{encoder.name} ({encoder.backend})"
+        texts = sorted({t for d in (base, training, fresh) for t in d.loc[d["locale"] == loc, "text"]})
+        # The run's own embedding cache (same encoder, same keys) saves re-encoding the log.
+        cache_dir = run_dir.parent.parent / "state" / "embeddings" / encoder.cache_id
+        got: dict[str, np.ndarray] = {}
+        if cache_dir.is_dir():
+            cached = pd.read_parquet(cache_dir)
+            wanted = set(texts)
+            got = {t: np.asarray(v, dtype=np.float32) for t, v in zip(cached["text"], cached["vector"]) if t in wanted}
+        missing = [t for t in texts if t not in got]
+        if missing:
+            got.update(zip(missing, encoder.encode(missing)))
+        n_new += len(missing)
+        dim = encoder.dim
+        vec.update(((loc, t), got[t]) for t in texts)
     embed_s = time.time() - t0
 
-    def xs(keys):
-        return np.stack([vec[k] for k in keys]) if len(keys) else np.zeros((0, encoder.dim), np.float32)
+    return {"run_dir": run_dir, "sim": sim, "seed": seed, "base": base, "training": training, "fresh": fresh,
+            "vec": vec, "dim": dim, "encoders": encoders, "embed_s": embed_s, "n_new": n_new}
+
+
+def evaluate(prep: dict, c: float, training_boost: float, supersede: str = "key", by_source: bool = False,
+             features: str = "vec", class_weight: str = "none") -> dict:
+    """Both arms trained and scored with these settings."""
+    run_dir, sim, seed, base, vec, dim = (prep[k] for k in ("run_dir", "sim", "seed", "base", "vec", "dim"))
+    encoders, embed_s, n_new = prep["encoders"], prep["embed_s"], prep["n_new"]
+    fresh = prep["fresh"].copy()
+    training = prep["training"].copy()
+    training["weight"] = training["weight"] * training_boost
+
+    def xs(loc, keys):
+        return np.stack([vec[(loc, k)] for k in keys]) if len(keys) else np.zeros((0, dim), np.float32)
 
     def plus(rows: pd.DataFrame) -> pd.DataFrame:
         # A training row corrects the log's view of its key: the log's label for that key
         # is what the NLU did when the request failed (nothing, or a wrong intent that
-        # still reads `success`), so it is replaced, not outvoted.
-        if not supersede:
+        # still reads `success`), so it is replaced, not outvoted. With supersede
+        # "carrier", also the log's label of every key that is the same carrier phrase
+        # (the row's text with its slot values, from its `slots`, as wildcards).
+        if not supersede or supersede == "none":
             return pd.concat([base, rows], ignore_index=True)
         corrected = set(zip(rows["locale"], rows["text"]))
-        keep = [(loc, t) not in corrected for loc, t in zip(base["locale"], base["text"])]
+        keep = np.array([(loc, t) not in corrected for loc, t in zip(base["locale"], base["text"])])
+        if supersede == "carrier":
+            for loc, g in rows.groupby("locale"):
+                carriers = {_carrier(t, sl) for t, sl in zip(g["text"], g["slots"])} - {None}
+                if not carriers:
+                    continue
+                rx = re.compile("|".join(f"(?:{c})" for c in sorted(carriers)))
+                in_loc = (base["locale"] == loc).to_numpy()
+                hit = np.array([bool(rx.fullmatch(t)) for t in base["text"]]) & in_loc
+                keep &= ~hit
         return pd.concat([base[keep], rows], ignore_index=True)
 
     sources = sorted(training["label_source"].unique())
@@ -112,8 +189,9 @@ def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boos
         req = fresh.loc[idx]
         for name, data in variants.items():
             d = data[data["locale"] == loc]
-            predict = _train(xs(d["text"].tolist()), d["intent"].to_numpy(), d["weight"].to_numpy(float), c)
-            preds[name][fresh.index.get_indexer(idx)] = predict(xs(req["text"].tolist()))
+            predict = _train(xs(loc, d["text"].tolist()), d["intent"].to_numpy(), d["weight"].to_numpy(float), c,
+                             d["text"].tolist(), features, class_weight)
+            preds[name][fresh.index.get_indexer(idx)] = predict(xs(loc, req["text"].tolist()), req["text"].tolist())
     for name in variants:
         fresh[name] = preds[name] == fresh["gold_intent"].to_numpy()
 
@@ -126,10 +204,11 @@ def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boos
         return out
 
     result = {"run_id": run_dir.name, "sim": sim, "requests": int(len(fresh)), "seed": seed, "C": c,
-              "training_boost": training_boost, "supersede": supersede, "encoder": f"{encoder.name} ({encoder.backend})",
+              "training_boost": training_boost, "supersede": supersede, "features": features, "class_weight": class_weight,
+              "encoders": encoders,
               "train_rows": {"log_success_keys": int(len(base)), "training": int(len(training)),
                              "by_label_source": training["label_source"].value_counts().sort_index().to_dict()},
-              "embed_s": round(embed_s, 1), "embedded_new": len(missing), "failing": {}, "working": {}}
+              "embed_s": round(embed_s, 1), "embedded_new": n_new, "failing": {}, "working": {}}
     for part, mask in (("failing", ~fresh["working"]), ("working", fresh["working"])):
         d = fresh[mask]
         result[part]["overall"] = table(d)
@@ -161,12 +240,17 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=777)
     p.add_argument("--C", type=float, default=10.0, help="inverse regularisation of the logistic regression")
     p.add_argument("--training-boost", type=float, default=1.0, help="multiplier on training/ weights (1: as published)")
-    p.add_argument("--no-supersede", action="store_true",
-                   help="keep the log's label of a key beside its training row (default: the training row replaces it)")
+    p.add_argument("--supersede", choices=("none", "key", "carrier"), default="key",
+                   help="which log labels a training row replaces: none, its key's (default), or every key of its "
+                        "carrier phrase (its text with its slot values as wildcards)")
     p.add_argument("--by-source", action="store_true", help="also train with each training label_source alone")
+    p.add_argument("--features", choices=("vec", "vec+char"), default="vec",
+                   help="encoder vectors, or those plus character 2-4-gram TF-IDF of the key")
+    p.add_argument("--class-weight", choices=("none", "balanced"), default="none")
     p.add_argument("--json", help="write the result here too")
     args = p.parse_args(argv)
-    r = run(args.sim, args.run, args.requests, args.seed, args.C, args.training_boost, not args.no_supersede, args.by_source)
+    r = run(args.sim, args.run, args.requests, args.seed, args.C, args.training_boost, args.supersede, args.by_source,
+            args.features, args.class_weight)
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2), encoding="utf-8")
     print(json.dumps({k: v for k, v in r.items() if k not in ("failing", "working")}))

@@ -112,6 +112,50 @@ def test_bad_runs_are_refused_and_the_old_one_keeps_serving(root, caplog):
     assert rw.refresh() is True and rw.current.run_id == "run-b"
 
 
+def test_a_reload_runs_no_garbage_collection_and_leaves_the_run_out_of_its_scans(root):
+    """A load allocates many objects; a collection triggered by them would scan the whole
+    heap with the GIL held, stalling live requests. None runs during a refresh, and the
+    served run's objects are frozen out of later collections."""
+    import gc
+
+    rw = Rewriter.from_root(root)
+    started: list[int] = []
+
+    def on_gc(phase, info):
+        if phase == "start":
+            started.append(info["generation"])
+
+    write_run(root, "run-b", RUN_B)
+    threshold = gc.get_threshold()
+    gc.set_threshold(200)  # this small run's load allocates enough to trigger collections
+    gc.callbacks.append(on_gc)
+    try:
+        assert rw.refresh()
+    finally:
+        gc.callbacks.remove(on_gc)
+        gc.set_threshold(*threshold)
+    assert started == [], started[:5]
+    assert gc.isenabled()
+    tracked = {id(o) for o in gc.get_objects()}  # the three generations, not the frozen
+    assert id(rw.current.index.exact) not in tracked and id(rw.current.index.patterns) not in tracked
+    for locale, text in REQUESTS:
+        assert rw.rewrite(locale, text) == expected_answer(RUN_B, "run-b", locale, text)
+    gc.unfreeze()
+
+
+def test_a_swapped_out_run_still_held_by_a_caller_keeps_answering(root, monkeypatch):
+    """The old run is taken apart after a swap only where nothing else holds it."""
+    import selflearn.serving as serving
+
+    monkeypatch.setattr(serving, "RELEASE_WAIT_S", 0.05)
+    rw = Rewriter.from_root(root)
+    held = rw.current
+    write_run(root, "run-b", RUN_B)
+    assert rw.refresh() and rw.current.run_id == "run-b"
+    for locale, text in REQUESTS:
+        assert held.answer(locale, text) == expected_answer(RUN_A, "run-a", locale, text)
+
+
 def test_nothing_loaded_until_latest_names_a_complete_run(tmp_path):
     rw = Rewriter.from_root(tmp_path)
     with pytest.raises(NotLoaded):
@@ -164,7 +208,9 @@ def test_http_bad_input_gets_4xx_with_a_reason_never_500(server):
         ({"locale": "en-US"}, None, 400, "text"),
         ({"locale": "", "text": "x"}, None, 400, "locale"),
         ({"locale": "en_US!", "text": "x"}, None, 400, "BCP-47"),
-        ({"locale": "en-US", "text": "a" * 100_000}, None, 413, "longer than"),
+        # over the run's max_utterance_chars (1000), and over h11's default 16 KiB request
+        # line, under httptools' 64 KiB URL limit: the app's 413
+        ({"locale": "en-US", "text": "a" * 20_000}, None, 413, "longer than"),
         (None, "locale=en-US&text=play%FF%FEmusic", 400, "UTF-8"),
         (None, "locale=en-US&text=%C3", 400, "UTF-8"),
         (None, "locale=en-US&locale=de-DE&text=x", 400, "more than once"),
@@ -172,6 +218,9 @@ def test_http_bad_input_gets_4xx_with_a_reason_never_500(server):
     for params, raw, status, reason in cases:
         got, body = _get(conn, "/rewrite", params, raw)
         assert got == status and reason in json.loads(body)["error"], (params, raw, body[:200])
+    # a URL over httptools' 64 KiB limit is refused by the HTTP parser (400) before the app
+    got, _ = _get(_conn(url), "/rewrite", {"locale": "en-US", "text": "a" * 100_000})
+    assert got in (400, 413)
     # the connection and the server survive all of it
     got, body = _get(conn, "/rewrite", {"locale": "en-US", "text": "start my jazz playlist"})
     assert got == 200 and json.loads(body)["kind"] == "exact"
@@ -209,7 +258,7 @@ def test_a_latest_move_under_load_loses_no_request_and_mixes_no_runs(server, roo
     _, url = server
     expected = {(run, loc, text): expected_answer(spec, run, loc, text)
                 for run, spec in (("run-a", RUN_A), ("run-b", RUN_B)) for loc, text in REQUESTS}
-    n_clients, per_client = 8, 150
+    n_clients, per_client = 8, 200
     results: list[list] = [[] for _ in range(n_clients)]
     errors: list = []
     go = threading.Barrier(n_clients + 1)
@@ -230,12 +279,19 @@ def test_a_latest_move_under_load_loses_no_request_and_mixes_no_runs(server, roo
     for t in threads:
         t.start()
     go.wait()
-    time.sleep(0.3)
+
+    def answered():
+        return sum(len(rs) for rs in results)
+
+    total = n_clients * per_client
+    while answered() < total // 4 and any(t.is_alive() for t in threads):
+        time.sleep(0.001)
     bad = write_run(root, "run-corrupt", RUN_B, move_latest=False)
     (bad / "rewrites" / "part-0.parquet").write_bytes(b"not parquet at all")
     move_latest_to(root, "run-corrupt")
-    time.sleep(0.3)
-    write_run(root, "run-b", RUN_B)  # moves LATEST
+    while answered() < total // 2 and any(t.is_alive() for t in threads):
+        time.sleep(0.001)
+    write_run(root, "run-b", RUN_B)  # moves LATEST, half the requests still to send
     for t in threads:
         t.join(timeout=60)
     assert not errors

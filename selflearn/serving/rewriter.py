@@ -17,12 +17,27 @@ in with one reference assignment, so a request, which reads that reference once,
 one run, never a mix. A run that cannot be loaded (no `_SUCCESS`, a table that is not
 readable parquet or lacks a column) is refused with one log line and the old run keeps
 serving; it is tried again only when LATEST changes.
+
+Loading aside without stalling requests: a load allocates a few hundred thousand objects,
+and CPython's cyclic garbage collector, triggered by those allocations, would scan the
+whole heap (the served run included) while holding the GIL, stopping the request thread
+for hundreds of milliseconds on a busy machine. So a load runs with the collector paused
+and the GIL switch interval shortened (`_quiet_load`), and once a run is swapped in,
+`gc.freeze()` moves every live object, the run's index among them, out of the collector's
+reach: later collections scan only what requests allocate. A frozen object is still freed
+by reference counting when its run is dropped (the index holds no reference cycles), so
+swapping runs does not grow memory. Dropping the old run in one go would also stop the
+request thread (freeing its ~10^5 objects is one uninterruptible step), so once no request
+holds it any more it is taken apart a slice of objects at a time (`_release_in_slices`).
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -40,6 +55,54 @@ log = logging.getLogger("selflearn.serving.rewriter")
 # can never have a rewrite.
 LOCALE_SHAPE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*")
 _COLUMNS = ["locale", "source", "target", "confidence"]
+# GIL switch interval while a run loads beside live requests: the request thread waits at
+# most about this long for the GIL each time it wants it (CPython's default is 5 ms).
+LOAD_SWITCH_INTERVAL_S = 0.0005
+# How long a swap waits for requests that read the old run before it to finish with it
+# before taking it apart; one still held after that is merely let go (freed by its holder).
+RELEASE_WAIT_S = 5.0
+
+
+def _release_in_slices(stack: list, slice_objects: int = 2000) -> int:
+    """Free the objects in `stack` (the caller's only references to them, handed over in
+    this list) and what only they reference, a slice of objects at a time, so no single
+    step holds the GIL for long. A container is emptied only when nothing else references
+    it (its reference count says so), so an object still shared with live code is merely
+    let go. Returns the number of objects visited."""
+    n = 0
+    while stack:
+        o = stack.pop()
+        if sys.getrefcount(o) == 2:  # `o` and getrefcount's argument: ours alone
+            t = type(o)
+            if t is dict:
+                stack.extend(o.values())
+                o.clear()
+            elif t is list or t is set:
+                stack.extend(o)
+                o.clear()
+            elif t is tuple:
+                stack.extend(o)
+            elif t.__module__.startswith("selflearn.") and hasattr(o, "__dict__"):
+                stack.append(vars(o))
+        o = None
+        n += 1
+        if n % slice_objects == 0:
+            time.sleep(0)  # a point where the request thread takes the GIL
+    return n
+
+
+@contextlib.contextmanager
+def _quiet_load():
+    """Collector paused and a short GIL switch interval for the duration of one load."""
+    was_enabled, interval = gc.isenabled(), sys.getswitchinterval()
+    gc.disable()
+    sys.setswitchinterval(min(interval, LOAD_SWITCH_INTERVAL_S))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
+        if was_enabled:
+            gc.enable()
 
 
 class BadRequest(ValueError):
@@ -133,8 +196,11 @@ def load_run(run_dir: str | Path) -> LoadedRun:
 class Rewriter:
     """The rewrites of the run ROOT/LATEST names, following LATEST when asked to."""
 
-    def __init__(self, root: str | Path, max_text_chars: int | None = None):
+    def __init__(self, root: str | Path, max_text_chars: int | None = None, freeze_gc: bool = True):
         self.root = Path(root)
+        # gc.freeze() after each swap (module docstring); False leaves the process's
+        # collector alone (a host process that manages gc itself)
+        self.freeze_gc = freeze_gc
         self.current: LoadedRun | None = None
         self.max_text_chars = max_text_chars  # None: the served run's max_utterance_chars
         self.refused: dict[str, str] = {}  # run_id -> why, for the LATEST value last refused
@@ -159,25 +225,39 @@ class Rewriter:
 
     def refresh(self) -> bool:
         """Load the run LATEST names if it is not the one serving; True when swapped."""
-        with self._lock:
+        with self._lock, _quiet_load():  # load, swap, freeze and release: no collection in between
             run_id = self.latest_id()
             if run_id is None or (self.current is not None and self.current.run_id == run_id) or run_id in self.refused:
                 return False
-            try:
-                if "/" in run_id or run_id in (".", ".."):
-                    raise RunRefused(f"LATEST holds {run_id!r}, not a run id")
-                loaded = load_run(self.root / "runs" / run_id)
-            except RunRefused as exc:
-                self.refused = {run_id: str(exc)}
-                self.n_refused += 1
-                serving = self.current.run_id if self.current else "nothing"
-                log.warning("selflearn serve: refused run %s: %s; still serving %s", run_id, exc, serving)
-                return False
-            self.refused = {}
-            self.current = loaded  # the swap: one reference assignment
-            self.n_swaps += 1
-            log.info("selflearn serve: serving run %s (%d exact rewrites, %d patterns)", run_id, loaded.n_exact, loaded.n_patterns)
-            return True
+            return self._load_and_swap(run_id)
+
+    def _load_and_swap(self, run_id: str) -> bool:
+        try:
+            if "/" in run_id or run_id in (".", ".."):
+                raise RunRefused(f"LATEST holds {run_id!r}, not a run id")
+            loaded = load_run(self.root / "runs" / run_id)
+        except RunRefused as exc:
+            self.refused = {run_id: str(exc)}
+            self.n_refused += 1
+            serving = self.current.run_id if self.current else "nothing"
+            log.warning("selflearn serve: refused run %s: %s; still serving %s", run_id, exc, serving)
+            return False
+        self.refused = {}
+        old, self.current = self.current, loaded  # the swap: one reference assignment
+        self.n_swaps += 1
+        if self.freeze_gc:
+            gc.freeze()  # the new run (and all else alive) out of the collector's scans
+        log.info("selflearn serve: serving run %s (%d exact rewrites, %d patterns)", run_id, loaded.n_exact, loaded.n_patterns)
+        del loaded
+        if old is not None:
+            # a request that read the old run before the swap finishes with it first
+            deadline = time.monotonic() + RELEASE_WAIT_S
+            while sys.getrefcount(old) > 2 and time.monotonic() < deadline:
+                time.sleep(0.002)
+            handed = [old]
+            del old
+            _release_in_slices(handed)
+        return True
 
     def start_watching(self, poll_s: float = 1.0) -> None:
         """Poll LATEST every `poll_s` seconds in a daemon thread."""
