@@ -145,7 +145,7 @@ def test_a_reload_runs_no_garbage_collection_and_leaves_the_run_out_of_its_scans
 
 def test_a_swapped_out_run_still_held_by_a_caller_keeps_answering(root, monkeypatch):
     """The old run is taken apart after a swap only where nothing else holds it."""
-    import selflearn.serving as serving
+    import selflearn.serving.rewriter as serving
 
     monkeypatch.setattr(serving, "RELEASE_WAIT_S", 0.05)
     rw = Rewriter.from_root(root)
