@@ -81,3 +81,11 @@ def test_replay_applies_patterns_after_exact_rewrites_and_reports_each_kind():
     assert r["wins"] == r["exact"]["wins"] + r["pattern"]["wins"]
     none = replay_metrics(exact.iloc[:0], w, n=3000, seed=7)["overall"]
     assert none["pattern"]["applied"] == 0 and r["defects_after"] < none["defects_after"]
+    # the same replay, with the goal's intent on a deny list: its requests leave the
+    # "allowed" figures, and every other request stays in them
+    denied = replay_metrics(exact, w, n=3000, seed=7, patterns=patterns, deny_intents=[g["intent"]])["overall"]
+    n_denied = sum(w.goals[w.goal_index[gid]]["intent"] == g["intent"] for gid in fresh["goal_id"])
+    assert 0 < n_denied < len(fresh)
+    assert denied["allowed_goals"]["requests"] == len(fresh) - n_denied
+    assert r["allowed_goals"]["requests"] == len(fresh)  # no deny list: every goal allowed
+    assert denied["allowed_goals"]["defects_before"] < r["defects_before"]

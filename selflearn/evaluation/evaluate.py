@@ -161,20 +161,25 @@ def rewrite_metrics(rewrites: pd.DataFrame, goals: pd.DataFrame, world) -> dict:
 
 
 def replay_metrics(rewrites: pd.DataFrame, world, n: int = FRESH_REQUESTS, seed: int = 12345,
-                   patterns: pd.DataFrame | None = None) -> dict:
+                   patterns: pd.DataFrame | None = None, deny_intents=(), deny_domains=()) -> dict:
     """Fresh requests through the published rewrites as a runtime applies them (contract
     4.1, selflearn.core.rewrite_apply: exact first, then the most specific pattern). Wins,
     losses and defect reduction overall, per kind (`exact`, `pattern`) and per locale;
     pattern precision is the share of pattern applications that served the user's goal,
-    also on the requests heard right alone (`precision_heard`)."""
+    also on the requests heard right alone (`precision_heard`). `allowed_goals`: the same
+    figures over requests whose goal the run's deny lists (`deny_intents`, `deny_domains`)
+    leave open to rewriting: what the pipeline reaches where policy lets it act."""
     from selflearn.core.rewrite_apply import RewriteIndex
 
     index = RewriteIndex.from_frames(rewrites, patterns)
     fresh = world.fresh_traffic(n, seed=seed)
     unseen = fresh["unseen_goal"] if "unseen_goal" in fresh else pd.Series(False, index=fresh.index)
     misheard = fresh["misheard"] if "misheard" in fresh else pd.Series(False, index=fresh.index)
+    denied_intents, denied_domains = set(deny_intents or ()), set(deny_domains or ())
     rows = []
     for r, new_goal, mis in zip(fresh.itertuples(index=False), unseen, misheard):
+        goal = world.goals[world.goal_index[r.goal_id]] if r.goal_id in world.goal_index else {}
+        denied = goal.get("intent") in denied_intents or goal.get("scenario") in denied_domains
         key = normalize_text(r.utterance)
         before = bool(world.serves(r.locale, key, r.goal_id))
         hit = index.lookup(r.locale, key)
@@ -186,8 +191,8 @@ def replay_metrics(rewrites: pd.DataFrame, world, n: int = FRESH_REQUESTS, seed:
             kind = hit.kind
         win = (not before) and after
         loss = hit is not None and not after and (before or acts_elsewhere)
-        rows.append((r.locale, before, after, win, loss, kind, bool(new_goal), bool(mis)))
-    df = pd.DataFrame(rows, columns=["locale", "before", "after", "win", "loss", "kind", "unseen_goal", "misheard"])
+        rows.append((r.locale, before, after, win, loss, kind, bool(new_goal), bool(mis), bool(denied)))
+    df = pd.DataFrame(rows, columns=["locale", "before", "after", "win", "loss", "kind", "unseen_goal", "misheard", "denied"])
 
     def summary(d: pd.DataFrame) -> dict:
         wins, losses = int(d["win"].sum()), int(d["loss"].sum())
@@ -216,6 +221,10 @@ def replay_metrics(rewrites: pd.DataFrame, world, n: int = FRESH_REQUESTS, seed:
         ub = int((~u["before"]).sum())
         out["unseen_goals"] = {"requests": int(len(u)), "defects_before": ub,
                                "relative_defect_reduction": (ub - int((~u["after"]).sum())) / ub if ub else None}
+        a = d[~d["denied"]]
+        ab = int((~a["before"]).sum())
+        out["allowed_goals"] = {"requests": int(len(a)), "defects_before": ab,
+                                "relative_defect_reduction": (ab - int((~a["after"]).sum())) / ab if ab else None}
         return out
 
     return {"overall": summary(df), "per_locale": {loc: summary(g) for loc, g in df.groupby("locale", sort=True)}}
@@ -313,7 +322,9 @@ def evaluate(run_path: str | Path, sim_dir: str | Path) -> dict:
         "quarantine": quarantine_metrics(root, run_dir, manifest, summary),
         "rewrites": rewrite_metrics(rewrites, goals, world),
         "patterns": {"patterns": 0 if patterns is None else int(len(patterns))},
-        "replay": replay_metrics(rewrites, world, patterns=patterns),
+        "replay": replay_metrics(rewrites, world, patterns=patterns,
+                                 deny_intents=manifest.get("config", {}).get("deny_intents", ()),
+                                 deny_domains=manifest.get("config", {}).get("deny_domains", ())),
         "weak_labels": label_metrics(training, goals, world),
         "flood": {"pairs": [list(f) for f in flood], "emitted": any(f in emitted for f in flood),
                   "source_rewritten": any((f[0], f[1]) in sources for f in flood)},
@@ -350,6 +361,10 @@ def render(result: dict) -> str:
                      f"precision={_fmt(k.get('precision'))} (heard right: {_fmt(k.get('precision_heard'))} of {k.get('applied_heard')})")
     if "unseen_goals" in rp:
         lines.append(f"  unseen goals: requests={rp['unseen_goals']['requests']} defect reduction={_fmt(rp['unseen_goals']['relative_defect_reduction'])}")
+    if rp.get("allowed_goals"):
+        al = rp["allowed_goals"]
+        lines.append(f"  goals the deny lists allow: requests={al['requests']} defects={al['defects_before']} "
+                     f"defect reduction={_fmt(al['relative_defect_reduction'])}")
     lines.append(f"patterns  n={result.get('patterns', {}).get('patterns')}")
     lines.append(f"labels    rows={wl.get('rows')} intent acc={_fmt(wl['intent_accuracy'])} slot F1={_fmt(wl['slot_f1'])}")
     for src, b in sorted(result["weak_labels"].get("by_label_source", {}).items()):
