@@ -19,7 +19,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from selflearn.core import graph as graph_mod
 from selflearn.config import Settings
 from selflearn.core.controls import Controls, load_controls
-from selflearn.core.defects import interpretation_class as key_class, is_failing, is_good_turn, is_working
+from selflearn.core.defects import interpretation_class as key_class, is_failing, is_good_turn
 from selflearn.core.labels import drop_controlled, paraphrase_labels, rewrite_labels, training_rows
 from selflearn.core.rewrites import published_rewrites, rephrase_chain_pairs, select_rewrites, users_behind
 from selflearn.schema import arrow_schema, spark_schema
@@ -409,7 +409,7 @@ def pattern_candidates_step(reach: DataFrame, key_stats: DataFrame, settings: Se
     thr = settings.min_source_defect_rate
     failing = key_stats.where(is_failing(F.col("defect_rate"), thr)).select(
         "locale", F.col("text").alias("source"), F.col("intent").alias("source_intent"), F.col("domain").alias("source_domain"))
-    served = key_stats.where(is_working(F.col("defect_rate"), thr) & F.col("intent").isNotNull()).select(
+    served = key_stats.where(interpretation_class(key_stats, settings).isNotNull()).select(  # keys served with an intent
         "locale", F.col("text").alias("target"), F.col("intent").alias("target_intent"),
         F.col("domain").alias("target_domain"), F.col("slots_json").alias("target_slots_json"))
     pairs = reach.join(failing, ["locale", "source"]).join(served, ["locale", "target"])
