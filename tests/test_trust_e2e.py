@@ -28,7 +28,7 @@ from selflearn.core.text import normalize_text
 pytestmark = pytest.mark.heavy  # second tier (make test-full): runs whole pipelines or servers
 
 from trust_logs import (colluders, id_forms, inflater, inject_pii, published_text, read_log, report_tables,
-                        served_targets, unused_massive, write_log)
+                        served_targets, unused_rephrase, write_log)
 
 RATE_OFF = 10_000_000  # the largest max_turns_per_user_day config.RANGES allows: the limit off in effect
 INFLATE_TURNS = 2200  # > max_turns_per_user_day (2000): 200 quarantined with the limit on
@@ -43,7 +43,10 @@ def attack(tmp_path_factory, massive):
     log = read_log(base / "sim" / "log")
     targets = served_targets(log)
     picks = targets[targets["nlu_intent"] != "general_quirky"].drop_duplicates("nlu_intent").head(3).reset_index(drop=True)
-    sources = unused_massive(massive, log, set(picks["nlu_intent"]), 3)
+    # each colluders' source re-asks its target's goal in other words (a pair the detector
+    # reads as a rephrase), so what stops them is the privacy floor, not the detector
+    taken: set[str] = set()
+    sources = [unused_rephrase(massive, log, picks.iloc[i], taken) for i in range(3)]
     first_day = log.loc[log["ts"] > pd.Timestamp("2020-01-01", tz="UTC"), "ts"].min().normalize()  # not a malformed ts
     start = first_day + timedelta(days=1, hours=9)
     pii_email = "jane.roe@example.org"
@@ -267,7 +270,13 @@ def test_churn_gate_blocks_denies_pins_and_force(gated, first):
     assert not (pairs & gated["blocked"]) and not (pairs & gated["denied"])
     assert gated["pin"] in pairs  # a pin overrides the significance rule
     rules = d["manifest"]["counts"]["rewrites"]["rejected_by_rule"]
-    assert rules["blocked"] == len(gated["blocked"]) and rules["denied"] >= len(gated["denied"])
+    # every blocked pair is refused: as blocked, or as denied where the denied domain is its
+    # source cluster's interpretation (controls.denied; the deny rule comes first); no other
+    # pair is refused as blocked
+    d_dec = _decided(d).set_index(["source", "target"])["decision"]
+    assert all(d_dec.get(p) in ("blocked", "denied") for p in gated["blocked"])
+    assert rules["blocked"] == sum(d_dec.get(p) == "blocked" for p in gated["blocked"]) >= len(gated["blocked"]) - 2
+    assert rules["denied"] >= len(gated["denied"])
     assert d["manifest"]["counts"]["rewrites"]["pins_unmatched"] == 0
     assert gated["deny_domain"] not in set(d["training"]["domain"])
     # churn by hand: A's rewrites and pattern rewrites vs D's (the gate counts both kinds),

@@ -68,6 +68,27 @@ def unused_massive(massive, log: pd.DataFrame, avoid_intents: set[str], n: int) 
     return out
 
 
+def unused_rephrase(massive, log: pd.DataFrame, target: pd.Series, taken: set[str]) -> dict:
+    """An en-US MASSIVE utterance of the target's intent that the log never had: what a
+    colluder would say before the target for the pair to read as a rephrase (the detector
+    refuses a pair that shares neither words nor meaning, however fast it came). Of the
+    candidates, the one sharing most words with the target, for a pair of clear meaning."""
+    keys = {normalize_text(u) for u in log["utterance"] if isinstance(u, str)} | taken
+    words = set(normalize_text(target["utterance"]).split())
+    best, best_overlap = None, -1.0
+    for r in massive("en-US"):
+        k = normalize_text(r["utt"])
+        if r["intent"] != target["nlu_intent"] or k in keys or len(k.split()) < 4 or any(c.isdigit() for c in k):
+            continue
+        overlap = len(words & set(k.split())) / len(words | set(k.split()))
+        if overlap > best_overlap:
+            best, best_overlap = r, overlap
+    if best is None:
+        raise LookupError(f"no unused MASSIVE utterance of {target['nlu_intent']}")
+    taken.add(normalize_text(best["utt"]))
+    return best
+
+
 def colluders(prefix: str, k: int, source_utt: str, target: pd.Series, start) -> list[dict]:
     """k fresh accounts, active on one day: each says the bogus source (not understood)
     and 6 s later the target, which is served with the target's interpretation."""
