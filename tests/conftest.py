@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
 # Quiet, offline, loopback-only: set before pyspark / prefect / transformers import.
-os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from selflearn.spark.session import local_env_defaults  # noqa: E402  (imports no pyspark)
+
+local_env_defaults()
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = (REPO.parent / "shared" / "data").resolve()

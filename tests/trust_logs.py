@@ -55,19 +55,6 @@ def served_targets(log: pd.DataFrame) -> pd.DataFrame:
     return first.join(users).sort_values(["users", "utterance"], ascending=[False, True]).reset_index()
 
 
-def unused_massive(massive, log: pd.DataFrame, avoid_intents: set[str], n: int) -> list[dict]:
-    keys = {normalize_text(u) for u in log["utterance"] if isinstance(u, str)}
-    out = []
-    for r in massive("en-US"):
-        k = normalize_text(r["utt"])
-        if r["intent"] not in avoid_intents and k not in keys and len(k.split()) >= 4 and not any(c.isdigit() for c in k):
-            out.append(r)
-            keys.add(k)
-            if len(out) == n:
-                break
-    return out
-
-
 def unused_rephrase(massive, log: pd.DataFrame, target: pd.Series, taken: set[str]) -> dict:
     """An en-US MASSIVE utterance of the target's intent that the log never had: what a
     colluder would say before the target for the pair to read as a rephrase (the detector

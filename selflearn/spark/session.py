@@ -39,6 +39,17 @@ def log4j_file() -> str:
     return str(out)
 
 
+def local_env_defaults() -> None:
+    """Loopback-only, offline and quiet, unless the environment says otherwise: set before
+    pyspark, Prefect or transformers read it (get_spark; tests/conftest.py at start-up)."""
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
 def get_spark(settings: Settings, app_name: str = "selflearn", local_dir: str | None = None):
     """The one SparkSession of the process (created on first use, reused after).
 
@@ -50,12 +61,7 @@ def get_spark(settings: Settings, app_name: str = "selflearn", local_dir: str | 
     ids and utterances: under ROOT they are removed by the next run's locked cleanup and by
     forget even after a SIGKILL, never left in /tmp. spark.local.dir takes blockmgr-* and
     the driver's spark-*; java.io.tmpdir the JVM's other temp dirs (artifacts-*, spark-*)."""
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    local_env_defaults()
     from pyspark.sql import SparkSession
 
     from_submit = submitted()

@@ -216,8 +216,7 @@ def edges_step(enriched: DataFrame, settings: Settings) -> DataFrame:
     from selflearn.core.transitions import EDGE_COLUMNS, TURN_COLUMNS, pooled_transitions
 
     cap = float(settings.per_user_edge_cap)
-    schema = "locale string, src string, dst string, prob double, n_users long"
-    assert tuple(schema.replace(",", " ").split()[::2]) == EDGE_COLUMNS
+    schema = ", ".join(f"{c} {t}" for c, t in zip(EDGE_COLUMNS, ("string", "string", "string", "double", "long")))
     return map_groups(_organic(enriched).select(*TURN_COLUMNS), ["locale", "text"], ["user_id"],
                       lambda turns: pooled_transitions(turns, cap), schema)
 
@@ -396,7 +395,6 @@ def labels_step(rewrites_pdf: pd.DataFrame, clusters_pdf: pd.DataFrame, key_stat
 
 # --- pattern rewrites (selflearn.core.patterns) -------------------------------------------
 
-PATTERN_PAIRS = arrow_schema("pattern_pairs")
 PATTERN_CANDIDATES = arrow_schema("pattern_candidates")
 
 
