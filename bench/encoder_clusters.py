@@ -43,9 +43,10 @@ ENCODERS = {
 def keys_of(sim_dir: Path) -> pd.DataFrame:
     log = pd.read_parquet(sim_dir / "log")
     # the simulator also writes damaged rows (contract section 1): keep the readable ones
-    from selflearn.simulate.config import DEFAULT_LOCALES
+    import json
 
-    log = log[log["utterance"].map(lambda u: isinstance(u, str) and bool(u.strip())) & log["locale"].isin(DEFAULT_LOCALES)].copy()
+    simulated = json.loads((sim_dir / "summary.json").read_text())["config"]["locales"]
+    log = log[log["utterance"].map(lambda u: isinstance(u, str) and bool(u.strip())) & log["locale"].isin(simulated)].copy()
     truth = pd.read_parquet(sim_dir / "truth.parquet")
     log["text"] = log["utterance"].map(normalize_text)
     stats = log.groupby(["locale", "text"]).agg(n_users=("user_id", "nunique"), n_turns=("event_id", "size")).reset_index()
@@ -74,11 +75,13 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "encoder_clusters.md"))
     ap.add_argument("--encoders", default=",".join(ENCODERS))
     ap.add_argument("--locales", default="", help="comma separated; default: the simulated ones")
+    ap.add_argument("--sim-locales", default="", help="locales to simulate (comma separated); default: the simulator's")
     ap.add_argument("--floor", type=float, default=0.0, help="paraphrase_min_cosine for every encoder (0: each its own)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         sim = Path(tmp) / "sim"
-        simulate(str(sim), users=args.users, seed=args.seed)
+        simulate(str(sim), users=args.users, seed=args.seed,
+                 locales=args.sim_locales.split(",") if args.sim_locales else None)
         keys = keys_of(sim)
     rows = []
     for name in args.encoders.split(","):
@@ -92,7 +95,7 @@ def main() -> None:
             t0 = time.perf_counter()
             v = enc.encode(k["text"].tolist())
             secs = time.perf_counter() - t0
-            cl = cluster_paraphrases(k.drop(columns=["gold_intent"]), v, dataclasses.replace(settings, min_users=1))
+            cl = cluster_paraphrases(k.drop(columns=["gold_intent"]), v, dataclasses.replace(settings, min_users=1, min_users_override=True))
             pure, cov, n_cl = purity_coverage(k, cl)
             rows.append({"encoder": name, "locale": loc, "backend": s.embedding_backend,
                          "floor": embed.paraphrase_min_cosine(settings, loc), "keys": len(k),
@@ -104,6 +107,7 @@ def main() -> None:
              f"`HF_HUB_OFFLINE=1 .venv/bin/python -m bench.encoder_clusters --users {args.users} --seed {args.seed}"
              + (f" --encoders {args.encoders}" if args.encoders != ",".join(ENCODERS) else "")
              + (f" --locales {args.locales}" if args.locales else "")
+             + (f" --sim-locales {args.sim_locales}" if args.sim_locales else "")
              + (f" --floor {args.floor}" if args.floor else "") + "` "
              "(served intents hidden; purity: clustered keys of their cluster's majority true intent; "
              "coverage: keys in a cluster). Targets: purity >= 0.95, coverage >= 0.5 in every locale.", "",

