@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from selflearn import dstc2
+from selflearn.evaluation import dstc2
 from selflearn.encoders.embed import route_backend
 from selflearn.config import RephraseModel, Settings
 from selflearn.core.rephrase import FEATURES, WEIGHTS, EncoderMeaning, pair_features
