@@ -197,6 +197,11 @@ def main() -> None:
     sets["DSTC2 test, blinded"] = cached("dstc2b", lambda: dstc2_pairs(base, EncoderMeaning.for_settings(base), blinded=True))
     if args.only:
         return
+    # The strict DSTC2 truth: only the re-asks the system itself showed (a failure prompt, a
+    # corrected confirmation); the full truth adds the re-asks after silent failures.
+    strict = ("not_understood", "correction")
+    for name in ("DSTC2 test, acts", "DSTC2 test, blinded"):
+        sets[name + ", strict truth"] = sets[name].assign(label=sets[name]["reask_kind"].isin(strict))
     fitted = fit(sets["fit (seed 1)"], base)
     fitted_settings = dataclasses.replace(base, rephrase_model=fitted)
     rows = []
