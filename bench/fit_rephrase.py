@@ -13,7 +13,10 @@ acts on half the users).
   fit        seed 1, the default locales, traps.yaml
   seed       seed 2, other knobs (below), the default locales
   locales    seed 3, six other MASSIVE locales, traps.yaml
-  DSTC2      the test set (selflearn.evaluation.dstc2): acts mapped, and blinded (no acts, all success)
+  DSTC2      the test set (selflearn.evaluation.dstc2): acts mapped, and blinded (no acts, all success);
+             each against the full truth (re-asks after failure prompts, corrected confirmations,
+             and silent failures: a request left unanswered or a value misheard, said again) and
+             the strict truth (only the first two: the system itself showed the failure)
 
 The fit: L2-regularised logistic regression (scikit-learn, C=1) on rephrase.FEATURES but
 the vetoes (w_unrelated, w_elicit: -8, fixed) and w_confirm (0: no simulated
