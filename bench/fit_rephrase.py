@@ -229,6 +229,16 @@ def main() -> None:
         lines.append(f"| {r['weights']} | {r['set']} | {r['pairs']} | {r['positives']} | {f3(r['precision'])} | "
                      f"{f3(r['recall'])} | {f3(r['f1'])} | {f3(r['min_locale_f1'])} | {f3(r['fpr_topic_switch'])} | "
                      f"{f3(r['fpr_follow_up'])} | {f3(r['fpr_elicit'])} |")
+    lines += ["", "The unrelated veto's bound against recall (the defaults otherwise, no refit):", "",
+              "| unrelated_max_meaning_z | set | P | R | F1 | FPR topic switch |", "|---:|---|---:|---:|---:|---:|"]
+    for max_z in (*UNRELATED_Z[1:], 3.0):
+        s = dataclasses.replace(base, rephrase_model=dataclasses.replace(base.rephrase_model, unrelated_max_meaning_z=max_z))
+        for name, pairs in sets.items():
+            if "strict" in name or "blinded" in name:
+                continue
+            r = report(name, pairs, s)
+            lines.append(f"| {max_z} | {name} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
+                         f"{f3(r['fpr_topic_switch'])} |")
     lines += ["", "Per-locale F1 (fitted weights):", ""]
     for r in rows:
         if r["weights"] == "fitted" and not r["set"].startswith("DSTC2"):
