@@ -200,6 +200,14 @@ def test_reply_slots():
     assert dstc2.reply_slots("The phone number of golden_wok is golden_wok_phone") == [{"name": "requested", "value": "phone"}]
     assert dstc2.reply_slots("Sure , nandos is on nandos_address") == [{"name": "requested", "value": "address"}]
     assert dstc2.reply_slots("You are looking for a italian restaurant right?") == [{"name": "food", "value": "italian"}]
+    # the train / dev system's templates
+    assert dstc2.reply_slots("Sorry there is no moderate restaurant in the east of town serving australian food") == [
+        {"name": "food", "value": "australian"}, {"name": "area", "value": "east"}, {"name": "pricerange", "value": "moderate"}]
+    assert dstc2.reply_slots("I am sorry but there is no swedish restaurant that matches your request") == [
+        {"name": "food", "value": "swedish"}]
+    assert dstc2.reply_slots("The price range at the_missing_sock is cheap .") == [{"name": "requested", "value": "price"}]
+    assert dstc2.reply_slots("saigon_city is in the north part of town .") == [{"name": "requested", "value": "area"}]
+    assert dstc2.reply_slots("You are looking for a restaurant serving any kind of food right?") is None
     assert dstc2.reply_slots("golden_wok is a great restaurant") is None
     assert dstc2.reply_slots("the_hotpot is a nice place in the north of town serving tasty chinese food") is None
     assert dstc2.reply_slots("What kind of food would you like?") is None
