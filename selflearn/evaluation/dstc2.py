@@ -177,7 +177,7 @@ _ASKS = (
 
 def reply_answers(reply: str) -> str | None:
     """The attribute of a restaurant that a system reply gives (phone, address, post code,
-    price range, food), or None."""
+    price range, food, area), or None."""
     for pattern, name in _ANSWERS:
         if pattern.match(reply):
             return name
@@ -229,7 +229,7 @@ def reply_slots(reply: str) -> list[dict] | None:
 
 
 def asks(text_key: str) -> set[str]:
-    """The attributes a caller's key asks for (phone, address, post code, price range, food).
+    """The attributes a caller's key asks for (phone, address, post code, price range, food, area).
     "price" names a request only without a price value ("moderately priced" is a constraint)."""
     out = {name for pattern, name in _ASKS if pattern.search(text_key)}
     if "price range" in out and any(p in text_key for p in ("cheap", "moderate", "expensive")):
@@ -272,7 +272,7 @@ def silent_reask_kind(first_key: str, reply: str, second_key: str, foods: set[st
     reads `success`; the simulator's truth counts these re-asks too):
 
     * ``unanswered``: the first turn asks for attributes (phone, address, post code, price
-      range, food) and the reply gives none of them ("phone number" -> "golden_wok is a great
+      range, food, area) and the reply gives none of them ("phone number" -> "golden_wok is a great
       restaurant"), and the second turn asks for one of them again;
     * ``misheard``: the first turn names a constraint value (food, area, price) that the
       reply -- one that shows what the system understood: "There are restaurants ...", "no
