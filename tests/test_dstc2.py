@@ -221,3 +221,23 @@ def test_snippet_slots(snippet):
     assert [dict(s) for s in slots[first + "012"]] == [{"name": "requested", "value": "phone"}]
     assert slots[first + "011"] is None and slots[first + "004"] is None  # great restaurant; repeat that?
     assert read(blind["log"]).to_pandas()["nlu_slots"].isna().all()
+
+
+def test_truth_does_not_depend_on_the_hash_seed(tmp_path):
+    """The food vocabulary is a set: a key naming two foods of one length ("if theres no
+    persian food about about chinese") must get the same label whatever the hash seed."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, pyarrow.parquet as pq; from selflearn.evaluation import dstc2; "
+            "c = dstc2.convert(sys.argv[1], sys.argv[2]); "
+            "labels = pq.read_table(c['labels']).to_pandas(); "
+            "print(','.join(labels.loc[labels['is_reask'], 'first_event_id'] + ':' + labels.loc[labels['is_reask'], 'reask_kind']))")
+    outs = set()
+    for seed in ("1", "2", "3", "4"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        r = subprocess.run([sys.executable, "-c", code, str(DATA), str(tmp_path / seed)], env=env,
+                           capture_output=True, text=True, check=True)
+        outs.add(r.stdout)
+    assert len(outs) == 1
