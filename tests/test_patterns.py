@@ -234,6 +234,12 @@ def test_operator_controls_apply_to_patterns():
     assert set(_decide(pairs, keys, controls=block)["decision"]) == {"blocked"}
     deny = dataclasses.replace(S, deny_intents=("alarm_set",))
     assert set(_decide(pairs, keys, deny)["decision"]) == {"denied"}
+    # a source the NLU misreads as a denied intent is rewritten away from it (never a
+    # purchase or a message sent); a denied target is not
+    misread = pairs.assign(source_intent="takeaway_order", source_domain="takeaway")
+    assert set(_decide(misread, keys)["decision"]) == {"emit"}
+    assert set(_decide(misread, keys, dataclasses.replace(S, deny_domains=("takeaway",)))["decision"]) == {"emit"}
+    assert set(_decide(misread.assign(target_intent="takeaway_order"), keys)["decision"]) == {"denied"}
     pin = Controls(pins=pd.DataFrame([("en-US", "wake me up at {time} please", "alarm {time}")], columns=["locale", "source", "target"]))
     assert set(_decide(pairs, keys, controls=pin)["decision"]) == {"pinned_elsewhere"}
 

@@ -11,8 +11,8 @@ pattern pair, both keys with those values replaced by `{slot_name}`
 Pattern pairs pool across users, sessions and slot values per locale; distinct users are
 the votes (users, not turns: a flood is one vote). A candidate (source, target) becomes a
 published pattern only if (rules in order, the first failed one is kept for the manifest):
-  operator controls, as for exact rewrites: `denied` (the target's or the source's served
-  intent or domain is on a deny list), `blocked` (a block names the pattern source, or the
+  operator controls, as for exact rewrites: `denied` (the target's served intent or domain
+  is on a deny list; a source misread as a denied intent may be rewritten away from it), `blocked` (a block names the pattern source, or the
   pair), `pinned_elsewhere` (the source is pinned to another target);
   `no_literal_text`: the source holds text besides its placeholders (a bare `{x}` would
      match every key);
@@ -316,8 +316,9 @@ def select_patterns(candidates: pd.DataFrame, settings: Settings, controls: Cont
     outvoted = ~c.index.isin(best.index)
     idx = c.index
     operator_rules = [
-        ("denied", denied(c["target_intent"].astype(object), c["target_domain"].astype(object), settings)
-         | denied(c["source_intent"].astype(object), c["source_domain"].astype(object), settings)),
+        # the target only: a source misread as a denied intent may be rewritten away from
+        # it (as for exact rewrites, core/rewrites.select_rewrites)
+        ("denied", denied(c["target_intent"].astype(object), c["target_domain"].astype(object), settings)),
         ("blocked", controls.is_blocked(c["locale"], c["source"], c["target"])),
         ("pinned_elsewhere", pinned_elsewhere),
     ]
