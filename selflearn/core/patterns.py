@@ -42,7 +42,9 @@ published pattern only if (rules in order, the first failed one is kept for the 
      with exactly the values the source binds in that key: what the pattern would have
      done for them. A source whose keys users mostly correct in their values (a value
      ASR mishears, a request that changes its goal) is refused: the pattern would carry
-     the wrong value into a working phrasing.
+     the wrong value into a working phrasing. Judged also key by key: a matched key with
+     evidence from >= min_users users of whom fewer than pattern_min_key_agreement agree
+     refuses the pattern (evidence_agreement_with_keys).
 A pin skips the statistical rules (outvoted .. disagrees_with_evidence), never the
 privacy rules (literal text, values, users).
 
@@ -188,6 +190,7 @@ def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float,
     index = _LocalePatterns([Pattern.make("", t, t, 0.0) for t in uniq])
     acc = {t: [0, 0.0, 0.0, 0.0, 0.0, 0.0] for t in uniq}  # keys, users, defect users, working, own users, own defect users
     agree: dict[str, dict[str, set]] = {}  # template -> user -> intents served with the values it binds
+    by_key: dict[str, list[dict[str, set]]] = {}  # template -> per matched key with evidence: user -> intents
     intents = keys["intent"] if "intent" in keys.columns else pd.Series([None] * len(keys), index=keys.index)
     reached = keys["reached"] if "reached" in keys.columns else pd.Series([None] * len(keys), index=keys.index)
     for text, n, d, it, ev in zip(keys["text"], keys["n_users"].astype(float), keys["defect_rate"].astype(float), intents, reached):
@@ -203,10 +206,14 @@ def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float,
                                for e in json.loads(ev)]
                 bound = sorted(set(m.groupdict().values()))
                 votes = agree.setdefault(p.source, {})
+                key_votes: dict[str, set] = {}
+                by_key.setdefault(p.source, []).append(key_votes)
                 for user, intent, values in entries:
                     ok = votes.setdefault(user, set())
+                    key_ok = key_votes.setdefault(user, set())
                     if intent and values == bound:
                         ok.add(intent)
+                        key_ok.add(intent)
             a = acc[p.source]
             a[0] += 1
             a[1] += n
@@ -222,6 +229,7 @@ def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float,
         rows.append((t, a[0], a[1], a[2], a[3] + own_working))
     out = pd.DataFrame(rows, columns=["template", "n_keys", "users", "defect_users", "working_users"])
     out.attrs["agreement"] = agree
+    out.attrs["agreement_by_key"] = by_key
     return out
 
 
@@ -232,6 +240,20 @@ def evidence_agreement(votes: dict[str, set] | None, intent) -> float:
     if not votes:
         return float("nan")
     return sum(intent in v for v in votes.values()) / len(votes)
+
+
+def evidence_agreement_with_keys(votes: dict[str, set] | None, key_votes: list[dict[str, set]], intent,
+                                 settings: Settings) -> float:
+    """evidence_agreement pooled over the keys a source matches, unless one matched key
+    with rephrase evidence from at least min_users users agrees less than
+    pattern_min_key_agreement: then that key's share (rule `disagrees_with_evidence`).
+    A key many users said, whose users mostly went elsewhere (a value ASR mishears
+    the same way for all of them: "浩太郎に夕食は何時かとは..."), is a request the pattern
+    would fire on and get wrong, however well the pattern's other keys agree."""
+    pooled = evidence_agreement(votes, intent)
+    shares = [evidence_agreement(v, intent) for v in key_votes if len(v) >= settings.min_users]
+    worst = min(shares, default=1.0)
+    return worst if worst < settings.pattern_min_key_agreement and not worst >= pooled else pooled
 
 
 def pattern_candidates(ppairs: pd.DataFrame, keys: pd.DataFrame, settings: Settings) -> pd.DataFrame:
@@ -280,8 +302,10 @@ def pattern_candidates(ppairs: pd.DataFrame, keys: pd.DataFrame, settings: Setti
     same = {s for s, i, ti in zip(c["source"], c["source_intent"], c["target_intent"]) if i == ti}
     own = {s: i for s, i in zip(c["source"], c["source_intent"]) if isinstance(i, str) and s not in same}
     m = match_stats(list(c["source"]) + list(c["target"]), keys, working, own)
-    votes = m.attrs.get("agreement", {})
-    c["evidence_agreement"] = [evidence_agreement(votes.get(s), i) for s, i in zip(c["source"], c["target_intent"])]
+    votes, by_key = m.attrs.get("agreement", {}), m.attrs.get("agreement_by_key", {})
+    c["evidence_agreement"] = [
+        evidence_agreement_with_keys(votes.get(s), by_key.get(s, []), i, settings)
+        for s, i in zip(c["source"], c["target_intent"])]
     m = m.set_index("template")
     src, tgt = m.loc[c["source"]], m.loc[c["target"]]
     su, tu = src["users"].to_numpy(float), tgt["users"].to_numpy(float)
