@@ -171,7 +171,7 @@ def _mode(s: pd.Series):
 
 
 def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float,
-                own_intent: dict[str, str] | None = None) -> pd.DataFrame:
+                own_intent: dict[str, str] | None = None, min_key_voters: int = 1) -> pd.DataFrame:
     """Per template of one locale: the logged keys its regular expression fullmatches
     (contract 4.1), with n_keys, users (summed over keys), the user-weighted defect rate
     and the users on working keys (defect rate below `working_defect`).
@@ -182,7 +182,12 @@ def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float,
     intent are the template's own phrasing: whether they work is judged on their users
     pooled, not key by key, since a key said by one or two users has a noisy defect rate
     (a phrasing the NLU misreads fails for most of its users; a few of its keys' estimates
-    fall below the threshold). Every other matched key is judged on its own."""
+    fall below the threshold). Every other matched key is judged on its own.
+
+    attrs["agreement"]: per template, user -> the intents served with the values it binds
+    (evidence_agreement); attrs["agreement_by_key"]: the same per matched key, for the keys
+    with rephrase evidence from at least `min_key_voters` users (evidence_agreement_with_keys).
+    The caller pops them (pandas copies attrs into every derived frame)."""
     uniq = sorted(set(templates))
     if not uniq:
         return pd.DataFrame(columns=["template", "n_keys", "users", "defect_users", "working_users"])
@@ -204,10 +209,12 @@ def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float,
                     entries = [(e["user_id"], e.get("target_intent"),
                                 sorted({normalize_text(str(x["value"])) for x in parse_slots(e.get("target_slots_json"))}))
                                for e in json.loads(ev)]
+                    judged_alone = len({e[0] for e in entries}) >= min_key_voters
                 bound = sorted(set(m.groupdict().values()))
                 votes = agree.setdefault(p.source, {})
                 key_votes: dict[str, set] = {}
-                by_key.setdefault(p.source, []).append(key_votes)
+                if judged_alone:  # only keys with enough users of evidence are judged on their own
+                    by_key.setdefault(p.source, []).append(key_votes)
                 for user, intent, values in entries:
                     ok = votes.setdefault(user, set())
                     key_ok = key_votes.setdefault(user, set())
@@ -301,8 +308,10 @@ def pattern_candidates(ppairs: pd.DataFrame, keys: pd.DataFrame, settings: Setti
     # working phrasing).
     same = {s for s, i, ti in zip(c["source"], c["source_intent"], c["target_intent"]) if i == ti}
     own = {s: i for s, i in zip(c["source"], c["source_intent"]) if isinstance(i, str) and s not in same}
-    m = match_stats(list(c["source"]) + list(c["target"]), keys, working, own)
-    votes, by_key = m.attrs.get("agreement", {}), m.attrs.get("agreement_by_key", {})
+    key_voters = settings.min_users if settings.pattern_min_key_agreement > 0 else np.iinfo(np.int64).max
+    m = match_stats(list(c["source"]) + list(c["target"]), keys, working, own, key_voters)
+    # popped: pandas deep-copies `attrs` into every frame derived from m (seconds per locale)
+    votes, by_key = m.attrs.pop("agreement", {}), m.attrs.pop("agreement_by_key", {})
     c["evidence_agreement"] = [
         evidence_agreement_with_keys(votes.get(s), by_key.get(s, []), i, settings)
         for s, i in zip(c["source"], c["target_intent"])]
