@@ -56,6 +56,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "pattern_max_working_share": (0.0, 1.0),
     "pattern_label_rows": (0, 100_000),
     "pattern_min_agreement": (0.0, 1.0),
+    "pattern_min_key_agreement": (0.0, 1.0),
     "export_min_weight": (0.0, 1.0),
     "spark_shuffle_partitions": (1, 100_000),
     "defect_model.short_dwell_ms": (0, 10**9),
@@ -221,6 +222,9 @@ class Settings:
     # least share of the users who rephrased from keys the source matches whose served
     # result (intent, slot values) is what the pattern makes of those keys (rule `disagrees_with_evidence`)
     pattern_min_agreement: float = 0.8
+    # the same share on any one matched key with rephrase evidence from >= min_users users:
+    # below it the pattern is refused (`disagrees_with_evidence`); 0 = off
+    pattern_min_key_agreement: float = 0.5
     # --- incremental runs (docs/incremental.md) ---
     evidence_window_days: int = 28  # days of evidence kept, back from the newest day in state; 0 keeps all
     # --- weak labels ---

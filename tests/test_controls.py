@@ -98,13 +98,19 @@ def test_invalid_controls_file_stops_the_cli_before_spark(tmp_path):
 
 # --- rules ----------------------------------------------------------------------------
 
-def test_denied_target_source_or_cluster_interpretation_is_never_rewritten():
+def test_denied_target_is_never_rewritten_a_denied_misreading_may_be():
     assert decide(candidate()) == ["emit"]
     assert decide(candidate(target_intent="takeaway_order", target_domain="takeaway")) == ["denied"]
     assert decide(candidate(), deny_domains=("alarm",)) == ["denied"]
-    assert decide(candidate(source_intent="email_sendemail")) == ["denied"]
-    assert decide(candidate(source_cluster_intent="social_post")) == ["denied"]
     assert decide(candidate(target_intent="takeaway_order"), deny_intents=()) == ["emit"]
+    # a source the NLU misreads as a denied intent (or whose cluster is served as one) is
+    # rewritten away from it: that never buys or sends anything ...
+    assert decide(candidate(source_intent="email_sendemail", source_domain="email")) == ["emit"]
+    assert decide(candidate(source_cluster_intent="social_post")) == ["emit"]
+    assert decide(candidate(source_intent="takeaway_order"), deny_domains=("takeaway",)) == ["emit"]
+    # ... but only through every other rule
+    assert decide(candidate(source_intent="takeaway_order", source_defect_rate=0.2)) == ["source_not_defective"]
+    assert decide(candidate(source_intent="takeaway_order", n_users=2)) == ["too_few_users"]
 
 
 def test_blocks_and_pins():

@@ -193,11 +193,37 @@ def test_a_source_whose_users_correct_the_values_it_binds_is_refused():
     keys = _keys(VALUES[1:6], VALUES)
     decided = _decide(pd.concat([good, misheard], ignore_index=True), _reached(keys, pd.concat([good, misheard])))
     assert set(decided["decision"]) == {"disagrees_with_evidence"}
-    assert decided.iloc[0]["evidence_agreement"] == pytest.approx(4 / 7)
+    assert decided.iloc[0]["evidence_agreement"] == 0.0  # the misheard key, judged on its own
+    pooled = _decide(pd.concat([good, misheard], ignore_index=True), _reached(keys, pd.concat([good, misheard])),
+                     dataclasses.replace(S, pattern_min_key_agreement=0.0))
+    assert set(pooled["decision"]) == {"disagrees_with_evidence"}
+    assert pooled.iloc[0]["evidence_agreement"] == pytest.approx(4 / 7)
     # the delexicalized pairs alone (the misheard ones yield none) would have emitted it
     assert set(_decide(pd.concat([good, misheard], ignore_index=True), keys)["decision"]) == {"emit"}
     # with the users' values bound right, the same evidence agrees
     assert set(_decide(good, _reached(keys, good))["decision"]) == {"emit"}
+
+
+def test_a_matched_key_whose_own_users_went_elsewhere_refuses_the_pattern():
+    # Twelve users agree with the pattern over six values; three more all said "wake me up
+    # at fife am please" (one recurrent mishearing of five am) and went on to "set an alarm
+    # for five am". Pooled, 12 of 15 agree (0.8, enough); on that one key none of its three
+    # users does: the pattern would set "fife am" for everyone who says it again.
+    good = _pairs(VALUES * 2, [f"u{i}" for i in range(12)])
+    misheard = _pairs(["five am"] * 3, ["m1", "m2", "m3"])
+    misheard["source"] = FAIL.format(v="fife am")
+    pairs = pd.concat([good, misheard], ignore_index=True)
+    keys = _keys(VALUES, VALUES, [(FAIL.format(v="fife am"), 3, 0.95)])
+    decided = _decide(pairs, _reached(keys, pairs))
+    assert set(decided["decision"]) == {"disagrees_with_evidence"}
+    assert decided.iloc[0]["evidence_agreement"] == 0.0
+    # judged pooled only, it passes
+    off = dataclasses.replace(S, pattern_min_key_agreement=0.0)
+    got = _decide(pairs, _reached(keys, pairs), off)
+    assert set(got["decision"]) == {"emit"} and got.iloc[0]["evidence_agreement"] == pytest.approx(12 / 15)
+    # a key with fewer than min_users users of evidence is not judged on its own
+    two = pd.concat([good, misheard.iloc[:2]], ignore_index=True)
+    assert set(_decide(two, _reached(keys, two))["decision"]) == {"emit"}
 
 
 def test_source_defect_rate_counts_every_matching_key_not_only_the_evidence():
@@ -234,6 +260,12 @@ def test_operator_controls_apply_to_patterns():
     assert set(_decide(pairs, keys, controls=block)["decision"]) == {"blocked"}
     deny = dataclasses.replace(S, deny_intents=("alarm_set",))
     assert set(_decide(pairs, keys, deny)["decision"]) == {"denied"}
+    # a source the NLU misreads as a denied intent is rewritten away from it (never a
+    # purchase or a message sent); a denied target is not
+    misread = pairs.assign(source_intent="takeaway_order", source_domain="takeaway")
+    assert set(_decide(misread, keys)["decision"]) == {"emit"}
+    assert set(_decide(misread, keys, dataclasses.replace(S, deny_domains=("takeaway",)))["decision"]) == {"emit"}
+    assert set(_decide(misread.assign(target_intent="takeaway_order"), keys)["decision"]) == {"denied"}
     pin = Controls(pins=pd.DataFrame([("en-US", "wake me up at {time} please", "alarm {time}")], columns=["locale", "source", "target"]))
     assert set(_decide(pairs, keys, controls=pin)["decision"]) == {"pinned_elsewhere"}
 

@@ -11,8 +11,8 @@ pattern pair, both keys with those values replaced by `{slot_name}`
 Pattern pairs pool across users, sessions and slot values per locale; distinct users are
 the votes (users, not turns: a flood is one vote). A candidate (source, target) becomes a
 published pattern only if (rules in order, the first failed one is kept for the manifest):
-  operator controls, as for exact rewrites: `denied` (the target's or the source's served
-  intent or domain is on a deny list), `blocked` (a block names the pattern source, or the
+  operator controls, as for exact rewrites: `denied` (the target's served intent or domain
+  is on a deny list; a source misread as a denied intent may be rewritten away from it), `blocked` (a block names the pattern source, or the
   pair), `pinned_elsewhere` (the source is pinned to another target);
   `no_literal_text`: the source holds text besides its placeholders (a bare `{x}` would
      match every key);
@@ -42,7 +42,9 @@ published pattern only if (rules in order, the first failed one is kept for the 
      with exactly the values the source binds in that key: what the pattern would have
      done for them. A source whose keys users mostly correct in their values (a value
      ASR mishears, a request that changes its goal) is refused: the pattern would carry
-     the wrong value into a working phrasing.
+     the wrong value into a working phrasing. Judged also key by key: a matched key with
+     evidence from >= min_users users of whom fewer than pattern_min_key_agreement agree
+     refuses the pattern (evidence_agreement_with_keys).
 A pin skips the statistical rules (outvoted .. disagrees_with_evidence), never the
 privacy rules (literal text, values, users).
 
@@ -169,7 +171,7 @@ def _mode(s: pd.Series):
 
 
 def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float,
-                own_intent: dict[str, str] | None = None) -> pd.DataFrame:
+                own_intent: dict[str, str] | None = None, min_key_voters: int = 1) -> pd.DataFrame:
     """Per template of one locale: the logged keys its regular expression fullmatches
     (contract 4.1), with n_keys, users (summed over keys), the user-weighted defect rate
     and the users on working keys (defect rate below `working_defect`).
@@ -180,7 +182,12 @@ def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float,
     intent are the template's own phrasing: whether they work is judged on their users
     pooled, not key by key, since a key said by one or two users has a noisy defect rate
     (a phrasing the NLU misreads fails for most of its users; a few of its keys' estimates
-    fall below the threshold). Every other matched key is judged on its own."""
+    fall below the threshold). Every other matched key is judged on its own.
+
+    attrs["agreement"]: per template, user -> the intents served with the values it binds
+    (evidence_agreement); attrs["agreement_by_key"]: the same per matched key, for the keys
+    with rephrase evidence from at least `min_key_voters` users (evidence_agreement_with_keys).
+    The caller pops them (pandas copies attrs into every derived frame)."""
     uniq = sorted(set(templates))
     if not uniq:
         return pd.DataFrame(columns=["template", "n_keys", "users", "defect_users", "working_users"])
@@ -188,6 +195,7 @@ def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float,
     index = _LocalePatterns([Pattern.make("", t, t, 0.0) for t in uniq])
     acc = {t: [0, 0.0, 0.0, 0.0, 0.0, 0.0] for t in uniq}  # keys, users, defect users, working, own users, own defect users
     agree: dict[str, dict[str, set]] = {}  # template -> user -> intents served with the values it binds
+    by_key: dict[str, list[dict[str, set]]] = {}  # template -> per matched key with evidence: user -> intents
     intents = keys["intent"] if "intent" in keys.columns else pd.Series([None] * len(keys), index=keys.index)
     reached = keys["reached"] if "reached" in keys.columns else pd.Series([None] * len(keys), index=keys.index)
     for text, n, d, it, ev in zip(keys["text"], keys["n_users"].astype(float), keys["defect_rate"].astype(float), intents, reached):
@@ -201,12 +209,18 @@ def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float,
                     entries = [(e["user_id"], e.get("target_intent"),
                                 sorted({normalize_text(str(x["value"])) for x in parse_slots(e.get("target_slots_json"))}))
                                for e in json.loads(ev)]
+                    judged_alone = len({e[0] for e in entries}) >= min_key_voters
                 bound = sorted(set(m.groupdict().values()))
                 votes = agree.setdefault(p.source, {})
+                key_votes: dict[str, set] = {}
+                if judged_alone:  # only keys with enough users of evidence are judged on their own
+                    by_key.setdefault(p.source, []).append(key_votes)
                 for user, intent, values in entries:
                     ok = votes.setdefault(user, set())
+                    key_ok = key_votes.setdefault(user, set())
                     if intent and values == bound:
                         ok.add(intent)
+                        key_ok.add(intent)
             a = acc[p.source]
             a[0] += 1
             a[1] += n
@@ -222,6 +236,7 @@ def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float,
         rows.append((t, a[0], a[1], a[2], a[3] + own_working))
     out = pd.DataFrame(rows, columns=["template", "n_keys", "users", "defect_users", "working_users"])
     out.attrs["agreement"] = agree
+    out.attrs["agreement_by_key"] = by_key
     return out
 
 
@@ -232,6 +247,20 @@ def evidence_agreement(votes: dict[str, set] | None, intent) -> float:
     if not votes:
         return float("nan")
     return sum(intent in v for v in votes.values()) / len(votes)
+
+
+def evidence_agreement_with_keys(votes: dict[str, set] | None, key_votes: list[dict[str, set]], intent,
+                                 settings: Settings) -> float:
+    """evidence_agreement pooled over the keys a source matches, unless one matched key
+    with rephrase evidence from at least min_users users agrees less than
+    pattern_min_key_agreement: then that key's share (rule `disagrees_with_evidence`).
+    A key many users said, whose users mostly went elsewhere (a value ASR mishears
+    the same way for all of them: "浩太郎に夕食は何時かとは..."), is a request the pattern
+    would fire on and get wrong, however well the pattern's other keys agree."""
+    pooled = evidence_agreement(votes, intent)
+    shares = [evidence_agreement(v, intent) for v in key_votes if len(v) >= settings.min_users]
+    worst = min(shares, default=1.0)
+    return worst if worst < settings.pattern_min_key_agreement and not worst >= pooled else pooled
 
 
 def pattern_candidates(ppairs: pd.DataFrame, keys: pd.DataFrame, settings: Settings) -> pd.DataFrame:
@@ -279,9 +308,13 @@ def pattern_candidates(ppairs: pd.DataFrame, keys: pd.DataFrame, settings: Setti
     # working phrasing).
     same = {s for s, i, ti in zip(c["source"], c["source_intent"], c["target_intent"]) if i == ti}
     own = {s: i for s, i in zip(c["source"], c["source_intent"]) if isinstance(i, str) and s not in same}
-    m = match_stats(list(c["source"]) + list(c["target"]), keys, working, own)
-    votes = m.attrs.get("agreement", {})
-    c["evidence_agreement"] = [evidence_agreement(votes.get(s), i) for s, i in zip(c["source"], c["target_intent"])]
+    key_voters = settings.min_users if settings.pattern_min_key_agreement > 0 else np.iinfo(np.int64).max
+    m = match_stats(list(c["source"]) + list(c["target"]), keys, working, own, key_voters)
+    # popped: pandas deep-copies `attrs` into every frame derived from m (seconds per locale)
+    votes, by_key = m.attrs.pop("agreement", {}), m.attrs.pop("agreement_by_key", {})
+    c["evidence_agreement"] = [
+        evidence_agreement_with_keys(votes.get(s), by_key.get(s, []), i, settings)
+        for s, i in zip(c["source"], c["target_intent"])]
     m = m.set_index("template")
     src, tgt = m.loc[c["source"]], m.loc[c["target"]]
     su, tu = src["users"].to_numpy(float), tgt["users"].to_numpy(float)
@@ -316,8 +349,9 @@ def select_patterns(candidates: pd.DataFrame, settings: Settings, controls: Cont
     outvoted = ~c.index.isin(best.index)
     idx = c.index
     operator_rules = [
-        ("denied", denied(c["target_intent"].astype(object), c["target_domain"].astype(object), settings)
-         | denied(c["source_intent"].astype(object), c["source_domain"].astype(object), settings)),
+        # the target only: a source misread as a denied intent may be rewritten away from
+        # it (as for exact rewrites, core/rewrites.select_rewrites)
+        ("denied", denied(c["target_intent"].astype(object), c["target_domain"].astype(object), settings)),
         ("blocked", controls.is_blocked(c["locale"], c["source"], c["target"])),
         ("pinned_elsewhere", pinned_elsewhere),
     ]

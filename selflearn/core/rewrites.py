@@ -20,8 +20,9 @@ A candidate (source, target, confidence) from the rewrite graph becomes a rewrit
      probability must stay <= served_max_defect_rate.
   7. with `cluster_must_agree` (off by default), rephrase evidence too must agree with
      the intent the source's paraphrase cluster is served with, where it has one.
-Operator controls come first (selflearn.core.controls): `denied` (the target's or the
-source's interpretation or cluster intent is on a deny list), `blocked` (a manual
+Operator controls come first (selflearn.core.controls): `denied` (the target's
+interpretation is on a deny list; a source misread as a denied intent may be rewritten
+away from it), `blocked` (a manual
 block), `pinned_elsewhere` (the source is pinned to another target). A pinned pair skips
 the statistical rules 1 and 3-7, never `too_few_users`.
 Every rejected candidate keeps the first rule it failed, for the report.
@@ -136,11 +137,11 @@ def select_rewrites(candidates: pd.DataFrame, settings: Settings, controls: Cont
     )
     served_bad = (served_n >= settings.served_min_turns) & (pd.to_numeric(c["served_defect_rate"], errors="coerce").fillna(0) > settings.served_max_defect_rate)
     controls = controls or Controls()
-    is_denied = (
-        denied(_col(c, "target_intent"), _col(c, "target_domain"), settings)
-        | denied(_col(c, "source_intent"), _col(c, "source_domain"), settings)
-        | denied(_col(c, "source_cluster_intent"), pd.Series(None, index=c.index, dtype=object), settings)
-    )
+    # The deny list guards what a rewrite makes the system do: its target. A source the
+    # NLU misreads as a denied intent (a request served as takeaway_order that its users
+    # rephrase into something else) is rewritten away from that misreading, which never
+    # performs a purchase or sends a message; it must pass every other rule as any source.
+    is_denied = denied(_col(c, "target_intent"), _col(c, "target_domain"), settings)
     pinned, pinned_elsewhere = controls.pinned(c["locale"], c["source"], c["target"])
     cluster_intent = _col(c, "source_cluster_intent")
     operator_rules = [
