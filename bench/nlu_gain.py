@@ -3,6 +3,7 @@ requests that fail today?
 
     PYTHONPATH=$PWD .venv/bin/python bench/nlu_gain.py --sim SIM --run ROOT [--requests 6000]
         [--features vec|vec+char] [--class-weight none|balanced] [--training-boost B]
+        [--lookup none|carrier] [--breakdown]
 
 Two classifiers per locale, the same kind (scikit-learn logistic regression over the text
 keys' vectors from the encoder the run used for that locale: under `embedding_backend:
@@ -26,7 +27,10 @@ Evaluated on fresh replay requests from the simulation's world (another seed tha
 log), split by whether the simulated NLU serves the request's goal today (`working`) or
 not (`failing`): intent accuracy against the request's true intent, per locale. A
 request that fails today is one the NLU did not understand or understood wrongly.
-With --by-source, also: the same gain per training `label_source` alone (`rewrite`, `paraphrase`,
+With --lookup carrier, the `+training` arms put a lookup table of their training rows in
+front of the classifier (a request with a row's key, or its carrier phrase with other slot
+values, takes the row's intent when those rows agree). With --breakdown, also why the
+failing requests stay wrong (`breakdown`). With --by-source, also: the same gain per training `label_source` alone (`rewrite`, `paraphrase`,
 `pattern` where the run has it), so what each kind of label adds is measured, not said.
 """
 from __future__ import annotations
@@ -91,9 +95,29 @@ def _carrier(text: str, slots) -> str | None:
     return "".join(".+?" if i % 2 else re.escape(p) for i, p in enumerate(parts))
 
 
+def _lookup(rows: pd.DataFrame, keys: list[str], predicted: np.ndarray) -> np.ndarray:
+    """A lookup table in front of the classifier (as an NLU's regex/lookup features are): a
+    request whose key is a training row's key, or its carrier phrase with other slot values,
+    gets that row's intent when all such rows agree; the classifier answers the rest."""
+    exact: dict[str, set] = {}
+    carriers: list[tuple["re.Pattern", str]] = []
+    for text, intent, slots in zip(rows["text"], rows["intent"], rows["slots"]):
+        exact.setdefault(text, set()).add(intent)
+        rx = _carrier(text, slots)
+        if rx is not None:
+            carriers.append((re.compile(rx), intent))
+    out = predicted.copy()
+    for i, key in enumerate(keys):
+        intents = exact.get(key) or {intent for rx, intent in carriers if rx.fullmatch(key)}
+        if len(intents) == 1:
+            out[i] = next(iter(intents))
+    return out
+
+
 def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boost: float, supersede: str = "key",
-        by_source: bool = False, features: str = "vec", class_weight: str = "none") -> dict:
-    return evaluate(prepare(sim, root, n_requests, seed), c, training_boost, supersede, by_source, features, class_weight)
+        by_source: bool = False, features: str = "vec", class_weight: str = "none", lookup: str = "none") -> dict:
+    return evaluate(prepare(sim, root, n_requests, seed), c, training_boost, supersede, by_source, features, class_weight,
+                    lookup)
 
 
 def prepare(sim: str, root: str, n_requests: int, seed: int) -> dict:
@@ -148,7 +172,7 @@ def prepare(sim: str, root: str, n_requests: int, seed: int) -> dict:
 
 
 def evaluate(prep: dict, c: float, training_boost: float, supersede: str = "key", by_source: bool = False,
-             features: str = "vec", class_weight: str = "none") -> dict:
+             features: str = "vec", class_weight: str = "none", lookup: str = "none") -> dict:
     """Both arms trained and scored with these settings."""
     run_dir, sim, seed, base, vec, dim = (prep[k] for k in ("run_dir", "sim", "seed", "base", "vec", "dim"))
     encoders, embed_s, n_new = prep["encoders"], prep["embed_s"], prep["n_new"]
@@ -191,7 +215,10 @@ def evaluate(prep: dict, c: float, training_boost: float, supersede: str = "key"
             d = data[data["locale"] == loc]
             predict = _train(xs(loc, d["text"].tolist()), d["intent"].to_numpy(), d["weight"].to_numpy(float), c,
                              d["text"].tolist(), features, class_weight)
-            preds[name][fresh.index.get_indexer(idx)] = predict(xs(loc, req["text"].tolist()), req["text"].tolist())
+            got = predict(xs(loc, req["text"].tolist()), req["text"].tolist())
+            if lookup == "carrier" and name != "baseline":
+                got = _lookup(d[d["label_source"] != "log"], req["text"].tolist(), got)
+            preds[name][fresh.index.get_indexer(idx)] = got
     for name in variants:
         fresh[name] = preds[name] == fresh["gold_intent"].to_numpy()
 
@@ -205,7 +232,7 @@ def evaluate(prep: dict, c: float, training_boost: float, supersede: str = "key"
 
     result = {"run_id": run_dir.name, "sim": sim, "requests": int(len(fresh)), "seed": seed, "C": c,
               "training_boost": training_boost, "supersede": supersede, "features": features, "class_weight": class_weight,
-              "encoders": encoders,
+              "lookup": lookup, "encoders": encoders,
               "train_rows": {"log_success_keys": int(len(base)), "training": int(len(training)),
                              "by_label_source": training["label_source"].value_counts().sort_index().to_dict()},
               "embed_s": round(embed_s, 1), "embedded_new": n_new, "failing": {}, "working": {}}
@@ -329,12 +356,15 @@ def main(argv=None) -> int:
     p.add_argument("--features", choices=("vec", "vec+char"), default="vec",
                    help="encoder vectors, or those plus character 2-4-gram TF-IDF of the key")
     p.add_argument("--class-weight", choices=("none", "balanced"), default="none")
+    p.add_argument("--lookup", choices=("none", "carrier"), default="none",
+                   help="carrier: a lookup table of training/ in front of the +training classifier (a request whose key "
+                        "is a row's key or its carrier phrase with other slot values takes the row's intent)")
     p.add_argument("--breakdown", action="store_true",
                    help="also: why failing requests stay wrong (failure kind, reach of training/, each arm's hits)")
     p.add_argument("--json", help="write the result here too")
     args = p.parse_args(argv)
     r = run(args.sim, args.run, args.requests, args.seed, args.C, args.training_boost, args.supersede, args.by_source,
-            args.features, args.class_weight)
+            args.features, args.class_weight, args.lookup)
     if args.breakdown:
         r["breakdown"] = breakdown(r, r["_training"], args.sim).to_dict(orient="records")
     requests = r.pop("_requests")
