@@ -3,6 +3,7 @@ requests that fail today?
 
     PYTHONPATH=$PWD .venv/bin/python bench/nlu_gain.py --sim SIM --run ROOT [--requests 6000]
         [--features vec|vec+char] [--class-weight none|balanced] [--training-boost B]
+        [--lookup none|carrier] [--breakdown]
 
 Two classifiers per locale, the same kind (scikit-learn logistic regression over the text
 keys' vectors from the encoder the run used for that locale: under `embedding_backend:
@@ -26,7 +27,10 @@ Evaluated on fresh replay requests from the simulation's world (another seed tha
 log), split by whether the simulated NLU serves the request's goal today (`working`) or
 not (`failing`): intent accuracy against the request's true intent, per locale. A
 request that fails today is one the NLU did not understand or understood wrongly.
-With --by-source, also: the same gain per training `label_source` alone (`rewrite`, `paraphrase`,
+With --lookup carrier, the `+training` arms put a lookup table of their training rows in
+front of the classifier (a request with a row's key, or its carrier phrase with other slot
+values, takes the row's intent when those rows agree). With --breakdown, also why the
+failing requests stay wrong (`breakdown`). With --by-source, also: the same gain per training `label_source` alone (`rewrite`, `paraphrase`,
 `pattern` where the run has it), so what each kind of label adds is measured, not said.
 """
 from __future__ import annotations
@@ -91,9 +95,29 @@ def _carrier(text: str, slots) -> str | None:
     return "".join(".+?" if i % 2 else re.escape(p) for i, p in enumerate(parts))
 
 
+def _lookup(rows: pd.DataFrame, keys: list[str], predicted: np.ndarray) -> np.ndarray:
+    """A lookup table in front of the classifier (as an NLU's regex/lookup features are): a
+    request whose key is a training row's key, or its carrier phrase with other slot values,
+    gets that row's intent when all such rows agree; the classifier answers the rest."""
+    exact: dict[str, set] = {}
+    carriers: list[tuple["re.Pattern", str]] = []
+    for text, intent, slots in zip(rows["text"], rows["intent"], rows["slots"]):
+        exact.setdefault(text, set()).add(intent)
+        rx = _carrier(text, slots)
+        if rx is not None:
+            carriers.append((re.compile(rx), intent))
+    out = predicted.copy()
+    for i, key in enumerate(keys):
+        intents = exact.get(key) or {intent for rx, intent in carriers if rx.fullmatch(key)}
+        if len(intents) == 1:
+            out[i] = next(iter(intents))
+    return out
+
+
 def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boost: float, supersede: str = "key",
-        by_source: bool = False, features: str = "vec", class_weight: str = "none") -> dict:
-    return evaluate(prepare(sim, root, n_requests, seed), c, training_boost, supersede, by_source, features, class_weight)
+        by_source: bool = False, features: str = "vec", class_weight: str = "none", lookup: str = "none") -> dict:
+    return evaluate(prepare(sim, root, n_requests, seed), c, training_boost, supersede, by_source, features, class_weight,
+                    lookup)
 
 
 def prepare(sim: str, root: str, n_requests: int, seed: int) -> dict:
@@ -148,7 +172,7 @@ def prepare(sim: str, root: str, n_requests: int, seed: int) -> dict:
 
 
 def evaluate(prep: dict, c: float, training_boost: float, supersede: str = "key", by_source: bool = False,
-             features: str = "vec", class_weight: str = "none") -> dict:
+             features: str = "vec", class_weight: str = "none", lookup: str = "none") -> dict:
     """Both arms trained and scored with these settings."""
     run_dir, sim, seed, base, vec, dim = (prep[k] for k in ("run_dir", "sim", "seed", "base", "vec", "dim"))
     encoders, embed_s, n_new = prep["encoders"], prep["embed_s"], prep["n_new"]
@@ -191,7 +215,10 @@ def evaluate(prep: dict, c: float, training_boost: float, supersede: str = "key"
             d = data[data["locale"] == loc]
             predict = _train(xs(loc, d["text"].tolist()), d["intent"].to_numpy(), d["weight"].to_numpy(float), c,
                              d["text"].tolist(), features, class_weight)
-            preds[name][fresh.index.get_indexer(idx)] = predict(xs(loc, req["text"].tolist()), req["text"].tolist())
+            got = predict(xs(loc, req["text"].tolist()), req["text"].tolist())
+            if lookup == "carrier" and name != "baseline":
+                got = _lookup(d[d["label_source"] != "log"], req["text"].tolist(), got)
+            preds[name][fresh.index.get_indexer(idx)] = got
     for name in variants:
         fresh[name] = preds[name] == fresh["gold_intent"].to_numpy()
 
@@ -205,7 +232,7 @@ def evaluate(prep: dict, c: float, training_boost: float, supersede: str = "key"
 
     result = {"run_id": run_dir.name, "sim": sim, "requests": int(len(fresh)), "seed": seed, "C": c,
               "training_boost": training_boost, "supersede": supersede, "features": features, "class_weight": class_weight,
-              "encoders": encoders,
+              "lookup": lookup, "encoders": encoders,
               "train_rows": {"log_success_keys": int(len(base)), "training": int(len(training)),
                              "by_label_source": training["label_source"].value_counts().sort_index().to_dict()},
               "embed_s": round(embed_s, 1), "embedded_new": n_new, "failing": {}, "working": {}}
@@ -217,7 +244,89 @@ def evaluate(prep: dict, c: float, training_boost: float, supersede: str = "key"
     tkeys = set(zip(training["locale"], training["text"]))
     fail = fresh[~fresh["working"]]
     result["failing"]["overall"]["key_in_training"] = int(sum((l, t) in tkeys for l, t in zip(fail["locale"], fail["text"])))
+    result["_training"] = training
+    result["_requests"] = fresh  # per request: each variant's correctness (for --breakdown; not in the JSON)
     return result
+
+
+def template_matchers(world, locale: str) -> list[tuple[int, "re.Pattern"]]:
+    """(template id, regex over text keys) of the locale's phrasings with some fixed text: a key
+    fullmatches when that phrasing, filled with some values, says it (the World's own `parse` rule,
+    kept per template)."""
+    from selflearn.core.text import normalize_text
+
+    out = []
+    for t in world.templates:
+        if t["locale"] != locale:
+            continue
+        rx = [r"\s?(.+?)\s?" if kind else re.escape(normalize_text(piece)) for kind, piece in t["parts"]]
+        if sum(len(normalize_text(p)) for k, p in t["parts"] if not k):  # bare slots read any text
+            out.append((t["tid"], re.compile("".join(rx))))
+    return out
+
+
+def breakdown(r: dict, training: pd.DataFrame, sim: str) -> pd.DataFrame:
+    """Why failing requests stay wrong, per locale. Each failing request gets
+    - its failure kind, from the world's NLU: `not_understood` (no interpretation), `wrong_intent`
+      (a confused or colliding phrasing), `wrong_slots` (right intent, a misheard slot value:
+      the intent is right today, so intent accuracy has nothing to gain there);
+    - its reach in training/: `key` (a row with the request's own key), `template` (a row that
+      is another fill of the request's phrasing, the template the world drew it from), `none`
+      (neither: issue 14's business; `intent_only` when some row at least has its intent);
+    and each arm's correctness. The rows' intents are checked against the world too."""
+    from selflearn.simulate import World
+
+    world = World.load(sim)
+    fresh = r["_requests"]
+    fail = fresh[~fresh["working"]].copy()
+    key_intents: dict = {}
+    tmpl_intents: dict = {}
+    for loc, g in training.groupby("locale"):
+        matchers = template_matchers(world, loc)
+        for text, intent in zip(g["text"], g["intent"]):
+            key_intents.setdefault((loc, text), set()).add(intent)
+            for tid, rx in matchers:
+                if rx.fullmatch(text):
+                    tmpl_intents.setdefault((loc, tid), set()).add(intent)
+    row_intents = set(zip(training["locale"], training["intent"]))
+
+    def kind(loc, text, gold):
+        it = world.interpret(loc, text)
+        return "not_understood" if it is None else ("wrong_intent" if it["intent"] != gold else "wrong_slots")
+
+    def reach(loc, text, tid, gold):
+        if gold in key_intents.get((loc, text), ()):
+            return "key"
+        if gold in tmpl_intents.get((loc, tid), ()):
+            return "template"
+        return "intent_only" if (loc, gold) in row_intents else "none"
+
+    fail["kind"] = [kind(*a) for a in zip(fail["locale"], fail["text"], fail["gold_intent"])]
+    fail["reach"] = [reach(*a) for a in zip(fail["locale"], fail["text"], fail["template_id"], fail["gold_intent"])]
+    rows = []
+    for loc, g in [("all", fail)] + list(fail.groupby("locale", sort=True)):
+        row = {"locale": loc, "failing": len(g)}
+        for k in ("not_understood", "wrong_intent", "wrong_slots"):
+            row[k] = int((g["kind"] == k).sum())
+        for part, m in (("key", g["reach"] == "key"), ("template", g["reach"] == "template"),
+                        ("no_row", g["reach"].isin(["intent_only", "none"]))):
+            row[f"{part}"] = int(m.sum())
+            row[f"{part}_base_ok"] = int(g.loc[m, "baseline"].sum())
+            row[f"{part}_train_ok"] = int(g.loc[m, "+training"].sum())
+        row["no_row_intent_only"] = int((g["reach"] == "intent_only").sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def render_breakdown(b: pd.DataFrame) -> str:
+    head = ("| locale | failing | not understood / wrong intent / wrong slots | key row: n, baseline ok, +training ok "
+            "| template row: n, ok, ok | no row: n, ok, ok |")
+    lines = [head, "|---|---|---|---|---|---|"]
+    for x in b.itertuples(index=False):
+        lines.append(f"| {x.locale} | {x.failing} | {x.not_understood} / {x.wrong_intent} / {x.wrong_slots} "
+                     f"| {x.key}, {x.key_base_ok}, {x.key_train_ok} | {x.template}, {x.template_base_ok}, {x.template_train_ok} "
+                     f"| {x.no_row}, {x.no_row_base_ok}, {x.no_row_train_ok} |")
+    return "\n".join(lines)
 
 
 def render(r: dict) -> str:
@@ -247,14 +356,26 @@ def main(argv=None) -> int:
     p.add_argument("--features", choices=("vec", "vec+char"), default="vec",
                    help="encoder vectors, or those plus character 2-4-gram TF-IDF of the key")
     p.add_argument("--class-weight", choices=("none", "balanced"), default="none")
+    p.add_argument("--lookup", choices=("none", "carrier"), default="none",
+                   help="carrier: a lookup table of training/ in front of the +training classifier (a request whose key "
+                        "is a row's key or its carrier phrase with other slot values takes the row's intent)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also: why failing requests stay wrong (failure kind, reach of training/, each arm's hits)")
     p.add_argument("--json", help="write the result here too")
     args = p.parse_args(argv)
     r = run(args.sim, args.run, args.requests, args.seed, args.C, args.training_boost, args.supersede, args.by_source,
-            args.features, args.class_weight)
+            args.features, args.class_weight, args.lookup)
+    if args.breakdown:
+        r["breakdown"] = breakdown(r, r["_training"], args.sim).to_dict(orient="records")
+    requests = r.pop("_requests")
+    r.pop("_training")
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2), encoding="utf-8")
-    print(json.dumps({k: v for k, v in r.items() if k not in ("failing", "working")}))
+    print(json.dumps({k: v for k, v in r.items() if k not in ("failing", "working", "breakdown")}))
     print(render(r))
+    if args.breakdown:
+        print(render_breakdown(pd.DataFrame(r["breakdown"])))
+    del requests
     return 0
 
 
