@@ -95,7 +95,7 @@ def _carrier(text: str, slots) -> str | None:
     return "".join(".+?" if i % 2 else re.escape(p) for i, p in enumerate(parts))
 
 
-def _lookup(rows: pd.DataFrame, keys: list[str], predicted: np.ndarray) -> np.ndarray:
+def _lookup(rows: pd.DataFrame, keys: list[str], predicted: np.ndarray, served: frozenset = frozenset()) -> np.ndarray:
     """A lookup table in front of the classifier (as an NLU's regex/lookup features are): a
     request whose key is a training row's key, or its carrier phrase with other slot values,
     gets that row's intent when all such rows agree; the classifier answers the rest."""
@@ -108,7 +108,7 @@ def _lookup(rows: pd.DataFrame, keys: list[str], predicted: np.ndarray) -> np.nd
             carriers.append((re.compile(rx), intent))
     out = predicted.copy()
     for i, key in enumerate(keys):
-        intents = exact.get(key) or {intent for rx, intent in carriers if rx.fullmatch(key)}
+        intents = exact.get(key) or (set() if key in served else {intent for rx, intent in carriers if rx.fullmatch(key)})
         if len(intents) == 1:
             out[i] = next(iter(intents))
     return out
@@ -216,8 +216,9 @@ def evaluate(prep: dict, c: float, training_boost: float, supersede: str = "key"
             predict = _train(xs(loc, d["text"].tolist()), d["intent"].to_numpy(), d["weight"].to_numpy(float), c,
                              d["text"].tolist(), features, class_weight)
             got = predict(xs(loc, req["text"].tolist()), req["text"].tolist())
-            if lookup == "carrier" and name != "baseline":
-                got = _lookup(d[d["label_source"] != "log"], req["text"].tolist(), got)
+            if lookup in ("carrier", "carrier-unserved") and name != "baseline":
+                served = frozenset(d.loc[d["label_source"] == "log", "text"]) if lookup == "carrier-unserved" else frozenset()
+                got = _lookup(d[d["label_source"] != "log"], req["text"].tolist(), got, served)
             preds[name][fresh.index.get_indexer(idx)] = got
     for name in variants:
         fresh[name] = preds[name] == fresh["gold_intent"].to_numpy()
@@ -356,9 +357,10 @@ def main(argv=None) -> int:
     p.add_argument("--features", choices=("vec", "vec+char"), default="vec",
                    help="encoder vectors, or those plus character 2-4-gram TF-IDF of the key")
     p.add_argument("--class-weight", choices=("none", "balanced"), default="none")
-    p.add_argument("--lookup", choices=("none", "carrier"), default="none",
+    p.add_argument("--lookup", choices=("none", "carrier", "carrier-unserved"), default="none",
                    help="carrier: a lookup table of training/ in front of the +training classifier (a request whose key "
-                        "is a row's key or its carrier phrase with other slot values takes the row's intent)")
+                        "is a row's key or its carrier phrase with other slot values takes the row's intent); "
+                        "carrier-unserved: the carrier part only for keys the log never shows served")
     p.add_argument("--breakdown", action="store_true",
                    help="also: why failing requests stay wrong (failure kind, reach of training/, each arm's hits)")
     p.add_argument("--json", help="write the result here too")
