@@ -252,15 +252,15 @@ def evidence_agreement(votes: dict[str, set] | None, intent) -> float:
 def evidence_agreement_with_keys(votes: dict[str, set] | None, key_votes: list[dict[str, set]], intent,
                                  settings: Settings) -> float:
     """evidence_agreement pooled over the keys a source matches, unless one matched key
-    with rephrase evidence from at least min_users users agrees less than
-    pattern_min_key_agreement: then that key's share (rule `disagrees_with_evidence`).
-    A key many users said, whose users mostly went elsewhere (a value ASR mishears
-    the same way for all of them: "浩太郎に夕食は何時かとは..."), is a request the pattern
-    would fire on and get wrong, however well the pattern's other keys agree."""
+    agrees less than pattern_min_key_agreement: then the lower of that key's share and the
+    pooled one (rule `disagrees_with_evidence`). `key_votes`: the matched keys judged on
+    their own, those with rephrase evidence from at least min_users users (match_stats,
+    `min_key_voters`, decides which). A key many users said, whose users mostly went
+    elsewhere (a value ASR mishears the same way for all of them: "浩太郎に夕食は何時かとは..."),
+    is a request the pattern would fire on and get wrong, however well its other keys agree."""
     pooled = evidence_agreement(votes, intent)
-    shares = [evidence_agreement(v, intent) for v in key_votes if len(v) >= settings.min_users]
-    worst = min(shares, default=1.0)
-    return worst if worst < settings.pattern_min_key_agreement and not worst >= pooled else pooled
+    worst = min((evidence_agreement(v, intent) for v in key_votes), default=1.0)
+    return min(worst, pooled) if worst < settings.pattern_min_key_agreement else pooled
 
 
 def pattern_candidates(ppairs: pd.DataFrame, keys: pd.DataFrame, settings: Settings) -> pd.DataFrame:
