@@ -106,9 +106,13 @@ _FAILURE = re.compile(
 _CONFIRM = re.compile(
     r"^\s*(did you say\b.*|let me confirm\b.*|you are looking for\b.*\bright\s*\?|"
     r"ok\s*,\s*a restaurant\b.*\bis that right\s*\?)\s*$", re.I)
+# replies that answer a request for the phone number or the post code (the NLU intent they
+# show, below, and the attribute answered, _ANSWERS)
+_PHONE_REPLY = re.compile(r"^\s*the phone number of\b", re.I)
+_POSTCODE_REPLY = re.compile(r"^\s*the post ?code of\b", re.I)
 _INTENTS = (
-    (re.compile(r"^\s*the phone number of\b", re.I), "request_phone"),
-    (re.compile(r"^\s*the post ?code of\b", re.I), "request_postcode"),
+    (_PHONE_REPLY, "request_phone"),
+    (_POSTCODE_REPLY, "request_postcode"),
     (re.compile(r"^\s*(sure\s*,\s*)?\S.* is on \S", re.I), "request_address"),
     (re.compile(r"^\s*you are welcome\b", re.I), "goodbye"),
 )
@@ -155,9 +159,9 @@ _CONSTRAINT_REPLY = re.compile(
 # the attribute a reply answers (a request the system understood and served), and the word
 # it is asked with, which is the slot value a follow-up names or drops
 _ANSWERS = (
-    (re.compile(r"^\s*the phone number of\b", re.I), "phone"),
+    (_PHONE_REPLY, "phone"),
     (re.compile(r"^\s*(sure\s*,\s*)?\S+ is on \S", re.I), "address"),
-    (re.compile(r"^\s*the post ?code of\b", re.I), "post code"),
+    (_POSTCODE_REPLY, "post code"),
     (re.compile(r"^\s*\S+ is in the \S+ price range\b|^\s*the price range at \S+ is\b", re.I), "price range"),
     (re.compile(r"^\s*\S+ serves \S.* food\b", re.I), "food"),
     (re.compile(r"^\s*\S+ is in the \S+ part of town\b", re.I), "area"),
