@@ -151,3 +151,27 @@ def test_table_spec_rejects_a_bad_fit():
     assert parse_spec("massive") == ("massive", 0) and parse_spec("top:5@fit30") == ("top:5", 30)
     with pytest.raises(ValueError, match="fit<N>"):
         parse_spec("massive@fitted")
+
+
+@pytest.mark.heavy  # ~30 s of Spark
+def test_spark_workers_embed_with_the_static_table(spark, settings, models_dir, tmp_path):
+    """embed_keys with the static backend: the driver finds (or builds) the table, the Spark
+    workers load it, every key gets a 256-d unit vector, and a second call reuses the cache."""
+    import dataclasses
+
+    from selflearn.core.text import normalize_text
+    from selflearn.encoders import embed
+
+    rows = [(loc, normalize_text(r["utt"])) for loc in ("en-US", "de-DE") for r in massive_records(loc, 10)]
+    df = spark.createDataFrame(rows, "locale string, text string")
+    s = dataclasses.replace(settings, embedding_backend="static", embedding_model=f"static:{SLICE}",
+                            embedding_models_dir=str(models_dir))
+    st: dict = {}
+    out = embed.embed_keys(spark, df, s, tmp_path, stats=st).collect()
+    assert st["backend"] == "static" and st["cache_id"].startswith("static-e5-small-top-400-d256")
+    assert len(out) == len(set(rows)) and all(len(r.vector) == 256 for r in out)
+    assert all(abs(np.linalg.norm(r.vector) - 1) < 1e-4 for r in out if any(r.vector))
+    st = {}
+    embed.embed_keys(spark, df, s, tmp_path, stats=st).count()
+    assert st["embedded"] == 0
+    assert embed.paraphrase_min_cosine(s, "en-US") == embed.MIN_COSINE["static"]
