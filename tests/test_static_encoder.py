@@ -175,3 +175,13 @@ def test_spark_workers_embed_with_the_static_table(spark, settings, models_dir, 
     embed.embed_keys(spark, df, s, tmp_path, stats=st).count()
     assert st["embedded"] == 0
     assert embed.paraphrase_min_cosine(s, "en-US") == embed.MIN_COSINE["static"]
+
+
+def test_static_stays_on_the_cpu_when_a_gpu_is_asked_for():
+    """A GPU turns the sentence-transformers backends into torch fp16; the static table is a
+    CPU lookup and must stay itself (not silently become MiniLM)."""
+    from selflearn.config import Settings
+    from selflearn.encoders.devices import choose_devices
+
+    d = choose_devices(Settings(embedding_backend="static"), device="cuda")
+    assert (d.embed_device, d.embed_backend, d.embed_precision) == ("cpu", "static", "f16")
