@@ -8,8 +8,8 @@ guards:
 - a test named as `tests/x.py::test_y` (or `x.py::test_y`) exists;
 - every row of the README's "Settings" table is a `Settings` field, with that default;
 - every `Settings` field is documented in README.md or a docs page;
-- every stage of `run/stages.STAGES` is a box of the README's diagram, in order, and the
-  files the diagram names exist;
+- every stage of `run/stages.STAGES` is a box of both README diagrams (the first screen's
+  and "How one utterance becomes a training row"), in order, and the files they name exist;
 - every subcommand and option of the CLI is in the README's "Commands";
 - every published folder (schemas of kind `published`) has a row in "What each output holds".
 """
@@ -136,9 +136,23 @@ def test_every_stage_is_a_box_of_the_readme_diagram_in_order():
     assert drawn == list(STAGE_NAMES), f"README diagram stages {drawn} != run/stages.py {list(STAGE_NAMES)}"
 
 
-def test_every_file_the_diagram_names_exists():
+def _first_diagram() -> str:
+    """The stage diagram at the top of the README (in "The two commands", the first screen)."""
+    body = _section(_text(README), "## The two commands")
+    return body[body.index("```"):body.index("```", body.index("```") + 3)]
+
+
+def test_the_first_screen_diagram_has_every_stage_in_order():
+    from selflearn.run.stages import STAGE_NAMES
+
+    drawn = re.findall(r"^ \[(\w+)\] ", _first_diagram(), re.M)
+    assert drawn == list(STAGE_NAMES), f"README top diagram stages {drawn} != run/stages.py {list(STAGE_NAMES)}"
+
+
+@pytest.mark.parametrize("diagram", [_diagram, _first_diagram], ids=["full", "first-screen"])
+def test_every_file_the_diagram_names_exists(diagram):
     missing = []
-    for m in re.finditer(r"(?<![\w/])((?:core|spark|run|encoders|serving)/\w+)(?:\.py|\.(\w+))", _diagram()):
+    for m in re.finditer(r"(?<![\w/])((?:core|spark|run|encoders|serving)/\w+)(?:\.py|\.(\w+))", diagram()):
         module = REPO / "selflearn" / f"{m.group(1)}.py"
         if not module.exists():
             missing.append(m.group(0))
