@@ -11,7 +11,9 @@ guards:
 - every stage of `run/stages.STAGES` is a box of both README diagrams (the first screen's
   and "How one utterance becomes a training row"), in order, and the files they name exist;
 - every subcommand and option of the CLI is in the README's "Commands";
-- every published folder (schemas of kind `published`) has a row in "What each output holds".
+- every published folder (schemas of kind `published`) has a row in "What each output holds";
+- every `SELFLEARN_*` environment variable the docs name is read somewhere in the code;
+- every make target the README names exists.
 """
 from __future__ import annotations
 
@@ -187,6 +189,15 @@ def test_every_published_table_is_in_what_each_output_holds():
     folders = sorted({t.split("/")[0] for t in PUBLISHED_TABLES})
     missing = [f for f in folders if f"| `{f}/` |" not in body]
     assert not missing, f"published folders without a row in 'What each output holds': {missing}"
+
+
+def test_every_environment_variable_the_docs_name_is_read_by_the_code():
+    code = "\n".join(_text(f) for d in ("selflearn", "pipelines", "deploy", "bench", "tests")
+                     for f in (REPO / d).rglob("*") if f.suffix in (".py", ".sh", ".yaml"))
+    code += _text(REPO / "Makefile")
+    named = {m for t in _docs().values() for m in re.findall(r"\bSELFLEARN_[A-Z_]+\b", t)}
+    missing = sorted(named - set(re.findall(r"\bSELFLEARN_[A-Z_]+\b", code)))
+    assert not missing, f"environment variables in the docs that no code reads: {missing}"
 
 
 @pytest.mark.parametrize("target", ["demo", "test", "test-full", "bench", "bench-check"])
