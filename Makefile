@@ -36,7 +36,7 @@ test: $(STAMP)
 test-full: $(STAMP)
 	$(PY) -m pytest -q -m heavy --durations=15 $(PYTEST_EXTRA) tests
 
-# the fast encoder path is what the suite measures (the default stays torch: see config.py)
+# the fast encoder path is what the suite measures (not the default: embedding_backend auto, see config.py)
 bench: $(STAMP)
 	$(PY) -m bench.run --config '{"embedding_backend": "onnx-int8"}'
 

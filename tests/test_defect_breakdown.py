@@ -1,0 +1,56 @@
+"""bench/defect_breakdown.py: why the defects left after a run stay defects. Its "fixed"
+rows must agree with the evaluator's replay (same requests, same application of contract
+4.1), and each guard must claim its own requests."""
+from __future__ import annotations
+
+import pandas as pd
+
+from bench.defect_breakdown import classify_requests, contract_limit, phrasing, table
+from selflearn.core.patterns import delexicalize
+from selflearn.evaluation.evaluate import replay_metrics
+from selflearn.simulate import SimConfig, World
+
+
+def test_phrasing_cuts_values_longest_first_and_names_contract_limits():
+    assert phrasing("Wake me up at 7 am tomorrow", [("time", "7 am"), ("date", "tomorrow")]) == \
+        "wake me up at {time} {date}"
+    assert phrasing("play new york new york", [("song_name", "new york new york"), ("place_name", "new york")]) == \
+        "play {song_name}"
+    assert contract_limit("wake me up at {time} {date}") == "contract: adjacent slots"
+    assert contract_limit("from {place_name} to {place_name}") == "contract: repeated slot"
+    assert contract_limit("wake me up at {time} tomorrow") is None
+
+
+def test_the_breakdown_agrees_with_the_evaluator_and_each_guard_claims_its_requests():
+    w = World.build(SimConfig(users=40, locales=("en-US",), seed=0))
+    fresh = w.fresh_traffic(3000, seed=12345)
+    t_of = {t["tid"]: t for t in w.templates}
+    bad = fresh[[not t_of[i]["supported"] and t_of[i]["confused_intent"] is None and not m and
+                 sum(k for k, _ in t_of[i]["parts"]) == 1 for i, m in zip(fresh["template_id"], fresh["misheard"])]]
+    tid = bad["template_id"].value_counts().index[0]
+    t_bad = t_of[tid]
+    t_ok = next(t_of[i] for i in w.frames[t_bad["frame_id"]] if t_of[i]["supported"])
+    g = w.goal(bad[bad["template_id"] == tid]["goal_id"].iloc[0])
+    src, tgt = w.render_key(g, t_bad, False), w.render_key(g, t_ok, False)
+    psrc, ptgt, _ = delexicalize(src, tgt, [{"name": n, "value": v} for n, v in g["slots"]])
+    patterns = pd.DataFrame({"locale": ["en-US"], "source": [psrc], "target": [ptgt], "confidence": [0.9]})
+    exact = pd.DataFrame({"locale": ["en-US"], "source": [src], "target": [tgt], "confidence": [0.9]})
+
+    rows = classify_requests(w, exact, patterns, {("en-US", psrc): 2}, n=3000)
+    replay = replay_metrics(exact, w, n=3000, seed=12345, patterns=patterns)["overall"]
+    assert len(rows) == replay["defects_before"]
+    assert (rows["reason"] == "fixed: exact").sum() == replay["exact"]["wins"] > 0
+    assert (rows["reason"] == "fixed: pattern").sum() == replay["pattern"]["wins"] > 0
+    assert (rows["reason"] == "wrong rewrite: pattern").sum() == replay["pattern"]["applied"] - replay["pattern"]["wins"]
+    # without the rewrites, that phrasing's requests fall to the log's count: 2 users < 3
+    bare = classify_requests(w, exact.iloc[:0], None, {("en-US", psrc): 2}, n=3000)
+    assert set(bare.loc[bare["phrasing"] == psrc, "reason"]) <= {"phrasing below min_users", "misheard value"}
+    assert (bare["reason"] == "phrasing below min_users").sum() >= (rows["reason"] == "fixed: pattern").sum()
+    # the deny list claims every failing request of its goal's intent that no rewrite took
+    denied = classify_requests(w, exact.iloc[:0], None, {}, deny_intents=[g["intent"]], n=3000)
+    failing_of_intent = sum(w.goal(gid)["intent"] == g["intent"] and not w.serves("en-US", k, gid)
+                            for gid, k in zip(fresh["goal_id"], fresh["text"]))
+    assert (denied["reason"] == "denied goal").sum() == failing_of_intent > 0
+    shares = table(rows)
+    assert abs(shares.drop("failing requests")["all"].sum() - 1.0) < 0.01
+    assert shares.loc["failing requests", "all"] == len(rows)
