@@ -39,15 +39,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 
-from selflearn.core.patterns import _replace_value
-from selflearn.core.rewrite_apply import RewriteIndex
+from selflearn.core.patterns import ADJACENT, _replace_value
+from selflearn.core.rewrite_apply import PLACEHOLDER, RewriteIndex
 from selflearn.core.text import normalize_text
 from selflearn.evaluation.evaluate import FRESH_REQUESTS, resolve_run
 from selflearn.simulate import World
@@ -57,8 +56,6 @@ REASONS = (
     "misheard value", "no slot values", "phrasing not in the log", "phrasing below min_users",
     "contract: repeated slot", "contract: adjacent slots",
 )
-_PLACEHOLDER = re.compile(r"\{([a-z0-9_]+)\}")
-_ADJACENT = re.compile(r"\{[a-z0-9_]+\}\s*\{[a-z0-9_]+\}")
 
 
 def phrasing(text: str, slots) -> str:
@@ -74,10 +71,10 @@ def phrasing(text: str, slots) -> str:
 
 def contract_limit(template: str) -> str | None:
     """The contract 4.1 limit a phrasing hits, if any."""
-    names = _PLACEHOLDER.findall(template)
+    names = PLACEHOLDER.findall(template)
     if len(names) != len(set(names)):
         return "contract: repeated slot"
-    if _ADJACENT.search(template):
+    if ADJACENT.search(template):  # the pattern stage's own test for a run of placeholders
         return "contract: adjacent slots"
     return None
 

@@ -45,6 +45,25 @@ def massive_records(locale: str, limit: int | None = None) -> list[dict]:
     return out
 
 
+def failing_phrasing_pattern(world, fresh):
+    """The most requested one-slot phrasing of `fresh` (a world's fresh traffic) that the
+    simulated NLU does not understand (heard right), and the pattern a person would write for
+    it: (template id, a goal said with it, its key, the key of a supported phrasing of the same
+    frame with the same values, and both delexicalized)."""
+    from selflearn.core.patterns import delexicalize
+
+    t_of = {t["tid"]: t for t in world.templates}
+    bad = fresh[[not t_of[i]["supported"] and t_of[i]["confused_intent"] is None and not m and
+                 sum(k for k, _ in t_of[i]["parts"]) == 1 for i, m in zip(fresh["template_id"], fresh["misheard"])]]
+    tid = bad["template_id"].value_counts().index[0]
+    t_bad = t_of[tid]
+    t_ok = next(t_of[i] for i in world.frames[t_bad["frame_id"]] if t_of[i]["supported"])
+    goal = world.goal(bad[bad["template_id"] == tid]["goal_id"].iloc[0])
+    src, tgt = world.render_key(goal, t_bad, False), world.render_key(goal, t_ok, False)
+    psrc, ptgt, _ = delexicalize(src, tgt, [{"name": n, "value": v} for n, v in goal["slots"]])
+    return tid, goal, src, tgt, psrc, ptgt
+
+
 @pytest.fixture(scope="session")
 def massive():
     return massive_records

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.defect_breakdown import classify_requests, contract_limit, phrasing, table
-from selflearn.core.patterns import delexicalize
+from conftest import failing_phrasing_pattern
 from selflearn.evaluation.evaluate import replay_metrics
 from selflearn.simulate import SimConfig, World
 
@@ -24,15 +24,7 @@ def test_phrasing_cuts_values_longest_first_and_names_contract_limits():
 def test_the_breakdown_agrees_with_the_evaluator_and_each_guard_claims_its_requests():
     w = World.build(SimConfig(users=40, locales=("en-US",), seed=0))
     fresh = w.fresh_traffic(3000, seed=12345)
-    t_of = {t["tid"]: t for t in w.templates}
-    bad = fresh[[not t_of[i]["supported"] and t_of[i]["confused_intent"] is None and not m and
-                 sum(k for k, _ in t_of[i]["parts"]) == 1 for i, m in zip(fresh["template_id"], fresh["misheard"])]]
-    tid = bad["template_id"].value_counts().index[0]
-    t_bad = t_of[tid]
-    t_ok = next(t_of[i] for i in w.frames[t_bad["frame_id"]] if t_of[i]["supported"])
-    g = w.goal(bad[bad["template_id"] == tid]["goal_id"].iloc[0])
-    src, tgt = w.render_key(g, t_bad, False), w.render_key(g, t_ok, False)
-    psrc, ptgt, _ = delexicalize(src, tgt, [{"name": n, "value": v} for n, v in g["slots"]])
+    _, g, src, tgt, psrc, ptgt = failing_phrasing_pattern(w, fresh)
     patterns = pd.DataFrame({"locale": ["en-US"], "source": [psrc], "target": [ptgt], "confidence": [0.9]})
     exact = pd.DataFrame({"locale": ["en-US"], "source": [src], "target": [tgt], "confidence": [0.9]})
 

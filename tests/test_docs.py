@@ -126,9 +126,14 @@ def test_every_setting_is_documented_in_the_readme_or_a_docs_page():
     assert not missing, f"Settings fields documented nowhere (README 'Settings' or docs/): {missing}"
 
 
+def _first_code_block(heading: str) -> str:
+    body = _section(_text(README), heading)
+    start = body.index("```")
+    return body[start:body.index("```", start + 3)]
+
+
 def _diagram() -> str:
-    body = _section(_text(README), "## How one utterance becomes a training row")
-    return body[body.index("```"):body.index("```", body.index("```") + 3)]
+    return _first_code_block("## How one utterance becomes a training row")
 
 
 def test_every_stage_is_a_box_of_the_readme_diagram_in_order():
@@ -140,8 +145,7 @@ def test_every_stage_is_a_box_of_the_readme_diagram_in_order():
 
 def _first_diagram() -> str:
     """The stage diagram at the top of the README (in "The two commands", the first screen)."""
-    body = _section(_text(README), "## The two commands")
-    return body[body.index("```"):body.index("```", body.index("```") + 3)]
+    return _first_code_block("## The two commands")
 
 
 def test_the_first_screen_diagram_has_every_stage_in_order():
