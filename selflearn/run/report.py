@@ -690,7 +690,7 @@ def write_report(run_dir: Path, manifest: dict, work_dir: Path, previous: Path |
     per_locale["rephrases"] = pairs.loc[pairs["flagged"] > 0, "flagged"]
     per_locale["rewrites"] = rewrites.groupby("locale").size()
     per_locale["training_rows"] = training.groupby("locale").size()
-    per_locale = per_locale.fillna(0).reset_index()
+    per_locale = per_locale.apply(pd.to_numeric).fillna(0).reset_index()  # all-missing columns are object dtype
     for c in ("rephrase_pairs", "rephrases", "rewrites", "training_rows"):
         per_locale[c] = per_locale[c].astype("int64")
     stage_rows = pd.DataFrame(
