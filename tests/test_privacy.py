@@ -136,3 +136,71 @@ def test_scrubbing_can_be_turned_off(massive):
     out = enrich_turns(_turns(massive), Settings(scrub_pii=False))
     assert out["text"].str.contains("jane doe example org").all()
     assert not out["text"].str.contains(EMAIL_MASK).any()
+
+
+# --- spoken numbers outside English (selflearn/spoken_numbers.json, from num2words) -------
+
+def _number_table() -> dict:
+    import json
+    from importlib import resources
+
+    return json.loads(resources.files("selflearn").joinpath("spoken_numbers.json").read_text("utf-8"))
+
+
+def _spoken(locale: str, digits: str) -> str:
+    """`digits` said digit by digit in the locale's language, from the scrubber's own table
+    (num2words' words): Han numerals for ja/zh, which Japanese and Chinese phone numbers use."""
+    table = _number_table()
+    lang = locale.split("-")[0]
+    if lang in ("ja", "zh"):
+        return "".join("〇一二三四五六七八九"[int(d)] for d in digits)
+    by_value = {}
+    for word, value in table["spaced"][lang].items():
+        by_value.setdefault(value, word)
+    return " ".join(by_value[int(d)] for d in digits)
+
+
+SPOKEN_LOCALES = ("de-DE", "fr-FR", "es-ES", "ru-RU", "ar-SA", "tr-TR", "vi-VN", "pl-PL", "bn-BD", "ja-JP", "zh-CN")
+
+
+@pytest.mark.parametrize("locale", SPOKEN_LOCALES)
+def test_spoken_phone_numbers_outside_english_are_masked(massive, locale):
+    lang = locale.split("-")[0]
+    words = set(_number_table()["spaced"].get(lang, {})) | set(_number_table()["unspaced"]["han"])
+    # a real utterance with no number word of its own ("... for two hours" would add one)
+    utt = next(r["utt"] for r in massive(locale, 50)
+               if not words & set(r["utt"].casefold().split()) and not words & set(r["utt"]))
+    scrubbed, n = scrub_utterance(_insert(utt, _spoken(locale, "01712345678")))
+    assert n == 1 and NUMBER_MASK in scrubbed.split(), scrubbed
+    # six digits said are a count, a time or a date part, not a number of a person
+    assert scrub_utterance(_insert(utt, _spoken(locale, "123456")))[1] == 0
+
+
+def test_spoken_numbers_in_pairs_and_in_unspaced_scripts():
+    """Real shapes of a number said aloud: German and French in pairs (a 10-99 word is two
+    digits; "vingt-deux" is one number), Korean digit syllables grouped, Thai unspaced."""
+    said = ["meine nummer ist null einundsiebzig zweiundzwanzig dreiunddreißig",  # ß case-folds to ss
+            "mon numéro est zéro six, vingt-deux, quarante-et-un, dix-huit, soixante",
+            "제 번호는 공일공 일이삼사 오육칠팔 입니다",
+            "เบอร์ของฉันคือศูนย์แปดหนึ่งสองสามสี่ห้าหก"]
+    for text in said:
+        scrubbed, n = scrub_utterance(text)
+        assert n == 1 and NUMBER_MASK in scrubbed.split(), text
+    # a French year and a Vietnamese date: a 10-99 word and the digit after it are one number
+    for text in ("supprime la liste de dix-neuf quatre-vingt-dix",
+                 "hủy báo thức ngày mười tháng ba năm hai không mười bảy",
+                 "mon numéro est zéro six quarante deux dix huit"):  # 06 42 18: six digits
+        assert scrub_utterance(text)[1] == 0, text
+
+
+def test_real_massive_number_words_are_not_masked(massive):
+    """MASSIVE has times, dates, counts and amounts said as words in every language and no
+    one's phone number: in the locales the table covers, no utterance gets a number mask but
+    one Japanese postal code, seven digits said as Han numerals (as its digits would be)."""
+    masked = []
+    for locale in SPOKEN_LOCALES + ("ko-KR", "th-TH", "it-IT", "pt-PT", "nl-NL", "hu-HU", "fi-FI", "zh-TW"):
+        for r in massive(locale):
+            out, n = scrub_utterance(r["utt"])
+            if n and NUMBER_MASK in out.split():
+                masked.append((locale, r["utt"]))
+    assert masked == [("ja-JP", "郵便番号一二三四五六七の地域イベントを検索して")]

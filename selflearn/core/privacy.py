@@ -15,8 +15,14 @@ token for the similarity features, and no ASR system transcribes a user saying
                 English (a at b dot com)
     xxphonexx   a digit sequence with separators (any space, zero-width space, dash, minus,
                 U+30FC, '/', ',', '_', '.', parentheses) holding at least `min_digits` digits
-    xxnumberxx  an unbroken run of at least `min_digits` digits, or as many English digit
-                words in a row ("five five five one two ...")
+    xxnumberxx  an unbroken run of at least `min_digits` digits, or number words in a row
+                that spell as many digits: English ("five five five one two ...", with
+                "oh", "double", "triple"), and 34 other MASSIVE languages from the table
+                selflearn/spoken_numbers.json (bench/spoken_numbers.py builds it from
+                num2words): a spaced language's words for 0-9 count one digit, its
+                10-99 words two ("null eins siebenundzwanzig ...", "zéro six
+                vingt-deux ..."), within one language; Han numerals, Thai digit words and Sino-Korean digit syllables
+                count one each, spaced or not ("〇九〇一二三四五六七八")
 
 Digits are any Unicode decimal digits (category Nd: Arabic-Indic, Devanagari, Thai,
 Myanmar...); full-width digits and '＠' become ASCII under NFKC first. Times, dates,
@@ -24,6 +30,8 @@ amounts and years have fewer than `min_digits` digits in one run (default 7) and
 """
 from __future__ import annotations
 
+import functools
+import json
 import unicodedata
 
 import regex as re  # \p{...} classes: letters, marks and digits of every script
@@ -93,6 +101,86 @@ def _shadow(seq: str) -> str:
     return "".join(out)
 
 
+# Number words outside English (spoken_numbers.json). A token continues a run when only
+# spaces, dashes, commas or full stops stand between it and the one before.
+_WORD = re.compile(r"[\p{L}\p{M}]+")
+_RUN_GAP = re.compile(r"[\s\p{Pd},.]+")
+_DASH = re.compile(r"\p{Pd}")
+
+
+@functools.lru_cache(maxsize=1)
+def _number_words() -> tuple[dict[str, dict[str, int]], str, re.Pattern]:
+    """({word: {language: digits}} of the spaced languages, the unspaced digit words as one
+    regex alternation (longest first), and the class of their first characters (a cheap
+    test that a text can hold one))."""
+    from importlib import resources
+
+    table = json.loads(resources.files("selflearn").joinpath("spoken_numbers.json").read_text("utf-8"))
+    words: dict[str, dict[str, int]] = {}
+    for lang, ws in table["spaced"].items():
+        for w, value in ws.items():
+            words.setdefault(w, {})[lang] = 1 if int(value) < 10 else 2
+    unspaced = sorted({w for ws in table["unspaced"].values() for w in ws}, key=lambda w: (-len(w), w))
+    return words, "|".join(re.escape(w) for w in unspaced), re.compile("[" + "".join(sorted({w[0] for w in unspaced})) + "]")
+
+
+@functools.lru_cache(maxsize=8)
+def _unspaced_digits(min_digits: int) -> re.Pattern:
+    digit = f"(?:{_number_words()[1]})"
+    return re.compile(rf"{digit}(?:[\s\p{{Pd}},.]*{digit}){{{max(min_digits - 1, 0)},}}")
+
+
+def _unit_digits(unit: list[str], lang: str, table: dict[str, dict[str, int]]) -> int:
+    """Digits one unit spells in `lang` (0: not a number of that language). A unit is a word
+    or words joined by dashes ("vingt-sept", "quarante-et-un", "dix-neuf"): one number, two
+    digits at most when it holds a 10-99 word; otherwise one digit per digit word."""
+    if lang not in table.get(unit[0], {}) or lang not in table.get(unit[-1], {}):
+        return 0
+    digits = [table[w][lang] for w in unit if lang in table.get(w, {})]
+    return 2 if 2 in digits else len(digits)
+
+
+def _run_digits(units: list[list[str]], table: dict[str, dict[str, int]]) -> int:
+    """The most digits consecutive units of one language spell. A digit word right after a
+    10-99 word is that number's unit ("vingt sept", "mười bảy": 27, 17) and adds nothing."""
+    best = 0
+    for lang in {lang for u in units for w in u for lang in table.get(w, {})}:
+        run, prev = 0, 0
+        for u in units:
+            d = _unit_digits(u, lang, table)
+            run = 0 if d == 0 else run + (0 if d == 1 and prev == 2 and len(u) == 1 else d)
+            prev = d
+            best = max(best, run)
+    return best
+
+
+def _spoken_number_spans(s: str, min_digits: int) -> list[tuple[int, int]]:
+    """Spans of runs of spaced number words (one language) that spell >= min_digits digits."""
+    table = _number_words()[0]
+    units: list[tuple[int, int, list[str]]] = []  # words joined by a single dash are one unit
+    for m in _WORD.finditer(s):
+        if units and m.start() - units[-1][1] == 1 and _DASH.fullmatch(s[units[-1][1]]):
+            units[-1] = (units[-1][0], m.end(), units[-1][2] + [m.group().casefold()])
+        else:
+            units.append((m.start(), m.end(), [m.group().casefold()]))
+
+    def numeric(u) -> bool:
+        return u[2][0] in table and u[2][-1] in table
+
+    spans, i = [], 0
+    while i < len(units):
+        if not numeric(units[i]):
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(units) and numeric(units[j + 1]) and _RUN_GAP.fullmatch(s, units[j][1], units[j + 1][0]):
+            j += 1
+        if _run_digits([u[2] for u in units[i:j + 1]], table) >= min_digits:
+            spans.append((units[i][0], units[j][1]))
+        i = j + 1
+    return spans
+
+
 def _spoken_digits(min_digits: int) -> re.Pattern:
     return re.compile(rf"\b{_SPOKEN_DIGIT}(?:[ -]{_SPOKEN_DIGIT}){{{max(min_digits - 1, 0)},}}\b", re.IGNORECASE)
 
@@ -138,6 +226,11 @@ def scrub_utterance(text: str, min_digits: int = 7) -> tuple[str, int]:
     s = sub(_DIGIT_SEQ, digits, s)
     spoken = _SPOKEN_CACHE.get(min_digits) or _SPOKEN_CACHE.setdefault(min_digits, _spoken_digits(min_digits))
     s = sub(spoken, NUMBER_MASK, s)
+    if _number_words()[2].search(s):
+        s = sub(_unspaced_digits(min_digits), NUMBER_MASK, s)
+    for start, end in reversed(_spoken_number_spans(s, min_digits)):
+        s = f"{s[:start]} {NUMBER_MASK} {s[end:]}"
+        n += 1
     if n:
         s = " ".join(s.split())
     return s, n

@@ -1,0 +1,73 @@
+"""Build selflearn/spoken_numbers.json: the number words the PII scrubber reads as digits
+outside English (selflearn.core.privacy; English has its own rule there, with "oh",
+"double" and "triple").
+
+A phone or account number said aloud in German is "null eins sieben zwei ..." and reaches
+the log as words, not digits; the digit rules cannot see it. The table comes from
+`num2words` (PyPI, LGPL-2.1; 0.5.14 when this table was built), a run-time dependency of
+nothing: this script is run by hand when a language is added, and its output is package data.
+
+For each MASSIVE language that num2words spells (35 of the 51 languages: not af, el, hi,
+hy, jv, ka, km, ml, mn, ms, my, sq, sw, ta, tl, ur; zh through the Han numerals):
+- `spaced`: {word: value} of the language's words for 0-9 (the scrubber counts one digit
+  each) and the single-word forms of 10-99 (two digits each: "zwanzig", "vingt",
+  "diecisiete"), case-folded; a number written in
+  several words ("vingt-sept", "treinta y dos") is not in the table, its parts that are
+  ("vingt", "sept") count on their own.
+- `unspaced`: what spells a digit where words are not spaced: the Han numerals
+  〇零一二三四五六七八九幺 (num2words' Japanese 0-9, U+3007, and the 'one' of Mandarin phone
+  numbers), which Japanese and Chinese read digit by digit in phone numbers, the Thai digit words, and the
+  Sino-Korean digit syllables (num2words' 영 일 이 ..., plus 공, the zero of phone numbers).
+
+    python -m bench.spoken_numbers     # needs: pip install num2words==0.5.14
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "selflearn" / "spoken_numbers.json"
+# MASSIVE's languages (locale prefixes) -> num2words' language code; nb-NO is Norwegian 'no'.
+SPACED = {"am": "am", "ar": "ar", "az": "az", "bn": "bn", "ca": "ca", "cy": "cy", "da": "da", "de": "de", "es": "es",
+          "fa": "fa", "fi": "fi", "fr": "fr", "he": "he", "hu": "hu", "id": "id", "is": "is", "it": "it",
+          "kn": "kn", "lv": "lv", "nb": "no", "nl": "nl", "pl": "pl", "pt": "pt", "ro": "ro", "ru": "ru",
+          "sl": "sl", "sv": "sv", "te": "te", "tr": "tr", "vi": "vi"}
+UNSPACED = {"th": "th", "ko": "ko"}
+
+
+def spaced_words(lang: str) -> dict[str, int]:
+    """{word: its value} for the language's one-word numbers 0-99 (the first value a word
+    spells, should two spell alike)."""
+    from num2words import num2words
+
+    words: dict[str, int] = {}
+    for n in range(100):
+        w = num2words(n, lang=lang).casefold().strip()
+        if w and len(w.split()) == 1 and "-" not in w and w not in words:
+            words[w] = n
+    return dict(sorted(words.items()))
+
+
+def main() -> None:
+    from importlib.metadata import version
+
+    from num2words import num2words
+
+    table = {"source": f"num2words {version('num2words')} (bench/spoken_numbers.py)",
+             "spaced": {loc: spaced_words(lang) for loc, lang in sorted(SPACED.items())}}
+    # Han: the numerals Japanese (num2words' ja) and Chinese write for 0-9, plus U+3007 (the
+    # ideographic zero) and 幺 (the 'one' of Mandarin phone numbers); not the financial forms
+    # (壹, 伍, 陆, 参...), which are everyday words too.
+    han = sorted({num2words(n, lang="ja").strip() for n in range(10)} | {"\u3007", "幺"})
+    unspaced = {"han": han}
+    for loc, lang in UNSPACED.items():
+        unspaced[loc] = sorted({num2words(n, lang=lang).strip() for n in range(10)})
+    unspaced["ko"] = sorted(set(unspaced["ko"]) | {"공"})  # zero as Koreans read it in phone numbers
+    table["unspaced"] = unspaced
+    OUT.write_text(json.dumps(table, ensure_ascii=False, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"{OUT}: {sum(map(len, table['spaced'].values()))} spaced words in {len(table['spaced'])} languages; "
+          + ", ".join(f"{k} {len(v)}" for k, v in unspaced.items()))
+
+
+if __name__ == "__main__":
+    main()
