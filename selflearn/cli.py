@@ -40,7 +40,7 @@ def progress_logging() -> None:
 def cmd_run(args) -> int:
     from selflearn.config import load_settings
 
-    from selflearn.run.publish import check_output_root, ensure_root_free
+    from selflearn.run.publish import check_output_root, ensure_root_free, wait_for_root
     from selflearn.spark.readers import check_input
 
     from selflearn.core.controls import load_controls
@@ -50,7 +50,10 @@ def cmd_run(args) -> int:
     load_controls(settings.controls_file)
     check_input(args.input)
     check_output_root(args.output)  # a file, below a file, read-only: one line (exit 2)
-    ensure_root_free(args.output)  # a busy ROOT: refuse with one line (exit 2), never wait
+    if args.wait:  # a busy ROOT: wait for its run to finish, up to --wait seconds
+        wait_for_root(args.output, args.wait, say=lambda line: print(f"selflearn run: {line}", file=sys.stderr, flush=True))
+    else:  # a busy ROOT: refuse with one line (exit 2)
+        ensure_root_free(args.output)
     progress_logging()
     if args.prefect:  # the same stages as a Prefect flow (a temporary local server without PREFECT_API_URL)
         from pipelines.mine_flow import mine
@@ -147,6 +150,16 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= 7 * 86400:
+        raise argparse.ArgumentTypeError(f"{value:g} s is outside 0 .. {7 * 86400} (a week)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="selflearn", description="Self-learning utterance mining for voice assistants")
     sub = p.add_subparsers(dest="command", required=True)
@@ -158,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="move LATEST to this run even if the publish gate fails (otherwise exit code 3)")
     r.add_argument("--prefect", action="store_true",
                    help="run the stages as the Prefect flow selflearn-mine (as deployments do) instead of directly")
+    r.add_argument("--wait", type=_non_negative_seconds, default=0.0, metavar="SECONDS",
+                   help="when another run holds ROOT, wait up to this long for it to finish (default 0: refuse at once, exit 2)")
     r.set_defaults(fn=cmd_run)
     s = sub.add_parser("simulate", help="write a simulated log with its ground truth")
     s.add_argument("--output", required=True)

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from selflearn.run.publish import FAULT_POINTS, RootBusyError, RunDirs, content_checksum, ensure_root_free, publish
+from selflearn.run.publish import (FAULT_POINTS, RootBusyError, RunDirs, content_checksum, ensure_root_free, publish,
+                                   wait_for_root)
 
 
 def _dead_run(root, run_id, *, staged_success=False):
@@ -85,6 +86,52 @@ def test_busy_root_is_refused_and_the_live_runs_dirs_are_kept(tmp_path):
     finally:
         live.release()
     ensure_root_free(root)
+
+
+def test_wait_for_root_queues_behind_the_live_run_and_gives_up_after_its_limit(tmp_path):
+    """`selflearn run --wait`: a run that finds ROOT held waits for the holder to finish
+    (saying so), and refuses with the usual line once its limit has passed."""
+    import threading
+
+    root = tmp_path / "root"
+    live = RunDirs(root, "20260102T000000Z-live04")
+    live.acquire()
+    said = []
+    threading.Timer(1.0, live.release).start()
+    waited = wait_for_root(root, 30, poll_s=0.05, say=said.append)
+    assert 0.5 <= waited < 30
+    assert len(said) == 1 and said[0].startswith("another selflearn run is using") and "waiting" in said[0]
+    live.acquire()
+    try:
+        with pytest.raises(RootBusyError, match=r"another selflearn run is using .* \(waited 0 s, --wait 0.3\)"):
+            wait_for_root(root, 0.3, poll_s=0.05)
+    finally:
+        live.release()
+    assert wait_for_root(root, 0) == pytest.approx(0, abs=0.5)  # free: no wait at all
+
+
+def test_cli_wait_refuses_with_one_line_after_waiting_and_checks_its_value(tmp_path, massive, capsys):
+    from small_logs import build_log
+
+    from selflearn.cli import main
+
+    build_log(massive, tmp_path / "log")
+    root = tmp_path / "root"
+    live = RunDirs(root, "20260102T000000Z-live05")
+    live.acquire()
+    try:
+        rc = main(["run", "--input", str(tmp_path / "log"), "--output", str(root), "--wait", "0.5"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2
+        assert err[0].startswith("selflearn run: another selflearn run is using") and "waiting" in err[0]
+        assert err[-1].startswith("selflearn run: another selflearn run is using") and "(waited" in err[-1]
+    finally:
+        live.release()
+    for bad in ("-1", "soon"):
+        with pytest.raises(SystemExit) as exc:
+            main(["run", "--input", str(tmp_path / "log"), "--output", str(root), "--wait", bad])
+        assert exc.value.code == 2
+        assert "--wait" in capsys.readouterr().err
 
 
 def test_lock_of_a_sigkilled_holder_is_free(tmp_path):

@@ -50,6 +50,29 @@ def ensure_root_free(root: str | Path) -> None:
         fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def wait_for_root(root: str | Path, wait_s: float, poll_s: float = 1.0, say=None) -> float:
+    """Wait up to `wait_s` seconds for the run holding ROOT to finish (`selflearn run
+    --wait`: a scheduled run that starts while yesterday's is still publishing queues
+    instead of failing); `say` gets a line when the wait starts and every 30 s. Returns the
+    seconds waited; raises RootBusyError with the usual line, and how long it waited, when
+    ROOT is still held after `wait_s`. A run that takes ROOT between this check and its own
+    lock is refused as before (the lock is never shared)."""
+    start = time.monotonic()
+    last_said = None
+    while True:
+        try:
+            ensure_root_free(root)
+            return time.monotonic() - start
+        except RootBusyError as busy:
+            waited = time.monotonic() - start
+            if waited >= wait_s:
+                raise RootBusyError(f"{busy} (waited {waited:.0f} s, --wait {wait_s:g})") from None
+            if say is not None and (last_said is None or waited - last_said >= 30):
+                say(f"{busy}: waiting ({waited:.0f} of {wait_s:g} s)")
+                last_said = waited
+            time.sleep(min(poll_s, max(wait_s - waited, 0.0)))
+
+
 class RootUnusableError(RuntimeError):
     """The output ROOT cannot be written: a file, below a file, or read-only."""
 
