@@ -22,7 +22,7 @@ for the shipped defaults and for each veto (K, Z) on the three simulated sets; (
 picked by F1 on the fitting set (seed 1) only.
 
 Run: .venv/bin/python -m bench.fit_rephrase --users 300 --cache DIR --only fit   (and seed, loc)
-     .venv/bin/python -m bench.rephrase_intent_probe --users 300 --cache DIR
+     .venv/bin/python -m bench.rephrase_intent_probe --users 300 --cache DIR [--per-day]
 """
 from __future__ import annotations
 
@@ -43,24 +43,28 @@ SETS = {"fit": dict(seed=1, **TRAPS), "seed": dict(seed=2, **OTHER_KNOBS),
         "loc": dict(seed=3, locales=list(OTHER_LOCALES), **TRAPS)}
 
 
-def served_intent_rank(pairs: pd.DataFrame, vectors: dict) -> np.ndarray:
+def served_intent_rank(pairs: pd.DataFrame, vectors: dict, per_day: bool = False) -> np.ndarray:
     """Per pair: how many of its locale's served-intent centroids are nearer to the first
     key than the centroid of the intent the second turn was served with (NaN when the
-    second turn was not served with an intent)."""
-    turns = pd.concat([
-        pairs[["locale", "text", "response_status", "nlu_intent"]],
-        pairs[["locale", "next_text", "next_status", "next_intent"]].set_axis(
-            ["locale", "text", "response_status", "nlu_intent"], axis=1)])
+    second turn was not served with an intent). `per_day`: centroids of each day's served
+    turns only, a pair ranked among those of its second turn's day (what a run could use
+    and still score a log mined day by day as the same log mined at once)."""
+    cols = ["locale", "text", "response_status", "nlu_intent", "day"]
+    turns = pd.concat([pairs[["locale", "text", "response_status", "nlu_intent", "day1"]].set_axis(cols, axis=1),
+                       pairs[["locale", "next_text", "next_status", "next_intent", "day2"]].set_axis(cols, axis=1)])
     turns = turns[(turns["response_status"] == "success") & turns["nlu_intent"].notna()]
-    turns = turns.drop_duplicates(["locale", "text", "nlu_intent"])
+    if not per_day:
+        turns = turns.assign(day="all")
+    turns = turns.drop_duplicates(["locale", "day", "text", "nlu_intent"])
     centroids = {}
-    for (locale, intent), g in turns.groupby(["locale", "nlu_intent"], sort=True):
+    for (locale, day, intent), g in turns.groupby(["locale", "day", "nlu_intent"], sort=True):
         c = np.mean([vectors[(locale, t)] for t in sorted(g["text"])], axis=0)
-        centroids.setdefault(locale, {})[intent] = c / np.linalg.norm(c)
+        centroids.setdefault((locale, day), {})[intent] = c / np.linalg.norm(c)
     rank = np.full(len(pairs), np.nan)
-    for i, (locale, text, intent, status) in enumerate(
-            zip(pairs["locale"], pairs["text"], pairs["next_intent"], pairs["next_status"])):
-        cents = centroids.get(locale, {})
+    days = pairs["day2"] if per_day else pd.Series("all", index=pairs.index)
+    for i, (locale, text, intent, status, day) in enumerate(
+            zip(pairs["locale"], pairs["text"], pairs["next_intent"], pairs["next_status"], days)):
+        cents = centroids.get((locale, day), {})
         if status != "success" or intent not in cents:
             continue
         names = sorted(cents)
@@ -69,7 +73,7 @@ def served_intent_rank(pairs: pd.DataFrame, vectors: dict) -> np.ndarray:
     return rank
 
 
-def load(name: str, cache: Path, users: int, settings: Settings) -> pd.DataFrame:
+def load(name: str, cache: Path, users: int, settings: Settings, per_day: bool = False) -> pd.DataFrame:
     f = cache / f"{name}-{users}.parquet"
     if not f.is_file():
         sys.exit(f"{f} is missing: run `python -m bench.fit_rephrase --users {users} --cache {cache} --only {name}` first")
@@ -79,10 +83,12 @@ def load(name: str, cache: Path, users: int, settings: Settings) -> pd.DataFrame
         log = pd.read_parquet(Path(tmp) / "log").drop_duplicates("event_id").set_index("event_id")
     pairs["next_intent"] = pairs["next_event_id"].map(log["nlu_intent"])
     pairs["next_status"] = pairs["next_event_id"].map(log["response_status"])
+    day = pd.to_datetime(log["ts"], utc=True).dt.strftime("%Y-%m-%d")
+    pairs["day1"], pairs["day2"] = pairs["event_id"].map(day), pairs["next_event_id"].map(day)
     keys = pd.concat([pairs[["locale", "text"]], pairs[["locale", "next_text"]].set_axis(["locale", "text"], axis=1)])
     table = EncoderMeaning.for_settings(settings).vector_table(keys["locale"], keys["text"])
     vectors = {(lo, t): v for lo, t, v in zip(table["locale"], table["text"], table["vector"])}
-    pairs["intent_rank"] = served_intent_rank(pairs, vectors)
+    pairs["intent_rank"] = served_intent_rank(pairs, vectors, per_day)
     return pairs
 
 
@@ -98,9 +104,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=300)
     ap.add_argument("--cache", required=True)
+    ap.add_argument("--per-day", action="store_true", help="centroids of each day's served turns (see served_intent_rank)")
     args = ap.parse_args()
     settings = Settings()
-    sets = {name: load(name, Path(args.cache), args.users, settings) for name in SETS}
+    sets = {name: load(name, Path(args.cache), args.users, settings, args.per_day) for name in SETS}
     sim_bound = settings.rephrase_model.unrelated_max_similarity
     grid = [(k, z) for k in (1, 2, 3, 5) for z in (3.0, 4.0, float("inf"))]
     results = {}
