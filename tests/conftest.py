@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,12 @@ import pytest
 from selflearn.spark.session import local_env_defaults  # noqa: E402  (imports no pyspark)
 
 local_env_defaults()
+# Every JVM the tests start (the session's Spark, each `selflearn run` and spark-submit they
+# launch) lives seconds to a few minutes on a few thousand rows: C2's compile work is spent
+# before it pays back, on a 2-core machine it competes with the run itself. C1 alone cut one
+# small `selflearn run` from 37-40 s to 29-31 s (README "Testing"). A JIT tier changes no
+# result; the environment can still say otherwise (setdefault).
+os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = (REPO.parent / "shared" / "data").resolve()

@@ -18,6 +18,13 @@ point: killing after all nine stage boundaries took 1,002 s of a 2-core fresh cl
 (2026-11-29), most of it in the late boundaries, which check nothing the early ones don't.
 SELFLEARN_FAULTS_ALL=1 kills after every stage of stages.STAGES (a release check).
 
+Kill leftovers (issue 19 item 4) ride along too: every run here has a private "system
+temp" (TMPDIR and the JVM's java.io.tmpdir, set the way an operator's environment would),
+so other processes' /tmp files cannot confuse the check. At every kill point the run's
+Spark scratch dir (blockmgr-* shuffle files hold raw user ids and utterances, spark-*,
+artifacts-*) is ROOT/.work/spark-<run_id>; right after each kill nothing of the run is in
+the system temp; the rerun's locked cleanup removes every killed run's scratch dir.
+
 Determinism rides along: the runs killed after their move into runs/ are complete
 repeated runs (local[1], 2 shuffle partitions), and the final rerun uses local[2] with 5
 shuffle partitions; all must publish the baseline's checksums, table for table.
@@ -44,6 +51,7 @@ from selflearn.schema import PUBLISHED_TABLES
 pytestmark = pytest.mark.heavy  # second tier: make test-full
 
 REPO = Path(__file__).resolve().parents[1]
+SPARK_DIRS = re.compile(r"^(blockmgr|spark|artifacts|pyspark)-")  # Spark's scratch dirs in a temp dir
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +91,10 @@ def sim(tmp_path_factory):
     damaged_parquet_dir(base / "sim" / "log")  # every run below reads a damaged log
     cfg = base / "one-core.yaml"
     cfg.write_text("spark_master: 'local[1]'\nspark_shuffle_partitions: 2\n")
+    systmp = base / "system-tmp"  # the runs' "system temp": nothing of a killed run may land here
+    systmp.mkdir()
     env = {**os.environ, "PREFECT_HOME": str(base / "prefect-home"),
+           "TMPDIR": str(systmp), "JAVA_TOOL_OPTIONS": f"-Djava.io.tmpdir={systmp}",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     env.pop("PREFECT_API_URL", None)
     env.pop("SELFLEARN_FAULT_PAUSE", None)
@@ -120,7 +131,8 @@ def test_sigkill_anywhere_then_rerun_gives_equal_content(sim, baseline):
     ref = checksums(first)
     assert set(ref) >= set(PUBLISHED_TABLES)
     prev = (root / "LATEST").read_text().strip()  # the previous complete run
-    published_by_killed, leftovers = [], []
+    systmp = Path(env["TMPDIR"])
+    published_by_killed, leftovers, scratch_dirs = [], [], []
     for point in KILL_AT:
         before = {p.name for p in (root / "runs").iterdir()}
         if point.startswith("after:"):
@@ -129,11 +141,19 @@ def test_sigkill_anywhere_then_rerun_gives_equal_content(sim, baseline):
         else:
             run = CliRun(log, root, cfg, env, {"SELFLEARN_FAULT_PAUSE": point})
             run.wait_for(re.escape(f"[fault] paused at {point}"))
+        work = sorted(p.name for p in (root / ".work").iterdir())
+        spark_dirs = [w for w in work if w.startswith("spark-")]
+        assert len(spark_dirs) == 1, (point, work)  # the running run's scratch dir, under ROOT
+        scratch = root / ".work" / spark_dirs[0]
+        assert any(p.name.startswith("blockmgr-") for p in scratch.iterdir()), (point, list(scratch.iterdir()))
+        scratch_dirs.append(scratch)
         procs = run.kill_group()
         deadline = time.monotonic() + 30  # the PySpark daemons exit once the JVM's pipe closes
         while survivors(procs) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert survivors(procs) == [], f"{point}: processes of the killed run still alive"
+        left = sorted(p.name for p in systmp.iterdir() if SPARK_DIRS.match(p.name))
+        assert left == [], (point, left)  # nothing in the system temp even right after the kill
         assert_consistent(root, prev)
         leftovers += [d for d in (root / ".staging").iterdir()] + [d for d in (root / ".work").iterdir()]
         new = {p.name for p in (root / "runs").iterdir()} - before
@@ -164,6 +184,8 @@ def test_sigkill_anywhere_then_rerun_gives_equal_content(sim, baseline):
     assert_consistent(root, rerun.name)
     assert list((root / ".staging").iterdir()) == [] and list((root / ".work").iterdir()) == []
     assert [p for p in leftovers if p.exists()] == []  # every killed run's staging and work dirs
+    assert [p for p in scratch_dirs if p.exists()] == []  # and Spark scratch dirs, by the locked cleanup
+    assert sorted(p.name for p in systmp.iterdir() if SPARK_DIRS.match(p.name)) == []
     assert not (root / "LATEST.tmp").exists()
     # killed between moving the run and moving its quarantine: the rerun rolled it forward
     for run_id in published_by_killed:
