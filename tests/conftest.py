@@ -20,7 +20,7 @@ local_env_defaults()
 # session's own JVM (fixture `spark`) keeps the default: it lives the whole session and runs
 # many in-process pipelines, where C1 alone was slower (test_trust_e2e 217 s -> 277 s). A JIT
 # tier changes no result; the environment can still say otherwise (setdefault).
-C1_ONLY = "-XX:TieredStopAtLevel=1"
+C1_ONLY = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"  # C1 alone defaults to 48 MB: full, the JIT stops
 os.environ.setdefault("SPARK_SUBMIT_OPTS", C1_ONLY)
 
 REPO = Path(__file__).resolve().parents[1]
