@@ -13,12 +13,15 @@ import pytest
 from selflearn.spark.session import local_env_defaults  # noqa: E402  (imports no pyspark)
 
 local_env_defaults()
-# Every JVM the tests start (the session's Spark, each `selflearn run` and spark-submit they
-# launch) lives seconds to a few minutes on a few thousand rows: C2's compile work is spent
-# before it pays back, on a 2-core machine it competes with the run itself. C1 alone cut one
-# small `selflearn run` from 37-40 s to 29-31 s (README "Testing"). A JIT tier changes no
-# result; the environment can still say otherwise (setdefault).
-os.environ.setdefault("SPARK_SUBMIT_OPTS", "-XX:TieredStopAtLevel=1")
+# The JVMs the tests start in subprocesses (each `selflearn run`, spark-submit, a Prefect
+# worker's run) live seconds to a couple of minutes on a few thousand rows: C2's compile work
+# is spent before it pays back, and on a 2-core machine it competes with the run itself. C1
+# alone cut one small `selflearn run` from 37-40 s to 29-31 s (README "Testing"). The
+# session's own JVM (fixture `spark`) keeps the default: it lives the whole session and runs
+# many in-process pipelines, where C1 alone was slower (test_trust_e2e 217 s -> 277 s). A JIT
+# tier changes no result; the environment can still say otherwise (setdefault).
+C1_ONLY = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"  # C1 alone defaults to 48 MB: full, the JIT stops
+os.environ.setdefault("SPARK_SUBMIT_OPTS", C1_ONLY)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = (REPO.parent / "shared" / "data").resolve()
@@ -36,7 +39,14 @@ def settings():
 def spark(settings):
     from selflearn.spark.session import get_spark
 
-    session = get_spark(settings, app_name="selflearn-tests")
+    ours = os.environ.get("SPARK_SUBMIT_OPTS") == C1_ONLY  # the default above, not the caller's
+    if ours:
+        del os.environ["SPARK_SUBMIT_OPTS"]  # pyspark hands the JVM os.environ as it is now
+    try:
+        session = get_spark(settings, app_name="selflearn-tests")
+    finally:
+        if ours:
+            os.environ["SPARK_SUBMIT_OPTS"] = C1_ONLY
     yield session
     session.stop()
 
