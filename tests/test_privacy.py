@@ -166,7 +166,8 @@ SPOKEN_LOCALES = ("de-DE", "fr-FR", "es-ES", "ru-RU", "ar-SA", "tr-TR", "vi-VN",
 @pytest.mark.parametrize("locale", SPOKEN_LOCALES)
 def test_spoken_phone_numbers_outside_english_are_masked(massive, locale):
     lang = locale.split("-")[0]
-    words = set(_number_table()["spaced"].get(lang, {})) | set(_number_table()["unspaced"]["han"])
+    table = _number_table()
+    words = set(table["spaced"].get(lang, {})) | set(table["unspaced"]["han"])
     # a real utterance with no number word of its own ("... for two hours" would add one)
     utt = next(r["utt"] for r in massive(locale, 50)
                if not words & set(r["utt"].casefold().split()) and not words & set(r["utt"]))

@@ -104,15 +104,15 @@ def _shadow(seq: str) -> str:
 # Number words outside English (spoken_numbers.json). A token continues a run when only
 # spaces, dashes, commas or full stops stand between it and the one before.
 _WORD = re.compile(r"[\p{L}\p{M}]+")
-_RUN_GAP = re.compile(r"[\s\p{Pd},.]+")
+_GAP = r"[\s\p{Pd},.]"  # what may stand between two number words of one run
+_RUN_GAP = re.compile(_GAP + "+")
 _DASH = re.compile(r"\p{Pd}")
 
 
 @functools.lru_cache(maxsize=1)
-def _number_words() -> tuple[dict[str, dict[str, int]], str, re.Pattern]:
+def _number_words() -> tuple[dict[str, dict[str, int]], str]:
     """({word: {language: digits}} of the spaced languages, the unspaced digit words as one
-    regex alternation (longest first), and the class of their first characters (a cheap
-    test that a text can hold one))."""
+    regex alternation, longest first)."""
     from importlib import resources
 
     table = json.loads(resources.files("selflearn").joinpath("spoken_numbers.json").read_text("utf-8"))
@@ -121,13 +121,13 @@ def _number_words() -> tuple[dict[str, dict[str, int]], str, re.Pattern]:
         for w, value in ws.items():
             words.setdefault(w, {})[lang] = 1 if int(value) < 10 else 2
     unspaced = sorted({w for ws in table["unspaced"].values() for w in ws}, key=lambda w: (-len(w), w))
-    return words, "|".join(re.escape(w) for w in unspaced), re.compile("[" + "".join(sorted({w[0] for w in unspaced})) + "]")
+    return words, "|".join(re.escape(w) for w in unspaced)
 
 
 @functools.lru_cache(maxsize=8)
 def _unspaced_digits(min_digits: int) -> re.Pattern:
     digit = f"(?:{_number_words()[1]})"
-    return re.compile(rf"{digit}(?:[\s\p{{Pd}},.]*{digit}){{{max(min_digits - 1, 0)},}}")
+    return re.compile(rf"{digit}(?:{_GAP}*{digit}){{{max(min_digits - 1, 0)},}}")
 
 
 def _unit_digits(unit: list[str], lang: str, table: dict[str, dict[str, int]]) -> int:
@@ -226,8 +226,7 @@ def scrub_utterance(text: str, min_digits: int = 7) -> tuple[str, int]:
     s = sub(_DIGIT_SEQ, digits, s)
     spoken = _SPOKEN_CACHE.get(min_digits) or _SPOKEN_CACHE.setdefault(min_digits, _spoken_digits(min_digits))
     s = sub(spoken, NUMBER_MASK, s)
-    if _number_words()[2].search(s):
-        s = sub(_unspaced_digits(min_digits), NUMBER_MASK, s)
+    s = sub(_unspaced_digits(min_digits), NUMBER_MASK, s)
     for start, end in reversed(_spoken_number_spans(s, min_digits)):
         s = f"{s[:start]} {NUMBER_MASK} {s[end:]}"
         n += 1
