@@ -67,11 +67,13 @@ RANGES: dict[str, tuple[float, float]] = {
     # the rephrase score's weights (fitted: bench/fit_rephrase.py): a logit of +-50 is certainty
     **{f"rephrase_model.{w}": (-50.0, 50.0) for w in (
         "bias", "w_similarity", "w_defect", "w_sim_defect", "w_own_defect", "w_sim_own_defect", "w_gap",
-        "w_meaning", "w_unrelated", "w_slots_changed", "w_reprompt", "w_elicit", "w_confirm")},
+        "w_meaning", "w_unrelated", "w_slots_changed", "w_reprompt", "w_elicit", "w_confirm", "w_other_intent")},
     "rephrase_model.meaning_z_min": (-100.0, 0.0),
     "rephrase_model.meaning_z_max": (0.0, 100.0),
     "rephrase_model.unrelated_max_meaning_z": (-100.0, 100.0),
     "rephrase_model.unrelated_max_similarity": (0.0, 1.0),
+    "rephrase_model.other_intent_min_rank": (1, 10**6),
+    "rephrase_model.other_intent_max_meaning_z": (-100.0, 100.0),
     "rephrase_model.meaning_baseline_keys": (30, 10**6),
 }
 # String settings with a closed set of values.
@@ -128,16 +130,24 @@ class RephraseModel:
                     + w_unrelated * [z < unrelated_max_meaning_z and sim < unrelated_max_similarity]
                     + w_slots_changed * (share of the first turn's NLU slot values missing from the second) * (1 - o)
                     + w_reprompt * [act = reprompt] + w_elicit * [act = elicit]
-                    + w_confirm * [act = confirm])
+                    + w_confirm * [act = confirm]
+                    + w_other_intent * [r >= other_intent_min_rank and z < other_intent_max_meaning_z
+                                        and sim < unrelated_max_similarity])
     with sim the pair's lexical similarity (the best of token Dice, char-trigram Dice and
     edit similarity), d the first turn's defect probability, o the same from the turn's own
     signals only (defect_model without reask and quick_next), z the two keys' embedding
     cosine z-scored against unrelated keys of the locale (left out when there are no
-    vectors), act the first turn's `system_act` (left out when unknown). The weights are
+    vectors), act the first turn's `system_act` (left out when unknown), r the rank of the
+    intent the second turn was served with among the served-intent centroids of its locale
+    and day, by cosine to the first key (0: the nearest; left out when the second turn was
+    not served with an intent): a request served as something the first turn does not mean
+    is a new goal, not a re-ask, even when the encoder sees some shared meaning. The weights are
     fitted on simulated pairs and checked on other seeds, locales and DSTC2
     (bench/fit_rephrase.py, bench/fit_rephrase.md), with unrelated_max_meaning_z, except
-    w_unrelated and w_elicit (vetoes, fixed: a pair sharing neither words nor meaning; an
-    answer to the system's question) and w_confirm (no simulated confirmations: left 0)."""
+    w_unrelated, w_elicit and w_other_intent (vetoes, fixed: a pair sharing neither words
+    nor meaning; an answer to the system's question; a second turn served as another goal)
+    and w_confirm (no simulated confirmations: left 0). other_intent_min_rank and
+    other_intent_max_meaning_z were picked by F1 on the fitting set (bench/fit_rephrase.py)."""
 
     bias: float = -3.22
     w_similarity: float = -1.82
@@ -156,6 +166,9 @@ class RephraseModel:
     meaning_z_max: float = 6.0
     unrelated_max_meaning_z: float = 1.5
     unrelated_max_similarity: float = 0.35
+    w_other_intent: float = -8.0
+    other_intent_min_rank: int = 2
+    other_intent_max_meaning_z: float = 3.0
     meaning_baseline_keys: int = 1000
     threshold: float = 0.55
 

@@ -77,6 +77,12 @@ def test_day_by_day_equals_one_run_over_both_days(sim_runs):
     assert m2["evidence"]["days_merged"] == ["2026-11-01", "2026-11-02"]
     assert m2["evidence"]["input_days"] == ["2026-11-02"]
     assert m2["counts"]["sessions"]["tails_carried_in"] > 0  # sessions open at midnight were carried
+    # the other-intent veto acted on both days, with each day's own centroids; the tails
+    # keep the rank their day gave (the next run has none of that day's centroids)
+    assert m1["counts"]["sessions"]["pairs_served_as_another_goal"] > 0
+    assert m2["counts"]["sessions"]["pairs_served_as_another_goal"] > 0
+    tails = pd.concat(pq.read_table(f).to_pandas() for f in (base / "daily" / "state" / "tails").rglob("*.parquet"))
+    assert tails["next_intent_rank"].notna().any()
 
 
 def test_turns_cover_the_run_input_and_the_previous_run_stays_readable(sim_runs):

@@ -199,3 +199,92 @@ def test_slots_changed_counts_only_values_the_first_turn_said():
             turn("b", "what about thai food", 5, nlu_slots=said)]
     out = enrich_turns(frame(rows), Settings()).set_index("event_id")
     assert out.loc["a", "slots_changed"] == 0.0
+
+
+def _served_centroids(massive, meaning, n_intents=16, per_intent=12):
+    """Served-intent centroids of real en-US MASSIVE keys (as a run builds them per day):
+    intents in name order, each the unit mean of its first keys' vectors."""
+    from selflearn.core.rephrase import served_intent_centroids
+
+    keys = {}
+    for r in massive("en-US"):
+        keys.setdefault(r["intent"], [])
+        k = normalize_text(r["utt"])
+        if k not in keys[r["intent"]] and len(keys[r["intent"]]) < per_intent:
+            keys[r["intent"]].append(k)
+    intents = sorted(i for i, ks in keys.items() if len(ks) == per_intent)[:n_intents]
+    table = meaning.vector_table(["en-US"] * sum(len(keys[i]) for i in intents), [k for i in intents for k in keys[i]])
+    vec = dict(zip(table["text"], table["vector"]))
+    names, cents = served_intent_centroids([i for i in intents for _ in keys[i]], [k for i in intents for k in keys[i]],
+                                           [vec[k] for i in intents for k in keys[i]])
+    assert names == intents
+    return intents, cents, keys
+
+
+def test_a_quick_request_served_as_another_goal_is_not_a_rephrase(massive, meaning):
+    """The other-intent veto: a failure, then 3 s later a request sharing no words and some
+    meaning (z between the unrelated veto's bound and other_intent_max_meaning_z), served as
+    an intent whose centroid is far from the first key: a new goal. Without the second turn's
+    intent the same pair reads as a rephrase; a re-ask served as the first turn's own intent
+    stays one."""
+    from selflearn.core.rephrase import served_intent_rank
+    from selflearn.core.sessions import score_pairs
+
+    model = Settings().rephrase_model
+    intents, cents, keys = _served_centroids(massive, meaning)
+    v = dict(zip(*[meaning.vector_table(["en-US"] * len(ks), ks)[c] for ks in [[k for i in intents for k in keys[i]]]
+                   for c in ("text", "vector")]))
+
+    def candidates(first, want_same):
+        """Seconds of the band the veto acts on: no shared words, z in (bound, max z)."""
+        for b in intents:
+            if (b == a) != want_same:
+                continue
+            for second in keys[b]:
+                if second == first or pair_similarity(first, second) >= model.unrelated_max_similarity:
+                    continue
+                z = meaning(["en-US"], [first], [second])[0]
+                if model.unrelated_max_meaning_z + 0.1 < z < model.other_intent_max_meaning_z - 0.1:
+                    yield b, second, served_intent_rank([v[first]], [b], intents, cents)[0]
+
+    found = None
+    for a in intents:
+        for first in keys[a]:
+            switch = next((c for c in candidates(first, False) if c[2] >= model.other_intent_min_rank + 1), None)
+            reask = next((c for c in candidates(first, True) if c[2] < model.other_intent_min_rank), None)
+            if switch and reask:
+                found = ("switch", a, first, switch[0], switch[1], switch[2], reask[1], reask[2])
+                break
+        if found:
+            break
+    assert found is not None
+    _, a, first, b, second, rank, reask, reask_rank = found
+    assert reask_rank < model.other_intent_min_rank  # a re-ask is served near what the first meant
+
+    def scored(second_text, second_intent, second_rank):
+        rows = [turn("a", first, 0, status="unhandled", dwell_ms=500, barge_in=True),
+                turn("b", second_text, 3, nlu_intent=second_intent)]
+        out = enrich_turns(frame(rows), Settings(), meaning=meaning)
+        unknown = out.set_index("event_id").loc["a"]
+        out["next_intent_rank"] = np.where(out["event_id"] == "a", second_rank, np.nan)
+        return unknown, score_pairs(out, Settings()).set_index("event_id").loc["a"]
+
+    unknown, known = scored(second, b, rank)
+    assert unknown["is_rephrase"], (first, second, unknown["pair_score"])  # form, timing and meaning say rephrase
+    assert not known["is_rephrase"], (first, second, b, rank, known["pair_score"])
+    unknown, known = scored(reask, a, reask_rank)
+    assert unknown["is_rephrase"] == known["is_rephrase"] and known["pair_score"] == unknown["pair_score"]
+
+
+def test_served_intent_rank_counts_nearer_centroids():
+    from selflearn.core.rephrase import served_intent_centroids, served_intent_rank
+
+    # one row per (intent, key), in any order, a key repeated: centroids in intent order
+    names, cents = served_intent_centroids(["c", "b", "a", "b", "b"], ["k3", "k2", "k1", "k4", "k2"],
+                                           [[-1.0, 0.1], [0.0, 1.0], [1.0, 0.0], [0.2, 1.0], [0.0, 1.0]])
+    assert names == ["a", "b", "c"]
+    assert np.allclose(cents[1], np.array([0.1, 1.0]) / np.linalg.norm([0.1, 1.0]))  # the repeated key counts once
+    first = [np.array([0.9, 0.1]), np.array([0.9, 0.1]), np.array([0.9, 0.1]), None]
+    rank = served_intent_rank(first, ["a", "b", "c", "a"], ["a", "b", "c"], cents)
+    assert rank[:3].tolist() == [0.0, 1.0, 2.0] and np.isnan(rank[3])
+    assert np.isnan(served_intent_rank(first[:1], ["zzz"], ["a", "b", "c"], cents)[0])  # no centroid: unknown

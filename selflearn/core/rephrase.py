@@ -19,6 +19,10 @@ bench/fit_rephrase.py) over
 - the system's act on the first turn, where the log has it (contract v3 `system_act`):
   after `elicit` the next turn answers a question (`w_elicit` is a veto like `w_unrelated`:
   an answer is never a re-ask), after `reprompt` it re-asks.
+- the second turn's served intent: ranked among the served-intent centroids of its locale
+  and day by cosine to the first key (`served_intent_rank`); served as a goal the first
+  key is far from, with little meaning and no words shared, the pair is a new goal
+  (`w_other_intent`, a veto), however quick after a failure.
 A pair with neither shared words nor shared meaning (meaning z below
 `unrelated_max_meaning_z` AND lexical similarity below `unrelated_max_similarity`) gets
 `w_unrelated` on top, so a fast unrelated request after a failure cannot be a rephrase
@@ -43,9 +47,9 @@ from selflearn.config import RephraseModel
 from selflearn.core.text import normalize_text, similarity_features
 
 FEATURES = ("similarity", "defect", "sim_defect", "own_defect", "sim_own_defect", "gap", "meaning",
-            "unrelated", "slots_changed_own_ok", "act_reprompt", "act_elicit", "act_confirm")
+            "unrelated", "slots_changed_own_ok", "act_reprompt", "act_elicit", "act_confirm", "other_intent")
 WEIGHTS = ("w_similarity", "w_defect", "w_sim_defect", "w_own_defect", "w_sim_own_defect", "w_gap", "w_meaning",
-           "w_unrelated", "w_slots_changed", "w_reprompt", "w_elicit", "w_confirm")
+           "w_unrelated", "w_slots_changed", "w_reprompt", "w_elicit", "w_confirm", "w_other_intent")
 
 
 def pair_similarity(first: str, second: str) -> float:
@@ -80,12 +84,14 @@ def slots_changed(first_slots, next_texts, first_texts=None) -> np.ndarray:
 
 
 def pair_features(similarity, gap_s, first_defect_prob, meaning_z, system_act, window_s: float,
-                  model: RephraseModel, own_defect_prob=None, changed=None) -> np.ndarray:
+                  model: RephraseModel, own_defect_prob=None, changed=None, intent_rank=None) -> np.ndarray:
     """(n, len(FEATURES)) float matrix. `meaning_z` NaN (no vectors) leaves both the meaning
     term and the unrelated veto out; `system_act` None (unknown) leaves the act terms out.
     `own_defect_prob`: the first turn's defect probability from its own signals only (no
     quick-next / re-ask signal, which the pair's gap and similarity already carry); None:
-    the full defect probability. `changed`: `slots_changed` per pair (None: zeros)."""
+    the full defect probability. `changed`: `slots_changed` per pair (None: zeros).
+    `intent_rank`: `served_intent_rank` per pair (None or NaN: the second turn's served
+    intent is unknown, and the other-intent veto stays out)."""
     sim = np.asarray(similarity, dtype=np.float64)
     n = len(sim)
     gap = np.clip(np.asarray(gap_s, dtype=np.float64), 0.0, window_s) / window_s
@@ -95,6 +101,12 @@ def pair_features(similarity, gap_s, first_defect_prob, meaning_z, system_act, w
     known = ~np.isnan(z)
     meaning = np.where(known, np.clip(np.nan_to_num(z), model.meaning_z_min, model.meaning_z_max), 0.0)
     unrelated = known & (np.nan_to_num(z) < model.unrelated_max_meaning_z) & (sim < model.unrelated_max_similarity)
+    rank = np.asarray(intent_rank, dtype=np.float64) if intent_rank is not None else np.full(n, np.nan)
+    # served as a goal the first key is far from, with little shared meaning and no shared
+    # words: the user asked for something else (a topic switch the unrelated veto misses,
+    # because the encoder sees some meaning in any two requests of one domain)
+    other_intent = (known & ~np.isnan(rank) & (np.nan_to_num(rank) >= model.other_intent_min_rank)
+                    & (np.nan_to_num(z) < model.other_intent_max_meaning_z) & (sim < model.unrelated_max_similarity))
     acts = pd.Series(system_act if system_act is not None else [None] * n, dtype=object).to_numpy()
     return np.column_stack([
         sim, defect, sim * defect, own, sim * own, gap, meaning, unrelated.astype(np.float64),
@@ -103,7 +115,7 @@ def pair_features(similarity, gap_s, first_defect_prob, meaning_z, system_act, w
         # misheard value: "ashab wal aaz" -> "ashab wala aaz")
         np.zeros(n) if changed is None else np.asarray(changed, dtype=np.float64) * (1.0 - own),
         (acts == "reprompt").astype(np.float64), (acts == "elicit").astype(np.float64),
-        (acts == "confirm").astype(np.float64),
+        (acts == "confirm").astype(np.float64), other_intent.astype(np.float64),
     ])
 
 
@@ -112,12 +124,59 @@ def weights_of(model: RephraseModel) -> np.ndarray:
 
 
 def rephrase_score(similarity, gap_s, first_defect_prob, window_s: float, model: RephraseModel,
-                   meaning_z=None, system_act=None, own_defect_prob=None, changed=None) -> np.ndarray:
+                   meaning_z=None, system_act=None, own_defect_prob=None, changed=None,
+                   intent_rank=None) -> np.ndarray:
     """Vectorised score in [0, 1] for arrays of pair features."""
     x = pair_features(similarity, gap_s, first_defect_prob, meaning_z, system_act, window_s, model,
-                      own_defect_prob, changed)
+                      own_defect_prob, changed, intent_rank)
     logit = model.bias + x @ weights_of(model)
     return 1.0 / (1.0 + np.exp(-logit))
+
+
+# --- the second turn's served intent ----------------------------------------------------
+
+def intent_centroid(vectors) -> np.ndarray:
+    """Unit mean of the vectors of the distinct keys served with one intent (in the order
+    given: callers sort by text, so the float sum is the same on every run)."""
+    c = np.mean(np.stack([np.asarray(v, dtype=np.float64) for v in vectors]), axis=0)
+    norm = np.linalg.norm(c)
+    return c / norm if norm > 0 else c
+
+
+def served_intent_centroids(intents, texts, vectors) -> tuple[list[str], np.ndarray]:
+    """The served-intent centroids of one locale and day from its served keys (one row per
+    distinct (intent, text)): intent names in sorted order and, row for row, the unit mean
+    of each intent's key vectors, summed in text order (the same floats on every run)."""
+    df = pd.DataFrame({"intent": list(intents), "text": list(texts), "vector": list(vectors)})
+    df = df.drop_duplicates(["intent", "text"]).sort_values(["intent", "text"], kind="mergesort")
+    names, rows = [], []
+    for intent, g in df.groupby("intent", sort=True):
+        names.append(intent)
+        rows.append(intent_centroid(g["vector"]))
+    return names, (np.stack(rows) if rows else np.zeros((0, 1)))
+
+
+def served_intent_rank(first_vectors, second_intents, intents, centroids: np.ndarray) -> np.ndarray:
+    """Per pair: how many of the centroids (`centroids[j]` the unit centroid of
+    `intents[j]`, all of one locale and day) are nearer by cosine to the first key's vector
+    than the centroid of the intent the second turn was served with; 0 when it is the
+    nearest. NaN where the first vector is missing or the second intent has no centroid.
+
+    A re-ask is served (when it is) as what the first turn meant: that intent's centroid is
+    among the first key's nearest (within the nearest three for 94% of the simulator's
+    re-asks). A new goal after a failure is served as something the first key is far from."""
+    out = np.full(len(second_intents), np.nan)
+    if len(intents) == 0:
+        return out
+    index = {name: j for j, name in enumerate(intents)}
+    mat = np.asarray(centroids, dtype=np.float64)
+    for i, (v, intent) in enumerate(zip(first_vectors, second_intents)):
+        j = index.get(intent)
+        if v is None or j is None:
+            continue
+        cos = mat @ np.asarray(v, dtype=np.float64)
+        out[i] = float((cos > cos[j]).sum())
+    return out
 
 
 # --- meaning -------------------------------------------------------------------------

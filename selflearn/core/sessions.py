@@ -94,6 +94,9 @@ def enrich_turns(turns: pd.DataFrame, settings: Settings, meaning=None) -> pd.Da
         idx = np.flatnonzero(in_window)
         z[idx] = meaning(df["locale"].to_numpy()[idx], texts[idx], next_texts[idx])
     df["meaning_z"] = z
+    # needs the served-intent centroids of the second turn's day: the Spark path adds it
+    # (steps.meaning_step); bench/fit_rephrase.py adds it to its pairs the same way
+    df["next_intent_rank"] = np.nan
     df["slots_changed"] = slots_changed(df["nlu_slots"].to_numpy(dtype=object), df["next_text"].to_numpy(dtype=object),
                                         df["text"].to_numpy(dtype=object))
     return score_pairs(df, settings)[[f.name for f in ENRICHED_TURNS]]
@@ -101,7 +104,8 @@ def enrich_turns(turns: pd.DataFrame, settings: Settings, meaning=None) -> pd.Da
 
 def score_pairs(df: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """pair_score and is_rephrase of enriched turns from their pair features (similarity,
-    gap_s, defect_prob, own_defect_prob, meaning_z, system_act, slots_changed): NaN / False outside the rephrase window."""
+    gap_s, defect_prob, own_defect_prob, meaning_z, system_act, slots_changed, next_intent_rank):
+    NaN / False outside the rephrase window."""
     df = df.copy()
     in_window = (df["next_event_id"].notna() & (df["gap_s"] <= settings.rephrase_window_s)).to_numpy()
     score = rephrase_score(
@@ -110,6 +114,7 @@ def score_pairs(df: pd.DataFrame, settings: Settings) -> pd.DataFrame:
         meaning_z=df["meaning_z"].to_numpy(dtype=np.float64), system_act=df["system_act"].to_numpy(dtype=object),
         own_defect_prob=df["own_defect_prob"].to_numpy(dtype=np.float64),
         changed=df["slots_changed"].to_numpy(dtype=np.float64),
+        intent_rank=df["next_intent_rank"].to_numpy(dtype=np.float64) if "next_intent_rank" in df else None,
     )
     df["pair_score"] = np.where(in_window, score, np.nan)
     df["is_rephrase"] = in_window & (df["pair_score"] >= settings.rephrase_model.threshold)

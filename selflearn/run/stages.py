@@ -126,9 +126,23 @@ def sessions(run: Run) -> Stats:
         from selflearn.spark.steps import meaning_step, pair_keys
 
         enriched = run.write_read(enriched, "enriched_lexical")
+        keys = pair_keys(enriched, run.settings)
+        turn_days = turns.select("event_id", "day", "carried")
+        if model.w_other_intent:  # the other-intent veto: centroids of each day's served keys
+            from selflearn.spark.steps import served_keys
+
+            served = served_keys(enriched, turn_days)
+            keys = keys.unionByName(served.select("locale", "text")).distinct()
         # Into the embedding cache: the embed stage then reuses these vectors.
-        vectors = embed_keys(run.spark, pair_keys(enriched, run.settings), run.settings, run.dirs.state / "embeddings")
-        enriched = meaning_step(enriched, vectors, run.settings)
+        vectors = embed_keys(run.spark, keys, run.settings, run.dirs.state / "embeddings")
+        ranks = None
+        if model.w_other_intent:
+            from selflearn.spark.incremental import carried_tail_ranks
+            from selflearn.spark.steps import next_intent_ranks
+
+            ranks = next_intent_ranks(enriched, vectors, turn_days, served, carried_tail_ranks(run.spark, run.state),
+                                      run.settings)
+        enriched = meaning_step(enriched, vectors, run.settings, ranks)
     enriched = run.write_read(enriched.join(turns.select("event_id", "day", "carried"), "event_id"), "enriched")
     # turns and rephrase_pairs describe this run's input: carried turns only as the
     # first turn of a pair whose second is new.
@@ -137,7 +151,13 @@ def sessions(run: Run) -> Stats:
     pairs = rephrase_pairs_output(enriched, run.settings).join(
         carried.withColumnRenamed("event_id", "second_event_id"), "second_event_id", "left_anti")
     n_pairs = run.write_sorted(pairs, "rephrase_pairs", ["first_event_id"])
-    return {"turns": n_turns, "rephrase_pairs": n_pairs,
+    # pairs the other-intent veto turned down (the condition of rephrase.pair_features)
+    other_intent = (F.col("next_intent_rank") >= model.other_intent_min_rank) & (
+        F.col("meaning_z") < model.other_intent_max_meaning_z) & (F.col("similarity") < model.unrelated_max_similarity)
+    n_other = enriched.where(~F.col("carried") & F.col("next_event_id").isNotNull()
+                             & (F.col("gap_s") <= run.settings.rephrase_window_s) & other_intent).count() \
+        if model.w_other_intent else 0
+    return {"turns": n_turns, "rephrase_pairs": n_pairs, "pairs_served_as_another_goal": n_other,
             "tails_carried_in": 0 if tails is None else turns.where(F.col("carried")).count()}
 
 
@@ -150,6 +170,9 @@ def evidence(run: Run) -> Stats:
     pending, info = write_evidence(run.spark, state, evidence_rows(enriched, state), new_days, run.run_id,
                                    run.settings.evidence_window_days, today=run.now.date().isoformat())
     tails = session_tails(enriched, run.read("turns_in").drop("carried"), run.settings.session_gap_s)
+    # with the rank each tail turn's pair got here: the next run has none of this day's
+    # served-intent centroids (sessions: next_intent_ranks)
+    tails = tails.join(enriched.select("event_id", "next_intent_rank"), "event_id", "left")
     rel = f"tails/{run.run_id}"
     tails.write.mode("overwrite").parquet(str(state.path(rel)))
     n_tails = run.spark.read.parquet(str(state.path(rel))).count()

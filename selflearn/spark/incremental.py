@@ -113,6 +113,18 @@ def carried_tails(spark, state: State, accepted: DataFrame, new_days: list[str])
     return tails.join(accepted.select("event_id"), "event_id", "left_anti").select(*accepted.columns)
 
 
+def carried_tail_ranks(spark, state: State) -> DataFrame | None:
+    """DataFrame[event_id, next_intent_rank] of the committed session tails: the rank the run
+    that mined a tail's day gave each tail turn's pair (None for tails kept before it)."""
+    rel = state.committed().get("tails")
+    if not rel:
+        return None
+    tails = spark.read.parquet(str(state.path(rel)))
+    if "next_intent_rank" not in tails.columns:
+        return None
+    return tails.select("event_id", "next_intent_rank").where(F.col("next_intent_rank").isNotNull())
+
+
 def session_tails(enriched: DataFrame, turns: DataFrame, gap_s: float) -> DataFrame:
     """Turns whose session may continue in the next input: every turn of the last session
     of each (user, device) whose last turn lies within gap_s of the newest turn of this run

@@ -55,9 +55,59 @@ def pair_keys(enriched: DataFrame, settings: Settings) -> DataFrame:
             .distinct())
 
 
-def meaning_step(enriched: DataFrame, vectors: DataFrame, settings: Settings) -> DataFrame:
+def served_keys(enriched: DataFrame, turn_days: DataFrame) -> DataFrame:
+    """(locale, day, nlu_intent, text), distinct, of this run's own turns (not carried
+    tails) that the NLU served with an intent, said by the user (not rewritten): what the
+    served-intent centroids of each (locale, day) are made of. Per day, so a log mined day
+    by day gets the centroids one run over all its days gets (a day is always mined whole)."""
+    served = enriched.where((F.col("response_status") == "success") & F.col("nlu_intent").isNotNull()
+                            & F.col("rewritten_from").isNull())
+    return (served.join(turn_days.where(~F.col("carried")).select("event_id", "day"), "event_id")
+            .select("locale", "day", "nlu_intent", "text").distinct())
+
+
+def next_intent_ranks(enriched: DataFrame, vectors: DataFrame, turn_days: DataFrame, served: DataFrame,
+                      tail_ranks: DataFrame | None, settings: Settings) -> DataFrame:
+    """DataFrame[event_id, next_intent_rank] for the pairs in the rephrase window whose second
+    turn was served with an intent: rephrase.served_intent_rank among the served-intent
+    centroids of the second turn's locale and day (rephrase.served_intent_centroids of that
+    day's `served` keys), one cogroup per (locale, day). A second turn from a carried session
+    tail (a day an earlier run mined) keeps the rank that run gave (`tail_ranks`): this run
+    has none of that day's centroids."""
+    from selflearn.core.rephrase import served_intent_centroids, served_intent_rank
+
+    nxt = (enriched.select(F.col("event_id").alias("next_event_id"), F.col("nlu_intent").alias("_next_intent"),
+                           F.col("response_status").alias("_next_status"))
+           .join(turn_days.select(F.col("event_id").alias("next_event_id"), F.col("day").alias("_next_day"),
+                                  F.col("carried").alias("_next_carried")), "next_event_id"))
+    pairs = (enriched.where(F.col("next_event_id").isNotNull() & (F.col("gap_s") <= settings.rephrase_window_s))
+             .select("event_id", "locale", "text", "next_event_id").join(nxt, "next_event_id"))
+    fresh = (pairs.where(~F.col("_next_carried") & (F.col("_next_status") == "success") & F.col("_next_intent").isNotNull())
+             .join(vectors.select("locale", "text", F.col("vector").alias("_v1")), ["locale", "text"])
+             .select("event_id", "locale", "_next_day", "_next_intent", "_v1"))
+
+    def apply(pdf: pd.DataFrame, keys: pd.DataFrame) -> pd.DataFrame:
+        names, mat = served_intent_centroids(keys["nlu_intent"], keys["text"], keys["vector"])
+        rank = served_intent_rank(pdf["_v1"].to_numpy(dtype=object), pdf["_next_intent"].to_numpy(dtype=object),
+                                  names, mat)
+        return pd.DataFrame({"event_id": pdf["event_id"].to_numpy(dtype=object), "next_intent_rank": rank})
+
+    # both sides come from `enriched`: new names (new attributes), or Spark finds the
+    # cogroup's columns ambiguous, as in a self-join
+    keys = (served.join(vectors.select("locale", "text", "vector"), ["locale", "text"])
+            .select(F.col("locale").alias("_key_locale"), F.col("day").alias("_key_day"), "nlu_intent", "text", "vector"))
+    ranks = fresh.groupBy("locale", "_next_day").cogroup(keys.groupBy("_key_locale", "_key_day")).applyInPandas(
+        apply, "event_id string, next_intent_rank double")
+    if tail_ranks is not None:
+        kept = pairs.where(F.col("_next_carried")).select("event_id").join(tail_ranks, "event_id")
+        ranks = ranks.unionByName(kept.select("event_id", F.col("next_intent_rank").cast("double")))
+    return ranks
+
+
+def meaning_step(enriched: DataFrame, vectors: DataFrame, settings: Settings, ranks: DataFrame | None = None) -> DataFrame:
     """Enriched turns with `meaning_z` (rephrase.meaning_z of the pair's two key vectors)
-    and the pair score recomputed with it. The chance baseline comes from a sample of
+    and the pair score recomputed with it (and with `next_intent_rank` from `ranks`, the
+    output of next_intent_ranks, when given). The chance baseline comes from a sample of
     keys per locale (the first `meaning_baseline_keys` by sha256 of the text, as
     rephrase.meaning_baseline takes them), collected to the driver: a few thousand vectors."""
     from selflearn.core.rephrase import calibrated_baseline, meaning_baseline, meaning_z, pair_cosines
@@ -78,6 +128,8 @@ def meaning_step(enriched: DataFrame, vectors: DataFrame, settings: Settings) ->
     # the sampled locales are every locale with vectors (no extra Spark job for the list)
     baseline = calibrated_baseline(baseline, sorted(set(sample["locale"])), encoder_of)
     v = vectors.select("locale", "text", "vector")
+    if ranks is not None:
+        enriched = enriched.drop("next_intent_rank").join(ranks, "event_id", "left")
     joined = (enriched.join(v.withColumnRenamed("vector", "_v1"), ["locale", "text"], "left")
               .join(v.withColumnRenamed("text", "next_text").withColumnRenamed("vector", "_v2"),
                     ["locale", "next_text"], "left"))
