@@ -133,8 +133,12 @@ def sessions(run: Run) -> Stats:
 
             served = served_keys(enriched, turn_days)
             keys = keys.unionByName(served.select("locale", "text")).distinct()
-        # Into the embedding cache: the embed stage then reuses these vectors.
-        vectors = embed_keys(run.spark, keys, run.settings, run.dirs.state / "embeddings")
+        # Into the embedding cache: the embed stage then reuses these vectors. Kept in memory:
+        # the meaning baseline, both keys of every pair and the ranks read them.
+        from pyspark import StorageLevel
+
+        vectors = embed_keys(run.spark, keys, run.settings, run.dirs.state / "embeddings").persist(
+            StorageLevel.MEMORY_AND_DISK)
         ranks = None
         if model.w_other_intent:
             from selflearn.spark.incremental import carried_tail_ranks
@@ -144,6 +148,8 @@ def sessions(run: Run) -> Stats:
                                       run.settings)
         enriched = meaning_step(enriched, vectors, run.settings, ranks)
     enriched = run.write_read(enriched.join(turns.select("event_id", "day", "carried"), "event_id"), "enriched")
+    if model.w_meaning or model.w_unrelated:
+        vectors.unpersist()
     # turns and rephrase_pairs describe this run's input: carried turns only as the
     # first turn of a pair whose second is new.
     n_turns = run.write_sorted(turns_output(enriched.where(~F.col("carried"))), "turns", ["event_id"])
