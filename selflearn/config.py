@@ -58,6 +58,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "pattern_label_rows": (0, 100_000),
     "pattern_min_agreement": (0.0, 1.0),
     "pattern_min_key_agreement": (0.0, 1.0),
+    "sensitive_min_users": (1, 1_000_000),
     "export_min_weight": (0.0, 1.0),
     "spark_shuffle_partitions": (1, 100_000),
     "defect_model.short_dwell_ms": (0, 10**9),
@@ -257,9 +258,19 @@ class Settings:
     min_user_active_days: int = 1  # users behind a rewrite count only with turns on this many UTC days (anti-sybil; 1 = off)
     cluster_must_agree: bool = False  # rephrase evidence too must match the source cluster's served intent
     # --- operator controls ---
-    # Never rewritten nor labeled: outward-acting, costly or irreversible actions in MASSIVE's label set.
+    # Never rewritten nor labeled: the operator's list, empty by default (docs/privacy-and-controls.md).
     deny_domains: tuple = ()
-    deny_intents: tuple = ("takeaway_order", "transport_ticket", "transport_taxi", "email_sendemail", "social_post")
+    deny_intents: tuple = ()
+    # Outward-acting, costly or irreversible actions in MASSIVE's label set (purchases, messages
+    # sent in the user's name): reached by exact rewrites only, whose wording (every slot value
+    # in it) the users behind them said, never by a pattern, which binds values nobody
+    # checked: a misheard value there orders the wrong thing or sends the wrong words.
+    sensitive_domains: tuple = ()
+    sensitive_intents: tuple = ("takeaway_order", "transport_ticket", "transport_taxi", "email_sendemail", "social_post")
+    # distinct users behind an exact rewrite to a sensitive target (never below min_users):
+    # min_users by default, since such rewrites lost nothing on simulated traffic (README,
+    # "Sensitive targets"); raise it where colluding accounts are a threat
+    sensitive_min_users: int = 3
     controls_file: str = ""  # YAML/CSV of manual blocks and pins; relative to the working directory
     # --- publish gate: the run is written, LATEST stays where it is ---
     gate_max_quarantine_rate: float = 0.05  # rows_quarantined / rows_in

@@ -44,11 +44,14 @@ def test_list_settings_load_from_yaml_and_are_checked(tmp_path):
         load_settings(cfg)
 
 
-def test_default_deny_list_holds_risky_massive_intents(massive):
-    """Every default denied intent exists in MASSIVE's label set (no dead entry)."""
+def test_default_sensitive_list_holds_risky_massive_intents_and_nothing_is_denied(massive):
+    """Every default sensitive intent exists in MASSIVE's label set (no dead entry); the
+    deny lists are the operator's, empty by default."""
     intents = {r["intent"] for r in massive("en-US")}
-    assert set(Settings().deny_intents) <= intents
-    assert {"takeaway_order", "transport_ticket", "email_sendemail"} <= set(Settings().deny_intents)
+    assert set(Settings().sensitive_intents) <= intents
+    assert {"takeaway_order", "transport_ticket", "email_sendemail"} <= set(Settings().sensitive_intents)
+    assert Settings().deny_intents == () and Settings().deny_domains == ()
+    assert Settings().sensitive_min_users >= Settings().min_users
 
 
 # --- the controls file ----------------------------------------------------------------
@@ -98,19 +101,45 @@ def test_invalid_controls_file_stops_the_cli_before_spark(tmp_path):
 
 # --- rules ----------------------------------------------------------------------------
 
+RISKY = ("takeaway_order", "transport_ticket", "transport_taxi", "email_sendemail", "social_post")
+
+
 def test_denied_target_is_never_rewritten_a_denied_misreading_may_be():
     assert decide(candidate()) == ["emit"]
-    assert decide(candidate(target_intent="takeaway_order", target_domain="takeaway")) == ["denied"]
+    to_takeaway = candidate(target_intent="takeaway_order", target_domain="takeaway")
+    assert decide(to_takeaway, deny_intents=RISKY) == ["denied"]
     assert decide(candidate(), deny_domains=("alarm",)) == ["denied"]
-    assert decide(candidate(target_intent="takeaway_order"), deny_intents=()) == ["emit"]
+    assert decide(to_takeaway, deny_intents=()) == ["emit"]
     # a source the NLU misreads as a denied intent (or whose cluster is served as one) is
     # rewritten away from it: that never buys or sends anything ...
-    assert decide(candidate(source_intent="email_sendemail", source_domain="email")) == ["emit"]
-    assert decide(candidate(source_cluster_intent="social_post")) == ["emit"]
+    assert decide(candidate(source_intent="email_sendemail", source_domain="email"), deny_intents=RISKY) == ["emit"]
+    assert decide(candidate(source_cluster_intent="social_post"), deny_intents=RISKY) == ["emit"]
     assert decide(candidate(source_intent="takeaway_order"), deny_domains=("takeaway",)) == ["emit"]
     # ... but only through every other rule
-    assert decide(candidate(source_intent="takeaway_order", source_defect_rate=0.2)) == ["source_not_defective"]
-    assert decide(candidate(source_intent="takeaway_order", n_users=2)) == ["too_few_users"]
+    assert decide(candidate(source_intent="takeaway_order", source_defect_rate=0.2), deny_intents=RISKY) == ["source_not_defective"]
+    assert decide(candidate(source_intent="takeaway_order", n_users=2), deny_intents=RISKY) == ["too_few_users"]
+
+
+def test_a_sensitive_target_can_need_more_users_and_no_pin_lowers_that():
+    """With sensitive_min_users raised, a purchase or a message sent (the default
+    sensitive intents) is reached by an exact rewrite of that many users; the same pair to
+    a harmless target needs min_users; misreading a sensitive intent is no reason for more."""
+    floor = 5
+    to_taxi = candidate(target="book a taxi to the airport", target_intent="transport_taxi", target_domain="transport",
+                        target_slots_json="[]")
+    assert decide({**to_taxi, "n_users": floor}, sensitive_min_users=floor) == ["emit"]
+    assert decide({**to_taxi, "n_users": floor - 1}, sensitive_min_users=floor) == ["too_few_users_sensitive"]
+    assert decide({**to_taxi, "n_users": floor - 1}, sensitive_min_users=floor, sensitive_intents=()) == ["emit"]
+    assert decide({**to_taxi, "n_users": 3, "target_intent": "alarm_set", "target_domain": "alarm"}, sensitive_min_users=floor,
+                  sensitive_domains=("alarm",)) == ["too_few_users_sensitive"]
+    assert decide(candidate(n_users=3, source_intent="transport_taxi"), sensitive_min_users=floor) == ["emit"]
+    assert decide({**to_taxi, "n_users": 3}) == ["emit"]  # the default floor is min_users
+    # never below min_users, whatever sensitive_min_users says
+    assert decide({**to_taxi, "n_users": 3}, sensitive_min_users=1, min_users=4) == ["too_few_users"]
+    pin = Controls(pins=pd.DataFrame([("en-US", "wake me at five", "book a taxi to the airport")], columns=["locale", "source", "target"]))
+    assert decide({**to_taxi, "n_users": floor - 1, "source_defect_rate": 0.3}, controls=pin, sensitive_min_users=floor) \
+        == ["too_few_users_sensitive"]
+    assert decide({**to_taxi, "n_users": floor, "source_defect_rate": 0.3}, controls=pin, sensitive_min_users=floor) == ["emit"]
 
 
 def test_blocks_and_pins():
@@ -127,7 +156,7 @@ def test_blocks_and_pins():
     assert decide(weak, controls=pins) == ["emit"]
     # ... never the privacy floor, the deny list or a block
     assert decide(candidate(n_users=2), controls=pins) == ["too_few_users"]
-    assert decide(candidate(target_intent="takeaway_order"), controls=pins) == ["denied"]
+    assert decide(candidate(target_intent="takeaway_order"), controls=pins, deny_intents=RISKY) == ["denied"]
     assert decide(candidate(), controls=Controls(blocks=pair, pins=pair)) == ["blocked"]
     # another target for a pinned source is not emitted
     assert decide(candidate(target="set an alarm for six am"), controls=pins) == ["pinned_elsewhere"]
@@ -142,10 +171,12 @@ def test_labels_drop_denied_interpretations_and_blocked_sources():
         ("en-US", "order me a pizza", "takeaway_order", "takeaway", [], 0.9, "paraphrase", "train"),
         ("en-US", "turn the lights off", "iot_hue_lightoff", "iot", [], 0.9, "paraphrase", "train"),
     ], columns=["locale", "text", "intent", "domain", "slots", "weight", "label_source", "split"])
-    assert drop_controlled(rows, Settings())["text"].tolist() == ["wake me at five", "turn the lights off"]
-    assert drop_controlled(rows, Settings(deny_domains=("iot",)))["text"].tolist() == ["wake me at five"]
+    assert drop_controlled(rows, Settings(deny_intents=RISKY))["text"].tolist() == ["wake me at five", "turn the lights off"]
+    assert drop_controlled(rows, Settings(deny_intents=RISKY, deny_domains=("iot",)))["text"].tolist() == ["wake me at five"]
+    # a sensitive intent is labeled (a label makes the NLU understand, it acts on nothing)
+    assert len(drop_controlled(rows, Settings())) == 3
     blocks = pd.DataFrame([("en-US", "wake me at five", None)], columns=["locale", "source", "target"])
-    assert drop_controlled(rows, Settings(), Controls(blocks=blocks))["text"].tolist() == ["turn the lights off"]
+    assert drop_controlled(rows, Settings(), Controls(blocks=blocks))["text"].tolist() == ["order me a pizza", "turn the lights off"]
 
 
 # --- churn ----------------------------------------------------------------------------

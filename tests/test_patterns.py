@@ -265,7 +265,17 @@ def test_operator_controls_apply_to_patterns():
     misread = pairs.assign(source_intent="takeaway_order", source_domain="takeaway")
     assert set(_decide(misread, keys)["decision"]) == {"emit"}
     assert set(_decide(misread, keys, dataclasses.replace(S, deny_domains=("takeaway",)))["decision"]) == {"emit"}
-    assert set(_decide(misread.assign(target_intent="takeaway_order"), keys)["decision"]) == {"denied"}
+    to_takeaway = misread.assign(target_intent="takeaway_order", target_domain="takeaway")
+    assert set(_decide(to_takeaway, keys, dataclasses.replace(S, deny_intents=("takeaway_order",)))["decision"]) == {"denied"}
+    # a sensitive target (a purchase, by default) is never reached by a pattern, however
+    # many users: a pattern binds values nobody checked; a pin does not change that
+    assert set(_decide(to_takeaway, keys)["decision"]) == {"sensitive_target"}
+    assert set(_decide(to_takeaway, keys, dataclasses.replace(S, sensitive_intents=()))["decision"]) == {"emit"}
+    assert set(_decide(to_takeaway, keys, dataclasses.replace(S, sensitive_intents=(), sensitive_domains=("takeaway",)))["decision"]) \
+        == {"sensitive_target"}
+    own_pin = Controls(pins=pd.DataFrame([("en-US", "wake me up at {time} please", "set an alarm for {time}")],
+                                         columns=["locale", "source", "target"]))
+    assert set(_decide(to_takeaway, keys, controls=own_pin)["decision"]) == {"sensitive_target"}
     pin = Controls(pins=pd.DataFrame([("en-US", "wake me up at {time} please", "alarm {time}")], columns=["locale", "source", "target"]))
     assert set(_decide(pairs, keys, controls=pin)["decision"]) == {"pinned_elsewhere"}
 

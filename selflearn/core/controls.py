@@ -1,5 +1,8 @@
 """Operator controls that every run honours: the deny lists (settings `deny_domains`,
-`deny_intents`) and the file of manual blocks and pins (setting `controls_file`).
+`deny_intents`; empty by default), the sensitive lists (`sensitive_intents`,
+`sensitive_domains`: purchases and messages by default, reached by exact rewrites with
+`sensitive_min_users` users only, never by a pattern) and the file of manual blocks and
+pins (setting `controls_file`).
 
 The file is YAML or CSV (by extension). YAML:
 
@@ -17,8 +20,8 @@ A block is never emitted (rule `blocked`); a source blocked without a target als
 no training row. A pin protects a mined rewrite: when the run's graph proposes exactly
 the pinned (locale, source, target), it is emitted whatever the statistical rules say
 (defect rate, significance, confidence, paraphrase agreement, retraction), and it is
-left out of the publish gate's churn. The privacy floor (`min_users`), the deny lists
-and blocks still win over a pin, and a pin adds no row the logs do not support (the
+left out of the publish gate's churn. The privacy floor (`min_users`), the deny lists,
+the sensitive lists and blocks still win over a pin, and a pin adds no row the logs do not support (the
 contract's `evidence` stays what the graph found). Another target proposed for a pinned
 source is rejected (rule `pinned_elsewhere`). Pins the run found no candidate for are
 counted in the manifest (`rewrites.pins_unmatched`).
@@ -141,3 +144,10 @@ def load_controls(path: str | Path | None) -> Controls:
 def denied(intent: pd.Series, domain: pd.Series, settings: Settings) -> pd.Series:
     """Per row: the interpretation (intent, domain) is on a deny list."""
     return intent.isin(settings.deny_intents).fillna(False) | domain.isin(settings.deny_domains).fillna(False)
+
+
+def sensitive(intent: pd.Series, domain: pd.Series, settings: Settings) -> pd.Series:
+    """Per row: the interpretation (intent, domain) acts outward (settings
+    `sensitive_intents`, `sensitive_domains`): exact rewrites only, with
+    `sensitive_min_users` users."""
+    return intent.isin(settings.sensitive_intents).fillna(False) | domain.isin(settings.sensitive_domains).fillna(False)

@@ -12,7 +12,11 @@ Pattern pairs pool across users, sessions and slot values per locale; distinct u
 the votes (users, not turns: a flood is one vote). A candidate (source, target) becomes a
 published pattern only if (rules in order, the first failed one is kept for the manifest):
   operator controls, as for exact rewrites: `denied` (the target's served intent or domain
-  is on a deny list; a source misread as a denied intent may be rewritten away from it), `blocked` (a block names the pattern source, or the
+  is on a deny list; a source misread as a denied intent may be rewritten away from it),
+  `sensitive_target` (the target acts outward, settings `sensitive_intents` and
+  `sensitive_domains`: a pattern binds values nobody checked, and a misheard one there
+  buys the wrong thing or sends the wrong words; exact rewrites still reach those intents),
+  `blocked` (a block names the pattern source, or the
   pair), `pinned_elsewhere` (the source is pinned to another target);
   `no_literal_text`: the source holds text besides its placeholders (a bare `{x}` would
      match every key);
@@ -67,7 +71,7 @@ import numpy as np
 import pandas as pd
 
 from selflearn.config import Settings
-from selflearn.core.controls import Controls, denied
+from selflearn.core.controls import Controls, denied, sensitive
 from selflearn.core.labels import TRAINING_COLUMNS, parse_slots
 from selflearn.core.rewrite_apply import PLACEHOLDER, Pattern, _LocalePatterns, fill, has_literal_text, placeholder_names
 from selflearn.core.rewrites import wilson_bounds
@@ -352,6 +356,7 @@ def select_patterns(candidates: pd.DataFrame, settings: Settings, controls: Cont
         # the target only: a source misread as a denied intent may be rewritten away from
         # it (as for exact rewrites, core/rewrites.select_rewrites)
         ("denied", denied(c["target_intent"].astype(object), c["target_domain"].astype(object), settings)),
+        ("sensitive_target", sensitive(c["target_intent"].astype(object), c["target_domain"].astype(object), settings)),
         ("blocked", controls.is_blocked(c["locale"], c["source"], c["target"])),
         ("pinned_elsewhere", pinned_elsewhere),
     ]

@@ -23,8 +23,11 @@ A candidate (source, target, confidence) from the rewrite graph becomes a rewrit
 Operator controls come first (selflearn.core.controls): `denied` (the target's
 interpretation is on a deny list; a source misread as a denied intent may be rewritten
 away from it), `blocked` (a manual
-block), `pinned_elsewhere` (the source is pinned to another target). A pinned pair skips
-the statistical rules 1 and 3-7, never `too_few_users`.
+block), `pinned_elsewhere` (the source is pinned to another target). A rewrite whose
+target acts outward (a sensitive intent or domain: a purchase, a message sent in the
+user's name) needs `sensitive_min_users` users (`too_few_users_sensitive`, after rule 2).
+A pinned pair skips the statistical rules 1 and 3-7, never `too_few_users` nor
+`too_few_users_sensitive`.
 Every rejected candidate keeps the first rule it failed, for the report.
 """
 from __future__ import annotations
@@ -33,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from selflearn.config import Settings
-from selflearn.core.controls import Controls, denied
+from selflearn.core.controls import Controls, denied, sensitive
 from selflearn.core.defects import is_working
 from selflearn.core.labels import parse_slots, project_slots
 from selflearn.schema import PARAPHRASE, REPHRASE, columns
@@ -41,6 +44,7 @@ from selflearn.schema import PARAPHRASE, REPHRASE, columns
 REWRITE_COLUMNS = columns("rewrites")
 
 
+USER_FLOORS = ("too_few_users", "too_few_users_sensitive")  # rules no pin skips
 MAX_CHAIN = 8  # a chain's last turns that count: a long loop of re-asks is one user's struggle
 CHAIN_PAIRS = ["locale", "source", "target", "user_id", "session"]
 
@@ -152,6 +156,9 @@ def select_rewrites(candidates: pd.DataFrame, settings: Settings, controls: Cont
     rules = [
         ("source_not_defective", is_working(c["source_defect_rate"], settings.min_source_defect_rate)),
         ("too_few_users", c["n_users"] < settings.min_users),
+        # more accounts to steer a rewrite into spending money or sending words (trust):
+        ("too_few_users_sensitive", sensitive(_col(c, "target_intent"), _col(c, "target_domain"), settings)
+         & (c["n_users"] < max(settings.min_users, settings.sensitive_min_users))),
         ("not_significant", pd.Series(target_lower <= source_upper, index=c.index)),
         ("low_confidence", c["confidence"] < settings.min_rewrite_confidence),
         ("paraphrase_disagrees", (c["evidence"] == PARAPHRASE) & (
@@ -162,8 +169,8 @@ def select_rewrites(candidates: pd.DataFrame, settings: Settings, controls: Cont
         ("cluster_disagrees", pd.Series(settings.cluster_must_agree, index=c.index) & (c["evidence"] != PARAPHRASE)
          & cluster_intent.notna() & (_col(c, "target_intent") != cluster_intent)),
     ]
-    # A pin skips the statistical rules, never the privacy floor (too_few_users).
-    rules = operator_rules + [(n, pd.Series(f, index=c.index).fillna(False).astype(bool) & (~pinned if n != "too_few_users" else True))
+    # A pin skips the statistical rules, never the user floors (too_few_users, too_few_users_sensitive).
+    rules = operator_rules + [(n, pd.Series(f, index=c.index).fillna(False).astype(bool) & (~pinned if n not in USER_FLOORS else True))
                               for n, f in rules]
     decision = pd.Series("emit", index=c.index, dtype=object)
     for name, failed in reversed(rules):  # the first failing rule wins
