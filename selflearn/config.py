@@ -268,8 +268,8 @@ class Settings:
     sensitive_domains: tuple = ()
     sensitive_intents: tuple = ("takeaway_order", "transport_ticket", "transport_taxi", "email_sendemail", "social_post")
     # distinct users behind an exact rewrite to a sensitive target (never below min_users):
-    # min_users by default, since such rewrites lost nothing on simulated traffic (README,
-    # "Sensitive targets"); raise it where colluding accounts are a threat
+    # min_users by default, since such rewrites lost nothing on simulated traffic
+    # (docs/privacy-and-controls.md, "Sensitive targets"); raise it where colluding accounts are a threat
     sensitive_min_users: int = 3
     controls_file: str = ""  # YAML/CSV of manual blocks and pins; relative to the working directory
     # --- publish gate: the run is written, LATEST stays where it is ---

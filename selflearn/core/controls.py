@@ -21,8 +21,8 @@ no training row. A pin protects a mined rewrite: when the run's graph proposes e
 the pinned (locale, source, target), it is emitted whatever the statistical rules say
 (defect rate, significance, confidence, paraphrase agreement, retraction), and it is
 left out of the publish gate's churn. The privacy floor (`min_users`), the deny lists,
-the sensitive lists and blocks still win over a pin, and a pin adds no row the logs do not support (the
-contract's `evidence` stays what the graph found). Another target proposed for a pinned
+the sensitive lists and blocks still win over a pin, and a pin adds no row the logs do
+not support (the contract's `evidence` stays what the graph found). Another target proposed for a pinned
 source is rejected (rule `pinned_elsewhere`). Pins the run found no candidate for are
 counted in the manifest (`rewrites.pins_unmatched`).
 
