@@ -142,6 +142,28 @@ def test_a_sensitive_target_can_need_more_users_and_no_pin_lowers_that():
     assert decide({**to_taxi, "n_users": floor, "source_defect_rate": 0.3}, controls=pin, sensitive_min_users=floor) == ["emit"]
 
 
+def test_a_value_change_into_a_sensitive_target_rests_on_the_sources_own_users():
+    """A misheard city corrected into a ticket purchase needs sensitive_min_users users
+    whose sessions went from the source itself; the users of its paraphrase mates (who
+    said other cities) do not count. Without a value change, or to a harmless target, the
+    mates' users count as usual."""
+    to_pune = candidate(source="a rail ticket from ahmedabad to mumbai", target="a rail ticket from ahmedabad to pune",
+                        target_intent="transport_ticket", target_domain="transport", evidence="both",
+                        target_slots_json=json.dumps([{"name": "place_name", "value": "ahmedabad"},
+                                                      {"name": "place_name", "value": "pune"}]),
+                        n_users=178, n_source_users=2)
+    assert decide(to_pune) == ["sensitive_value_change"]
+    assert decide({**to_pune, "n_source_users": 3}) == ["emit"]
+    assert decide({**to_pune, "n_source_users": 3}, sensitive_min_users=5) == ["sensitive_value_change"]
+    same_values = {**to_pune, "target": "book a rail ticket from ahmedabad to mumbai",
+                   "target_slots_json": json.dumps([{"name": "place_name", "value": "mumbai"}])}
+    assert decide(same_values) == ["emit"]
+    assert decide({**to_pune, "target_intent": "weather_query", "target_domain": "weather"}) == ["emit"]
+    assert decide(to_pune, sensitive_intents=()) == ["emit"]
+    pin = Controls(pins=pd.DataFrame([("en-US", to_pune["source"], to_pune["target"])], columns=["locale", "source", "target"]))
+    assert decide(to_pune, controls=pin) == ["sensitive_value_change"]
+
+
 def test_blocks_and_pins():
     blocks = pd.DataFrame([("en-US", "wake me at five", None)], columns=["locale", "source", "target"])
     assert decide(candidate(), controls=Controls(blocks=blocks)) == ["blocked"]

@@ -26,6 +26,12 @@ def _behind(evidence, min_days=1):
     return {(r.source, r.target): (r.n_users, r.n_sessions) for r in out.itertuples()}
 
 
+def test_the_sources_own_users_are_counted_apart_from_its_mates_users():
+    cands = pd.DataFrame([("en-US", "wake me at seven", "set alarm seven", "both")], columns=["locale", "source", "target", "evidence"])
+    out = users_behind(REACH, MATES, cands, CLASSES).iloc[0]
+    assert (out["n_users"], out["n_source_users"]) == (3, 2)  # u1, u2 from the source; u4 through its mate
+
+
 def test_users_reaching_any_key_served_like_the_target_count_once_each():
     # u1 (two sessions) and u2 (another key of the class); not u3 (other class), not u4 (a mate's user)
     assert _behind("rephrase") == {("wake me at seven", "set alarm seven"): (2, 3)}

@@ -25,9 +25,11 @@ interpretation is on a deny list; a source misread as a denied intent may be rew
 away from it), `blocked` (a manual
 block), `pinned_elsewhere` (the source is pinned to another target). A rewrite whose
 target acts outward (a sensitive intent or domain: a purchase, a message sent in the
-user's name) needs `sensitive_min_users` users (`too_few_users_sensitive`, after rule 2).
-A pinned pair skips the statistical rules 1 and 3-7, never `too_few_users` nor
-`too_few_users_sensitive`.
+user's name) needs `sensitive_min_users` users (`too_few_users_sensitive`, after rule 2),
+and where the target's slot values are not all in the source text, that many users whose
+own sessions went from the source to it (`sensitive_value_change`: a paraphrase mate's
+users wanted the mate's values). A pinned pair skips the statistical rules 1 and 3-7,
+never `too_few_users`, `too_few_users_sensitive` nor `sensitive_value_change`.
 Every rejected candidate keeps the first rule it failed, for the report.
 """
 from __future__ import annotations
@@ -44,7 +46,7 @@ from selflearn.schema import PARAPHRASE, REPHRASE, columns
 REWRITE_COLUMNS = columns("rewrites")
 
 
-USER_FLOORS = ("too_few_users", "too_few_users_sensitive")  # rules no pin skips
+USER_FLOORS = ("too_few_users", "too_few_users_sensitive", "sensitive_value_change")  # rules no pin skips
 MAX_CHAIN = 8  # a chain's last turns that count: a long loop of re-asks is one user's struggle
 CHAIN_PAIRS = ["locale", "source", "target", "user_id", "session"]
 
@@ -80,7 +82,8 @@ def rephrase_chain_pairs(turns: pd.DataFrame) -> pd.DataFrame:
 def users_behind(reach: pd.DataFrame, mates: pd.DataFrame, candidates: pd.DataFrame, key_classes: pd.DataFrame,
                  min_user_active_days: int = 1) -> pd.DataFrame:
     """Who stands behind each rewrite candidate: (locale, source, target, n_users,
-    n_sessions), distinct users and distinct (user, session) pairs.
+    n_sessions, n_source_users), distinct users, distinct (user, session) pairs, and the
+    distinct users among them whose own sessions started at the source (not at a mate).
 
     A user stands behind (source, target) when one of their sessions went, by a chain of
     rephrases (`reach`, rows of CHAIN_PAIRS plus `user_days`), from the source to any key
@@ -96,7 +99,8 @@ def users_behind(reach: pd.DataFrame, mates: pd.DataFrame, candidates: pd.DataFr
         .merge(uses_mates.rename(columns={"source": "via"}), on=["locale", "via"])
         .drop(columns="source").rename(columns={"via": "source"})
     )
-    rows = pd.concat([reach[cols + ["user_days"]], inherited[cols + ["user_days"]]], ignore_index=True)
+    rows = pd.concat([reach[cols + ["user_days"]].assign(direct=True), inherited[cols + ["user_days"]].assign(direct=False)],
+                     ignore_index=True)
     if min_user_active_days > 1:
         rows = rows[rows["user_days"] >= min_user_active_days]
     classes = key_classes.rename(columns={"key": "target", "cls": "target_cls"})
@@ -105,11 +109,13 @@ def users_behind(reach: pd.DataFrame, mates: pd.DataFrame, candidates: pd.DataFr
     behind = rows.merge(wanted, on=["locale", "source", "target_cls"])
     if behind.empty:
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in
-                             (("locale", object), ("source", object), ("target", object), ("n_users", "int64"), ("n_sessions", "int64"))})
+                             (("locale", object), ("source", object), ("target", object), ("n_users", "int64"),
+                              ("n_sessions", "int64"), ("n_source_users", "int64"))})
     behind["user_session"] = behind["user_id"].astype(str) + "\x00" + behind["session"].astype(str)
+    behind["source_user"] = behind["user_id"].where(behind["direct"].astype(bool))  # nunique skips the mates' users
     out = behind.groupby(["locale", "source", "target"], sort=True).agg(
-        n_users=("user_id", "nunique"), n_sessions=("user_session", "nunique")).reset_index()
-    return out.astype({"n_users": "int64", "n_sessions": "int64"})
+        n_users=("user_id", "nunique"), n_sessions=("user_session", "nunique"), n_source_users=("source_user", "nunique")).reset_index()
+    return out.astype({"n_users": "int64", "n_sessions": "int64", "n_source_users": "int64"})
 
 
 def wilson_bounds(p, n, z: float) -> tuple[np.ndarray, np.ndarray]:
@@ -146,6 +152,11 @@ def select_rewrites(candidates: pd.DataFrame, settings: Settings, controls: Cont
     # rephrase into something else) is rewritten away from that misreading, which never
     # performs a purchase or sends a message; it must pass every other rule as any source.
     is_denied = denied(_col(c, "target_intent"), _col(c, "target_domain"), settings)
+    is_sensitive = sensitive(_col(c, "target_intent"), _col(c, "target_domain"), settings)
+    sensitive_floor = max(settings.min_users, settings.sensitive_min_users)
+    # users whose own sessions started at the source (users_behind); a frame without the
+    # column (a caller's own candidates) counts every user behind it as one
+    source_users = pd.to_numeric(c["n_source_users"], errors="coerce").fillna(0) if "n_source_users" in c else c["n_users"]
     pinned, pinned_elsewhere = controls.pinned(c["locale"], c["source"], c["target"])
     cluster_intent = _col(c, "source_cluster_intent")
     operator_rules = [
@@ -157,8 +168,11 @@ def select_rewrites(candidates: pd.DataFrame, settings: Settings, controls: Cont
         ("source_not_defective", is_working(c["source_defect_rate"], settings.min_source_defect_rate)),
         ("too_few_users", c["n_users"] < settings.min_users),
         # more accounts to steer a rewrite into spending money or sending words (trust):
-        ("too_few_users_sensitive", sensitive(_col(c, "target_intent"), _col(c, "target_domain"), settings)
-         & (c["n_users"] < max(settings.min_users, settings.sensitive_min_users))),
+        ("too_few_users_sensitive", is_sensitive & (c["n_users"] < sensitive_floor)),
+        # a purchase or message whose slot values differ from what the source says (a
+        # misheard value corrected, or another goal) rests on users who rephrased from the
+        # source itself: a paraphrase mate's users wanted the mate's values, not these
+        ("sensitive_value_change", is_sensitive & ~slots_project & (source_users < sensitive_floor)),
         ("not_significant", pd.Series(target_lower <= source_upper, index=c.index)),
         ("low_confidence", c["confidence"] < settings.min_rewrite_confidence),
         ("paraphrase_disagrees", (c["evidence"] == PARAPHRASE) & (

@@ -375,7 +375,7 @@ def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, k
                             table("class", ("key", "cls")), min_days)
 
     behind = reach_days.groupBy("locale").cogroup(key_tables.groupBy("locale")).applyInPandas(
-        behind_of_locale, "locale string, source string, target string, n_users long, n_sessions long")
+        behind_of_locale, "locale string, source string, target string, n_users long, n_sessions long, n_source_users long")
     cand = candidates.join(cls.withColumnRenamed("key", "target").withColumnRenamed("cls", "target_cls"), ["locale", "target"], "left")
     src = key_stats.select("locale", F.col("text").alias("source"), F.col("defect_rate").alias("source_defect_rate"),
                            F.col("n_users").alias("source_n_users"), F.col("intent").alias("source_intent"),
@@ -401,7 +401,7 @@ def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, k
         .join(target_intent, ["locale", "target"], "left").join(source_cluster, ["locale", "source"], "left")
         .join(src, ["locale", "source"], "left").join(tgt, ["locale", "target_cls"], "left")
         .join(served, ["locale", "source", "target"], "left")
-        .fillna({"n_users": 0, "n_sessions": 0, "target_success_rate": 0.0, "target_n_users": 0})
+        .fillna({"n_users": 0, "n_sessions": 0, "n_source_users": 0, "target_success_rate": 0.0, "target_n_users": 0})
     )
     return joined.toPandas()
 
