@@ -141,13 +141,17 @@ def load_controls(path: str | Path | None) -> Controls:
     )
 
 
+def _listed(intent: pd.Series, domain: pd.Series, intents: tuple, domains: tuple) -> pd.Series:
+    return intent.isin(intents).fillna(False) | domain.isin(domains).fillna(False)
+
+
 def denied(intent: pd.Series, domain: pd.Series, settings: Settings) -> pd.Series:
     """Per row: the interpretation (intent, domain) is on a deny list."""
-    return intent.isin(settings.deny_intents).fillna(False) | domain.isin(settings.deny_domains).fillna(False)
+    return _listed(intent, domain, settings.deny_intents, settings.deny_domains)
 
 
 def sensitive(intent: pd.Series, domain: pd.Series, settings: Settings) -> pd.Series:
     """Per row: the interpretation (intent, domain) acts outward (settings
     `sensitive_intents`, `sensitive_domains`): exact rewrites only, with
     `sensitive_min_users` users."""
-    return intent.isin(settings.sensitive_intents).fillna(False) | domain.isin(settings.sensitive_domains).fillna(False)
+    return _listed(intent, domain, settings.sensitive_intents, settings.sensitive_domains)

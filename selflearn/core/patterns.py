@@ -352,11 +352,12 @@ def select_patterns(candidates: pd.DataFrame, settings: Settings, controls: Cont
                          ascending=[True, True, False, False, False, True], kind="mergesort").drop_duplicates(["locale", "source"])
     outvoted = ~c.index.isin(best.index)
     idx = c.index
+    target_intent, target_domain = c["target_intent"].astype(object), c["target_domain"].astype(object)
     operator_rules = [
         # the target only: a source misread as a denied intent may be rewritten away from
         # it (as for exact rewrites, core/rewrites.select_rewrites)
-        ("denied", denied(c["target_intent"].astype(object), c["target_domain"].astype(object), settings)),
-        ("sensitive_target", sensitive(c["target_intent"].astype(object), c["target_domain"].astype(object), settings)),
+        ("denied", denied(target_intent, target_domain, settings)),
+        ("sensitive_target", sensitive(target_intent, target_domain, settings)),
         ("blocked", controls.is_blocked(c["locale"], c["source"], c["target"])),
         ("pinned_elsewhere", pinned_elsewhere),
     ]

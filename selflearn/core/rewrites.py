@@ -151,8 +151,9 @@ def select_rewrites(candidates: pd.DataFrame, settings: Settings, controls: Cont
     # NLU misreads as a denied intent (a request served as takeaway_order that its users
     # rephrase into something else) is rewritten away from that misreading, which never
     # performs a purchase or sends a message; it must pass every other rule as any source.
-    is_denied = denied(_col(c, "target_intent"), _col(c, "target_domain"), settings)
-    is_sensitive = sensitive(_col(c, "target_intent"), _col(c, "target_domain"), settings)
+    target_intent, target_domain = _col(c, "target_intent"), _col(c, "target_domain")
+    is_denied = denied(target_intent, target_domain, settings)
+    is_sensitive = sensitive(target_intent, target_domain, settings)
     sensitive_floor = max(settings.min_users, settings.sensitive_min_users)
     # users whose own sessions started at the source (users_behind); a frame without the
     # column (a caller's own candidates) counts every user behind it as one
@@ -181,7 +182,7 @@ def select_rewrites(candidates: pd.DataFrame, settings: Settings, controls: Cont
             | (c["confidence"] < settings.min_paraphrase_confidence))),
         ("retracted_by_served_turns", served_bad),
         ("cluster_disagrees", pd.Series(settings.cluster_must_agree, index=c.index) & (c["evidence"] != PARAPHRASE)
-         & cluster_intent.notna() & (_col(c, "target_intent") != cluster_intent)),
+         & cluster_intent.notna() & (target_intent != cluster_intent)),
     ]
     # A pin skips the statistical rules, never the user floors (too_few_users, too_few_users_sensitive).
     rules = operator_rules + [(n, pd.Series(f, index=c.index).fillna(False).astype(bool) & (~pinned if n not in USER_FLOORS else True))
