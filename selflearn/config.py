@@ -55,6 +55,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "embedding_progress_s": (0.0, 86400.0),
     "embedding_ensemble_weight": (0.0, 1.0),
     "pattern_max_working_share": (0.0, 1.0),
+    "value_correction_min_similarity": (0.0, 1.0),
+    "value_correction_min_phrasings": (1, 1000),
     "pattern_label_rows": (0, 100_000),
     "pattern_min_agreement": (0.0, 1.0),
     "pattern_min_key_agreement": (0.0, 1.0),
@@ -244,6 +246,11 @@ class Settings:
     # the same share on any one matched key with rephrase evidence from >= min_users users:
     # below it the pattern is refused (`disagrees_with_evidence`); 0 = off
     pattern_min_key_agreement: float = 0.5
+    # value corrections (core/corrections.py): a misheard slot value learned across phrasings,
+    # published as rewrite_patterns/ rows with the value written out (evidence `correction`)
+    value_corrections_enabled: bool = True
+    value_correction_min_similarity: float = 0.5  # heard and meant alike as strings (difflib ratio)
+    value_correction_min_phrasings: int = 2  # phrasings a correction was seen in (one: an exact rewrite's business)
     # --- incremental runs (docs/incremental.md) ---
     evidence_window_days: int = 28  # days of evidence kept, back from the newest day in state; 0 keeps all
     # --- weak labels ---

@@ -248,7 +248,7 @@ def test_traps(tmp_path):
                  system_act_share=0.5, **kw)
     log = pd.read_parquet(tmp_path / "t" / "log")
     truth = pd.read_parquet(tmp_path / "t" / "truth.parquet")
-    assert all(s["traps"][k] > 0 for k in ("topic_switch", "follow_up", "elicit"))
+    assert all(s["traps"][k] > 0 for k in ("topic_switch", "follow_up", "elicit")) and s["traps"]["value_change"] == 0
     assert set(truth["trap"].dropna()) == {"topic_switch", "follow_up", "elicit"}
     assert truth.loc[truth["trap"].notna(), "rephrase_of"].isna().all()
     m = log.drop_duplicates("event_id").merge(truth, on="event_id").sort_values(["user_id", "ts"])  # no planted copies
@@ -268,8 +268,36 @@ def test_traps(tmp_path):
     users_with_acts = log.groupby("user_id")["system_act"].apply(lambda a: a.notna().any())
     assert 0.25 < users_with_acts.mean() < 0.75
     off = simulate(str(tmp_path / "off"), **kw)
-    assert off["traps"] == {"topic_switch": 0, "follow_up": 0, "elicit": 0}
+    assert off["traps"] == {"topic_switch": 0, "follow_up": 0, "elicit": 0, "value_change": 0}
     assert pd.read_parquet(tmp_path / "off" / "log")["system_act"].isna().all()
+
+
+def test_value_change_trap_asks_the_same_frame_with_one_alike_value_after_a_failure(tmp_path):
+    """value_change_prob: after a goal that failed to the end, the same frame at once with
+    one slot value changed to an alike one (the trap value corrections must not learn)."""
+    import difflib
+
+    from selflearn.simulate import World
+
+    kw = dict(users=80, locales=["en-US", "de-DE"], max_goals_per_locale=400, seed=5)
+    s = simulate(str(tmp_path / "v"), value_change_prob=1.0, **kw)
+    assert s["traps"]["value_change"] > 0
+    log = pd.read_parquet(tmp_path / "v" / "log")
+    truth = pd.read_parquet(tmp_path / "v" / "truth.parquet")
+    world = World.load(str(tmp_path / "v"))
+    goal = {g["goal_id"]: g for g in world.goals}
+    m = log.drop_duplicates("event_id").merge(truth, on="event_id").sort_values(["user_id", "ts"])
+    m["prev_goal"], m["prev_defect"] = m.groupby("user_id")["goal_id"].shift(), m.groupby("user_id")["is_defect"].shift()
+    gap = (m["ts"] - m.groupby("user_id")["ts"].shift()).dt.total_seconds()
+    changed = m[m["trap"] == "value_change"]
+    assert len(changed) and changed["rephrase_of"].isna().all() and changed["prev_defect"].astype(bool).all()
+    lo, hi = SimConfig().retry_gap_s
+    assert gap[changed.index].between(lo - 1e-3, hi + 1e-3).all()
+    for new, old in zip(changed["goal_id"], changed["prev_goal"]):
+        a, b = goal[old], goal[new]
+        assert a["frame_id"] == b["frame_id"] and a["goal_id"] != b["goal_id"]
+        diff = [(x[1], y[1]) for x, y in zip(a["slots"], b["slots"]) if x != y]
+        assert len(diff) == 1 and difflib.SequenceMatcher(None, *diff[0], autojunk=False).ratio() > 0.5
 
 
 def test_unseen_goals_are_never_in_the_log_and_come_in_fresh_traffic(sim):

@@ -172,6 +172,11 @@ def replay_metrics(rewrites: pd.DataFrame, world, n: int = FRESH_REQUESTS, seed:
     from selflearn.core.rewrite_apply import RewriteIndex
 
     index = RewriteIndex.from_frames(rewrites, patterns)
+    # which pattern rows are value corrections (core.corrections): reported apart as well
+    corrections = set()
+    if patterns is not None and len(patterns) and "evidence" in patterns:
+        c = patterns[patterns["evidence"] == "correction"]
+        corrections = set(zip(c["locale"], c["source"]))
     fresh = world.fresh_traffic(n, seed=seed)
     unseen = fresh["unseen_goal"] if "unseen_goal" in fresh else pd.Series(False, index=fresh.index)
     misheard = fresh["misheard"] if "misheard" in fresh else pd.Series(False, index=fresh.index)
@@ -189,10 +194,12 @@ def replay_metrics(rewrites: pd.DataFrame, world, n: int = FRESH_REQUESTS, seed:
             after = bool(world.serves(r.locale, hit.rewrite, r.goal_id))
             acts_elsewhere = (not after) and world.interpret(r.locale, hit.rewrite) is not None
             kind = hit.kind
+        correction = hit is not None and hit.kind == "pattern" and (r.locale, hit.source) in corrections
         win = (not before) and after
         loss = hit is not None and not after and (before or acts_elsewhere)
-        rows.append((r.locale, before, after, win, loss, kind, bool(new_goal), bool(mis), bool(denied)))
-    df = pd.DataFrame(rows, columns=["locale", "before", "after", "win", "loss", "kind", "unseen_goal", "misheard", "denied"])
+        rows.append((r.locale, before, after, win, loss, kind, bool(new_goal), bool(mis), bool(denied), correction))
+    df = pd.DataFrame(rows, columns=["locale", "before", "after", "win", "loss", "kind", "unseen_goal", "misheard", "denied",
+                                     "correction"])
 
     def summary(d: pd.DataFrame) -> dict:
         wins, losses = int(d["win"].sum()), int(d["loss"].sum())
@@ -217,6 +224,12 @@ def replay_metrics(rewrites: pd.DataFrame, world, n: int = FRESH_REQUESTS, seed:
                 "applied_heard": int((~k["misheard"]).sum()),
                 "precision_heard": float(k.loc[~k["misheard"], "after"].mean()) if (~k["misheard"]).any() else None,
             }
+        c = d[d["correction"]]  # pattern rows that are value corrections, a part of `pattern`
+        out["pattern"]["corrections"] = {
+            "applied": int(len(c)), "wins": int(c["win"].sum()), "losses": int(c["loss"].sum()),
+            "precision": float(c["after"].mean()) if len(c) else None,
+            "relative_defect_reduction": (int((~c["before"]).sum()) - int((~c["after"]).sum())) / defects_before if defects_before else None,
+        }
         u = d[d["unseen_goal"]]
         ub = int((~u["before"]).sum())
         out["unseen_goals"] = {"requests": int(len(u)), "defects_before": ub,
@@ -359,6 +372,10 @@ def render(result: dict) -> str:
         lines.append(f"  {kind:8s}applied={k.get('applied')} wins={k.get('wins')} losses={k.get('losses')} "
                      f"win/loss={_fmt(k.get('win_loss_ratio'))} defect reduction={_fmt(k.get('relative_defect_reduction'))} "
                      f"precision={_fmt(k.get('precision'))} (heard right: {_fmt(k.get('precision_heard'))} of {k.get('applied_heard')})")
+    vc = rp.get("pattern", {}).get("corrections")
+    if vc:
+        lines.append(f"    of which value corrections: applied={vc['applied']} wins={vc['wins']} losses={vc['losses']} "
+                     f"precision={_fmt(vc['precision'])} defect reduction={_fmt(vc['relative_defect_reduction'])}")
     if "unseen_goals" in rp:
         lines.append(f"  unseen goals: requests={rp['unseen_goals']['requests']} defect reduction={_fmt(rp['unseen_goals']['relative_defect_reduction'])}")
     if rp.get("allowed_goals"):

@@ -654,7 +654,8 @@ def _patterns_section(run_dir: Path, work_dir: Path, manifest: dict, n: int = 10
     head = [f"<h2 id='patterns'>Top pattern rewrites ({len(patterns)} in all)</h2>"]
     if patterns.empty:
         return head + [f"<p>No pattern rewrite. Candidates rejected by rule: {html.escape(str(counts.get('rejected_by_rule', {})))}</p>"]
-    top = top_patterns(patterns, n)
+    corrections = patterns[patterns["evidence"] == "correction"] if "evidence" in patterns else patterns.iloc[:0]
+    top = top_patterns(patterns.drop(corrections.index), n)
     decided_path, served_path = Path(work_dir) / "patterns_decided.parquet", Path(work_dir) / "served_values.parquet"
     if decided_path.is_file():
         reach = pd.read_parquet(decided_path)[["locale", "source", "target", "source_n_keys", "source_n_users"]]
@@ -671,7 +672,25 @@ def _patterns_section(run_dir: Path, work_dir: Path, manifest: dict, n: int = 10
                         "source_n_keys", "source_n_users", "source_defect_rate"] if c in top]
     return head + [_table(top[cols].rename(columns={"source_n_keys": "reaches_keys", "source_n_users": "reaches_users"})),
                    "<h2>Pattern candidates not emitted, by the first rule they failed</h2>",
-                   _table(pd.DataFrame(sorted(counts.get("rejected_by_rule", {}).items()), columns=["rule", "candidates"]))]
+                   _table(pd.DataFrame(sorted(counts.get("rejected_by_rule", {}).items()), columns=["rule", "candidates"])),
+                   *_corrections_section(corrections, work_dir, counts.get("value_corrections", {}), n)]
+
+
+def _corrections_section(rows: pd.DataFrame, work_dir: Path, counts: dict, n: int) -> list[str]:
+    """The value corrections with the most users (core.corrections): what ASR heard, what
+    the users meant, and how many published rows (phrasings) carry each."""
+    path = Path(work_dir) / "corrections_decided.parquet"
+    head = [f"<h2 id='corrections'>Value corrections ({len(rows)} rows of rewrite_patterns/)</h2>"]
+    if not path.is_file():
+        return head
+    d = pd.read_parquet(path)
+    emitted = d[d["decision"] == "emit"] if len(d) else d
+    if len(emitted):
+        emitted = emitted.assign(rows=[len(json.loads(x)) for x in emitted["specializations"]]).sort_values(
+            ["n_users", "locale", "slot", "heard"], ascending=[False, True, True, True], kind="mergesort").head(n)
+        head.append(_table(emitted[["locale", "slot", "heard", "meant", "intent", "n_users", "n_phrasings", "rows"]]))
+    return head + ["<h2>Value corrections not emitted, by the first rule they failed</h2>",
+                   _table(pd.DataFrame(sorted(counts.get("rejected_by_rule", {}).items()), columns=["rule", "corrections"]))]
 
 
 def write_report(run_dir: Path, manifest: dict, work_dir: Path, previous: Path | None = None) -> Path:

@@ -57,6 +57,7 @@ WORK_TABLES = {
     "decided": "decided.parquet",          # rewrites: every candidate with the rule that decided it
     "patterns_decided": "patterns_decided.parquet",  # patterns: every pattern candidate and its decision
     "served_values": "served_values.parquet",        # patterns: slot values >= min_users users were served with
+    "corrections_decided": "corrections_decided.parquet",  # patterns: every value correction and its decision
 }
 # "evidence" is not a folder: the retained days of state/ plus this run's pending days
 # (incremental.read_evidence), so the key, graph and rewrite stages see all days.
@@ -253,8 +254,9 @@ def rewrites(run: Run) -> Stats:
 
 
 def patterns(run: Run) -> Stats:
+    from selflearn.core.corrections import CORRECTION_COLUMNS, correction_patterns, select_corrections
     from selflearn.core.patterns import published_patterns, rejected_by_rule, select_patterns
-    from selflearn.spark.steps import PATTERN_CANDIDATES, pattern_candidates_step, served_values_step
+    from selflearn.spark.steps import PATTERN_CANDIDATES, pattern_candidates_step, served_values_step, value_corrections_step
 
     s = run.settings
     if s.patterns_enabled:
@@ -266,9 +268,22 @@ def patterns(run: Run) -> Stats:
     decided = select_patterns(cands, s, run.controls)
     decided.to_parquet(run.path("patterns_decided"), index=False)
     served.to_parquet(run.path("served_values"), index=False)
-    n = write_table(published_patterns(decided), run.path("rewrite_patterns"), "rewrite_patterns", ["locale", "source", "target"])
+    published = published_patterns(decided)
+    # value corrections: read through the phrasings above, published beside them
+    if s.patterns_enabled and s.value_corrections_enabled:
+        emitted = decided[decided["decision"] == "emit"] if len(decided) else decided
+        corr = select_corrections(value_corrections_step(run.read("reach"), run.read("key_stats"), run.evidence(), cands, emitted, s), s)
+    else:
+        corr = select_corrections(pd.DataFrame(columns=CORRECTION_COLUMNS), s)
+    corr.to_parquet(run.path("corrections_decided"), index=False)
+    corrected = correction_patterns(corr, published, run.controls)
+    table = pd.concat([published, corrected], ignore_index=True) if len(corrected) else published
+    n = write_table(table, run.path("rewrite_patterns"), "rewrite_patterns", ["locale", "source", "target"])
     return {"enabled": s.patterns_enabled, "candidates": int(len(decided)), "emitted": n,
-            "rejected_by_rule": rejected_by_rule(decided)}
+            "rejected_by_rule": rejected_by_rule(decided),
+            "value_corrections": {"enabled": s.patterns_enabled and s.value_corrections_enabled,
+                                  "candidates": int(len(corr)), "emitted": int((corr["decision"] == "emit").sum()) if len(corr) else 0,
+                                  "rows": int(len(corrected)), "rejected_by_rule": rejected_by_rule(corr)}}
 
 
 def labels(run: Run) -> Stats:
@@ -334,8 +349,8 @@ STAGES: tuple[Stage, ...] = (
           "the absorbing chain over keys and each failing key's best target"),
     Stage("rewrites", ("evidence", "candidates", "mates", "key_stats", "clusters"), ("reach", "decided", "rewrites"), rewrites,
           "the users behind each candidate; emission rules; rewrites/"),
-    Stage("patterns", ("reach", "key_stats", "evidence"), ("patterns_decided", "served_values", "rewrite_patterns"), patterns,
-          "delexicalized pairs pooled into patterns; emission rules; rewrite_patterns/"),
+    Stage("patterns", ("reach", "key_stats", "evidence"), ("patterns_decided", "served_values", "corrections_decided", "rewrite_patterns"), patterns,
+          "delexicalized pairs pooled into patterns, misheard values into corrections; emission rules; rewrite_patterns/"),
     Stage("labels", ("rewrites", "clusters", "patterns_decided", "served_values", "key_stats"), ("training",), labels,
           "weak labels from rewrites, clusters and patterns; training/"),
     Stage("publish", ("pending_state", *PUBLISHED_DIRS, *_REPORT_READS), ("manifest.json", "report.html"), publish,

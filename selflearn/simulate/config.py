@@ -187,6 +187,14 @@ class SimConfig:
     (same intent and slot names, other values: "alarm for five" -> "alarm for six") at the
     gap of a re-ask. Truth ``trap`` = ``follow_up``."""
 
+    value_change_prob: float = 0.0
+    """After a goal that failed to the end (given up or switched), probability the user asks
+    at once, with a re-ask's gap, for the same frame with one slot value changed to the most
+    alike value (as strings, difflib ratio >= 0.5) another goal of that frame has: "wake me
+    up at five am" fails, then "set an alarm for nine am". A new request, not a correction of
+    a misheard value: value corrections must not learn "five am" -> "nine am". Truth
+    ``trap`` = ``value_change``."""
+
     elicit_prob: float = 0.0
     """Probability that a goal with slots starts as an elicitation dialogue: the user says
     the request without its slot values ("set an alarm"), the system asks for them

@@ -1,6 +1,7 @@
 """Runs the users of a World through simulated days and writes log, truth and summary."""
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
@@ -49,7 +50,7 @@ TRUTH_SCHEMA = pa.schema([
     ("gold_slots", SLOTS_TYPE),
     ("is_defect", pa.bool_()),
     ("rephrase_of", pa.string()),
-    ("trap", pa.string()),  # topic_switch, follow_up, elicit (SimConfig); null otherwise
+    ("trap", pa.string()),  # topic_switch, follow_up, elicit, value_change (SimConfig); null otherwise
 ])
 
 MALFORMED_VARIANTS = [
@@ -93,7 +94,8 @@ class _Sim:
                           transient_error_turns=0, rephrase_turns=0, repeat_turns=0,
                           quick_switch_after_give_up=0, same_intent_next=0,
                           same_intent_next_within_60s=0, sessions=0,
-                          trap_topic_switch=0, trap_follow_up=0, trap_elicit=0)
+                          trap_topic_switch=0, trap_follow_up=0, trap_elicit=0,
+                          trap_value_change=0)
 
     # ------------------------------------------------------------------ one turn
     def _canon(self, pairs):
@@ -317,7 +319,14 @@ class _Sim:
             out = self.goal(rng, u, g, ctx)
             if k == n_goals - 1:
                 break
-            if out == "switched":  # at once, with a re-ask's gap, to an unrelated goal
+            sibling = (self._alike_sibling(g) if out != "served" and cfg.value_change_prob
+                       and rng.random() < cfg.value_change_prob else None)
+            if sibling is not None:  # at once, the same frame with one value changed (a new request)
+                self._advance(ctx, rng, *cfg.retry_gap_s)
+                g = sibling
+                ctx["trap"] = "value_change"
+                self.stats["trap_value_change"] += 1
+            elif out == "switched":  # at once, with a re-ask's gap, to an unrelated goal
                 self._advance(ctx, rng, *cfg.retry_gap_s)
                 g = self._unrelated_goal(rng, u, g)
                 ctx["trap"] = "topic_switch"
@@ -351,6 +360,29 @@ class _Sim:
                 else:
                     self._advance(ctx, rng, *cfg.next_goal_gap_s)
                 g = self._unrelated_goal(rng, u, g)
+
+    def _alike_sibling(self, g):
+        """The goal of g's frame whose slot values differ from g's in exactly one slot, by the
+        most alike value (difflib ratio of the text keys, at least 0.5; ties: the lower goal
+        index), or None. Cached per goal: every user changes a value the same way."""
+        cache = self.__dict__.setdefault("_siblings", {})
+        if g["gidx"] in cache:
+            return cache[g["gidx"]]
+        w, best, best_ratio = self.w, None, 0.5
+        mine = [(n, normalize_text(v)) for n, v in g["slots"]]
+        for i in sorted(w.goals_by_intent[(g["locale"], g["intent"])]):
+            o = w.goals[i]
+            if i == g["gidx"] or o["frame_id"] != g["frame_id"] or o["unseen"]:
+                continue
+            theirs = [(n, normalize_text(v)) for n, v in o["slots"]]
+            diff = [(a[1], b[1]) for a, b in zip(mine, theirs) if a != b]
+            if len(theirs) != len(mine) or len(diff) != 1 or not all(diff[0]):
+                continue
+            ratio = difflib.SequenceMatcher(None, diff[0][0], diff[0][1], autojunk=False).ratio()
+            if ratio > best_ratio:
+                best, best_ratio = o, ratio
+        cache[g["gidx"]] = best
+        return best
 
     def _unrelated_goal(self, rng, u, g):
         g2 = self.w.sample_goal(u["locale"], rng)
@@ -565,7 +597,7 @@ def run_simulation(world: World, out_dir: str) -> dict:
         "same_intent_next_goal": s["same_intent_next"],
         "same_intent_next_goal_within_60s": s["same_intent_next_within_60s"],
         "traps": {"topic_switch": s["trap_topic_switch"], "follow_up": s["trap_follow_up"],
-                  "elicit": s["trap_elicit"]},
+                  "elicit": s["trap_elicit"], "value_change": s["trap_value_change"]},
         "response_status": dict(sorted(status_counts.items())),
         "turns_per_locale": dict(sorted(per_locale.items())),
         "world": {

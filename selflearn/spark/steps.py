@@ -510,3 +510,68 @@ def served_values_step(enriched: DataFrame, settings: Settings) -> pd.DataFrame:
     counted = normed.groupBy("locale", "name", "value").agg(F.countDistinct("user_id").alias("n_users")).where(
         F.col("n_users") >= settings.min_users)
     return counted.toPandas().sort_values(["locale", "name", "value"], kind="mergesort").reset_index(drop=True)
+
+
+CORRECTION_DDL = (
+    "locale string, slot string, heard string, meant string, intent string, domain string, n_users long, "
+    "n_sessions long, n_phrasings long, heard_users long, share double, similarity double, heard_key_users long, "
+    "working_share double, source_defect_rate double, target_success_rate double, specializations string"
+)
+
+
+def value_corrections_step(reach: DataFrame, key_stats: DataFrame, enriched: DataFrame, pattern_candidates: pd.DataFrame,
+                           published_patterns: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """Value correction candidates (core.corrections.correction_candidates), one
+    applyInPandas group per locale: the locale's chain pairs from a failing key to a
+    served one, and its key statistics (the working phrasings, and every key that may say
+    a heard value). The run's pattern sources and published patterns (small, on the
+    driver) travel with the function, and so do the distinct users of each working
+    phrasing, counted over the evidence turns of its keys. Small: to the driver as pandas."""
+    from selflearn.core.corrections import (
+        CORRECTION_COLUMNS, align_heard_values, correction_candidates, served_keys, template_of_key, working_templates,
+    )
+
+    def phrasing(batches):
+        for pdf in batches:
+            pdf = served_keys(pdf, settings)
+            yield pd.DataFrame({"locale": pdf["locale"].to_numpy(dtype=object), "text": pdf["text"].to_numpy(dtype=object),
+                                "template": pd.array([template_of_key(t, j) for t, j in zip(pdf["text"], pdf["slots_json"])],
+                                                     dtype="string")})
+
+    key_phrasing = key_stats.select("locale", "text", "defect_rate", "intent", "slots_json").mapInPandas(
+        phrasing, "locale string, text string, template string").where(F.col("template").isNotNull())
+    template_users = (
+        _organic(enriched).select("locale", "text", "user_id").join(key_phrasing, ["locale", "text"])
+        .groupBy("locale", "template").agg(F.countDistinct("user_id").alias("n_users")).toPandas()
+    )
+
+    thr = settings.min_source_defect_rate
+    failing = key_stats.where(is_failing(F.col("defect_rate"), thr)).select("locale", F.col("text").alias("source"))
+    served = key_stats.where(interpretation_class(key_stats, settings).isNotNull() & F.col("slots_json").isNotNull()).select(
+        "locale", F.col("text").alias("target"), F.col("intent").alias("target_intent"),
+        F.col("domain").alias("target_domain"), F.col("slots_json").alias("target_slots_json"),
+        F.col("defect_rate").alias("target_defect_rate"))
+    pairs = reach.join(failing, ["locale", "source"]).join(served, ["locale", "target"]).select(
+        "locale", "source", "target", "user_id", "session", "target_intent", "target_domain", "target_slots_json",
+        "target_defect_rate")
+    keys = key_stats.select("locale", "text", "n_users", "defect_rate", "intent", "domain", "slots_json")
+    sources = pattern_candidates[["locale", "source"]].drop_duplicates() if len(pattern_candidates) else pd.DataFrame(columns=["locale", "source"])
+    cols = ["locale", "source", "target", "target_intent"]
+    patterns = published_patterns[cols].copy() if len(published_patterns) else pd.DataFrame(columns=cols)
+
+    def apply(pairs_pdf: pd.DataFrame, keys_pdf: pd.DataFrame) -> pd.DataFrame:
+        if pairs_pdf.empty or keys_pdf.empty:
+            return pd.DataFrame(columns=CORRECTION_COLUMNS)
+        locale = pairs_pdf["locale"].iloc[0]
+        keys_pdf = keys_pdf.sort_values("text", kind="mergesort").reset_index(drop=True)
+        templates = working_templates(keys_pdf, settings, template_users[template_users["locale"] == locale])
+        read_through = list(templates["template"]) + list(sources.loc[sources["locale"] == locale, "source"])
+        pairs_pdf = pairs_pdf.sort_values(["source", "target", "user_id", "session"], kind="mergesort")
+        aligned = align_heard_values(pairs_pdf, read_through)
+        out = correction_candidates(aligned, keys_pdf, templates, patterns[patterns["locale"] == locale], settings)
+        for col in ("n_users", "n_sessions", "n_phrasings", "heard_users", "heard_key_users"):
+            out[col] = out[col].astype("int64")
+        return out[CORRECTION_COLUMNS]
+
+    cands = pairs.groupBy("locale").cogroup(keys.groupBy("locale")).applyInPandas(apply, CORRECTION_DDL)
+    return cands.toPandas().sort_values(["locale", "slot", "heard", "meant"], kind="mergesort").reset_index(drop=True)
