@@ -113,6 +113,11 @@ def test_a_correction_learned_in_two_phrasings_fixes_a_third_and_the_pattern_phr
     assert index.lookup("en-US", "i want to listen daft punk song once again").rewrite == "play some daft punk"
     # requests that work stay as they are
     assert index.lookup("en-US", "play some david bowie") is None
+    # a row whose source an exact rewrite holds would never fire (exact first): left out
+    exact = pd.DataFrame([{"locale": "en-US", "source": "play some david bowy"}])
+    kept = correction_patterns(d, PATTERN.assign(slots=None), exact=exact)
+    assert "play some david bowy" in set(rows["source"]) and "play some david bowy" not in set(kept["source"])
+    assert len(kept) == len(rows) - 1
 
 
 def test_a_different_value_after_a_failure_is_another_request_not_a_mishearing():
@@ -182,3 +187,20 @@ def test_the_spark_step_places_the_data_and_finds_what_the_functions_find(spark,
     cols = ["locale", "slot", "heard", "meant", "n_users", "n_phrasings", "decision", "specializations"]
     assert got[cols].to_dict("records") == want[cols].to_dict("records")
     assert got.iloc[0]["decision"] == "emit"
+
+
+def test_the_churn_gate_counts_a_pair_in_both_tables_once(tmp_path):
+    """A correction row with every value written out holds no brace: were it to repeat an
+    exact rewrite (an older run), the gate's union of both kinds still counts it once."""
+    from selflearn.run.gate import published_rewrites
+    from selflearn.run.publish import write_table
+
+    d = _decide(_pairs(MISHEARD))
+    rows = correction_patterns(d, PATTERN.assign(slots=None))
+    one = rows.iloc[:1]
+    exact = one[["locale", "source", "target", "confidence", "n_users", "n_sessions", "source_defect_rate",
+                 "target_success_rate"]].assign(evidence="rephrase")
+    write_table(exact, tmp_path / "rewrites", "rewrites", ["locale", "source", "target"])
+    write_table(rows, tmp_path / "rewrite_patterns", "rewrite_patterns", ["locale", "source", "target"])
+    both = published_rewrites(tmp_path)
+    assert len(both) == len(rows) and not both.duplicated(["locale", "source", "target"]).any()

@@ -275,12 +275,15 @@ def select_corrections(candidates: pd.DataFrame, settings: Settings) -> pd.DataF
     return c
 
 
-def correction_patterns(decided: pd.DataFrame, published: pd.DataFrame, controls: Controls | None = None) -> pd.DataFrame:
+def correction_patterns(decided: pd.DataFrame, published: pd.DataFrame, controls: Controls | None = None,
+                        exact: pd.DataFrame | None = None) -> pd.DataFrame:
     """The emitted corrections as `rewrite_patterns/` rows (patterns.PATTERN_COLUMNS), with
     evidence `correction`; `n_values` is the number of phrasings the correction was learned
     in. A source that a published pattern already holds, or that two corrections would
-    write, keeps the pattern, then the correction with the most users. Blocked rows
-    (controls) are left out."""
+    write, keeps the pattern, then the correction with the most users. A row whose source
+    (all its values written out) is an exact rewrite's source is left out: the exact rewrite
+    wins there (contract 4.1, rule 1), so the row would never fire. Blocked rows (controls)
+    are left out."""
     from selflearn.core.patterns import PATTERN_COLUMNS
 
     rows = []
@@ -293,6 +296,8 @@ def correction_patterns(decided: pd.DataFrame, published: pd.DataFrame, controls
     if out.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in PATTERN_COLUMNS})
     taken = set(zip(published["locale"], published["source"])) if len(published) else set()
+    if exact is not None and len(exact):
+        taken |= set(zip(exact["locale"], exact["source"]))
     out = out[[(l, s) not in taken for l, s in zip(out["locale"], out["source"])]]
     out = out.sort_values(["locale", "source", "n_users", "target"], ascending=[True, True, False, True],
                           kind="mergesort").drop_duplicates(["locale", "source"])

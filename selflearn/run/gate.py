@@ -62,14 +62,16 @@ def rewrite_churn(previous: pd.DataFrame | None, current: pd.DataFrame, pins: pd
 
 
 def published_rewrites(run_dir: Path) -> pd.DataFrame:
-    """Exact rewrites and pattern rewrites of a run, one frame (a pattern source holds a
-    brace, so it never equals an exact source): the churn check counts both."""
+    """Exact rewrites and pattern rewrites of a run, one frame: the churn check counts both.
+    A (locale, source, target) counts once: a value correction's row with every value
+    written out holds no brace and could repeat an exact rewrite (the patterns stage leaves
+    such rows out; an older run may hold them)."""
     cols = KEY + ["confidence", "n_users", "evidence"]
     frames = [pd.read_parquet(run_dir / "rewrites")[cols]]
     if (run_dir / "rewrite_patterns").exists():
         frames.append(pd.read_parquet(run_dir / "rewrite_patterns")[cols])
     frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+    return pd.concat(frames, ignore_index=True).drop_duplicates(KEY) if frames else pd.DataFrame(columns=cols)
 
 
 def evaluate_gate(manifest: dict, previous_run: Path | None, staging: Path, settings: Settings, force: bool = False,

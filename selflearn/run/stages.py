@@ -276,7 +276,7 @@ def patterns(run: Run) -> Stats:
     else:
         corr = select_corrections(pd.DataFrame(columns=CORRECTION_COLUMNS), s)
     corr.to_parquet(run.path("corrections_decided"), index=False)
-    corrected = correction_patterns(corr, published, run.controls)
+    corrected = correction_patterns(corr, published, run.controls, pd.read_parquet(run.path("rewrites"), columns=["locale", "source"]))
     table = pd.concat([published, corrected], ignore_index=True) if len(corrected) else published
     n = write_table(table, run.path("rewrite_patterns"), "rewrite_patterns", ["locale", "source", "target"])
     return {"enabled": s.patterns_enabled, "candidates": int(len(decided)), "emitted": n,
@@ -349,7 +349,7 @@ STAGES: tuple[Stage, ...] = (
           "the absorbing chain over keys and each failing key's best target"),
     Stage("rewrites", ("evidence", "candidates", "mates", "key_stats", "clusters"), ("reach", "decided", "rewrites"), rewrites,
           "the users behind each candidate; emission rules; rewrites/"),
-    Stage("patterns", ("reach", "key_stats", "evidence"), ("patterns_decided", "served_values", "corrections_decided", "rewrite_patterns"), patterns,
+    Stage("patterns", ("reach", "key_stats", "evidence", "rewrites"), ("patterns_decided", "served_values", "corrections_decided", "rewrite_patterns"), patterns,
           "delexicalized pairs pooled into patterns, misheard values into corrections; emission rules; rewrite_patterns/"),
     Stage("labels", ("rewrites", "clusters", "patterns_decided", "served_values", "key_stats"), ("training",), labels,
           "weak labels from rewrites, clusters and patterns; training/"),
