@@ -10,6 +10,7 @@ import dataclasses
 import json
 
 import pandas as pd
+import pytest
 
 from selflearn.config import Settings
 from selflearn.core.corrections import (
@@ -86,7 +87,7 @@ def test_working_phrasings_are_served_keys_with_their_values_as_placeholders():
     d = _decide(_pairs(MISHEARD))
     assert "play daft punk" in str(d.iloc[0]["specializations"]) or "play david bowy" in str(d.iloc[0]["specializations"])
     low = correction_candidates(align_heard_values(_pairs(MISHEARD), list(t["template"])), _keys(), t, PATTERN, S)
-    assert "play david bowy" not in {src for src, _ in json.loads(low.iloc[0]["specializations"])}
+    assert "play david bowy" not in {row[0] for row in json.loads(low.iloc[0]["specializations"])}
 
 
 def test_a_misheard_value_is_read_through_the_phrasing_with_the_most_literal_text():
@@ -204,3 +205,24 @@ def test_the_churn_gate_counts_a_pair_in_both_tables_once(tmp_path):
     write_table(rows, tmp_path / "rewrite_patterns", "rewrite_patterns", ["locale", "source", "target"])
     both = published_rewrites(tmp_path)
     assert len(both) == len(rows) and not both.duplicated(["locale", "source", "target"]).any()
+
+
+def test_a_rows_rates_are_over_the_logged_keys_it_matches_and_a_row_on_working_keys_is_left_out():
+    """Contract 4.1: source_defect_rate over every logged key the row's source matches,
+    target_success_rate over the target's; a side nobody said takes the correction's own.
+    A row whose source matches a working key is left out (as `matches_working`)."""
+    d = _decide(_pairs(MISHEARD))
+    rows = correction_patterns(d, PATTERN.assign(slots=None)).set_index("source")
+    said = rows.loc["play some david bowy"]  # logged: 3 users, defect rate 0.9
+    assert said["source_defect_rate"] == pytest.approx(0.9) and said["target_success_rate"] == pytest.approx(0.95)
+    unsaid = rows.loc["play david bowy"]  # nobody said it: the correction's own rates
+    row = d.iloc[0]
+    assert unsaid["source_defect_rate"] == pytest.approx(row["source_defect_rate"])
+    # one user says "play david bowy" and is served: the heard value hardly works overall
+    # (1 of 35 users), but that row's source matches a working key
+    keys = _keys(extra=[("play david bowy", 1, 0.02, "play_music", _slots(artist_name="david bowy")),
+                        ("i want to listen david bowy song once again", 28, 0.95, None, None)])
+    d = _decide(_pairs(MISHEARD), keys=keys)
+    assert d.iloc[0]["decision"] == "emit" and d.iloc[0]["working_share"] <= S.pattern_max_working_share
+    sources = set(correction_patterns(d, PATTERN.assign(slots=None))["source"])
+    assert "play david bowy" not in sources and "play some david bowy" in sources

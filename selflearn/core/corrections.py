@@ -192,7 +192,8 @@ def correction_candidates(aligned: pd.DataFrame, keys: pd.DataFrame, templates: 
                           patterns: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """One locale's corrections (CORRECTION_COLUMNS) with the statistics the rules read,
     and each one's rows as they would be published (`specializations`, JSON list of
-    [source, target]). `keys`: the locale's key statistics (text, n_users, defect_rate);
+    [source, target, source_users, source_defect_rate, target_users, target_success_rate]
+    over the logged keys each side matches; rates null where no logged key matches). `keys`: the locale's key statistics (text, n_users, defect_rate);
     `templates`: working_templates rows; `patterns`: the run's published patterns
     (locale, source, target, target_intent)."""
     if aligned.empty:
@@ -218,17 +219,45 @@ def correction_candidates(aligned: pd.DataFrame, keys: pd.DataFrame, templates: 
     key_users, working_share, defect_rate, rows = [], [], [], []
     for r, scan in zip(c.itertuples(index=False), standing):
         if not scan:
-            key_users.append(0), working_share.append(0.0), defect_rate.append(0.0), rows.append("[]")
+            key_users.append(0), working_share.append(0.0), defect_rate.append(0.0), rows.append([])
             continue
         says = _says(texts, r.heard)
         n = float(users[says].sum())
         key_users.append(int(n))
         working_share.append(float(users[says & works].sum()) / n if n else 0.0)
         defect_rate.append(float((users[says] * rates[says]).sum()) / n if n else 0.0)
-        rows.append(json.dumps(specializations(r, templates, patterns, settings), ensure_ascii=False))
+        rows.append(specializations(r, templates, patterns, settings))
     c["heard_key_users"], c["working_share"], c["source_defect_rate"] = key_users, working_share, defect_rate
-    c["specializations"] = rows
+    c["specializations"] = [json.dumps(x, ensure_ascii=False) for x in _with_row_stats(rows, keys, settings)]
     return c[CORRECTION_COLUMNS].sort_values(by, kind="mergesort").reset_index(drop=True)
+
+
+def _with_row_stats(rows: list, keys: pd.DataFrame, settings: Settings) -> list:
+    """Each correction's [source, target] rows with the contract's statistics over the
+    logged keys each side matches (contract 4.1, as for patterns: patterns.match_stats):
+    [source, target, source_users, source_defect_rate, target_users, target_success_rate].
+    A row whose source matches keys that work (more than pattern_max_working_share of their
+    users) is left out, as `matches_working` refuses a pattern."""
+    from selflearn.core.patterns import match_stats
+
+    templates = sorted({t for rs in rows for r in rs for t in r})
+    if not templates:
+        return [[] for _ in rows]
+    m = match_stats(templates, keys[["text", "n_users", "defect_rate"]], settings.min_source_defect_rate)
+    m.attrs.clear()
+    m = m.set_index("template")
+    users, defect, working = m["users"].to_dict(), m["defect_users"].to_dict(), m["working_users"].to_dict()
+    out = []
+    for rs in rows:
+        kept = []
+        for src, tgt in rs:
+            su, tu = float(users.get(src, 0.0)), float(users.get(tgt, 0.0))
+            if su > 0 and working.get(src, 0.0) / su > settings.pattern_max_working_share:
+                continue
+            kept.append([src, tgt, int(su), defect.get(src, 0.0) / su if su else None,
+                         int(tu), 1.0 - defect.get(tgt, 0.0) / tu if tu else None])
+        out.append(kept)
+    return out
 
 
 def specializations(c, templates: pd.DataFrame, patterns: pd.DataFrame, settings: Settings) -> list[list[str]]:
@@ -288,10 +317,14 @@ def correction_patterns(decided: pd.DataFrame, published: pd.DataFrame, controls
 
     rows = []
     for c in decided[decided["decision"] == "emit"].itertuples(index=False) if len(decided) else ():
-        for src, tgt in json.loads(c.specializations):
-            rows.append((c.locale, src, tgt, placeholder_names(src), float(c.share * c.target_success_rate), int(c.n_users),
-                         int(c.n_phrasings), int(c.n_sessions), float(c.source_defect_rate), float(c.target_success_rate),
-                         "correction"))
+        for src, tgt, _, src_defect, _, tgt_success in json.loads(c.specializations):
+            # over the logged keys the row's source and target match (contract 4.1); a side
+            # that matches no logged key (a phrasing nobody said with that value) takes the
+            # correction's own: the keys saying the heard value, the served keys it reached
+            src_defect = float(c.source_defect_rate) if src_defect is None else float(src_defect)
+            tgt_success = float(c.target_success_rate) if tgt_success is None else float(tgt_success)
+            rows.append((c.locale, src, tgt, placeholder_names(src), float(c.share * tgt_success), int(c.n_users),
+                         int(c.n_phrasings), int(c.n_sessions), src_defect, tgt_success, "correction"))
     out = pd.DataFrame(rows, columns=PATTERN_COLUMNS)
     if out.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in PATTERN_COLUMNS})
