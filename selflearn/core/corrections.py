@@ -2,16 +2,19 @@
 
 A recurrent mishearing ("play king crimdon", "monttag") breaks a request in every phrasing
 it is said in, working phrasings included, and most of those texts are said by too few users
-for an exact rewrite. A pattern does not help either: "starte lieder von {artist_name}"
-carries the misheard value into a working phrasing, where the system then acts on the
-wrong artist. Users correct such values themselves: after the failure they say the value
+for an exact rewrite. A pattern does not help either: "bitte öffne meine musik app und
+spiel {song_name} von {artist_name}" -> "ich möchte bitte {song_name} von {artist_name}
+anhören" carries the misheard value into a working phrasing, where the system then acts
+on the wrong artist. Users correct such values themselves: after the failure they say the value
 again, heard right this time, often in another phrasing. So the correction is learned
 once, across phrasings, and published as rows of `rewrite_patterns/` (contract section
 4.1): a phrasing with the misheard value written out, rewritten to the phrasing the
 request is served in with the value the users meant:
 
-    "starte lieder von king crimdon"  ->  "spiele lieder von king crimson"
-    "was steht am monttag um {time} an"  ->  "was steht am montag um {time} an"
+    "kannst du {song_name} von king crimdon spielen"  ->  "kannst du {song_name} von king crimson spielen"
+    "gibt es monttag eine {event_name}"  ->  "gibt es montag eine {event_name}"
+
+(rows of the simulator's default log, de-DE).
 
 Written-out values are literal text, so such a row always outranks the phrasing's own
 pattern (rule 3: most literal characters first), and leaves the value's other wordings alone.
@@ -41,7 +44,10 @@ Rules (the first failed one is kept, like the other emission rules):
 An emitted correction is published once per phrasing served with its intent that holds
 the slot (working templates said by at least min_users distinct users, and published patterns
 whose target is that intent), the slot written out as heard in the source and as meant in
-the target. Nothing here writes training rows.
+the target. A row an exact rewrite shadows (its source, every value
+written out, is an exact source) or whose source matches working keys is left out; a row's
+rates are over the logged keys its sides match (contract 4.1). Nothing here writes
+training rows.
 
 Plain pandas over one locale's rows (or many locales'); Spark only places the data
 (selflearn.spark.steps.value_corrections_step).
