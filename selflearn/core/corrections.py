@@ -64,8 +64,10 @@ from selflearn.config import Settings
 from selflearn.core.controls import Controls, denied, sensitive
 from selflearn.core.defects import is_working
 from selflearn.core.labels import parse_slots
+from selflearn.core.patterns import PATTERN_COLUMNS, delexicalize_text, match_stats, slot_values
 from selflearn.core.rewrite_apply import PLACEHOLDER, fill, has_literal_text, literal_chars, placeholder_names
-from selflearn.core.text import is_unspaced_char, normalize_text
+from selflearn.core.rewrites import first_failed_rule
+from selflearn.core.text import is_unspaced_char, normalize_text, occurs_in
 
 CORRECTION_COLUMNS = [
     "locale", "slot", "heard", "meant", "intent", "domain", "n_users", "n_sessions", "n_phrasings", "heard_users",
@@ -76,34 +78,6 @@ ALIGNED_COLUMNS = ["locale", "slot", "heard", "meant", "intent", "domain", "user
                    "target_success"]
 
 
-def delexicalize_key(text: str, slots: list[dict]) -> str | None:
-    """`text` with each of its slot values replaced by `{name}` (longest value first, whole
-    words, or inside a word in an unspaced script), or None when a value is missing, a slot
-    name repeats with two values, or no placeholder results."""
-    values: dict[str, str] = {}
-    for s in slots:
-        name, value = str(s["name"]), normalize_text(str(s["value"]))
-        if not value or not PLACEHOLDER.fullmatch("{" + name + "}") or values.setdefault(name, value) != value:
-            return None
-    out = text
-    for name, value in sorted(values.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        out = _replace(out, value, "{" + name + "}")
-        if out is None:
-            return None
-    return out if values and has_literal_text(out) else None
-
-
-def _replace(text: str, value: str, placeholder: str) -> str | None:
-    padded = f" {text} "
-    if f" {value} " in padded:
-        while f" {value} " in padded:
-            padded = padded.replace(f" {value} ", f" {placeholder} ")
-        return padded[1:-1]
-    if any(is_unspaced_char(c) for c in value) and value in text:
-        return text.replace(value, placeholder)
-    return None
-
-
 def _says(texts: pd.Series, value: str) -> pd.Series:
     """Which texts say `value` as whole words (anywhere, in an unspaced script)."""
     if any(is_unspaced_char(c) for c in value):
@@ -112,8 +86,12 @@ def _says(texts: pd.Series, value: str) -> pd.Series:
 
 
 def template_of_key(text: str, slots_json) -> str | None:
-    """The phrasing of a served key: its own slot values as placeholders (delexicalize_key)."""
-    return delexicalize_key(text, parse_slots(slots_json)) if isinstance(slots_json, str) else None
+    """The phrasing of a served key: its own slot values as placeholders
+    (patterns.delexicalize_text), or None when it has no slot, a value is missing, or
+    nothing but placeholders is left."""
+    values = slot_values(parse_slots(slots_json)) if isinstance(slots_json, str) else None
+    out = delexicalize_text(text, values) if values else None
+    return out if out is not None and has_literal_text(out) else None
 
 
 def served_keys(keys: pd.DataFrame, settings: Settings) -> pd.DataFrame:
@@ -170,9 +148,7 @@ def align_heard_values(pairs: pd.DataFrame, templates: list[str]) -> pd.DataFram
         values = {str(s["name"]): normalize_text(str(s["value"])) for s in slots}
         if len(values) != len(slots) or not all(values.values()):
             continue
-        padded = f" {r.source} "
-        missing = [n for n, v in values.items()
-                   if f" {v} " not in padded and not (any(is_unspaced_char(c) for c in v) and v in r.source)]
+        missing = [n for n, v in values.items() if not occurs_in(v, r.source)]
         if len(missing) != 1:
             continue
         slot, meant = missing[0], values[missing[0]]
@@ -244,8 +220,6 @@ def _with_row_stats(rows: list, keys: pd.DataFrame, settings: Settings) -> list:
     [source, target, source_users, source_defect_rate, target_users, target_success_rate].
     A row whose source matches keys that work (more than pattern_max_working_share of their
     users) is left out, as `matches_working` refuses a pattern."""
-    from selflearn.core.patterns import match_stats
-
     templates = sorted({t for rs in rows for r in rs for t in r})
     if not templates:
         return [[] for _ in rows]
@@ -303,10 +277,7 @@ def select_corrections(candidates: pd.DataFrame, settings: Settings) -> pd.DataF
         ("disagrees", c["share"] < settings.pattern_min_agreement),
         ("heard_value_works", c["working_share"] > settings.pattern_max_working_share),
     ]
-    decision = pd.Series("emit", index=c.index, dtype=object)
-    for name, failed in reversed(rules):
-        decision = decision.where(~pd.Series(failed, index=c.index).fillna(False).to_numpy(dtype=bool), name)
-    c["decision"] = decision
+    c["decision"] = first_failed_rule(rules, c.index)
     return c
 
 
@@ -319,8 +290,6 @@ def correction_patterns(decided: pd.DataFrame, published: pd.DataFrame, controls
     (all its values written out) is an exact rewrite's source is left out: the exact rewrite
     wins there (contract 4.1, rule 1), so the row would never fire. Blocked rows (controls)
     are left out."""
-    from selflearn.core.patterns import PATTERN_COLUMNS
-
     rows = []
     for c in decided[decided["decision"] == "emit"].itertuples(index=False) if len(decided) else ():
         for src, tgt, _, src_defect, _, tgt_success in json.loads(c.specializations):

@@ -24,7 +24,7 @@ from selflearn.config import Settings
 from selflearn.core.controls import Controls, denied
 from selflearn.core.defects import is_failing, is_working
 from selflearn.schema import columns
-from selflearn.core.text import is_unspaced_char, normalize_text
+from selflearn.core.text import normalize_text, occurs_in
 
 TRAINING_COLUMNS = columns("training")
 
@@ -32,14 +32,10 @@ TRAINING_COLUMNS = columns("training")
 def project_slots(text: str, slots: list[dict]) -> list[dict] | None:
     """Slots re-expressed on `text` (values as their text keys), or None when some value
     does not occur in `text` as a whole-token sequence."""
-    padded = f" {text} "
     out = []
     for slot in slots:
         value = normalize_text(str(slot["value"]))
-        whole_tokens = bool(value) and f" {value} " in padded
-        # In unspaced scripts (Japanese, Chinese, Thai...) a value sits inside a "word".
-        inside_unspaced = bool(value) and any(is_unspaced_char(c) for c in value) and value in text
-        if not (whole_tokens or inside_unspaced):
+        if not occurs_in(value, text):
             return None
         out.append({"name": str(slot["name"]), "value": value})
     return out

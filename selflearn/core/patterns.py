@@ -74,7 +74,7 @@ from selflearn.config import Settings
 from selflearn.core.controls import Controls, denied, sensitive
 from selflearn.core.labels import TRAINING_COLUMNS, parse_slots
 from selflearn.core.rewrite_apply import PLACEHOLDER, Pattern, _LocalePatterns, fill, has_literal_text, placeholder_names
-from selflearn.core.rewrites import wilson_bounds
+from selflearn.core.rewrites import first_failed_rule, wilson_bounds
 from selflearn.core.text import is_unspaced_char, normalize_text
 
 PATTERN_COLUMNS = [
@@ -103,11 +103,9 @@ def _replace_value(text: str, value: str, placeholder: str) -> str | None:
     return None
 
 
-def delexicalize(source: str, target: str, slots: list[dict]) -> tuple[str, str, tuple[str, ...]] | None:
-    """(source pattern, target pattern, slot values in the source's placeholder order),
-    or None when the pair yields no pattern: no slot, a slot name that is not a
-    placeholder name, two values of one slot name, a value missing from either text, or
-    the two patterns equal (no identity rewrites)."""
+def slot_values(slots: list[dict]) -> dict[str, str] | None:
+    """{slot name: value as a text key} of served slots, or None when a value is empty, a
+    name is not a placeholder name, or one name has two values."""
     values: dict[str, str] = {}
     for s in slots:
         name, value = str(s["name"]), normalize_text(str(s["value"]))
@@ -115,15 +113,31 @@ def delexicalize(source: str, target: str, slots: list[dict]) -> tuple[str, str,
             return None
         if values.setdefault(name, value) != value:
             return None
+    return values
+
+
+def delexicalize_text(text: str, values: dict[str, str]) -> str | None:
+    """`text` with each value replaced by `{name}` (_replace_value), or None when one is missing.
+    Longest value first, so "new york city" is not cut by a "new york" of another slot."""
+    for name, value in sorted(values.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        text = _replace_value(text, value, "{" + name + "}")
+        if text is None:
+            return None
+    return text
+
+
+def delexicalize(source: str, target: str, slots: list[dict]) -> tuple[str, str, tuple[str, ...]] | None:
+    """(source pattern, target pattern, slot values in the source's placeholder order),
+    or None when the pair yields no pattern: no slot, a slot name that is not a
+    placeholder name, two values of one slot name, a value missing from either text, or
+    the two patterns equal (no identity rewrites)."""
+    values = slot_values(slots)
     if not values:
         return None
-    psrc, ptgt = source, target
-    # Longest value first, so "new york city" is not cut by a "new york" of another slot.
-    for name, value in sorted(values.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        psrc = _replace_value(psrc, value, "{" + name + "}")
-        ptgt = _replace_value(ptgt, value, "{" + name + "}") if psrc is not None else None
-        if psrc is None or ptgt is None:
-            return None
+    psrc = delexicalize_text(source, values)
+    ptgt = delexicalize_text(target, values) if psrc is not None else None
+    if psrc is None or ptgt is None:
+        return None
     if psrc == ptgt:
         return None
     # Adjacent placeholders split a text ambiguously ((?P<a>.+?)(?P<b>.+?) binds one
@@ -376,10 +390,7 @@ def select_patterns(candidates: pd.DataFrame, settings: Settings, controls: Cont
         ("disagrees_with_evidence", c["evidence_agreement"].astype(float) < settings.pattern_min_agreement),
     ]
     rules = operator_rules + privacy_rules + [(n, f & ~pinned) for n, f in statistical_rules]
-    decision = pd.Series("emit", index=idx, dtype=object)
-    for name, failed in reversed(rules):  # the first failing rule wins
-        decision = decision.where(~pd.Series(failed, index=idx).fillna(False).to_numpy(dtype=bool), name)
-    c["decision"] = decision
+    c["decision"] = first_failed_rule(rules, idx)
     return c.sort_values(["locale", "source", "target"], kind="mergesort").reset_index(drop=True)
 
 

@@ -187,11 +187,18 @@ def select_rewrites(candidates: pd.DataFrame, settings: Settings, controls: Cont
     # A pin skips the statistical rules, never the user floors (too_few_users, too_few_users_sensitive).
     rules = operator_rules + [(n, pd.Series(f, index=c.index).fillna(False).astype(bool) & (~pinned if n not in USER_FLOORS else True))
                               for n, f in rules]
-    decision = pd.Series("emit", index=c.index, dtype=object)
-    for name, failed in reversed(rules):  # the first failing rule wins
-        decision = decision.where(~pd.Series(failed, index=c.index).fillna(False).to_numpy(dtype=bool), name)
-    c["decision"] = decision
+    c["decision"] = first_failed_rule(rules, c.index)
     return c.sort_values(["locale", "source", "target"], kind="mergesort").reset_index(drop=True)
+
+
+def first_failed_rule(rules: list[tuple[str, object]], index: pd.Index) -> pd.Series:
+    """Per row, the name of the first rule in `rules` ((name, failed) pairs, failed a
+    boolean Series or array over `index`; NA counts as passed) the row fails, or 'emit':
+    every emission table (rewrites, patterns, value corrections) keeps that one reason."""
+    decision = pd.Series("emit", index=index, dtype=object)
+    for name, failed in reversed(rules):  # the first failing rule wins
+        decision = decision.where(~pd.Series(failed, index=index).fillna(False).to_numpy(dtype=bool), name)
+    return decision
 
 
 def published_rewrites(decided: pd.DataFrame) -> pd.DataFrame:

@@ -65,6 +65,14 @@ def is_unspaced_char(ch: str) -> bool:
         return False
 
 
+def occurs_in(value: str, text: str) -> bool:
+    """A value (a text key) is said in `text`: as whole tokens, or, in a script written
+    without spaces (Japanese, Chinese, Thai...), inside a "word"."""
+    if not value:
+        return False
+    return f" {value} " in f" {text} " or (any(is_unspaced_char(c) for c in value) and value in text)
+
+
 def tokens(key: str) -> list[str]:
     """Word tokens of a key; runs of unspaced-script characters become character
     bigrams (Japanese, Chinese, Thai...), so overlap means the same thing in every script."""

@@ -686,7 +686,9 @@ def _corrections_section(rows: pd.DataFrame, work_dir: Path, counts: dict, n: in
     d = pd.read_parquet(path)
     emitted = d[d["decision"] == "emit"] if len(d) else d
     if len(emitted):
-        emitted = emitted.assign(rows=[len(json.loads(x)) for x in emitted["specializations"]]).sort_values(
+        published = set(zip(rows["locale"], rows["source"]))  # after the exact-shadow, dedupe and block filters
+        emitted = emitted.assign(rows=[sum((loc, r[0]) in published for r in json.loads(x))
+                                       for loc, x in zip(emitted["locale"], emitted["specializations"])]).sort_values(
             ["n_users", "locale", "slot", "heard"], ascending=[False, True, True, True], kind="mergesort").head(n)
         head.append(_table(emitted[["locale", "slot", "heard", "meant", "intent", "n_users", "n_phrasings", "rows"]]))
     return head + ["<h2>Value corrections not emitted, by the first rule they failed</h2>",

@@ -451,19 +451,27 @@ def labels_step(rewrites_pdf: pd.DataFrame, clusters_pdf: pd.DataFrame, key_stat
 PATTERN_CANDIDATES = arrow_schema("pattern_candidates")
 
 
+def failing_to_served(reach: DataFrame, key_stats: DataFrame, settings: Settings) -> DataFrame:
+    """The chain pairs (`reach`) from a failing key to a key served with an intent, with the
+    source's reading (source_intent, source_domain) and the target's interpretation
+    (target_intent, target_domain, target_slots_json, target_defect_rate): the evidence of
+    pattern rewrites and of value corrections."""
+    failing = key_stats.where(is_failing(F.col("defect_rate"), settings.min_source_defect_rate)).select(
+        "locale", F.col("text").alias("source"), F.col("intent").alias("source_intent"), F.col("domain").alias("source_domain"))
+    served = key_stats.where(interpretation_class(key_stats, settings).isNotNull()).select(  # keys served with an intent
+        "locale", F.col("text").alias("target"), F.col("intent").alias("target_intent"),
+        F.col("domain").alias("target_domain"), F.col("slots_json").alias("target_slots_json"),
+        F.col("defect_rate").alias("target_defect_rate"))
+    return reach.join(failing, ["locale", "source"]).join(served, ["locale", "target"])
+
+
 def pattern_candidates_step(reach: DataFrame, key_stats: DataFrame, settings: Settings) -> pd.DataFrame:
     """Pattern candidates with their statistics (patterns.pattern_candidates), one
     applyInPandas group per locale: the locale's pattern pairs and its key statistics
     (every key a source or target pattern may match). Small: to the driver as pandas."""
     from selflearn.core.patterns import pattern_candidates, pattern_pairs
 
-    thr = settings.min_source_defect_rate
-    failing = key_stats.where(is_failing(F.col("defect_rate"), thr)).select(
-        "locale", F.col("text").alias("source"), F.col("intent").alias("source_intent"), F.col("domain").alias("source_domain"))
-    served = key_stats.where(interpretation_class(key_stats, settings).isNotNull()).select(  # keys served with an intent
-        "locale", F.col("text").alias("target"), F.col("intent").alias("target_intent"),
-        F.col("domain").alias("target_domain"), F.col("slots_json").alias("target_slots_json"))
-    pairs = reach.join(failing, ["locale", "source"]).join(served, ["locale", "target"])
+    pairs = failing_to_served(reach, key_stats, settings)
 
     def delex(batches):
         for pdf in batches:
@@ -545,13 +553,7 @@ def value_corrections_step(reach: DataFrame, key_stats: DataFrame, enriched: Dat
         .groupBy("locale", "template").agg(F.countDistinct("user_id").alias("n_users")).toPandas()
     )
 
-    thr = settings.min_source_defect_rate
-    failing = key_stats.where(is_failing(F.col("defect_rate"), thr)).select("locale", F.col("text").alias("source"))
-    served = key_stats.where(interpretation_class(key_stats, settings).isNotNull() & F.col("slots_json").isNotNull()).select(
-        "locale", F.col("text").alias("target"), F.col("intent").alias("target_intent"),
-        F.col("domain").alias("target_domain"), F.col("slots_json").alias("target_slots_json"),
-        F.col("defect_rate").alias("target_defect_rate"))
-    pairs = reach.join(failing, ["locale", "source"]).join(served, ["locale", "target"]).select(
+    pairs = failing_to_served(reach, key_stats, settings).where(F.col("target_slots_json").isNotNull()).select(
         "locale", "source", "target", "user_id", "session", "target_intent", "target_domain", "target_slots_json",
         "target_defect_rate")
     keys = key_stats.select("locale", "text", "n_users", "defect_rate", "intent", "domain", "slots_json")
