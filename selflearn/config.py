@@ -249,7 +249,7 @@ class Settings:
     # value corrections (core/corrections.py): a misheard slot value learned across phrasings,
     # published as rewrite_patterns/ rows with the value written out (evidence `correction`)
     value_corrections_enabled: bool = True
-    value_correction_min_similarity: float = 0.5  # heard and meant alike as strings (difflib ratio)
+    value_correction_min_similarity: float = 0.5  # heard and meant alike as strings (difflib ratio); unlike ones need significant agreement (corrections.not_alike)
     value_correction_min_phrasings: int = 2  # phrasings a correction was seen in (one: an exact rewrite's business)
     # --- incremental runs (docs/incremental.md) ---
     evidence_window_days: int = 28  # days of evidence kept, back from the newest day in state; 0 keeps all

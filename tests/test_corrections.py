@@ -128,6 +128,25 @@ def test_a_different_value_after_a_failure_is_another_request_not_a_mishearing()
     assert d.set_index("heard").loc["coldplay", "decision"] == "not_alike"
 
 
+def test_unlike_values_pass_only_when_their_users_agree_significantly():
+    # ASR substitutes one real value for another: "arijit singh" heard where users meant
+    # "david bowie". Unlike strings, so a few users' switch is another request (not_alike);
+    # 11 of 11 users in two phrasings reach the Wilson bound of pattern_min_agreement, and
+    # the heard value works nowhere, so it is a correction. If it works for others, it is not.
+    def said(n):
+        return [(f"{'play some' if i % 2 else 'put on some'} arijit singh", f"s{i}") for i in range(n)]
+
+    failing = [("play some arijit singh", 6, 0.9, None, None), ("put on some arijit singh", 5, 0.9, None, None)]
+    few = _decide(_pairs(said(10)), keys=_keys(extra=failing)).iloc[0]
+    assert (few["heard"], few["share"], few["decision"]) == ("arijit singh", 1.0, "not_alike")
+    many = _decide(_pairs(said(11)), keys=_keys(extra=failing)).iloc[0]
+    assert many["similarity"] < S.value_correction_min_similarity and many["decision"] == "emit"
+    works = _keys(extra=failing + [("play arijit singh", 9, 0.02, "play_music", _slots(artist_name="arijit singh"))])
+    assert _decide(_pairs(said(11)), keys=works).iloc[0]["decision"] == "heard_value_works"
+    split = pd.concat([_pairs(said(11)), _pairs([("play some arijit singh", "t1")], meant="daft punk")], ignore_index=True)
+    assert _decide(split, keys=_keys(extra=failing)).set_index("meant").loc["david bowie", "decision"] == "not_alike"
+
+
 def test_too_few_users_or_one_phrasing_is_refused():
     assert _decide(_pairs(MISHEARD[:2] + MISHEARD[2:3])).iloc[0]["decision"] == "emit"
     assert _decide(_pairs(MISHEARD[:2])).iloc[0]["decision"] == "too_few_users"

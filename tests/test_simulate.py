@@ -272,15 +272,17 @@ def test_traps(tmp_path):
     assert pd.read_parquet(tmp_path / "off" / "log")["system_act"].isna().all()
 
 
-def test_value_change_trap_asks_the_same_frame_with_one_alike_value_after_a_failure(tmp_path):
+@pytest.mark.parametrize("alike", [True, False])
+def test_value_change_trap_asks_the_same_frame_with_one_alike_value_after_a_failure(tmp_path, alike):
     """value_change_prob: after a goal that failed to the end, the same frame at once with
-    one slot value changed to an alike one (the trap value corrections must not learn)."""
+    one slot value changed to an alike one (the trap value corrections must not learn), or
+    with value_change_alike False to an unlike one."""
     import difflib
 
     from selflearn.simulate import World
 
     kw = dict(users=80, locales=["en-US", "de-DE"], max_goals_per_locale=400, seed=5)
-    s = simulate(str(tmp_path / "v"), value_change_prob=1.0, **kw)
+    s = simulate(str(tmp_path / "v"), value_change_prob=1.0, value_change_alike=alike, **kw)
     assert s["traps"]["value_change"] > 0
     log = pd.read_parquet(tmp_path / "v" / "log")
     truth = pd.read_parquet(tmp_path / "v" / "truth.parquet")
@@ -297,7 +299,8 @@ def test_value_change_trap_asks_the_same_frame_with_one_alike_value_after_a_fail
         a, b = goal[old], goal[new]
         assert a["frame_id"] == b["frame_id"] and a["goal_id"] != b["goal_id"]
         diff = [(x[1], y[1]) for x, y in zip(a["slots"], b["slots"]) if x != y]
-        assert len(diff) == 1 and difflib.SequenceMatcher(None, *diff[0], autojunk=False).ratio() > 0.5
+        ratio = difflib.SequenceMatcher(None, *diff[0], autojunk=False).ratio()
+        assert len(diff) == 1 and (ratio > 0.5 if alike else ratio < 0.5)
 
 
 def test_unseen_goals_are_never_in_the_log_and_come_in_fresh_traffic(sim):

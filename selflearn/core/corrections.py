@@ -35,7 +35,14 @@ Rules (the first failed one is kept, like the other emission rules):
      correction seen in one phrasing is an exact rewrite's business);
   `not_alike`: heard and meant are alike as strings (difflib ratio >=
      value_correction_min_similarity): ASR confuses values that sound alike; a different
-     value after a failure is another request, left to exact rewrites;
+     value after a failure is usually another request, left to exact rewrites. Unless the
+     users say otherwise, significantly: when the one-sided Wilson lower bound (z =
+     significance_z) of the share of the heard value's users who went to this meant reaches
+     pattern_min_agreement (11 of 11 users, or 19 of 20, at the defaults), unlike values pass too.
+     Those are ASR substitutions of one real value for another ("sanaipei" heard for "eric
+     wainaina" by 33 of 33 users in 10 phrasings of a simulated sw-KE log) and wordings of a
+     value that the system does not take; a few users' change of mind never reaches that
+     bound, and a heard value that works for others is still refused below;
   `disagrees`: of the users corrected from heard in that slot, a share >=
      pattern_min_agreement went to this meant;
   `heard_value_works`: of the users of logged keys that say the heard value (as whole
@@ -66,7 +73,7 @@ from selflearn.core.defects import is_working
 from selflearn.core.labels import parse_slots
 from selflearn.core.patterns import PATTERN_COLUMNS, delexicalize_text, match_stats, slot_values
 from selflearn.core.rewrite_apply import PLACEHOLDER, fill, has_literal_text, literal_chars, placeholder_names
-from selflearn.core.rewrites import first_failed_rule
+from selflearn.core.rewrites import first_failed_rule, wilson_bounds
 from selflearn.core.text import is_unspaced_char, normalize_text, occurs_in
 
 CORRECTION_COLUMNS = [
@@ -197,7 +204,7 @@ def correction_candidates(aligned: pd.DataFrame, keys: pd.DataFrame, templates: 
     # The scan over every key of the locale is the costly part: only for corrections the
     # cheap rules (users, phrasings, similarity) leave standing; the others keep 0 / "[]".
     standing = ((c["n_users"] >= settings.min_users) & (c["n_phrasings"] >= settings.value_correction_min_phrasings)
-                & (c["similarity"] >= settings.value_correction_min_similarity)).to_numpy()
+                & ~not_alike(c, settings)).to_numpy()
     key_users, working_share, defect_rate, rows = [], [], [], []
     for r, scan in zip(c.itertuples(index=False), standing):
         if not scan:
@@ -261,6 +268,14 @@ def specializations(c, templates: pd.DataFrame, patterns: pd.DataFrame, settings
                   and set(placeholder_names(g)) <= set(placeholder_names(s)))
 
 
+def not_alike(c: pd.DataFrame, settings: Settings) -> pd.Series:
+    """Corrections between values unlike as strings whose users do not agree significantly
+    (module docstring, rule `not_alike`): the share of the heard value's users who went to
+    this meant, as a one-sided Wilson lower bound over those users, under pattern_min_agreement."""
+    agreement_lower, _ = wilson_bounds(c["share"].astype(float), c["heard_users"].astype(float), settings.significance_z)
+    return (c["similarity"] < settings.value_correction_min_similarity) & (agreement_lower < settings.pattern_min_agreement)
+
+
 def select_corrections(candidates: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """`candidates` with `decision`: 'emit' or the first rule it failed (module docstring)."""
     c = candidates.copy()
@@ -273,7 +288,7 @@ def select_corrections(candidates: pd.DataFrame, settings: Settings) -> pd.DataF
         ("sensitive_target", sensitive(intent, domain, settings)),
         ("too_few_users", c["n_users"] < settings.min_users),
         ("too_few_phrasings", c["n_phrasings"] < settings.value_correction_min_phrasings),
-        ("not_alike", c["similarity"] < settings.value_correction_min_similarity),
+        ("not_alike", not_alike(c, settings)),
         ("disagrees", c["share"] < settings.pattern_min_agreement),
         ("heard_value_works", c["working_share"] > settings.pattern_max_working_share),
     ]

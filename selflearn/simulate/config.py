@@ -195,6 +195,12 @@ class SimConfig:
     a misheard value: value corrections must not learn "five am" -> "nine am". Truth
     ``trap`` = ``value_change``."""
 
+    value_change_alike: bool = True
+    """The value a ``value_change_prob`` trap changes to: the most alike one (True), or the
+    least alike one (False: difflib ratio < 0.5, "five am" -> "noon"), the case value
+    corrections between unlike values must still refuse. Every user of a goal changes it the
+    same way, so the users always agree."""
+
     elicit_prob: float = 0.0
     """Probability that a goal with slots starts as an elicitation dialogue: the user says
     the request without its slot values ("set an alarm"), the system asks for them

@@ -364,10 +364,12 @@ class _Sim:
     def _alike_sibling(self, g):
         """The goal of g's frame whose slot values differ from g's in exactly one slot, by the
         most alike value (difflib ratio of the text keys, at least 0.5; ties: the lower goal
-        index), or None. Cached per goal: every user changes a value the same way."""
+        index), or with ``value_change_alike`` False by the least alike value (ratio under
+        0.5), or None. Cached per goal: every user changes a value the same way."""
         cache = self.__dict__.setdefault("_siblings", {})
         if g["gidx"] in cache:
             return cache[g["gidx"]]
+        alike = self.cfg.value_change_alike
         w, best, best_ratio = self.w, None, 0.5
         mine = [(n, normalize_text(v)) for n, v in g["slots"]]
         for i in sorted(w.goals_by_intent[(g["locale"], g["intent"])]):
@@ -379,7 +381,7 @@ class _Sim:
             if len(theirs) != len(mine) or len(diff) != 1 or not all(diff[0]):
                 continue
             ratio = difflib.SequenceMatcher(None, diff[0][0], diff[0][1], autojunk=False).ratio()
-            if ratio > best_ratio:
+            if (ratio > best_ratio) if alike else (ratio < best_ratio):
                 best, best_ratio = o, ratio
         cache[g["gidx"]] = best
         return best
