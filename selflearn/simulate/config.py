@@ -197,9 +197,9 @@ class SimConfig:
 
     value_change_alike: bool = True
     """The value a ``value_change_prob`` trap changes to: the most alike one (True), or the
-    least alike one (False: difflib ratio < 0.5, "five am" -> "noon"), the case value
-    corrections between unlike values must still refuse. Every user of a goal changes it the
-    same way, so the users always agree."""
+    least alike one (False: difflib ratio < 0.5; "what is sprint" -> "what is hockey" in the
+    seed-0 log), the case value corrections between unlike values must still refuse. Every
+    user of a goal changes it the same way, so the users always agree."""
 
     elicit_prob: float = 0.0
     """Probability that a goal with slots starts as an elicitation dialogue: the user says
