@@ -7,6 +7,7 @@ import pandas as pd
 
 from bench.defect_breakdown import classify_requests, contract_limit, phrasing, table
 from conftest import failing_phrasing_pattern
+from selflearn.core.text import normalize_text
 from selflearn.evaluation.evaluate import replay_metrics
 from selflearn.simulate import SimConfig, World
 
@@ -46,3 +47,31 @@ def test_the_breakdown_agrees_with_the_evaluator_and_each_guard_claims_its_reque
     shares = table(rows)
     assert abs(shares.drop("failing requests")["all"].sum() - 1.0) < 0.01
     assert shares.loc["failing requests", "all"] == len(rows)
+
+
+def test_pattern_misses_are_the_evaluators_pattern_applications_that_missed():
+    """bench/pattern_misses.py: its misses are the evaluator's pattern applications minus its
+    pattern wins, and an emitted correction is judged against the world's mishearings."""
+    from bench.pattern_misses import judge_corrections, pattern_misses, reach
+
+    w = World.build(SimConfig(users=40, locales=("en-US",), seed=0))
+    fresh = w.fresh_traffic(3000, seed=12345)
+    _, _, _, _, psrc, ptgt = failing_phrasing_pattern(w, fresh)
+    # the pattern backwards: it rewrites the working phrasing into the one the NLU does not read
+    backwards = pd.DataFrame({"locale": ["en-US"], "source": [ptgt], "target": [psrc], "confidence": [0.9]})
+    exact = pd.DataFrame(columns=["locale", "source", "target", "confidence"])
+    misses = pattern_misses(w, exact, backwards, {}, None, n=3000)
+    replay = replay_metrics(exact, w, n=3000, seed=12345, patterns=backwards)["overall"]["pattern"]
+    assert len(misses) == replay["applied"] - replay["wins"] > 0
+    split = reach(misses)
+    assert split["misses"] == len(misses) and split["misheard, goal never in the log"] == split["misheard"]
+
+    g = next(x for x in w.goals if x["mishear_value"])
+    name, k = g["mishear_slot"]
+    meant = [v for s, v in g["slots"] if s == name][k]
+    heard = g["mishear_value"]
+    heard, meant = normalize_text(heard), normalize_text(meant)
+    # the mishearing, the same pair backwards, and the mishearing refused (not counted)
+    corrections = pd.DataFrame({"locale": [g["locale"]] * 3, "heard": [heard, meant, heard],
+                                "meant": [meant, heard, meant], "decision": ["emit", "emit", "not_alike"]})
+    assert judge_corrections(w, corrections) == (2, 1)
