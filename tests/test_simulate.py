@@ -273,7 +273,7 @@ def test_traps(tmp_path):
 
 
 @pytest.mark.parametrize("alike", [True, False])
-def test_value_change_trap_asks_the_same_frame_with_one_alike_value_after_a_failure(tmp_path, alike):
+def test_value_change_trap_asks_the_same_frame_with_one_value_changed_after_a_failure(tmp_path, alike):
     """value_change_prob: after a goal that failed to the end, the same frame at once with
     one slot value changed to an alike one (the trap value corrections must not learn), or
     with value_change_alike False to an unlike one."""

@@ -86,7 +86,10 @@ ALIGNED_COLUMNS = ["locale", "slot", "heard", "meant", "intent", "domain", "user
 
 
 def _says(texts: pd.Series, value: str) -> pd.Series:
-    """Which texts say `value` as whole words (anywhere, in an unspaced script)."""
+    """Which texts say `value` as whole words (anywhere, in an unspaced script): the rule of
+    `text.occurs_in`, vectorized, as it scans every key of the locale per correction."""
+    if not value:
+        return pd.Series(False, index=texts.index)
     if any(is_unspaced_char(c) for c in value):
         return texts.str.contains(value, regex=False)
     return (" " + texts + " ").str.contains(" " + value + " ", regex=False)

@@ -319,7 +319,7 @@ class _Sim:
             out = self.goal(rng, u, g, ctx)
             if k == n_goals - 1:
                 break
-            sibling = (self._alike_sibling(g) if out != "served" and cfg.value_change_prob
+            sibling = (self._value_changed_sibling(g) if out != "served" and cfg.value_change_prob
                        and rng.random() < cfg.value_change_prob else None)
             if sibling is not None:  # at once, the same frame with one value changed (a new request)
                 self._advance(ctx, rng, *cfg.retry_gap_s)
@@ -361,7 +361,7 @@ class _Sim:
                     self._advance(ctx, rng, *cfg.next_goal_gap_s)
                 g = self._unrelated_goal(rng, u, g)
 
-    def _alike_sibling(self, g):
+    def _value_changed_sibling(self, g):
         """The goal of g's frame whose slot values differ from g's in exactly one slot, by the
         most alike value (difflib ratio of the text keys, at least 0.5; ties: the lower goal
         index), or with ``value_change_alike`` False by the least alike value (ratio under
