@@ -46,9 +46,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from selflearn.core.patterns import ADJACENT, _replace_value
-from selflearn.core.rewrite_apply import PLACEHOLDER, RewriteIndex
+from selflearn.core.rewrite_apply import PLACEHOLDER
 from selflearn.core.text import normalize_text
-from selflearn.evaluation.evaluate import FRESH_REQUESTS, resolve_run
+from selflearn.evaluation.evaluate import FRESH_REQUESTS, replay_requests, resolve_run
 from selflearn.simulate import World
 
 REASONS = (
@@ -109,23 +109,18 @@ def classify_requests(world, rewrites: pd.DataFrame, patterns: pd.DataFrame | No
                       n: int = FRESH_REQUESTS, seed: int = 12345) -> pd.DataFrame:
     """One row per fresh request that fails today (the evaluator's requests for the same
     `n` and `seed`): locale, reason, phrasing, log_users, misheard."""
-    index = RewriteIndex.from_frames(rewrites, patterns)
     rules = rules or {}
     denied_intents, denied_domains = set(deny_intents or ()), set(deny_domains or ())
     rows = []
-    for r in world.fresh_traffic(n, seed=seed).itertuples(index=False):
-        key = normalize_text(r.utterance)
-        if world.serves(r.locale, key, r.goal_id):
-            continue
+    req = replay_requests(rewrites, world, n, seed, patterns)
+    for r in req[~req["before"]].itertuples(index=False):
         goal = world.goal(r.goal_id)
         template = world.templates[r.template_id]
         _, used = world.render(goal, template, r.misheard)
         ph = phrasing(r.utterance, used)
-        hit = index.lookup(r.locale, key)
         n_users = log_users.get((r.locale, ph), 0)
-        if hit is not None:
-            served = world.serves(r.locale, hit.rewrite, r.goal_id)
-            reason = f"{'fixed' if served else 'wrong rewrite'}: {hit.kind}"
+        if r.kind is not None:
+            reason = f"{'fixed' if r.after else 'wrong rewrite'}: {r.kind}"
         elif goal["intent"] in denied_intents or goal.get("scenario") in denied_domains:
             reason = "denied goal"
         elif r.misheard and template["supported"]:

@@ -31,9 +31,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from selflearn.core.rewrite_apply import RewriteIndex
 from selflearn.core.text import normalize_text
-from selflearn.evaluation.evaluate import FRESH_REQUESTS, resolve_run
+from selflearn.evaluation.evaluate import FRESH_REQUESTS, replay_requests, resolve_run
 from selflearn.simulate import World
 
 MISS_COLUMNS = ["locale", "goal_id", "misheard", "mishear_kind", "silent", "goal_log_users", "correction"]
@@ -52,16 +51,13 @@ def _misheard_value(goal: dict) -> str | None:
 def pattern_misses(world, rewrites: pd.DataFrame, patterns: pd.DataFrame, log_users: dict[str, int],
                    corrections: pd.DataFrame | None = None, n: int = FRESH_REQUESTS, seed: int = 12345) -> pd.DataFrame:
     """One row per fresh request that a pattern rewrote without serving its goal (MISS_COLUMNS)."""
-    index = RewriteIndex.from_frames(rewrites, patterns)
     decided = {}
     if corrections is not None and len(corrections):
         for (loc, heard), d in corrections.groupby(["locale", "heard"])["decision"]:
             decided[(loc, heard)] = "emit" if (d == "emit").any() else ",".join(sorted(set(d)))
+    req = replay_requests(rewrites, world, n, seed, patterns)
     rows = []
-    for r in world.fresh_traffic(n, seed=seed).itertuples(index=False):
-        hit = index.lookup(r.locale, normalize_text(r.utterance))
-        if hit is None or hit.kind != "pattern" or world.serves(r.locale, hit.rewrite, r.goal_id):
-            continue
+    for r in req[(req["kind"] == "pattern") & ~req["after"]].itertuples(index=False):
         g = world.goal(r.goal_id)
         heard = _misheard_value(g) if r.misheard else None
         rows.append((r.locale, r.goal_id, bool(r.misheard), g["mishear_kind"] if r.misheard else None,

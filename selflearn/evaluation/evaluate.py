@@ -160,44 +160,60 @@ def rewrite_metrics(rewrites: pd.DataFrame, goals: pd.DataFrame, world) -> dict:
     return out
 
 
-def replay_metrics(rewrites: pd.DataFrame, world, n: int = FRESH_REQUESTS, seed: int = 12345,
-                   patterns: pd.DataFrame | None = None, deny_intents=(), deny_domains=()) -> dict:
+def replay_requests(rewrites: pd.DataFrame, world, n: int = FRESH_REQUESTS, seed: int = 12345,
+                    patterns: pd.DataFrame | None = None) -> pd.DataFrame:
     """Fresh requests through the published rewrites as a runtime applies them (contract
-    4.1, selflearn.core.rewrite_apply: exact first, then the most specific pattern). Wins,
-    losses and defect reduction overall, per kind (`exact`, `pattern`) and per locale;
-    pattern precision is the share of pattern applications that served the user's goal,
-    also on the requests heard right alone (`precision_heard`). `allowed_goals`: the same
-    figures over requests whose goal the run's deny lists (`deny_intents`, `deny_domains`)
-    leave open to rewriting: what the pipeline reaches where policy lets it act."""
+    4.1, selflearn.core.rewrite_apply: exact first, then the most specific pattern): one row
+    per request of `world.fresh_traffic(n, seed)` (its columns), with its text `key`, the
+    rewrite that fired (`kind` `exact` / `pattern` or None, `source`, `rewrite`), and
+    whether the world serves the request's goal `before` and `after` it. The one replay
+    loop: `replay_metrics` and the benches that explain its numbers read these rows."""
     from selflearn.core.rewrite_apply import RewriteIndex
 
     index = RewriteIndex.from_frames(rewrites, patterns)
+    fresh = world.fresh_traffic(n, seed=seed)
+    keys, kinds, sources, targets, before, after = [], [], [], [], [], []
+    for r in fresh.itertuples(index=False):
+        key = normalize_text(r.utterance)
+        served = bool(world.serves(r.locale, key, r.goal_id))
+        hit = index.lookup(r.locale, key)
+        keys.append(key)
+        before.append(served)
+        if hit is None:
+            kinds.append(None), sources.append(None), targets.append(None), after.append(served)
+        else:
+            kinds.append(hit.kind), sources.append(hit.source), targets.append(hit.rewrite)
+            after.append(bool(world.serves(r.locale, hit.rewrite, r.goal_id)))
+    return fresh.assign(key=keys, kind=kinds, source=sources, rewrite=targets, before=before, after=after)
+
+
+def replay_metrics(rewrites: pd.DataFrame, world, n: int = FRESH_REQUESTS, seed: int = 12345,
+                   patterns: pd.DataFrame | None = None, deny_intents=(), deny_domains=()) -> dict:
+    """Fresh requests through the published rewrites (`replay_requests`). Wins, losses and
+    defect reduction overall, per kind (`exact`, `pattern`) and per locale; pattern
+    precision is the share of pattern applications that served the user's goal, also on
+    the requests heard right alone (`precision_heard`). `allowed_goals`: the same figures
+    over requests whose goal the run's deny lists (`deny_intents`, `deny_domains`) leave
+    open to rewriting: what the pipeline reaches where policy lets it act."""
     # which pattern rows are value corrections (core.corrections): reported apart as well
     corrections = set()
     if patterns is not None and len(patterns) and "evidence" in patterns:
         c = patterns[patterns["evidence"] == "correction"]
         corrections = set(zip(c["locale"], c["source"]))
-    fresh = world.fresh_traffic(n, seed=seed)
-    unseen = fresh["unseen_goal"] if "unseen_goal" in fresh else pd.Series(False, index=fresh.index)
-    misheard = fresh["misheard"] if "misheard" in fresh else pd.Series(False, index=fresh.index)
+    req = replay_requests(rewrites, world, n, seed, patterns)
     denied_intents, denied_domains = set(deny_intents or ()), set(deny_domains or ())
     rows = []
-    for r, new_goal, mis in zip(fresh.itertuples(index=False), unseen, misheard):
+    for r in req.itertuples(index=False):
         goal = world.goals[world.goal_index[r.goal_id]] if r.goal_id in world.goal_index else {}
         denied = goal.get("intent") in denied_intents or goal.get("scenario") in denied_domains
-        key = normalize_text(r.utterance)
-        before = bool(world.serves(r.locale, key, r.goal_id))
-        hit = index.lookup(r.locale, key)
-        if hit is None:
-            after, acts_elsewhere, kind = before, False, None
-        else:
-            after = bool(world.serves(r.locale, hit.rewrite, r.goal_id))
-            acts_elsewhere = (not after) and world.interpret(r.locale, hit.rewrite) is not None
-            kind = hit.kind
-        correction = hit is not None and hit.kind == "pattern" and (r.locale, hit.source) in corrections
-        win = (not before) and after
-        loss = hit is not None and not after and (before or acts_elsewhere)
-        rows.append((r.locale, before, after, win, loss, kind, bool(new_goal), bool(mis), bool(denied), correction))
+        hit = r.kind is not None
+        # a rewrite that serves another goal the system then acts on is a loss too
+        acts_elsewhere = hit and (not r.after) and world.interpret(r.locale, r.rewrite) is not None
+        correction = r.kind == "pattern" and (r.locale, r.source) in corrections
+        win = (not r.before) and r.after
+        loss = hit and not r.after and (r.before or acts_elsewhere)
+        rows.append((r.locale, r.before, r.after, win, loss, r.kind, bool(getattr(r, "unseen_goal", False)),
+                     bool(getattr(r, "misheard", False)), bool(denied), correction))
     df = pd.DataFrame(rows, columns=["locale", "before", "after", "win", "loss", "kind", "unseen_goal", "misheard", "denied",
                                      "correction"])
 
