@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from selflearn.config import load_settings
+from selflearn.core.rephrase import FEATURES, pair_features
 
 BUCKETS = ("veto_unrelated", "veto_other_intent", "veto_elicit", "first_looks_fine", "slots_changed", "below_threshold")
 
@@ -47,24 +48,25 @@ def label_pairs(enriched: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     return pairs
 
 
-def miss_bucket(pairs: pd.DataFrame, model) -> pd.Series:
-    """The first reason (BUCKETS) each pair's score stayed below the threshold."""
-    z = pairs["meaning_z"].astype(float)
-    sim = pairs["similarity"].astype(float)
-    rank = pairs["next_intent_rank"].astype(float) if "next_intent_rank" in pairs else pd.Series(np.nan, index=pairs.index)
-    known = z.notna()
+def miss_bucket(pairs: pd.DataFrame, model, window_s: float = 60.0) -> pd.Series:
+    """The first reason (BUCKETS) each pair's score stayed below the threshold. The vetoes
+    are read off `rephrase.pair_features`, the run's own scoring, not restated here."""
+    column = {name: i for i, name in enumerate(FEATURES)}
+    rank = pairs["next_intent_rank"] if "next_intent_rank" in pairs else None
+    feats = pair_features(pairs["similarity"], pairs["gap_s"], pairs["defect_prob"], pairs["meaning_z"],
+                          pairs["system_act"] if "system_act" in pairs else None, window_s, model,
+                          pairs["own_defect_prob"], pairs["slots_changed"], rank)
     out = pd.Series("below_threshold", index=pairs.index, dtype=object)
     rules = [
-        ("veto_unrelated", known & (z < model.unrelated_max_meaning_z) & (sim < model.unrelated_max_similarity)),
-        ("veto_other_intent", known & rank.notna() & (rank >= model.other_intent_min_rank)
-         & (z < model.other_intent_max_meaning_z) & (sim < model.unrelated_max_similarity)),
-        ("veto_elicit", pairs["system_act"].eq("elicit") if "system_act" in pairs else pd.Series(False, index=pairs.index)),
-        ("first_looks_fine", pairs["own_defect_prob"].astype(float) < 0.5),
-        ("slots_changed", pairs["slots_changed"].astype(float) >= 0.5),
+        ("veto_unrelated", feats[:, column["unrelated"]] > 0),
+        ("veto_other_intent", feats[:, column["other_intent"]] > 0),
+        ("veto_elicit", feats[:, column["act_elicit"]] > 0),
+        ("first_looks_fine", (pairs["own_defect_prob"].astype(float) < 0.5).to_numpy()),
+        ("slots_changed", (pairs["slots_changed"].astype(float) >= 0.5).to_numpy()),
     ]
-    decided = pd.Series(False, index=pairs.index)
+    decided = np.zeros(len(pairs), dtype=bool)
     for name, mask in rules:
-        take = mask.fillna(False) & ~decided
+        take = mask & ~decided
         out[take] = name
         decided |= take
     return out
@@ -80,14 +82,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args(argv)
 
-    model = load_settings(args.config).rephrase_model
+    settings = load_settings(args.config)
+    model = settings.rephrase_model
     pairs = label_pairs(pd.read_parquet(Path(args.work) / "enriched"), pd.read_parquet(Path(args.sim) / "truth.parquet"))
     said = pairs["is_rephrase"].astype(bool)
     tp, fp, fn = int((said & pairs["truth"]).sum()), int((said & ~pairs["truth"]).sum()), int((~said & pairs["truth"]).sum())
     print(f"pairs {len(pairs)}: re-asks found {tp}, false {fp}, missed {fn}; "
           f"precision {tp / max(tp + fp, 1):.3f}, recall {tp / max(tp + fn, 1):.3f}")
     missed = pairs[~said & pairs["truth"]].copy()
-    missed["bucket"] = miss_bucket(missed, model)
+    missed["bucket"] = miss_bucket(missed, model, settings.rephrase_window_s)
     print("missed re-asks by reason:")
     for name in BUCKETS:
         n = int((missed["bucket"] == name).sum())

@@ -14,6 +14,7 @@ from selflearn.config import Settings
 def _pairs(**cols):
     n = len(next(iter(cols.values())))
     base = {"meaning_z": [5.0] * n, "similarity": [0.8] * n, "next_intent_rank": [0.0] * n,
+            "gap_s": [5.0] * n, "defect_prob": [0.9] * n,
             "system_act": [None] * n, "own_defect_prob": [0.9] * n, "slots_changed": [0.0] * n}
     base.update(cols)
     return pd.DataFrame(base)
