@@ -2,7 +2,8 @@
 and ja-JP records of alarm_set, play_music, weather_query: their text keys, intents and
 annotated slots, as the labels stage publishes them) read back by the real `datasets`
 library, and the Rasa files by YAML with Rasa's entity markup parsed back to the slots.
-Rasa itself does not install here (no release supports Python 3.11: see the README)."""
+Rasa itself does not install beside selflearn's dependencies: `make rasa-check` parses a
+run's export with Rasa Pro in a venv of its own (bench/rasa_check.py, README)."""
 from __future__ import annotations
 
 import re
@@ -27,6 +28,8 @@ def run_dir(tmp_path, massive):
         recs = [r for r in massive(locale, 400) if r["intent"] in ("alarm_set", "play_music", "weather_query")][:40]
         for i, r in enumerate(recs):
             slots = [{"name": m.group(1), "value": normalize_text(m.group(2))} for m in _SLOT.finditer(r["annot_utt"])]
+            if i % 2:  # training/ lists a row's slots as its target was served, not in the order the text says them
+                slots = slots[::-1]
             rows.append({"locale": locale, "text": normalize_text(r["utt"]), "intent": r["intent"],
                          "domain": r["scenario"], "slots": slots, "weight": 0.5 + (i % 5) / 10,
                          "label_source": "rewrite" if i % 2 else "paraphrase", "split": "dev" if i % 7 == 0 else "train"})
@@ -112,3 +115,74 @@ def test_rasa_export_leaves_out_rows_under_export_min_weight(run_dir, tmp_path):
 def test_unknown_format_is_one_line(tmp_path):
     r = _cli("export", "--run", str(tmp_path), "--format", "csv", "--output", str(tmp_path / "o"))
     assert r.returncode != 0 and "invalid choice" in r.stderr
+
+
+def _records_with_slots(massive, locale: str, n: int, keep) -> list[tuple[str, list[dict]]]:
+    out = []
+    for r in massive(locale, 4000):
+        slots = [{"name": m.group(1), "value": normalize_text(m.group(2))} for m in _SLOT.finditer(r["annot_utt"])]
+        text = normalize_text(r["utt"])
+        if keep(text, slots):
+            out.append((text, slots))
+            if len(out) >= n:
+                break
+    return out
+
+
+def _marked(example: str) -> list[tuple[str, str]]:
+    return sorted((m.group(2), m.group(1)) for m in _MARK.finditer(example))
+
+
+def test_rasa_marks_every_slot_whatever_order_the_slots_are_listed_in(massive):
+    """Real MASSIVE records of three or more slots, in four scripts, their slots listed
+    backwards: every value is marked where the text says it (a mark per slot, none
+    lost because an earlier-listed slot sits later in the text)."""
+    from selflearn.serving.export import rasa_example
+
+    def distinct_values(text, slots):
+        values = [s["value"] for s in slots]
+        return len(slots) >= 3 and len(set(values)) == len(values) and all(f" {v} " in f" {text} " for v in values) \
+            and not any(a != b and a in b for a in values for b in values)
+
+    for locale in ("en-US", "de-DE", "ar-SA", "hi-IN"):
+        recs = _records_with_slots(massive, locale, 15, distinct_values)
+        assert len(recs) >= 10, locale
+        for text, slots in recs:
+            example = rasa_example(text, slots[::-1])
+            assert _MARK.sub(lambda m: m.group(1), example) == text
+            assert _marked(example) == sorted((s["name"], s["value"]) for s in slots), (locale, example)
+
+
+def _against_kana(text: str, value: str) -> str:
+    """`text` with the spaces around `value` dropped where its neighbour is kana or kanji."""
+    from selflearn.core.text import is_unspaced_char
+
+    padded = f" {text} "
+    at = padded.find(f" {value} ")
+    left, right = padded[:at].strip(), padded[at + len(value) + 2:].strip()
+    sep_left = "" if left and is_unspaced_char(left[-1]) else " "
+    sep_right = "" if right and is_unspaced_char(right[0]) else " "
+    return (left + sep_left + value + sep_right + right).strip()
+
+
+def test_rasa_marks_a_latin_value_written_against_japanese(massive):
+    """A `pattern` row fills a ja-JP carrier learned with kana values with a Latin one, so
+    the value sits against kana with no space ("uberの意味を教えてくれますか" in the default
+    log's training/): it is still a word there, and marked. MASSIVE's ja-JP records space
+    their Latin words ("b b c のニュースを教えて"); the test joins them as such a fill does."""
+    from selflearn.serving.export import rasa_example
+
+    def latin_against_kana(text, slots):
+        return any(s["value"].isascii() and f" {s['value']} " in f" {text} " and _against_kana(text, s["value"]) != text
+                   for s in slots)
+
+    recs = _records_with_slots(massive, "ja-JP", 10, latin_against_kana)
+    assert len(recs) >= 5
+    for text, slots in recs:
+        joined = text
+        for s in slots:
+            if s["value"].isascii() and f" {s['value']} " in f" {joined} ":
+                joined = _against_kana(joined, s["value"])
+        example = rasa_example(joined, slots)
+        assert _MARK.sub(lambda m: m.group(1), example) == joined
+        assert _marked(example) == sorted((s["name"], s["value"]) for s in slots), example

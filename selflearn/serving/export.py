@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from selflearn.core.labels import project_slots
+from selflearn.core.text import is_unspaced_char, normalize_text
 
 RASA_VERSION = "3.1"
 
@@ -63,19 +63,49 @@ def export_hf(training: pd.DataFrame, out_dir: str | Path) -> Path:
     return path
 
 
+def _bounded(text: str, i: int) -> bool:
+    """A word may start or end at offset i: at either end of the text, next to a space,
+    or next to a character of a script written without spaces ("uberってなに")."""
+    return i <= 0 or i >= len(text) or " " in (text[i - 1], text[i]) or is_unspaced_char(text[i - 1]) or is_unspaced_char(text[i])
+
+
+def _occurrences(value: str, text: str):
+    """Start offsets where `value` is said in `text`: as whole words, or anywhere when the
+    value is in a script written without spaces."""
+    anywhere = any(is_unspaced_char(c) for c in value)
+    at = text.find(value)
+    while at >= 0:
+        if anywhere or (_bounded(text, at) and _bounded(text, at + len(value))):
+            yield at
+        at = text.find(value, at + 1)
+
+
+def slot_spans(text: str, slots) -> list[tuple[int, int, str]]:
+    """(start, end, slot name) of each slot value in `text`, in text order, none
+    overlapping another. Slots are placed longest value first, each at its first free
+    occurrence, so the order the slots are listed in does not matter ("today afternoon
+    three" with slots date, time, timeofday) and a value inside a longer one does not take
+    its place. A value with no free occurrence (it occurs only inside another slot's
+    value: Rasa's markup cannot nest) is left unmarked."""
+    values = [{"name": s["name"], "value": normalize_text(s["value"])} for s in _slots(slots)]
+    taken: list[tuple[int, int, str]] = []
+    for s in sorted((v for v in values if v["value"]), key=lambda s: -len(s["value"])):  # stable: ties keep the listed order
+        for at in _occurrences(s["value"], text):
+            end = at + len(s["value"])
+            if all(end <= a or at >= b for a, b, _ in taken):
+                taken.append((at, end, s["name"]))
+                break
+    return sorted(taken)
+
+
 def rasa_example(text: str, slots) -> str:
-    """The text key with each slot value marked `[value](name)` where it occurs (the
-    first occurrence after the previous mark; a value that does not project stays text)."""
-    projected = project_slots(text, _slots(slots)) or []
+    """The text key with each slot value marked `[value](name)` where it is said
+    (`slot_spans`)."""
     out, pos = [], 0
-    for s in projected:
-        value = s["value"]
-        at = text.find(value, pos)
-        if at < 0:
-            continue
-        out.append(text[pos:at])
-        out.append(f"[{value}]({s['name']})")
-        pos = at + len(value)
+    for start, end, name in slot_spans(text, slots):
+        out.append(text[pos:start])
+        out.append(f"[{text[start:end]}]({name})")
+        pos = end
     out.append(text[pos:])
     return "".join(out)
 
