@@ -65,12 +65,17 @@ def test_hf_export_loads_with_datasets_as_a_classification_set(run_dir, tmp_path
         assert label.int2str(int(row.label)) == row.intent == w["intent"]
         assert abs(row.weight - w["weight"]) < 1e-6
         assert [dict(s) for s in _as_list(row.slots)] == list(w["slots"])
+        # entities: each slot's span, in text order (the fixture lists every other row's slots backwards)
+        spans = [dict(e) for e in _as_list(row.entities, ("name", "start", "end"))]
+        assert [e["start"] for e in spans] == sorted(e["start"] for e in spans)
+        assert sorted((e["name"], row.text[e["start"]:e["end"]]) for e in spans) == sorted(
+            (s["name"], s["value"]) for s in w["slots"] if s["value"] in row.text), row.text
 
 
-def _as_list(slots):
+def _as_list(slots, fields=("name", "value")):
     # datasets returns a Sequence of structs as a dict of lists or a list of dicts by version
     if isinstance(slots, dict):
-        return [{"name": n, "value": v} for n, v in zip(slots["name"], slots["value"])]
+        return [dict(zip(fields, vals)) for vals in zip(*(slots[f] for f in fields))]
     return list(slots)
 
 

@@ -6,8 +6,9 @@
 `hf`: a `datasets.DatasetDict` saved with `save_to_disk`, splits `train` and `validation`
 (the run's `split` column: `train` and `dev`), columns `locale`, `text`, `label` (a
 `ClassLabel` over every intent of the run, so a sequence-classification trainer takes it
-as is), `intent`, `domain`, `slots`, `weight` (use it as the per-example loss weight),
-`label_source`.
+as is), `intent`, `domain`, `slots`, `entities` (each slot's character span in `text`:
+`name`, `start`, `end`, in text order, for a slot-filling trainer), `weight` (use it as
+the per-example loss weight), `label_source`.
 
 `rasa`: Rasa NLU training data (YAML, format version "3.1"), one project folder per
 locale (a Rasa pipeline is per language): `nlu.yml` from the `train` split and
@@ -45,6 +46,9 @@ def export_hf(training: pd.DataFrame, out_dir: str | Path) -> Path:
         "label": datasets.ClassLabel(names=intents), "intent": datasets.Value("string"),
         "domain": datasets.Value("string"),
         "slots": [{"name": datasets.Value("string"), "value": datasets.Value("string")}],  # a list of structs
+        # where the text says each slot (export.slot_spans): what a slot-filling (token
+        # classification) trainer aligns its tags to, in text order
+        "entities": [{"name": datasets.Value("string"), "start": datasets.Value("int32"), "end": datasets.Value("int32")}],
         "weight": datasets.Value("float32"), "label_source": datasets.Value("string"),
     })
     label_of = {name: i for i, name in enumerate(intents)}
@@ -56,6 +60,7 @@ def export_hf(training: pd.DataFrame, out_dir: str | Path) -> Path:
             "label": [label_of[i] for i in d["intent"]], "intent": d["intent"].tolist(),
             "domain": [None if pd.isna(x) else str(x) for x in d["domain"]],
             "slots": [_slots(s) for s in d["slots"]],
+            "entities": [[{"name": n, "start": a, "end": b} for a, b, n in slot_spans(t, s)] for t, s in zip(d["text"], d["slots"])],
             "weight": d["weight"].astype(float).tolist(), "label_source": d["label_source"].tolist(),
         }, features=features)
     path = Path(out_dir) / "hf"
