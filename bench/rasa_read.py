@@ -20,8 +20,9 @@ def read_export(rasa_dir: Path) -> dict:
     import rasa
     from rasa.shared.nlu.training_data.loading import load_data
 
+    files = sorted(rasa_dir.glob("*/*.yml"))
     examples = []
-    for f in sorted(rasa_dir.glob("*/*.yml")):
+    for f in files:
         data = load_data(str(f))
         for m in data.training_examples:
             examples.append({
@@ -29,7 +30,7 @@ def read_export(rasa_dir: Path) -> dict:
                 "entities": [{"entity": e["entity"], "value": e["value"], "start": e["start"], "end": e["end"]}
                              for e in m.get("entities") or []],
             })
-    return {"rasa_version": rasa.__version__, "files": len(sorted(rasa_dir.glob("*/*.yml"))), "examples": examples}
+    return {"rasa_version": rasa.__version__, "files": len(files), "examples": examples}
 
 
 def main(argv: list[str]) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from selflearn.config import Settings
-from selflearn.core.text import is_unspaced_char, normalize_text
+from selflearn.core.text import normalize_text, token_occurrences
 
 # IVF: nprobe starts here and doubles until recall@10 on a sample of the data's own queries
 # (against exact search) reaches IVF_TARGET_RECALL. Measured on real MiniLM embeddings of
@@ -214,24 +214,10 @@ def knn_pairs(vectors: np.ndarray, k: int, min_cosine: float, settings: Settings
 # --- slot-respecting admissibility ------------------------------------------------------
 
 def value_occurs(value_key: str, text_key: str) -> bool:
-    """Whether a normalized slot value occurs in a text key as a token sequence: a substring
-    whose ends sit at the key's ends, at spaces, or next to a character of a script written
-    without spaces (Chinese, Japanese, Thai...), where every character boundary is a token
-    boundary. "five" occurs in "wake me at five am", not in "fifteen"."""
-    if not value_key:
-        return True
-    start = 0
-    n, m = len(text_key), len(value_key)
-    while True:
-        i = text_key.find(value_key, start)
-        if i < 0:
-            return False
-        j = i + m
-        left = i == 0 or text_key[i - 1] == " " or is_unspaced_char(text_key[i - 1]) or is_unspaced_char(value_key[0])
-        right = j == n or text_key[j] == " " or is_unspaced_char(text_key[j]) or is_unspaced_char(value_key[-1])
-        if left and right:
-            return True
-        start = i + 1
+    """Whether a normalized slot value occurs in a text key as a token sequence
+    (`text.token_occurrences`). "five" occurs in "wake me at five am", not in "fifteen".
+    An empty value occurs everywhere."""
+    return not value_key or next(token_occurrences(value_key, text_key), None) is not None
 
 
 def _values_of(slots: Any, nlu_values: Any) -> frozenset[str]:

@@ -65,6 +65,26 @@ def is_unspaced_char(ch: str) -> bool:
         return False
 
 
+def token_occurrences(value: str, text: str):
+    """Start offsets, left to right, where `value` occurs in `text` as a token sequence: a
+    substring whose ends sit at the text's ends, at spaces, or next to a character of a
+    script written without spaces (Chinese, Japanese, Thai...), where every character
+    boundary is a token boundary ("five" in "wake me at five am", not in "fifteen"; "uber"
+    in "uberってなに"; "5点" in "明天早上5点", not in "15点"). Overlapping candidates are all
+    yielded: a caller placing several values picks a free one."""
+    if not value:
+        return
+    n, m = len(text), len(value)
+    i = text.find(value)
+    while i >= 0:
+        j = i + m
+        left = i == 0 or text[i - 1] == " " or is_unspaced_char(text[i - 1]) or is_unspaced_char(value[0])
+        right = j == n or text[j] == " " or is_unspaced_char(text[j]) or is_unspaced_char(value[-1])
+        if left and right:
+            yield i
+        i = text.find(value, i + 1)
+
+
 def occurs_in(value: str, text: str) -> bool:
     """A value (a text key) is said in `text`: as whole tokens, or, in a script written
     without spaces (Japanese, Chinese, Thai...), inside a "word"."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from selflearn.core.text import is_unspaced_char, normalize_text
+from selflearn.core.text import normalize_text, token_occurrences
 
 RASA_VERSION = "3.1"
 
@@ -68,26 +68,10 @@ def export_hf(training: pd.DataFrame, out_dir: str | Path) -> Path:
     return path
 
 
-def _bounded(text: str, i: int) -> bool:
-    """A word may start or end at offset i: at either end of the text, next to a space,
-    or next to a character of a script written without spaces ("uberってなに")."""
-    return i <= 0 or i >= len(text) or " " in (text[i - 1], text[i]) or is_unspaced_char(text[i - 1]) or is_unspaced_char(text[i])
-
-
-def _occurrences(value: str, text: str):
-    """Start offsets where `value` is said in `text`: as whole words, or anywhere when the
-    value is in a script written without spaces."""
-    anywhere = any(is_unspaced_char(c) for c in value)
-    at = text.find(value)
-    while at >= 0:
-        if anywhere or (_bounded(text, at) and _bounded(text, at + len(value))):
-            yield at
-        at = text.find(value, at + 1)
-
-
 def slot_spans(text: str, slots) -> list[tuple[int, int, str]]:
-    """(start, end, slot name) of each slot value in `text`, in text order, none
-    overlapping another. Slots are placed longest value first, each at its first free
+    """(start, end, slot name) of each slot value in `text` (where it occurs as a token
+    sequence, `text.token_occurrences`: the rule of paraphrase admissibility), in text
+    order, none overlapping another. Slots are placed longest value first, each at its first free
     occurrence, so the order the slots are listed in does not matter ("today afternoon
     three" with slots date, time, timeofday) and a value inside a longer one does not take
     its place. A value with no free occurrence (it occurs only inside another slot's
@@ -95,7 +79,7 @@ def slot_spans(text: str, slots) -> list[tuple[int, int, str]]:
     values = [{"name": s["name"], "value": normalize_text(s["value"])} for s in _slots(slots)]
     taken: list[tuple[int, int, str]] = []
     for s in sorted((v for v in values if v["value"]), key=lambda s: -len(s["value"])):  # stable: ties keep the listed order
-        for at in _occurrences(s["value"], text):
+        for at in token_occurrences(s["value"], text):
             end = at + len(s["value"])
             if all(end <= a or at >= b for a, b, _ in taken):
                 taken.append((at, end, s["name"]))
