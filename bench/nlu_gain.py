@@ -3,10 +3,10 @@ requests that fail today?
 
     PYTHONPATH=$PWD .venv/bin/python bench/nlu_gain.py --sim SIM --run ROOT [--requests 6000]
         [--features vec|vec+char] [--class-weight none|balanced] [--training-boost B]
-        [--lookup none|carrier] [--breakdown]
+        [--lookup none|carrier] [--model lr|mlp] [--breakdown]
 
-Two classifiers per locale, the same kind (scikit-learn logistic regression over the text
-keys' vectors from the encoder the run used for that locale: under `embedding_backend:
+Two classifiers per locale, the same kind (scikit-learn logistic regression, or with
+`--model mlp` a one-hidden-layer neural network, over the text keys' vectors from the encoder the run used for that locale: under `embedding_backend:
 auto` the pipeline's own routing, `selflearn.encoders.embed.settings_for_locale`; with `--features
 vec+char` also character 2-4-gram TF-IDF of the key, fitted on that arm's own training
 texts; with `--class-weight balanced` classes weighted inversely to their total sample
@@ -53,9 +53,17 @@ from selflearn.evaluation.evaluate import resolve_run  # noqa: E402
 from selflearn.core.keys import text_keys  # noqa: E402
 
 
+MLP_HIDDEN = 256  # --model mlp: one hidden layer of this many ReLU units
+
+
 def _train(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, texts=None, features: str = "vec",
-           class_weight: str = "none"):
-    """A predictor (keys' vectors, keys' texts) -> intents, fitted on one arm's rows."""
+           class_weight: str = "none", model_kind: str = "lr"):
+    """A predictor (keys' vectors, keys' texts) -> intents, fitted on one arm's rows.
+
+    ``model_kind`` ``lr``: logistic regression (inverse regularisation ``c``); ``mlp``: a small
+    neural network over the same features (one hidden layer of MLP_HIDDEN units, Adam, L2
+    1e-4, 200 epochs, a fixed seed), the issue's "small model" that a trainer would fit on
+    these vectors. Both take the rows' weights as sample weights."""
     from scipy import sparse
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
@@ -70,7 +78,12 @@ def _train(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, texts=None, fe
     if features == "vec+char":
         tfidf = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True, min_df=1)
         x = sparse.hstack([sparse.csr_matrix(x), tfidf.fit_transform(texts)]).tocsr()
-    model = LogisticRegression(C=c, max_iter=300, tol=1e-3)
+    if model_kind == "mlp":
+        from sklearn.neural_network import MLPClassifier
+
+        model = MLPClassifier(hidden_layer_sizes=(MLP_HIDDEN,), alpha=1e-4, max_iter=200, random_state=0)
+    else:
+        model = LogisticRegression(C=c, max_iter=300, tol=1e-3)
     model.fit(x, y, sample_weight=w)
 
     def predict(xs, ts=None):
@@ -115,9 +128,10 @@ def _lookup(rows: pd.DataFrame, keys: list[str], predicted: np.ndarray, served: 
 
 
 def run(sim: str, root: str, n_requests: int, seed: int, c: float, training_boost: float, supersede: str = "key",
-        by_source: bool = False, features: str = "vec", class_weight: str = "none", lookup: str = "none") -> dict:
+        by_source: bool = False, features: str = "vec", class_weight: str = "none", lookup: str = "none",
+        model_kind: str = "lr") -> dict:
     return evaluate(prepare(sim, root, n_requests, seed), c, training_boost, supersede, by_source, features, class_weight,
-                    lookup)
+                    lookup, model_kind)
 
 
 def prepare(sim: str, root: str, n_requests: int, seed: int) -> dict:
@@ -172,7 +186,7 @@ def prepare(sim: str, root: str, n_requests: int, seed: int) -> dict:
 
 
 def evaluate(prep: dict, c: float, training_boost: float, supersede: str = "key", by_source: bool = False,
-             features: str = "vec", class_weight: str = "none", lookup: str = "none") -> dict:
+             features: str = "vec", class_weight: str = "none", lookup: str = "none", model_kind: str = "lr") -> dict:
     """Both arms trained and scored with these settings."""
     run_dir, sim, seed, base, vec, dim = (prep[k] for k in ("run_dir", "sim", "seed", "base", "vec", "dim"))
     encoders, embed_s, n_new = prep["encoders"], prep["embed_s"], prep["n_new"]
@@ -214,7 +228,7 @@ def evaluate(prep: dict, c: float, training_boost: float, supersede: str = "key"
         for name, data in variants.items():
             d = data[data["locale"] == loc]
             predict = _train(xs(loc, d["text"].tolist()), d["intent"].to_numpy(), d["weight"].to_numpy(float), c,
-                             d["text"].tolist(), features, class_weight)
+                             d["text"].tolist(), features, class_weight, model_kind)
             got = predict(xs(loc, req["text"].tolist()), req["text"].tolist())
             if lookup in ("carrier", "carrier-unserved") and name != "baseline":
                 served = frozenset(d.loc[d["label_source"] == "log", "text"]) if lookup == "carrier-unserved" else frozenset()
@@ -233,7 +247,7 @@ def evaluate(prep: dict, c: float, training_boost: float, supersede: str = "key"
 
     result = {"run_id": run_dir.name, "sim": sim, "requests": int(len(fresh)), "seed": seed, "C": c,
               "training_boost": training_boost, "supersede": supersede, "features": features, "class_weight": class_weight,
-              "lookup": lookup, "encoders": encoders,
+              "lookup": lookup, "model": model_kind, "encoders": encoders,
               "train_rows": {"log_success_keys": int(len(base)), "training": int(len(training)),
                              "by_label_source": training["label_source"].value_counts().sort_index().to_dict()},
               "embed_s": round(embed_s, 1), "embedded_new": n_new, "failing": {}, "working": {}}
@@ -357,6 +371,8 @@ def main(argv=None) -> int:
     p.add_argument("--features", choices=("vec", "vec+char"), default="vec",
                    help="encoder vectors, or those plus character 2-4-gram TF-IDF of the key")
     p.add_argument("--class-weight", choices=("none", "balanced"), default="none")
+    p.add_argument("--model", choices=("lr", "mlp"), default="lr",
+                   help="lr: logistic regression (--C); mlp: one hidden layer of %d units over the same features" % MLP_HIDDEN)
     p.add_argument("--lookup", choices=("none", "carrier", "carrier-unserved"), default="none",
                    help="carrier: a lookup table of training/ in front of the +training classifier (a request whose key "
                         "is a row's key or its carrier phrase with other slot values takes the row's intent); "
@@ -366,7 +382,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the result here too")
     args = p.parse_args(argv)
     r = run(args.sim, args.run, args.requests, args.seed, args.C, args.training_boost, args.supersede, args.by_source,
-            args.features, args.class_weight, args.lookup)
+            args.features, args.class_weight, args.lookup, args.model)
     if args.breakdown:
         r["breakdown"] = breakdown(r, r["_training"], args.sim).to_dict(orient="records")
     requests = r.pop("_requests")

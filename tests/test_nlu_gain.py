@@ -52,3 +52,23 @@ def test_the_lookup_table_reads_a_carrier_phrase_with_other_values_and_leaves_th
     unrelated = world.templates[0]["src_utt"].lower() + " please"
     got = _lookup(rows, [row_key, other_key, unrelated], np.array(["x", "x", "x"], dtype=object))
     assert list(got) == [t["intent"], t["intent"], "x"]
+
+
+def test_both_trainers_take_the_rows_weights():
+    # one text labelled twice: the heavier label wins, for the logistic regression and the MLP
+    # alike (a trainer that dropped `weight` would split 50/50 and follow the neighbours)
+    import numpy as np
+
+    from bench.nlu_gain import _train
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=16), rng.normal(size=16)
+    x = np.vstack([a + 0.05 * rng.normal(size=(20, 16)), b + 0.05 * rng.normal(size=(20, 16)), [a + b] * 2])
+    y = np.array(["alarm_set"] * 20 + ["play_music"] * 20 + ["alarm_set", "play_music"], dtype=object)
+    for heavy, light in (("alarm_set", "play_music"), ("play_music", "alarm_set")):
+        w = np.ones(len(y))
+        w[-2:] = [50.0, 1.0] if heavy == "alarm_set" else [1.0, 50.0]
+        for kind in ("lr", "mlp"):
+            predict = _train(x, y, w, 10.0, model_kind=kind)
+            assert predict(np.array([a + b]))[0] == heavy, (kind, heavy)
+            assert predict(np.array([a]))[0] == "alarm_set" and predict(np.array([b]))[0] == "play_music"
