@@ -288,3 +288,30 @@ def test_served_intent_rank_counts_nearer_centroids():
     rank = served_intent_rank(first, ["a", "b", "c", "a"], ["a", "b", "c"], cents)
     assert rank[:3].tolist() == [0.0, 1.0, 2.0] and np.isnan(rank[3])
     assert np.isnan(served_intent_rank(first[:1], ["zzz"], ["a", "b", "c"], cents)[0])  # no centroid: unknown
+
+
+def test_precision_at_the_fitting_sets_mix_separates_the_mix_from_the_error_rates():
+    """bench/fit_rephrase.py's precision_at_mix: a held-out set with the same recall and the
+    same false-positive rate per kind of negative, but twice the topic switches per re-ask,
+    has a lower precision; at the fitting set's mix it has the fitting set's precision."""
+    from bench.fit_rephrase import precision_at_mix
+
+    def pairs(n_pos, tp, negatives):  # negatives: kind -> (n, false positives)
+        label, trap, pred = [True] * n_pos, [None] * n_pos, [True] * tp + [False] * (n_pos - tp)
+        for kind, (n, fp) in negatives.items():
+            label += [False] * n
+            trap += [None if kind == "none" else kind] * n
+            pred += [True] * fp + [False] * (n - fp)
+        return pd.DataFrame({"label": label, "trap": trap}), np.array(pred)
+
+    fit, fit_pred = pairs(100, 90, {"none": (200, 2), "topic_switch": (50, 5)})
+    held, held_pred = pairs(100, 90, {"none": (200, 2), "topic_switch": (100, 10)})
+    p_fit = 90 / (90 + 7)
+    assert 90 / (90 + 12) < p_fit  # the held-out set's own precision is lower
+    assert precision_at_mix(held, held_pred, fit) == pytest.approx(p_fit)
+    assert precision_at_mix(fit, fit_pred, fit) == pytest.approx(p_fit)
+    # a worse error rate on one kind shows at any mix
+    worse, worse_pred = pairs(100, 90, {"none": (200, 2), "topic_switch": (50, 15)})
+    assert precision_at_mix(worse, worse_pred, fit) == pytest.approx(90 / (90 + 17))
+    # a kind of negative the set lacks: no answer rather than a wrong one
+    assert precision_at_mix(pairs(100, 90, {"none": (200, 2)})[0], pairs(100, 90, {"none": (200, 2)})[1], fit) is None
