@@ -6,8 +6,9 @@ requests that fail today?
         [--lookup none|carrier] [--model lr|mlp] [--breakdown]
 
 Two classifiers per locale, the same kind (scikit-learn logistic regression, or with
-`--model mlp` a one-hidden-layer neural network, over the text keys' vectors from the encoder the run used for that locale: under `embedding_backend:
-auto` the pipeline's own routing, `selflearn.encoders.embed.settings_for_locale`; with `--features
+`--model mlp` a one-hidden-layer neural network, over the text keys' vectors from the
+encoder the run used for that locale: under `embedding_backend: auto` the pipeline's own
+routing, `selflearn.encoders.embed.settings_for_locale`; with `--features
 vec+char` also character 2-4-gram TF-IDF of the key, fitted on that arm's own training
 texts; with `--class-weight balanced` classes weighted inversely to their total sample
 weight), trained twice, with the same settings:

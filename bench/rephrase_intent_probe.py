@@ -126,7 +126,8 @@ def main() -> None:
         results[(name, None)], preds[(name, None)] = row(pairs, base), base
         for k, z in grid:
             veto = ((pairs["intent_rank"] >= k) & (pairs["meaning_z"] < z) & (pairs["similarity"] < sim_bound)).to_numpy()
-            results[(name, (k, z))], preds[(name, (k, z))] = row(pairs, base & ~veto), base & ~veto
+            preds[(name, (k, z))] = base & ~veto
+            results[(name, (k, z))] = row(pairs, preds[(name, (k, z))])
     meets = [kz for kz in grid if results[("fit", kz)]["fpr_topic"] <= TOPIC_FPR_TARGET]
     chosen = max(meets or grid, key=lambda kz: (results[("fit", kz)]["f1"], -kz[0]))
     best_f1 = max(grid, key=lambda kz: (results[("fit", kz)]["f1"], -kz[0]))
@@ -154,7 +155,7 @@ def main() -> None:
               "| veto (K, Z) | set | P | P at fit's mix |", "|---|---|---:|---:|"]
     shipped = (settings.rephrase_model.other_intent_min_rank, float(settings.rephrase_model.other_intent_max_meaning_z))
     for kz in dict.fromkeys((None, shipped, chosen)):
-        if kz is not None and (kz[0], kz[1]) not in [(k, z) for k, z in grid]:
+        if kz is not None and kz not in grid:  # a shipped (K, Z) off the grid has no predictions here
             continue
         for name in ("seed", "loc"):
             at_mix = precision_at_mix(sets[name], preds[(name, kz)], sets["fit"])

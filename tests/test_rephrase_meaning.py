@@ -314,4 +314,5 @@ def test_precision_at_the_fitting_sets_mix_separates_the_mix_from_the_error_rate
     worse, worse_pred = pairs(100, 90, {"none": (200, 2), "topic_switch": (50, 15)})
     assert precision_at_mix(worse, worse_pred, fit) == pytest.approx(90 / (90 + 17))
     # a kind of negative the set lacks: no answer rather than a wrong one
-    assert precision_at_mix(pairs(100, 90, {"none": (200, 2)})[0], pairs(100, 90, {"none": (200, 2)})[1], fit) is None
+    no_switches, no_switches_pred = pairs(100, 90, {"none": (200, 2)})
+    assert precision_at_mix(no_switches, no_switches_pred, fit) is None
