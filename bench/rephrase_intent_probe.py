@@ -131,6 +131,14 @@ def main() -> None:
     meets = [kz for kz in grid if results[("fit", kz)]["fpr_topic"] <= TOPIC_FPR_TARGET]
     chosen = max(meets or grid, key=lambda kz: (results[("fit", kz)]["f1"], -kz[0]))
     best_f1 = max(grid, key=lambda kz: (results[("fit", kz)]["f1"], -kz[0]))
+    shipped = (settings.rephrase_model.other_intent_min_rank, float(settings.rephrase_model.other_intent_max_meaning_z))
+
+    def veto_label(kz, mark_shipped: bool = False) -> str:
+        if kz is None:
+            return "none (defaults)"
+        return (f"K {kz[0]}, Z {kz[1]}" + (" (chosen on fit)" if kz == chosen else "")
+                + (" (the shipped default)" if mark_shipped and kz == shipped else ""))
+
     lines = [f"# The other-intent veto: (K, Z) on the fitting set, checked on held-out sets", "",
              f"Generated {started:%Y-%m-%d %H:%M} UTC by `python -m bench.rephrase_intent_probe --users {args.users}"
              f"{' --whole-log' if args.whole_log else ''}` (load average {load_avg:.2f} at the start); centroids "
@@ -145,23 +153,19 @@ def main() -> None:
     for kz in (None, chosen, *[g for g in grid if g != chosen]):
         for name in SETS:
             r = results[(name, kz)]
-            label = "none (defaults)" if kz is None else f"K {kz[0]}, Z {kz[1]}" + (" (chosen on fit)" if kz == chosen else "")
-            lines.append(f"| {label} | {name} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
+            lines.append(f"| {veto_label(kz)} | {name} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | "
                          f"{r['min_locale_f1']:.3f} | {r['fpr_topic']:.3f} |")
     # The held-out sets' precision with the fitting set's mix of re-asks and traps: seed 2's
     # knobs add traps per re-ask, which lowers precision at equal error rates.
     lines += ["", "Held-out precision at the fitting set's mix (`bench.fit_rephrase.precision_at_mix`: the set's "
               "recall and false-positive rate per kind of negative, weighted as fit has them per re-ask):", "",
               "| veto (K, Z) | set | P | P at fit's mix |", "|---|---|---:|---:|"]
-    shipped = (settings.rephrase_model.other_intent_min_rank, float(settings.rephrase_model.other_intent_max_meaning_z))
     for kz in dict.fromkeys((None, shipped, chosen)):
         if kz is not None and kz not in grid:  # a shipped (K, Z) off the grid has no predictions here
             continue
         for name in ("seed", "loc"):
             at_mix = precision_at_mix(sets[name], preds[(name, kz)], sets["fit"])
-            label = "none (defaults)" if kz is None else f"K {kz[0]}, Z {kz[1]}" + (
-                " (chosen on fit)" if kz == chosen else "") + (" (the shipped default)" if kz == shipped else "")
-            lines.append(f"| {label} | {name} | {results[(name, kz)]['precision']:.3f} | "
+            lines.append(f"| {veto_label(kz, mark_shipped=True)} | {name} | {results[(name, kz)]['precision']:.3f} | "
                          f"{'-' if at_mix is None else f'{at_mix:.3f}'} |")
     text = "\n".join(lines) + "\n"
     print(text)

