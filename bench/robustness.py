@@ -4,7 +4,7 @@ knobs: the rephrase traps, weaker defect signals, more silent failures, more mis
 users who know less, a weaker NLU), everything else at default settings.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.robustness [--worlds bench/worlds.yaml]
-        [--only NAME,NAME] [--users 3000] [--seed 0] [--embeddings CACHE_DIR] [--work DIR]
+        [--only NAME,NAME] [--users 3000] [--seed 0] [--locales L,L,...] [--embeddings CACHE_DIR] [--work DIR]
         [--out bench/robustness.md]
 
 Why: an outside evaluator replays traffic built "like ours, by someone else". Our targets
@@ -51,7 +51,8 @@ def _cli(args: list[str], log: Path) -> None:
         raise SystemExit(f"selflearn {args[0]} failed (exit {rc}); see {log}")
 
 
-def run_world(name: str, knobs: dict, users: int, seed: int, work: Path, embeddings: Path | None) -> dict:
+def run_world(name: str, knobs: dict, users: int, seed: int, work: Path, embeddings: Path | None,
+              locales: str | None = None) -> dict:
     """Simulate, run and evaluate one world in `work`; its evaluation (the JSON `selflearn
     evaluate` writes beside the run)."""
     shutil.rmtree(work, ignore_errors=True)
@@ -60,7 +61,8 @@ def run_world(name: str, knobs: dict, users: int, seed: int, work: Path, embeddi
     knobs_file.write_text(yaml.safe_dump(knobs or {}), encoding="utf-8")
     log = work / "commands.log"
     sim, root = work / "sim", work / "root"
-    _cli(["simulate", "--output", str(sim), "--users", str(users), "--seed", str(seed), "--config", str(knobs_file)], log)
+    _cli(["simulate", "--output", str(sim), "--users", str(users), "--seed", str(seed), "--config", str(knobs_file)]
+         + (["--locales", locales] if locales else []), log)
     if embeddings is not None:
         shutil.copytree(embeddings, root / "state" / "embeddings")
     _cli(["run", "--input", str(sim / "log"), "--output", str(root)], log)
@@ -117,6 +119,7 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated world names (default: all)")
     ap.add_argument("--users", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--locales", help="comma-separated MASSIVE locales (default: the simulator's six)")
     ap.add_argument("--embeddings", type=Path, help="a filled ROOT/state/embeddings to seed each run's cache")
     ap.add_argument("--work", type=Path, help="where the worlds' simulations and runs go (default: a temp dir)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "robustness.md")
@@ -135,7 +138,7 @@ def main() -> None:
     for i, (name, knobs) in enumerate(worlds.items()):
         t0 = time.monotonic()
         print(f"[{i + 1}/{len(worlds)}] {name}: simulate, run, evaluate in {work / f'world{i}'}", flush=True)
-        ev = run_world(name, knobs, args.users, args.seed, work / f"world{i}", args.embeddings)
+        ev = run_world(name, knobs, args.users, args.seed, work / f"world{i}", args.embeddings, args.locales)
         rows.append(world_row(name, knobs, ev, (time.monotonic() - t0) / 60))
         print("   " + "  ".join(f"{k}: {v}" for k, v in rows[-1].items() if k not in ("world", "knobs")), flush=True)
     command = "python -m bench.robustness " + " ".join(sys.argv[1:])
