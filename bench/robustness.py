@@ -39,7 +39,7 @@ CLI = [sys.executable, "-m", "selflearn.cli"]
 def load_worlds(path: Path) -> dict[str, dict]:
     """{world name: simulator knobs} in file order (the simulator refuses a misspelt knob)."""
     worlds = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(worlds, dict) or not all(isinstance(k, dict) for k in worlds.values()):
+    if not isinstance(worlds, dict) or not all(isinstance(knobs, dict) for knobs in worlds.values()):
         raise SystemExit(f"{path}: expected a mapping of world name -> knobs")
     return worlds
 
@@ -51,7 +51,7 @@ def _cli(args: list[str], log: Path) -> None:
         raise SystemExit(f"selflearn {args[0]} failed (exit {rc}); see {log}")
 
 
-def run_world(name: str, knobs: dict, users: int, seed: int, work: Path, embeddings: Path | None,
+def run_world(knobs: dict, users: int, seed: int, work: Path, embeddings: Path | None,
               locales: str | None = None) -> dict:
     """Simulate, run and evaluate one world in `work`; its evaluation (the JSON `selflearn
     evaluate` writes beside the run)."""
@@ -138,7 +138,7 @@ def main() -> None:
     for i, (name, knobs) in enumerate(worlds.items()):
         t0 = time.monotonic()
         print(f"[{i + 1}/{len(worlds)}] {name}: simulate, run, evaluate in {work / f'world{i}'}", flush=True)
-        ev = run_world(name, knobs, args.users, args.seed, work / f"world{i}", args.embeddings, args.locales)
+        ev = run_world(knobs, args.users, args.seed, work / f"world{i}", args.embeddings, args.locales)
         rows.append(world_row(name, knobs, ev, (time.monotonic() - t0) / 60))
         print("   " + "  ".join(f"{k}: {v}" for k, v in rows[-1].items() if k not in ("world", "knobs")), flush=True)
     command = "python -m bench.robustness " + " ".join(sys.argv[1:])
