@@ -56,6 +56,22 @@ def test_a_tie_goes_to_the_first_key_in_sorted_order():
     assert out.loc["a", "target"] == "b" and out.loc["a", "confidence"] == pytest.approx(0.3)
 
 
+def test_a_target_said_by_too_few_users_gives_way_to_a_class_mate_said_by_enough():
+    """b and c are served the same way (one class); a reaches b more, but b was said by
+    one user: b cannot be published (contract section 4), so the target is c, with the
+    class's confidence. A class with no member said by enough keeps its best key."""
+    e = edges([("a", "b", 0.6), ("a", "c", 0.2), ("a", FAILURE, 0.2), ("b", SUCCESS, 1.0), ("c", SUCCESS, 1.0),
+               ("x", "y", 1.0), ("y", SUCCESS, 1.0)])
+    classes = {"b": "alarm_set|seven", "c": "alarm_set|seven", "y": "weather_query|"}
+    plain = solve_rewrite_targets(e, None, classes).set_index("source")
+    assert plain.loc["a", "target"] == "b" and plain.loc["a", "confidence"] == pytest.approx(0.8)
+    said = {"a": 4, "b": 1, "c": 5, "x": 3, "y": 2}
+    out = solve_rewrite_targets(e, None, classes, said, 3).set_index("source")
+    assert out.loc["a", "target"] == "c" and out.loc["a", "confidence"] == pytest.approx(0.8)
+    assert out.loc["x", "target"] == "y"  # no class mate said by 3 users: left to the emission rules
+    assert solve_rewrite_targets(e, None, classes, said, 1).equals(plain.reset_index())  # every key said enough
+
+
 def test_paraphrase_inheritance_gives_a_failing_key_its_mates_continuation():
     e = edges([
         ("a", FAILURE, 1.0),                      # a: fails, nobody rephrased it

@@ -41,6 +41,23 @@ def test_each_rule_rejects_what_it_should():
     assert decide(candidate(served_turns=2, served_defect_rate=0.8)) == ["emit"]  # too few served turns to judge
 
 
+def test_a_text_said_by_fewer_than_min_users_never_leaves_as_a_rewrite():
+    """Contract section 4: published tables other than turns/ and rephrase_pairs/ hold only
+    texts behind min_users users. A misheard key said by one user whose cluster mates'
+    users carry the rewrite (n_users 5) is refused, and so is a target said by two; a pin
+    does not skip the floor."""
+    from selflearn.core.controls import Controls
+
+    assert decide(candidate(source_n_users=1)) == ["text_too_few_users"]
+    assert decide(candidate(target_key_users=2)) == ["text_too_few_users"]
+    assert decide(candidate(source_n_users=3, target_key_users=3)) == ["emit"]
+    assert decide(candidate(source_n_users=1), min_users=1, min_users_override=True) == ["emit"]
+    pin = Controls(pins=pd.DataFrame([("en-US", "wake me at five", "set an alarm for five am")],
+                                     columns=["locale", "source", "target"]))
+    assert select_rewrites(pd.DataFrame([candidate(source_n_users=2, confidence=0.01)]), Settings(),
+                           pin)["decision"].tolist() == ["text_too_few_users"]
+
+
 def test_a_flooding_single_user_is_never_enough():
     # one user, hundreds of sessions: users behind the pair stay 1
     assert decide(candidate(n_users=1, n_sessions=300, confidence=0.99)) == ["too_few_users"]

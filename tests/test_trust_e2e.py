@@ -363,8 +363,8 @@ def test_every_rewrite_and_training_row_rests_on_min_users(attack, first):
 
 
 def test_published_keys_rest_on_min_users_distinct_users(attack, first):
-    """Issue 19 item 3: rewrite_graph nodes, edges and GraphML, paraphrase_clusters/ and
-    training/ hold only texts said by min_users distinct users (counted here from the
+    """Issue 19 item 3: rewrite_graph nodes, edges and GraphML, paraphrase_clusters/,
+    training/ and the sources and targets of rewrites/ hold only texts said by min_users distinct users (counted here from the
     input's user ids, independently of the pipeline's own counts); turns/ and
     rephrase_pairs/ are operator data, and the manifest and report say so."""
     import xml.etree.ElementTree as ET
@@ -389,6 +389,9 @@ def test_published_keys_rest_on_min_users_distinct_users(attack, first):
     # users and slot values served to min_users users (tests/test_patterns.py)
     few += [("training", r.text) for r in training.itertuples()
             if r.label_source != "pattern" and users(r.locale, r.text) < m]
+    # a rewrite's own texts too (contract section 4), not only the users behind the pair
+    few += [("rewrite", r.source, r.target) for r in first["rewrites"].itertuples()
+            if min(users(r.locale, r.source), users(r.locale, r.target)) < m]
     assert few == [], few[:10]
     # the two-account pair's source (2 users) is in no published table but turns/ and rephrase_pairs/
     src2 = attack["pair2"][0]

@@ -68,7 +68,8 @@ def _component_blocks(adj: sp.csr_matrix, keep: np.ndarray) -> list[np.ndarray]:
 
 
 def solve_rewrite_targets(edges: pd.DataFrame, sources: list[str] | None = None,
-                          classes: dict[str, str] | None = None) -> pd.DataFrame:
+                          classes: dict[str, str] | None = None, said_by: dict[str, float] | None = None,
+                          min_said: int = 0) -> pd.DataFrame:
     """For each source key (default: every key with transient out-edges), its best
     target and confidence. `edges` columns: src, dst, prob (dst SUCCESS/FAILURE/key).
 
@@ -82,7 +83,14 @@ def solve_rewrite_targets(edges: pd.DataFrame, sources: list[str] | None = None,
     chosen by the class with the largest total absorption (the source itself excluded),
     and within it the key with the largest absorption; `confidence` is the class total.
     Without classes every key is its own class (the plain per-key argmax). Ties go to the
-    first class and key in sorted order."""
+    first class and key in sorted order.
+
+    `said_by` (key -> distinct users who said it) and `min_said`: a target is a text that
+    gets published, so it must have been said by min_said users (contract section 4).
+    Where the class's best key was said by fewer, the target is the class member that was
+    (the most absorption, then the most users): it is served the same way, so the class
+    and its confidence stay; a class with no such member keeps its best key, which the
+    emission rules then refuse (`text_too_few_users`)."""
     columns = ["source", "target", "confidence", "source_success"]
     e = edges[["src", "dst", "prob"]]
     trans = e[~e["dst"].isin([SUCCESS, FAILURE])]
@@ -100,17 +108,20 @@ def solve_rewrite_targets(edges: pd.DataFrame, sources: list[str] | None = None,
     if not is_source.any():
         return pd.DataFrame(columns=columns)
     labels = np.array([(classes or {}).get(k) or f"key:{k}" for k in keys], dtype=object)
+    said = np.array([float((said_by or {}).get(k, 0) or 0) for k in keys]) if said_by is not None else None
     adj = sp.csr_matrix((np.ones(len(si)), (si, di)), shape=(n, n))
     out = []
     # One BLAS thread: the solves are small, and Spark already runs a worker per core
     # (threaded BLAS there spun 10x the CPU time, measured on 2 cores).
     with threadpool_limits(limits=1, user_api="blas"):
         for block in _component_blocks(adj, is_source):
-            out.extend(_absorb_block(keys[block], q[block][:, block], r[block], labels[block], np.flatnonzero(is_source[block])))
+            out.extend(_absorb_block(keys[block], q[block][:, block], r[block], labels[block], np.flatnonzero(is_source[block]),
+                                     None if said is None else said[block], min_said))
     return pd.DataFrame(out, columns=columns)
 
 
-def _absorb_block(keys: np.ndarray, q: sp.csr_matrix, r: np.ndarray, labels: np.ndarray, sources: np.ndarray) -> list[tuple]:
+def _absorb_block(keys: np.ndarray, q: sp.csr_matrix, r: np.ndarray, labels: np.ndarray, sources: np.ndarray,
+                  said: np.ndarray | None = None, min_said: int = 0) -> list[tuple]:
     n = len(keys)
     lu = splu((sp.identity(n, format="csc") - q).T.tocsc())
     class_ids, class_of = np.unique(labels, return_inverse=True)
@@ -129,7 +140,12 @@ def _absorb_block(keys: np.ndarray, q: sp.csr_matrix, r: np.ndarray, labels: np.
         best_total = totals[best_class, cols]
         best = np.where(class_of[:, None] == best_class[None, :], absorbed, -np.inf).argmax(axis=0)
         for j in np.flatnonzero(best_total > 1e-12):
-            out.append((keys[src[j]], keys[best[j]], float(min(best_total[j], 1.0)), float(source_success[j])))
+            k = best[j]
+            if said is not None and said[k] < min_said:
+                members = np.flatnonzero((class_of == best_class[j]) & (said >= min_said))
+                if len(members):  # the most absorption, then the most users, then key order
+                    k = members[np.lexsort((-said[members], -absorbed[members, j]))[0]]
+            out.append((keys[src[j]], keys[k], float(min(best_total[j], 1.0)), float(source_success[j])))
     return out
 
 

@@ -12,7 +12,9 @@ token for the similarity features, and no ASR system transcribes a user saying
 
     xxemailxx   an e-mail address, written in any script (a@b.co, राम@example.com,
                 علي@مثال.com), spelled with brackets (jane(at)example(dot)com), or spoken in
-                English (a at b dot com)
+                English (a at b dot com) or in any MASSIVE language whose dictated
+                addresses MASSIVE holds (juan arroba gmail punto com: the words of
+                selflearn/spoken_email.json, from bench/spoken_email.py)
     xxphonexx   a digit sequence with separators (any space, zero-width space, dash, minus,
                 U+30FC, '/', ',', '_', '.', parentheses) holding at least `min_digits` digits
     xxnumberxx  an unbroken run of at least `min_digits` digits, or number words in a row
@@ -70,6 +72,44 @@ _SPOKEN_EMAIL = re.compile(
     rf"\b{_PART}(?:\s*(?:dot|underscore|dash) {_PART})*\s*at {_PART}(?:\s*dot {_PART})*\s*dot (?:com|net|org|edu|gov|co|io|de|uk|fr|in|ru|jp)\b",
     re.IGNORECASE,
 )
+
+
+@functools.lru_cache(maxsize=1)
+def _spoken_email_any() -> tuple[re.Pattern, re.Pattern]:
+    """(gate, rule): spoken e-mail addresses in the 52 MASSIVE languages, from
+    selflearn/spoken_email.json (bench/spoken_email.py reads MASSIVE's own dictated
+    addresses: "juan arroba gmail punto com", "иван собака gmail точка com", "jan małpa gmail
+    kropka com", "john 골뱅이 지메일 닷컴으로"). One alternative per language, its own words
+    together: its '@' words, its '.' words, its top-level domains plus com, net, org and its
+    country code, or a spelled domain ("punkt d. e."). A word common in one language
+    ("point", "à", "et") so never pairs with another language's words ("at this point in").
+    The gate (a '.' word right before a domain) is what almost every text fails, cheaply."""
+    from importlib import resources
+
+    table = json.loads(resources.files("selflearn").joinpath("spoken_email.json").read_text("utf-8"))["locales"]
+    every_dot = set().union(*(v["dot"] for v in table.values()))
+    every_tld = set().union(*(v["tld"] for v in table.values()))
+
+    def alt(words) -> str:  # longest first; a two-word '@' ("snabel a.") takes any spacing
+        return "(?:" + "|".join(re.escape(w).replace("\\ ", r"\s+") for w in sorted(words, key=lambda w: (-len(w), w))) + ")"
+
+    part = r"(?:(?:\w\.\s?)+|\w+(?:['\u2019\-]\w+)*)"  # a word (o'neil, t-online) or spelled letters
+    spelled = r"(?:\w\.\s?){2,3}"
+    groups, tlds = set(), set()
+    for locale, words in sorted(table.items()):
+        at = set(words["at"]) - every_dot - every_tld  # "dot" and "點" are some language's '.'
+        tld = set(words["tld"]) | {"com", "net", "org", locale.split("-")[1].casefold()}
+        tlds |= tld
+        if at and words["dot"]:
+            dot = alt(words["dot"])
+            # the '.' word may touch the domain: Korean "닷컴으로" (dot-com + a particle)
+            groups.add(rf"{part}(?:\s+{dot}\s+{part})*\s+{alt(at)}\s+{part}(?:\s+{dot}\s+{part})*?"
+                       rf"\s+{dot}\s*(?:{alt(tld)}|{spelled})")
+    gate = re.compile(rf"{alt(every_dot)}\s*(?:{alt(tlds)}|{spelled})(?!\w)", re.IGNORECASE)
+    rule = re.compile(r"(?<!\w)(?:" + "|".join(sorted(groups)) + r")(?!\w)", re.IGNORECASE)
+    return gate, rule
+
+
 # What may stand between two digits of one number: spaces of every kind (NBSP, narrow NBSP,
 # ideographic), zero-width characters, every dash (Unicode Pd: U+2010 hyphen, en/em dash,
 # wave dash...), U+2212 minus, U+30FC (the katakana long mark, typed as a dash in Japanese
@@ -212,6 +252,9 @@ def scrub_utterance(text: str, min_digits: int = 7) -> tuple[str, int]:
     if _MAYBE_EMAIL.search(s):
         s = sub(_EMAIL, EMAIL_MASK, s)
     s = sub(_SPOKEN_EMAIL, EMAIL_MASK, s)
+    gate, spoken_any = _spoken_email_any()
+    if gate.search(s):
+        s = sub(spoken_any, EMAIL_MASK, s)
 
     def digits(m):
         seq = m.group(0)

@@ -5,7 +5,11 @@ A candidate (source, target, confidence) from the rewrite graph becomes a rewrit
      (organic turns only; a source that now succeeds on its own is dropped);
   2. at least min_users distinct users stand behind it (users whose sessions went from
      the source to the target's class, directly or, for paraphrase evidence, through a
-     failing paraphrase-cluster mate);
+     failing paraphrase-cluster mate), and its source and target texts were each said by
+     at least min_users distinct users (`text_too_few_users`; contract section 4: every
+     published table but turns/ and rephrase_pairs/ holds only texts behind min_users
+     users, so a one-user text never leaves as a rewrite's source, however many of its
+     cluster mates' users stand behind the rewrite);
   3. the target is significantly better than the source: the one-sided Wilson lower bound
      of the target's success rate exceeds the Wilson upper bound of the source's, both at
      z = significance_z with n = distinct users of the source key and of the target's
@@ -29,7 +33,7 @@ user's name) needs `sensitive_min_users` users (`too_few_users_sensitive`, after
 and where the target's slot values are not all in the source text, that many users whose
 own sessions went from the source to it (`sensitive_value_change`: a paraphrase mate's
 users wanted the mate's values). A pinned pair skips the statistical rules 1 and 3-7,
-never `too_few_users`, `too_few_users_sensitive` nor `sensitive_value_change`.
+never `too_few_users`, `text_too_few_users`, `too_few_users_sensitive` nor `sensitive_value_change`.
 Every rejected candidate keeps the first rule it failed, for the report.
 """
 from __future__ import annotations
@@ -46,7 +50,7 @@ from selflearn.schema import PARAPHRASE, REPHRASE, columns
 REWRITE_COLUMNS = columns("rewrites")
 
 
-USER_FLOORS = ("too_few_users", "too_few_users_sensitive", "sensitive_value_change")  # rules no pin skips
+USER_FLOORS = ("too_few_users", "text_too_few_users", "too_few_users_sensitive", "sensitive_value_change")  # rules no pin skips
 MAX_CHAIN = 8  # a chain's last turns that count: a long loop of re-asks is one user's struggle
 CHAIN_PAIRS = ["locale", "source", "target", "user_id", "session"]
 
@@ -158,6 +162,10 @@ def select_rewrites(candidates: pd.DataFrame, settings: Settings, controls: Cont
     # users whose own sessions started at the source (users_behind); a frame without the
     # column (a caller's own candidates) counts every user behind it as one
     source_users = pd.to_numeric(c["n_source_users"], errors="coerce").fillna(0) if "n_source_users" in c else c["n_users"]
+    # distinct users who said the source and the target texts themselves (key_stats); a frame
+    # without the columns (a caller's own candidates) counts the users behind the rewrite
+    source_said = pd.to_numeric(c["source_n_users"], errors="coerce").fillna(0) if "source_n_users" in c else c["n_users"]
+    target_said = pd.to_numeric(c["target_key_users"], errors="coerce").fillna(0) if "target_key_users" in c else c["n_users"]
     pinned, pinned_elsewhere = controls.pinned(c["locale"], c["source"], c["target"])
     cluster_intent = _col(c, "source_cluster_intent")
     operator_rules = [
@@ -168,6 +176,7 @@ def select_rewrites(candidates: pd.DataFrame, settings: Settings, controls: Cont
     rules = [
         ("source_not_defective", is_working(c["source_defect_rate"], settings.min_source_defect_rate)),
         ("too_few_users", c["n_users"] < settings.min_users),
+        ("text_too_few_users", (source_said < settings.min_users) | (target_said < settings.min_users)),
         # more accounts to steer a rewrite into spending money or sending words (trust):
         ("too_few_users_sensitive", is_sensitive & (c["n_users"] < sensitive_floor)),
         # a purchase or message whose slot values differ from what the source says (a
@@ -184,7 +193,7 @@ def select_rewrites(candidates: pd.DataFrame, settings: Settings, controls: Cont
         ("cluster_disagrees", pd.Series(settings.cluster_must_agree, index=c.index) & (c["evidence"] != PARAPHRASE)
          & cluster_intent.notna() & (target_intent != cluster_intent)),
     ]
-    # A pin skips the statistical rules, never the user floors (too_few_users, too_few_users_sensitive).
+    # A pin skips the statistical rules, never the user floors (USER_FLOORS).
     rules = operator_rules + [(n, pd.Series(f, index=c.index).fillna(False).astype(bool) & (~pinned if n not in USER_FLOORS else True))
                               for n, f in rules]
     c["decision"] = first_failed_rule(rules, c.index)

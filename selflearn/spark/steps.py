@@ -324,7 +324,7 @@ def solve_step(edges: DataFrame, mates: DataFrame, key_stats: DataFrame, setting
         defect = dict(zip(edges_pdf["src"], edges_pdf["src_defect"].fillna(0)))
         sources = sorted(k for k, v in defect.items() if is_failing(v, settings.min_source_defect_rate))
         classes = {k: c for k, c in zip(edges_pdf["src"], edges_pdf["src_class"]) if isinstance(c, str)}
-        solved = graph_mod.solve_rewrite_targets(mixed, sources, classes)
+        solved = graph_mod.solve_rewrite_targets(mixed, sources, classes, n_users, settings.min_users)
         if solved.empty:
             return pd.DataFrame(columns=[f.name for f in CANDIDATES])
         solved["evidence"] = graph_mod.evidence_kinds(edges_pdf, mixed, solved)
@@ -394,14 +394,16 @@ def candidates_step(candidates: DataFrame, reach: DataFrame, mates: DataFrame, k
         .agg(F.count("*").alias("served_turns"), F.avg("defect_prob").alias("served_defect_rate"))
     )
     target_intent = key_stats.select("locale", F.col("text").alias("target"), F.col("intent").alias("target_intent"),
-                                     F.col("domain").alias("target_domain"), F.col("slots_json").alias("target_slots_json"))
+                                     F.col("domain").alias("target_domain"), F.col("slots_json").alias("target_slots_json"),
+                                     F.col("n_users").alias("target_key_users"))
     source_cluster = clusters.select("locale", F.col("text").alias("source"), F.col("intent").alias("source_cluster_intent"))
     joined = (
         cand.join(behind, ["locale", "source", "target"], "left")
         .join(target_intent, ["locale", "target"], "left").join(source_cluster, ["locale", "source"], "left")
         .join(src, ["locale", "source"], "left").join(tgt, ["locale", "target_cls"], "left")
         .join(served, ["locale", "source", "target"], "left")
-        .fillna({"n_users": 0, "n_sessions": 0, "n_source_users": 0, "target_success_rate": 0.0, "target_n_users": 0})
+        .fillna({"n_users": 0, "n_sessions": 0, "n_source_users": 0, "target_success_rate": 0.0, "target_n_users": 0,
+                 "source_n_users": 0, "target_key_users": 0})
     )
     return joined.toPandas()
 
