@@ -170,7 +170,8 @@ def main(argv=None) -> int:
 
     res["env"].update(sentence_transformers=sentence_transformers.__version__, transformers=transformers.__version__)
     save()
-    settings = Settings.from_dict({"embedding_model": a.model, **json.loads(a.config)})  # defaults otherwise (device auto)
+    settings = Settings.from_dict({"embedding_backend": "sentence-transformers", "embedding_model": a.model,
+                                   **json.loads(a.config)})  # a sentence-transformers folder; defaults otherwise (device auto)
 
     def plan():
         d = choose_devices(settings)

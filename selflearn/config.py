@@ -303,6 +303,10 @@ class Settings:
 
     def __post_init__(self):
         _validate(self, "")
+        # Caught here, with the config, not in the embed stage after Spark has started.
+        if self.embedding_backend == "auto" and self.embedding_model not in ("bundled:multilingual", ""):
+            raise ConfigError(f"config: embedding_backend 'auto' routes the bundled multilingual encoders; for the model "
+                              f"{self.embedding_model!r} set embedding_backend (sentence-transformers, onnx-int8)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -46,7 +46,8 @@ def test_an_fp16_checkpoint_runs_in_fp32_on_the_cpu(settings, encoder, tmp_path)
     from sentence_transformers import SentenceTransformer
 
     SentenceTransformer(embed._model_path(settings.embedding_model), device="cpu").half().save(str(tmp_path / "m16"))
-    enc = embed.load_encoder(dataclasses.replace(settings, embedding_model=str(tmp_path / "m16")), device="cpu", worker=False)
+    enc = embed.load_encoder(dataclasses.replace(settings, embedding_backend="sentence-transformers", embedding_model=str(tmp_path / "m16")),
+                             device="cpu", worker=False)
     assert (enc.precision, enc.weights_dtype, enc.cache_id.split("-")[1]) == ("fp32", "float32", "fp32")
     texts = [normalize_text(r["utt"]) for r in massive_records("de-DE", 60)]
     cos = np.sum(enc.encode(texts) * encoder.encode(texts), axis=1)

