@@ -250,3 +250,17 @@ def test_system_act_known_values_kept_others_read_as_unknown():
     pdf = pd.DataFrame({"raw": [json.dumps(base_row(0, system_act=3))], "source": ["t.parquet:0"],
                         "order": [0], "type_errors": ["system_act"]})
     assert validate_rows(pdf, CFG, NOW)["reason"].iloc[0] is None
+
+
+def test_system_act_with_broken_text_is_unknown_not_quarantined():
+    """Broken text in `system_act` alone (U+FFFD from undecodable bytes, a lone surrogate
+    escape, a nested one) reads as unknown; the same damage in another field still
+    quarantines the row as `bad_encoding`."""
+    raws = [json.dumps(base_row(0, system_act="inf\ufffdrm"), ensure_ascii=False),
+            json.dumps(base_row(1, system_act="\ud800")),
+            json.dumps(base_row(2, system_act={"act": "\ufffd"}), ensure_ascii=False)]
+    out = run(raws)
+    assert out["reason"].isna().all() and out["system_act"].isna().all()
+    both = json.dumps(base_row(3, system_act="\ufffd", utterance="wake me \ufffd up"), ensure_ascii=False)
+    assert reason_of(both) == "bad_encoding"
+    assert reason_of('{"system_act": "\ufffd", ') == "bad_encoding"  # broken and not JSON

@@ -8,12 +8,14 @@ a JSONL line, or a parquet row serialized by `readers.read_raw`), `source` ("pat
 
 Checks, first failing one wins:
 
-1. `bad_encoding` for a raw text holding U+FFFD or a lone surrogate *before* parsing: the
-   bytes could not be decoded, which comes before any attempt to parse them (a line with
-   broken bytes is `bad_encoding` even when the damage also breaks the JSON);
+1. `bad_encoding` for a raw text holding U+FFFD or a lone surrogate that is not JSON (or
+   not a JSON object): the bytes could not be decoded, which comes before the parse error
+   (a line with broken bytes is `bad_encoding` even when the damage also breaks the JSON);
 2. `unparseable`: not strict JSON (NaN/Infinity rejected) or not a JSON object;
 3. `bad_encoding`: U+FFFD or a lone surrogate (e.g. the escape ``\\ud800``) in any string
-   of the parsed object, keys and unknown fields included; or a control character
+   of the parsed object, keys and unknown fields included, but not in the value of
+   `system_act` (any value the contract does not name is read as unknown, never
+   quarantined); or a control character
    (C0 but tab, LF and CR; DEL; C1) in a string field of the contract (slot names and
    values included): text no ASR or id system emits, the mark of a broken producer;
 4. `missing_field`: a required field absent or null (an empty `event_id`/`user_id` counts
@@ -179,21 +181,24 @@ def _check(raw: Any, type_errors: Any, max_chars: int, lo_us: int, hi_us: int):
     if type(raw) is not str:
         return "unparseable"
     c1 = False
+    broken = False  # U+FFFD or a lone surrogate somewhere in the raw text
     if not raw.isascii():
-        if "\ufffd" in raw:
-            return "bad_encoding"
+        broken = "\ufffd" in raw
         try:
             enc = raw.encode("utf-8")  # fails on a lone surrogate; faster than a regex scan
         except UnicodeEncodeError:
-            return "bad_encoding"
+            broken, enc = True, raw.encode("utf-8", "surrogatepass")
         c1 = b"\xc2" in enc and _C1_UTF8.search(enc) is not None
     try:
         obj = _DECODE(raw)
     except (ValueError, RecursionError):
-        return "unparseable"
+        return "bad_encoding" if broken else "unparseable"
     if type(obj) is not dict:
-        return "unparseable"
-    if "\\u" in raw and _BAD_ESCAPE.search(raw) is not None and _bad_strings(obj):
+        return "bad_encoding" if broken else "unparseable"
+    if (broken or ("\\u" in raw and _BAD_ESCAPE.search(raw) is not None)) and _bad_strings(
+            {k: v for k, v in obj.items() if k != "system_act"}):
+        # system_act is read as unknown whatever it holds (contract v3, section 1): broken
+        # text there alone does not quarantine the turn.
         return "bad_encoding"
     if (c1 or "\x7f" in raw or ("\\" in raw and _CONTROL_ESC.search(raw) is not None)) and _has_control(obj):
         return "bad_encoding"
