@@ -68,7 +68,9 @@ def run_world(knobs: dict, users: int, seed: int, work: Path, embeddings: Path |
     _cli(["run", "--input", str(sim / "log"), "--output", str(root)], log)
     _cli(["evaluate", "--run", str(root), "--sim", str(sim)], log)
     run_id = (root / "LATEST").read_text(encoding="utf-8").strip()
-    return json.loads((root / "runs" / f"{run_id}.evaluation.json").read_text(encoding="utf-8"))
+    from selflearn.evaluation.evaluate import evaluation_path
+
+    return json.loads(evaluation_path(root / "runs" / run_id).read_text(encoding="utf-8"))
 
 
 def world_row(name: str, knobs: dict, ev: dict, minutes: float) -> dict:

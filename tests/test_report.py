@@ -267,3 +267,13 @@ def test_evaluate_fills_the_report_section_once(tmp_path):
     head, *rows = t.tables["evaluation-locales"]
     assert [r[0] for r in rows] == ["de-DE", "ja-JP"] and dict(zip(head, rows[1]))["rewrite P"] == "0.667"
     assert add_evaluation(tmp_path / "no-report", _evaluation_result()) is None
+
+
+def test_evaluation_json_goes_outside_runs(tmp_path):
+    """runs/ holds run directories only (contract section 4): a reader that lists it finds
+    runs, never an evaluation file; a run directory outside a ROOT keeps its JSON beside it."""
+    from selflearn.evaluation.evaluate import evaluation_path
+
+    run = tmp_path / "root" / "runs" / "20261205T000000Z-abcdef"
+    assert evaluation_path(run) == tmp_path / "root" / "evaluations" / "20261205T000000Z-abcdef.json"
+    assert evaluation_path(tmp_path / "copied-run") == tmp_path / "copied-run.evaluation.json"

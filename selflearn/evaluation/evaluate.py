@@ -16,7 +16,8 @@ per locale:
   that the system then acts on), win/loss ratio, relative defect reduction;
 - weak-label intent accuracy and slot F1 against the true goal of each training text;
 - whether a flooded bogus pair became a rewrite.
-The JSON goes next to the run directory: runs/<run_id>.evaluation.json.
+The JSON goes to ROOT/evaluations/<run_id>.json: outside runs/, which holds only run
+directories (contract section 4), and outside the published run itself.
 """
 from __future__ import annotations
 
@@ -319,7 +320,12 @@ def check_sim(sim_dir: str | Path) -> Path:
 
 
 def evaluation_path(run_dir: Path) -> Path:
-    """Where evaluate writes: next to the run directory, never inside the published run."""
+    """Where evaluate writes: ROOT/evaluations/<run_id>.json for a run of a ROOT (runs/ holds
+    run directories only, so a reader listing it finds runs), next to a run directory
+    that is not in a ROOT; never inside the published run."""
+    run_dir = Path(run_dir)
+    if run_dir.parent.name == "runs":
+        return run_dir.parent.parent / "evaluations" / f"{run_dir.name}.json"
     return run_dir.parent / f"{run_dir.name}.evaluation.json"
 
 
@@ -358,7 +364,9 @@ def evaluate(run_path: str | Path, sim_dir: str | Path) -> dict:
         "flood": {"pairs": [list(f) for f in flood], "emitted": any(f in emitted for f in flood),
                   "source_rewritten": any((f[0], f[1]) in sources for f in flood)},
     }
-    write_json_atomic(evaluation_path(run_dir), result)
+    out = evaluation_path(run_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out, result)
     return result
 
 

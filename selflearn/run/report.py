@@ -225,7 +225,7 @@ def _evaluation_section(run_id: str, result: dict | None = None) -> list[str]:
     """Filled by `selflearn evaluate` (report.add_evaluation); until then, how to fill it."""
     if result is None:
         body = [f"<p id='evaluation-status'>Not evaluated. For a simulated log, <code>selflearn evaluate --run ROOT "
-                f"--sim DIR</code> fills this section and writes <code>runs/{html.escape(run_id)}.evaluation.json</code>.</p>"]
+                f"--sim DIR</code> fills this section and writes <code>evaluations/{html.escape(run_id)}.json</code>.</p>"]
     else:
         body = evaluation_tables(result)
     return [EVAL_START, "<h2 id='evaluation'>How good: evaluation against the simulation's truth</h2>", *body, EVAL_END]
