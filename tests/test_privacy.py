@@ -256,9 +256,84 @@ def test_real_massive_number_words_are_not_masked(massive):
     one's phone number: in the locales the table covers, no utterance gets a number mask but
     one Japanese postal code, seven digits said as Han numerals (as its digits would be)."""
     masked = []
-    for locale in SPOKEN_LOCALES + ("ko-KR", "th-TH", "it-IT", "pt-PT", "nl-NL", "hu-HU", "fi-FI", "zh-TW"):
+    for locale in SPOKEN_LOCALES + ("ko-KR", "th-TH", "it-IT", "pt-PT", "nl-NL", "hu-HU", "fi-FI", "zh-TW", "en-US", "ro-RO"):
         for r in massive(locale):
             out, n = scrub_utterance(r["utt"])
             if n and NUMBER_MASK in out.split():
                 masked.append((locale, r["utt"]))
     assert masked == [("ja-JP", "郵便番号一二三四五六七の地域イベントを検索して")]
+
+
+# --- shapes an adversarial probe found (2026-12-05): real transcripts, real number forms ---
+
+def _slot_texts() -> list[tuple[str, str]]:
+    """(text, address) of every SLURP test/devel transcript and HWU64 annotated answer
+    whose e-mail slot holds a written '@': dictated addresses typed half in words
+    ("joe@aol dot com", "johndoe@yahoocom")."""
+    import csv
+
+    from tests.conftest import DATA
+
+    slot = re.compile(r"\[email_address : ([^\]]*)\]")
+    out = []
+    for name in ("test.jsonl", "devel.jsonl"):
+        for line in (DATA / "slurp" / name).read_text(encoding="utf-8").splitlines():
+            r = json.loads(line)
+            out += [(r["sentence"], v) for v in slot.findall(r["sentence_annotation"]) if "@" in v]
+    seen = set()
+    for f in sorted((DATA / "hwu64").glob("KFold_*/testset_csv/*.csv")):
+        with f.open(encoding="utf-8") as fh:
+            for row in csv.DictReader(fh, delimiter=";"):
+                if row["answerid"] not in seen:
+                    seen.add(row["answerid"])
+                    out += [(row["answer_from_anno"], v) for v in slot.findall(row["answer_annotation"]) if "@" in v]
+    return out
+
+
+def test_written_at_with_said_or_lost_dots_in_real_transcripts_is_masked():
+    texts = _slot_texts()
+    assert len(texts) >= 40 and any(" dot " in a for _, a in texts) and any("." not in a for _, a in texts)
+    left = [(t, out) for t, out in ((t, scrub_utterance(t)[0]) for t, _ in texts)
+            if EMAIL_MASK not in out.split() or "@" in out]
+    assert left == [], left[:5]
+
+
+def test_number_word_table_is_in_the_scrubbers_input_form():
+    """The scrubber's input is NFKC-normalised and case-folded; a table word that is not
+    (num2words' Kannada and Telugu tens were not) can never match."""
+    import unicodedata
+
+    table = _number_table()
+    bad = [w for ws in table["spaced"].values() for w in ws if unicodedata.normalize("NFKC", w).casefold() != w]
+    assert bad == []
+    assert "ఇరవై" in table["spaced"]["te"]
+
+
+@pytest.mark.parametrize("locale,said", [
+    ("en-US", "five five five twelve thirty four"),             # teens and tens in English
+    ("en-US", "two oh six, five five five, oh one nine three"),  # commas between the groups
+    ("en-US", "nought seven niner one two three four"),
+    ("en-US", "555 one two three four"),                         # a digit group among the words
+    ("en-US", "five five five 1234"),
+    ("te-IN", "అరవై ఇరవై ఎనభై డెబ్బై"),                          # tens as num2words writes them, NFKC
+    ("ar-SA", "صفر خمسة اثنين اثنين ثلاث اربعة سبعة"),            # Arabic as MASSIVE's Arabic writes it
+    ("ro-RO", "zero sapte doi doi noua opt sase"),               # Romanian without diacritics
+    ("es-ES", "seis doce treinta y cuatro cincuenta y seis"),    # 6 12 34 56: pairs with 'y'
+    ("pt-PT", "nove um dois trinta e quatro cinquenta e seis"),
+    ("es-ES", "612.345.678"),                                    # a Spanish mobile as written
+])
+def test_number_shapes_a_probe_found_are_masked(massive, locale, said):
+    utt = massive(locale, 1)[0]["utt"]
+    scrubbed, n = scrub_utterance(_insert(utt, said))
+    assert n == 1 and (NUMBER_MASK in scrubbed.split() or PHONE_MASK in scrubbed.split()), scrubbed
+
+
+@pytest.mark.parametrize("text", [
+    "running to rock 170 to 190 bpm",          # SNIPS: Norwegian 'to' (2) between two counts
+    "put frank farian on lydia's playlist called the black power mixtape 1967 to 1975",
+    "can i increase my credit limit from 1000 to 2000 please",  # CLINC150
+    "1.234.567 habitantes", "100.000.000 euros", "1.234.567,50 euros",  # amounts, grouped
+    "treinta y cuatro personas y cinco mesas",  # a count, not a number of a person
+])
+def test_counts_amounts_and_ranges_stay(text):
+    assert scrub_utterance(text)[1] == 0, text

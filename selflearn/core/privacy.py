@@ -14,21 +14,26 @@ token for the similarity features, and no ASR system transcribes a user saying
                 علي@مثال.com), spelled with brackets (jane(at)example(dot)com), or spoken in
                 English (a at b dot com) or in any MASSIVE language whose dictated
                 addresses MASSIVE holds (juan arroba gmail punto com: the words of
-                selflearn/spoken_email.json, from bench/spoken_email.py)
+                selflearn/spoken_email.json, from bench/spoken_email.py), or with a
+                written '@' and its dots said or lost (joe@aol dot com, dan@dancom)
     xxphonexx   a digit sequence with separators (any space, zero-width space, dash, minus,
                 U+30FC, '/', ',', '_', '.', parentheses) holding at least `min_digits` digits
     xxnumberxx  an unbroken run of at least `min_digits` digits, or number words in a row
                 that spell as many digits: English ("five five five one two ...", with
-                "oh", "double", "triple"), and 34 other MASSIVE languages from the table
-                selflearn/spoken_numbers.json (bench/spoken_numbers.py builds it from
-                num2words): a spaced language's words for 0-9 count one digit, its
-                10-99 words two ("null eins siebenundzwanzig ...", "zéro six
-                vingt-deux ..."), within one language; Han numerals, Thai digit words and Sino-Korean digit syllables
-                count one each, spaced or not ("〇九〇一二三四五六七八")
+                "double", "triple"; "five five five twelve thirty four") and 35 other
+                MASSIVE languages from the table selflearn/spoken_numbers.json
+                (bench/spoken_numbers.py builds it from num2words, with the spellings
+                MASSIVE writes that num2words does not: "اثنين", "sapte"): a spaced
+                language's words for 0-9 count one digit, its 10-99 words two ("null eins
+                siebenundzwanzig ...", "zéro six vingt-deux ..."; "treinta y cuatro" is
+                one), within one language, and a digit group among them its digits
+                ("555 one two three four"); Han numerals, Thai digit words and Sino-Korean
+                digit syllables count one each, spaced or not ("〇九〇一二三四五六七八")
 
 Digits are any Unicode decimal digits (category Nd: Arabic-Indic, Devanagari, Thai,
 Myanmar...); full-width digits and '＠' become ASCII under NFKC first. Times, dates,
-amounts and years have fewer than `min_digits` digits in one run (default 7) and stay.
+amounts and years have fewer than `min_digits` digits in one run (default 7) and stay; a
+thousands-grouped amount stays up to 7 integral digits or when round (1.500.000.000).
 """
 from __future__ import annotations
 
@@ -115,6 +120,18 @@ def _spoken_email_any() -> tuple[re.Pattern, re.Pattern]:
     return gate, rule
 
 
+@functools.lru_cache(maxsize=1)
+def _written_at_email() -> re.Pattern:
+    """An address with a written '@' whose dots are said, or lost: "joe@aol dot com",
+    "juan@gmail punto com", "johndoe@yahoocom" (real SLURP and HWU64 transcripts: a typed
+    '@' in a dictated address). The '@' is what makes it an address, so a domain may be
+    one label; a '.' word is any MASSIVE language's (spoken_email.json) or English "dot"."""
+    table = _package_table("spoken_email.json")["locales"]
+    dots = set().union(*(v["dot"] for v in table.values())) | {"dot"}
+    dot = "(?:" + "|".join(re.escape(w).replace("\\ ", r"\s+") for w in sorted(dots, key=lambda w: (-len(w), w))) + ")"
+    return re.compile(rf"{_LOCAL}@{_LABEL}(?:(?:\s*\.\s*|\s+{dot}\s+){_LABEL})*(?!\w)", re.IGNORECASE)
+
+
 # What may stand between two digits of one number: spaces of every kind (NBSP, narrow NBSP,
 # ideographic), zero-width characters, every dash (Unicode Pd: U+2010 hyphen, en/em dash,
 # wave dash...), U+2212 minus, U+30FC (the katakana long mark, typed as a dash in Japanese
@@ -125,8 +142,17 @@ _DIGIT_SEQ = re.compile(rf"\+?\(?\p{{Nd}}(?:{_SEP}{{0,3}}\p{{Nd}})*")
 # dates have 8 digits but are no phone number: 2019-03-12, 12.03.2019, 12/03/2019; an
 # amount grouped by thousands (1,000,000; 1.000.000) is no number of a person.
 _DATE = re.compile(r"\d{4}([-./])\d{1,2}\1\d{1,2}|\d{1,2}([-./])\d{1,2}\2\d{4}")
+_DECIMALS = re.compile(r"(?:(?<=\d{3}),\d{1,2}|(?<=\d{3})\.\d{1,2})$")  # ",50" / ".00" after the last group
 _THOUSANDS = re.compile(r"[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?|[1-9]\d{0,2}(?:\.\d{3})+(?:,\d+)?")
 _SPOKEN_DIGIT = r"(?:zero|oh|one|two|three|four|five|six|seven|eight|nine|double|triple)"
+
+
+def _amount_like(shadow: str) -> bool:
+    """A thousands-grouped number (_THOUSANDS) reads as an amount when its integral part has
+    up to 7 digits (9,999,999.50) or is round (1.500.000.000); "612.345.678", a Spanish
+    mobile number as written, is 9 digits that round to nothing."""
+    integral = _DECIMALS.sub("", shadow)
+    return sum(ch.isdigit() for ch in integral) <= 7 or integral.endswith("000")
 
 
 def _shadow(seq: str) -> str:
@@ -148,7 +174,7 @@ def _shadow(seq: str) -> str:
 
 # Number words outside English (spoken_numbers.json). A token continues a run when only
 # spaces, dashes, commas or full stops stand between it and the one before.
-_WORD = re.compile(r"[\p{L}\p{M}]+")
+_WORD_OR_DIGITS = re.compile(r"[\p{L}\p{M}]+|\p{Nd}+")
 _GAP = r"[\s\p{Pd},.]"  # what may stand between two number words of one run
 _RUN_GAP = re.compile(_GAP + "+")
 _DASH = re.compile(r"\p{Pd}")
@@ -185,30 +211,55 @@ def _unit_digits(unit: list[str], lang: str, table: dict[str, dict[str, int]]) -
 
 def _run_digits(units: list[list[str]], table: dict[str, dict[str, int]]) -> int:
     """The most digits consecutive units of one language spell. A digit word right after a
-    10-99 word is that number's unit ("vingt sept", "mười bảy": 27, 17) and adds nothing."""
+    10-99 word is that number's unit ("vingt sept", "mười bảy": 27, 17) and adds nothing.
+    A group of digits among the words ("555 one two three four") counts its digits, in a
+    run that holds at least two number words: "170 to 190" (Norwegian 'to', 2) stays."""
     best = 0
     for lang in {lang for u in units for w in u for lang in table.get(w, {})}:
-        run, prev = 0, 0
+        run, prev, words, written = 0, 0, 0, False
         for u in units:
-            d = _unit_digits(u, lang, table)
-            run = 0 if d == 0 else run + (0 if d == 1 and prev == 2 and len(u) == 1 else d)
+            if u[0].isdecimal():
+                d, written = len(u[0]), True
+            else:
+                d = _unit_digits(u, lang, table)
+                words = words + 1 if d else 0
+            if d == 0:
+                run, words, written = 0, 0, False
+            else:
+                run += 0 if d == 1 and prev == 2 and len(u) == 1 else d
             prev = d
-            best = max(best, run)
+            if words >= 2 or not written:
+                best = max(best, run)
     return best
+
+
+_AND_LANGS = {"y": ("es",), "e": ("pt",), "et": ("fr",), "și": ("ro",), "şi": ("ro",), "si": ("ro",)}
 
 
 def _spoken_number_spans(s: str, min_digits: int) -> list[tuple[int, int]]:
     """Spans of runs of spaced number words (one language) that spell >= min_digits digits."""
     table = _number_words()[0]
     units: list[tuple[int, int, list[str]]] = []  # words joined by a single dash are one unit
-    for m in _WORD.finditer(s):
-        if units and m.start() - units[-1][1] == 1 and _DASH.fullmatch(s[units[-1][1]]):
+    for m in _WORD_OR_DIGITS.finditer(s):
+        if units and m.start() - units[-1][1] == 1 and _DASH.fullmatch(s[units[-1][1]]) \
+                and not m.group().isdecimal() and not units[-1][2][-1].isdecimal():
             units[-1] = (units[-1][0], m.end(), units[-1][2] + [m.group().casefold()])
         else:
             units.append((m.start(), m.end(), [m.group().casefold()]))
 
     def numeric(u) -> bool:
-        return u[2][0] in table and u[2][-1] in table
+        return (u[2][0] in table and u[2][-1] in table) or u[2][0].isdecimal()
+
+    # "treinta y cuatro", "trinta e quatro", "douăzeci și trei", "vingt et un": a 10-99 word,
+    # the language's 'and', a digit word, said as one number (two digits), like "vingt-et-un".
+    k = 0
+    while k + 2 < len(units):
+        (a0, a1, a), (_, _, c), (_, b1, b) = units[k:k + 3]
+        langs = _AND_LANGS.get(c[0], ()) if len(c) == 1 else ()
+        if any(table.get(a[-1], {}).get(lang) == 2 and table.get(b[0], {}).get(lang) == 1 for lang in langs) \
+                and s[a1:units[k + 2][0]].casefold().replace(c[0], "", 1).isspace():
+            units[k:k + 3] = [(a0, b1, a + c + b)]
+        k += 1
 
     spans, i = [], 0
     while i < len(units):
@@ -254,6 +305,8 @@ def scrub_utterance(text: str, min_digits: int = 7) -> tuple[str, int]:
 
     if _MAYBE_EMAIL.search(s):
         s = sub(_EMAIL, EMAIL_MASK, s)
+        if "@" in s:
+            s = sub(_written_at_email(), EMAIL_MASK, s)
     s = sub(_SPOKEN_EMAIL, EMAIL_MASK, s)
     gate, spoken_any = _spoken_email_any()
     if gate.search(s):
@@ -265,7 +318,7 @@ def scrub_utterance(text: str, min_digits: int = 7) -> tuple[str, int]:
         if count < min_digits:
             return None
         shadow = _shadow(seq).strip()
-        if _DATE.fullmatch(shadow) or _THOUSANDS.fullmatch(shadow):
+        if _DATE.fullmatch(shadow) or (_THOUSANDS.fullmatch(shadow) and _amount_like(shadow)):
             return None
         return NUMBER_MASK if seq.isdecimal() else PHONE_MASK
 
