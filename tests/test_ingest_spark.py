@@ -202,3 +202,70 @@ def test_empty_jsonl_files_contribute_nothing(spark, cfg, tmp_path):
     assert res.counts() == {"rows_in": 2, "rows_accepted": 2, "rows_quarantined": 0, "by_reason": {}}
     orders = sorted(r["order"] for r in res.accepted.collect())
     assert orders == [(1 << 40) + 1, (1 << 40) + 3]  # file index 1, lines 1 and 3
+
+
+def test_file_names_spark_would_misread_are_read_as_named(spark, cfg, tmp_path):
+    """Glob characters in a name ("log[1].jsonl" next to "log1.jsonl") once read the other
+    file twice and this one never; a ':' (an ISO time in the name) failed the job. Every
+    row of every file is read once, under its own name."""
+    jsonl = tmp_path / "jsonl"
+    jsonl.mkdir()
+    (jsonl / "log[1].jsonl").write_bytes(line(turn(0)) + b"\n" + line(turn(1)))
+    (jsonl / "log1.jsonl").write_bytes(line(turn(2)))
+    (jsonl / "a*b?{c}.jsonl").write_bytes(line(turn(3)))
+    (jsonl / "log-2026-11-24T10:00:00.jsonl").write_bytes(line(turn(4)) + b"\n")
+    res = ingest(spark, jsonl, cfg, now=NOW)
+    assert res.counts() == {"rows_in": 5, "rows_accepted": 5, "rows_quarantined": 0, "by_reason": {}}
+    assert sorted(r["event_id"] for r in res.accepted.collect()) == [f"ev{i}" for i in range(5)]
+
+    parquet = tmp_path / "parquet"
+    parquet.mkdir()
+    pq.write_table(_parquet_turns([5, 6]), parquet / "part[1].parquet")
+    pq.write_table(_parquet_turns([7]), parquet / "part1.parquet")
+    res = ingest(spark, parquet, cfg, now=NOW)
+    assert res.counts()["rows_in"] == 3
+    assert sorted(r["event_id"] for r in res.accepted.collect()) == ["ev5", "ev6", "ev7"]
+    pq.write_table(_parquet_turns([8]), parquet / "part-10:00.parquet")
+    with pytest.raises(InputError, match="':'"):
+        ingest(spark, parquet, cfg, now=NOW)
+
+
+def test_symlinked_partitions_and_non_json_whitespace_lines_are_read(spark, cfg, tmp_path):
+    """A partition that is a symlink is read like a real one (a link back into the tree is
+    not read twice); a line of U+00A0, U+2028 or U+001E is not blank to JSON: it is a row,
+    quarantined `unparseable`, not dropped uncounted."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "a.jsonl").write_bytes(line(turn(0)))
+    log = tmp_path / "log"
+    (log / "dt=2026-11-24").mkdir(parents=True)
+    (log / "dt=2026-11-23").symlink_to(elsewhere, target_is_directory=True)
+    (log / "dt=2026-11-24" / "loop").symlink_to(log, target_is_directory=True)
+    lines = [line(turn(1)), "\u00a0".encode(), "\u2028".encode(), b"\x1e", b" \t", line(turn(2))]
+    (log / "dt=2026-11-24" / "b.jsonl").write_bytes(b"\n".join(lines))
+    res = ingest(spark, log, cfg, now=NOW)
+    assert res.counts() == {"rows_in": 6, "rows_accepted": 3, "rows_quarantined": 3,
+                            "by_reason": {"unparseable": 3}}
+
+
+def test_parquet_written_by_pandas_with_nanosecond_timestamps_is_read(spark, cfg, tmp_path):
+    """pandas writes datetime columns as TIMESTAMP(NANOS), which Spark refuses: such a log
+    once failed the whole run with a Java stack trace. Its rows are read, ts to the
+    microsecond (the contract's precision), aware or naive (naive = UTC)."""
+    import pandas as pd
+
+    rows = [turn(i) for i in (10, 11)]
+    for name, tz in (("aware.parquet", "UTC"), ("naive.parquet", None)):
+        df = pd.DataFrame(rows)
+        ts = pd.to_datetime(df["ts"], utc=True) + pd.Timedelta(nanoseconds=123_456_789)
+        df["ts"] = ts if tz else ts.dt.tz_localize(None)
+        d = tmp_path / name.split(".")[0]
+        d.mkdir()
+        df.to_parquet(d / name)
+        assert str(pq.read_schema(d / name).field("ts").type).startswith("timestamp[ns")
+        res = ingest(spark, d, cfg, now=NOW)
+        assert res.counts()["rows_accepted"] == 2, res.counts()
+        got = sorted(r["ts"] for r in res.accepted.collect())
+        want = sorted(pd.to_datetime([r["ts"] for r in rows], utc=True) + pd.Timedelta(microseconds=123_456))
+        assert [pd.Timestamp(g).tz_localize("UTC") if pd.Timestamp(g).tzinfo is None else pd.Timestamp(g)
+                for g in got] == list(want)

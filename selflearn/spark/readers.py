@@ -17,8 +17,11 @@ Every input row becomes one raw record `(raw, source, order, type_errors)`:
   is wrong for the contract (comma-separated, null when none); their non-null values make
   the row `bad_type` (`bad_timestamp` for `ts`).
 
-Blank (whitespace-only) JSONL lines are not rows and are skipped, like empty (0-byte)
-files of either format. Gzip files are read with Python's zlib (`_gz_records`): a
+Blank JSONL lines (JSON whitespace only: space, tab, CR, LF) are not rows and are skipped,
+like empty (0-byte) files of either format. Files are read under their own names: glob
+characters are escaped for Hadoop, a JSONL file with ':' in its path (which Hadoop cannot
+open) is read by Python, and a parquet one is refused with one line; symlinked
+directories are followed. pandas' TIMESTAMP(NANOS) `ts` is read as microseconds. Gzip files are read with Python's zlib (`_gz_records`): a
 truncated or corrupt stream keeps every line before the damage and adds one
 `unparseable` row where it broke; a `.gz` file that is not gzip at all fails the run.
 Parquet files are grouped by the types of their contract columns (read from each footer
@@ -69,8 +72,17 @@ def list_input_files(path: str | os.PathLike) -> tuple[str, list[str]]:
         candidates = [p]
     elif os.path.isdir(p):
         candidates = []
-        for root, dirs, names in os.walk(p):
-            dirs[:] = sorted(d for d in dirs if not d.startswith(_HIDDEN))
+        seen = {os.path.realpath(p)}
+        # Symlinked partitions (dt=... -> elsewhere) are read like real ones; a link back
+        # into a folder already walked is not walked twice.
+        for root, dirs, names in os.walk(p, followlinks=True):
+            keep = []
+            for d in sorted(d for d in dirs if not d.startswith(_HIDDEN)):
+                real = os.path.realpath(os.path.join(root, d))
+                if real not in seen:
+                    seen.add(real)
+                    keep.append(d)
+            dirs[:] = keep
             candidates += [os.path.join(root, n) for n in names
                            if not n.startswith(_HIDDEN) and not n.endswith(".crc")]
     else:
@@ -94,6 +106,22 @@ def list_input_files(path: str | os.PathLike) -> tuple[str, list[str]]:
         raise InputError(f"mixed input formats under {path}: " + ", ".join(sorted(kinds)))
     kind, files = next(iter(kinds.items()))
     return kind, files
+
+
+_GLOB = str.maketrans({c: "\\" + c for c in "[]{}*?\\"})
+
+
+def spark_path(path: str) -> str:
+    """A local path as Spark must be given it to read that one file: Hadoop reads '[', ']',
+    '{', '}', '*', '?' and '\\' as a glob ("log[1].jsonl" would read "log1.jsonl"), so they
+    are escaped."""
+    return path.translate(_GLOB)
+
+
+def hadoop_unreadable(path: str) -> bool:
+    """Whether Hadoop cannot open the path at all: a ':' in a name (HADOOP-3257, "Relative
+    path in absolute URI"), as in log-2026-11-20T10:00:00.jsonl."""
+    return ":" in path
 
 
 def read_raw(spark, path: str | os.PathLike):
@@ -124,16 +152,24 @@ def _read_jsonl(spark, files: list[str]):
             line, n = pair
             return (line, f"{f}:{n + 1}", base + n + 1, None)
 
-        if f.lower().endswith(".gz"):
+        if f.lower().endswith(".gz") or hadoop_unreadable(f):
             # Python's zlib, not Hadoop's codec: a truncated or corrupt stream ends the file
-            # (with an unparseable row where it broke) instead of failing the whole job.
+            # (with an unparseable row where it broke) instead of failing the whole job. A
+            # plain file Hadoop cannot open (a ':' in its name) is read by Python too.
             rdds.append(sc.parallelize([(f, base)], 1).flatMap(_gz_records))
             continue
-        rdds.append(sc.textFile(f).zipWithIndex()
-                    .filter(lambda pair: pair[0].strip() != "").map(records))
+        rdds.append(sc.textFile(spark_path(f)).zipWithIndex()
+                    .filter(lambda pair: not _blank(pair[0])).map(records))
     if not rdds:
         return spark.createDataFrame([], _raw_schema())
     return spark.createDataFrame(sc.union(rdds) if len(rdds) > 1 else rdds[0], _raw_schema())
+
+
+def _blank(line: str) -> bool:
+    """A line of JSON whitespace only (space, tab, CR, LF) is no row. Other characters
+    str.strip() would take (U+00A0, U+2028, U+001E) are text: such a line is a row, and
+    validation quarantines it `unparseable`."""
+    return not line.strip(" \t\r\n")
 
 
 def _inflate(d, data: bytes, out: list):
@@ -150,7 +186,8 @@ def _inflate(d, data: bytes, out: list):
 
 
 def _gz_records(file_and_base: tuple[str, int]):
-    """Raw records of one gzip JSONL file, numbered as Hadoop's text reader numbers lines
+    """Raw records of one gzip JSONL file (or of a plain one whose name does not end in .gz,
+    read as it is), numbered as Hadoop's text reader numbers lines
     (split at LF, CRLF or CR; a leading UTF-8 BOM dropped; UTF-8 decoded with U+FFFD for
     broken bytes; blank lines skipped). Concatenated gzip members are read in turn. When
     the stream is cut short or corrupt, what was decoded after the last line end becomes
@@ -168,6 +205,7 @@ def _gz_records(file_and_base: tuple[str, int]):
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     broken = False
     with open(path, "rb") as fh:
+        plain = not path.lower().endswith(".gz")
         while not broken:
             chunk = fh.read(1 << 16)
             if not chunk:
@@ -175,7 +213,10 @@ def _gz_records(file_and_base: tuple[str, int]):
             out: list[bytes] = []
             saved = d.copy()
             try:
-                d = _inflate(d, chunk, out)
+                if plain:
+                    out.append(chunk)
+                else:
+                    d = _inflate(d, chunk, out)
             except zlib.error:
                 # zlib drops the output of the failing call: replay the chunk a byte at a
                 # time to keep everything decoded before the damage
@@ -193,14 +234,14 @@ def _gz_records(file_and_base: tuple[str, int]):
                 if n == 0 and line.startswith(b"\xef\xbb\xbf"):
                     line = line[3:]
                 text = line.rstrip(b"\r\n").decode("utf-8", "replace")
-                if text.strip():  # blank as the plain path judges it (str.strip)
+                if not _blank(text):
                     yield record(text)
                 n += 1
-    broken = broken or not d.eof
+    broken = broken or (not plain and not d.eof)
     if n == 0 and pending.startswith(b"\xef\xbb\xbf"):
         pending = pending[3:]
     tail = pending.rstrip(b"\r\n").decode("utf-8", "replace")
-    if broken or tail.strip():
+    if broken or not _blank(tail):
         yield record(tail)  # the cut line (or, cut at a line end, an empty marker)
 
 
@@ -233,6 +274,9 @@ def _parquet_groups(files: list[str]) -> dict[tuple, list[tuple[int, str]]]:
     for i, f in enumerate(files):
         if os.path.getsize(f) == 0:  # no footer, no rows: like an empty JSONL file
             continue
+        if hadoop_unreadable(f):
+            raise InputError(f"Spark cannot read a parquet file with ':' in its path (Hadoop reads it as "
+                             f"a URI scheme); rename it or write the log as JSONL: {f}")
         try:
             schema = pq.read_schema(f)
         except Exception as exc:  # noqa: BLE001 - any footer failure means unreadable
@@ -262,14 +306,20 @@ def _read_parquet(spark, files: list[str]):
     if not groups:  # every file empty
         return spark.createDataFrame([], _raw_schema())
     parts = []
+    if any(dict(key).get("ts", "").startswith("timestamp[ns") for key in groups):
+        # pandas writes datetimes as TIMESTAMP(NANOS), which Spark refuses to read: read them
+        # as the int64 nanoseconds they are and make microseconds of them below.
+        spark.conf.set("spark.sql.legacy.parquet.nanosAsLong", "true")
     for key, members in groups.items():
         cols = [c for c, _ in key]
         group_files = [f for _, f in members]
         try:
-            df = spark.read.parquet(*group_files)
+            df = spark.read.parquet(*map(spark_path, group_files))
         except Exception as exc:  # noqa: BLE001
             reason = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise InputError(f"cannot read parquet files {group_files[0]} ...: {reason}") from None
+        if dict(key).get("ts", "").startswith("timestamp[ns"):
+            df = df.withColumn("ts", F.expr("timestamp_micros(ts div 1000)"))
         wrong = ",".join(c for c in cols if not _compatible(c, df.schema[c].dataType))
         files_df = spark.createDataFrame([(f, i << FILE_BITS) for i, f in members],
                                          "_path string, _base long")
