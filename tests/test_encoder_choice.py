@@ -33,7 +33,7 @@ def test_default_is_the_routed_multilingual_encoder_for_every_massive_locale():
         assert embed.encoder_cache_id(st, "cpu").startswith("all-minilm-l6-v2-fp32-")
 
 
-def test_auto_refuses_a_model_it_cannot_route():
+def test_auto_refuses_a_model_it_cannot_route(tmp_path):
     # with the config, before Spark starts: the run would otherwise fail in its embed stage
     from selflearn.config import ConfigError, load_settings
 
@@ -41,7 +41,9 @@ def test_auto_refuses_a_model_it_cannot_route():
         Settings(embedding_model="/models/labse")
     with pytest.raises(ConfigError, match="embedding_backend 'auto'"):
         load_settings(None, embedding_model="bundled:all-MiniLM-L6-v2")
-    assert Settings(embedding_backend="sentence-transformers", embedding_model="/models/labse").embedding_model == "/models/labse"
+    labse = tmp_path / "labse"
+    labse.mkdir()  # a model given as a path must be there (nothing is downloaded at run time)
+    assert Settings(embedding_backend="sentence-transformers", embedding_model=str(labse)).embedding_model == str(labse)
 
 
 def test_cache_ids_name_model_and_backend():

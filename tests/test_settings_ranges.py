@@ -142,3 +142,36 @@ def test_the_backend_choices_are_the_embed_modules_backends():
 
     assert set(CHOICES["embedding_backend"]) == set(BACKENDS)
     assert Settings().embedding_backend in BACKENDS  # the default itself passes the check
+
+
+@pytest.mark.parametrize("key,value", [
+    ("embedding_device", "banana"), ("spark_master", "bogus"), ("spark_master", "local[0]"),
+    ("spark_driver_memory", "lots"), ("spark_driver_memory", "-4g"), ("progress_heartbeat_s", -5.0),
+])
+def test_a_second_probes_values_are_refused_before_spark(key, value):
+    """A second probe (2026-12-05) got these past the config: each failed only after Spark
+    started (a Java stack trace, or the embed stage after 36-82 s)."""
+    with pytest.raises(ConfigError) as err:
+        Settings(**{key: value})
+    assert "\n" not in str(err.value) and f"'{key}'" in str(err.value)
+
+
+def test_shaped_settings_accept_what_spark_and_torch_accept():
+    for kw in (dict(embedding_device="CUDA:1"), dict(embedding_device="cpu"), dict(spark_master="local[*]"),
+               dict(spark_master="local[2, 3]"), dict(spark_master="spark://host:7077"), dict(spark_master="yarn"),
+               dict(spark_master="submit"), dict(spark_driver_memory="2048m"), dict(spark_driver_memory="4GB")):
+        Settings(**kw)
+
+
+def test_contradictions_paths_and_yaml_traps_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="short_dwell_ms.*long_dwell_ms"):
+        Settings.from_dict({"defect_model": {"short_dwell_ms": 20000, "long_dwell_ms": 100}})
+    with pytest.raises(ConfigError, match="embedding_model.*not a directory"):
+        Settings(embedding_backend="sentence-transformers", embedding_model=str(tmp_path / "no-model"))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("min_users: 3\nmin_users: 5\n")
+    with pytest.raises(ConfigError, match="duplicate key 'min_users'"):
+        load_settings(cfg)
+    cfg.write_text("dev_share: 5e-2\n")  # YAML 1.1 reads this as the string '5e-2'
+    with pytest.raises(ConfigError, match=r"write 0\.05"):
+        load_settings(cfg)
