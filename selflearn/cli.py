@@ -122,6 +122,18 @@ def cmd_forget(args) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    """A TCP port, 1-65535: the socket layer would take 99999 as 99999 mod 65536 and listen
+    somewhere else than the service says."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer 1-65535, got {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be an integer 1-65535, got {port}")
+    return port
+
+
 def cmd_serve(args) -> int:
     from selflearn.config import load_settings
     from selflearn.serving.server import make_server
@@ -195,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("serve", help="answer GET /rewrite from the run ROOT/LATEST names (follows LATEST)")
     v.add_argument("--output", required=True, help="output ROOT of selflearn run")
     v.add_argument("--host", default="127.0.0.1")
-    v.add_argument("--port", type=int, default=8080)
+    v.add_argument("--port", type=_port, default=8080, help="TCP port, 1-65535 (default 8080)")
     v.add_argument("--config", help="YAML settings file (serve_poll_s)")
     v.set_defaults(fn=cmd_serve)
     x = sub.add_parser("export", help="write training/ as a Rasa NLU project per locale or a Hugging Face dataset")

@@ -54,3 +54,11 @@ def test_nested_model_settings_load(tmp_path):
     s = load_settings(cfg)
     # the key given is set, the nested model's other weights keep their defaults
     assert s.min_users == 5 and s.rephrase_model.threshold == 0.7 and s.rephrase_model.w_gap == RephraseModel().w_gap
+
+
+def test_serve_refuses_a_port_outside_1_65535(tmp_path):
+    """The socket layer takes 99999 as 99999 mod 65536: the service would say one port and
+    listen on another."""
+    for port in ("99999", "0", "-1", "http"):
+        r = run_cli("serve", "--output", str(tmp_path), "--port", port)
+        assert r.returncode == 2 and "1-65535" in r.stderr.strip().splitlines()[-1], (port, r.stderr)

@@ -62,6 +62,28 @@ def test_evaluate_on_a_folder_that_is_not_a_simulation_is_one_line(tmp_path):
     assert "Errno" not in r.stderr
 
 
+def test_evaluate_against_another_simulation_is_one_line(tmp_path):
+    """A run judged against a simulation whose log it was not mined from scored every
+    number 0 and exited 0; now it is refused, naming both."""
+    import pandas as pd
+
+    run = tmp_path / "root" / "runs" / "20261205T000000Z-abcdef"
+    (run / "turns").mkdir(parents=True)
+    (run / "_SUCCESS").write_text("")
+    (run / "manifest.json").write_text("{}")
+    pd.DataFrame({"event_id": ["run-e1", "run-e2"], "locale": ["en-US"] * 2, "text": ["a", "b"],
+                  "defect_prob": [0.1, 0.2]}).to_parquet(run / "turns" / "part-0.parquet")
+    sim = tmp_path / "sim"
+    for d in ("log", "world"):
+        (sim / d).mkdir(parents=True)
+    (sim / "summary.json").write_text("{}")
+    pd.DataFrame({"event_id": ["other-e1"], "goal_id": ["g"]}).to_parquet(sim / "truth.parquet")
+    pd.DataFrame({"event_id": ["other-e1"]}).to_parquet(sim / "log" / "part-0.parquet")
+    r = run_cli("evaluate", "--run", str(run), "--sim", str(sim))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "was not mined from" in r.stderr and "none of its 2 turns" in r.stderr
+
+
 def test_evaluate_sim_has_help_text():
     r = run_cli("evaluate", "--help")
     assert "--sim SIM" in r.stdout and "selflearn simulate" in r.stdout

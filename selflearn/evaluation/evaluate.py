@@ -340,6 +340,10 @@ def evaluate(run_path: str | Path, sim_dir: str | Path) -> dict:
     truth = _read(sim / "truth.parquet")
     log = _read(sim / "log")
     turns = _read(run_dir / "turns")
+    if len(turns) and not turns["event_id"].isin(truth["event_id"]).any():
+        # another simulation's truth would score every number 0 without a word
+        raise ValueError(f"{run_dir.name} was not mined from {sim}'s log: none of its {len(turns):,} turns is in "
+                         f"{sim / 'truth.parquet'}")
     pairs = _read(run_dir / "rephrase_pairs")
     rewrites = _read(run_dir / "rewrites")
     training = _read(run_dir / "training")
