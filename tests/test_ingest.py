@@ -264,3 +264,12 @@ def test_system_act_with_broken_text_is_unknown_not_quarantined():
     both = json.dumps(base_row(3, system_act="\ufffd", utterance="wake me \ufffd up"), ensure_ascii=False)
     assert reason_of(both) == "bad_encoding"
     assert reason_of('{"system_act": "\ufffd", ') == "bad_encoding"  # broken and not JSON
+
+
+def test_locale_case_is_canonical():
+    """BCP-47 tags are case-insensitive: "EN-us" once became a locale of its own, splitting
+    en-US's users (and its rewrites) in two."""
+    tags = ["EN-us", "en-us", "en-US", "ZH-hant-tw", "es-419", "pt-br"]
+    out = run([json.dumps(base_row(i, locale=t)) for i, t in enumerate(tags)])
+    assert out["reason"].isna().all()
+    assert out["locale"].tolist() == ["en-US", "en-US", "en-US", "zh-Hant-TW", "es-419", "pt-BR"]

@@ -62,6 +62,10 @@ def test_answers_follow_contract_4_1_exact_first_then_most_specific_pattern(root
     assert rw.rewrite("en-US", "Wake me up at nine am on Friday!")["rewrite"] == "set an alarm for nine am"
     assert rw.rewrite("en-US", "wake me up at five am on monday")["rewrite"] == "set an alarm for five am monday"
     assert rw.rewrite("ja-JP", "金曜日の午前九時に起こしてください")["rewrite"] == "金曜日の午前九時にアラームをセットする"
+    # BCP-47 tags are case-insensitive, and ingest keys them in canonical case
+    for tag in ("en-us", "EN-US", "En-Us"):
+        got = rw.rewrite(tag, "Wake me up at nine am on Friday!")
+        assert got["rewrite"] == "set an alarm for nine am" and got["locale"] == "en-US", tag
 
 
 def test_requests_are_keyed_with_the_pipelines_pii_masking(root, settings):

@@ -57,6 +57,23 @@ _UNSPACED_PREFIXES = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MY
 
 
 @lru_cache(maxsize=65536)
+@lru_cache(maxsize=4096)
+def canonical_locale(locale: str) -> str:
+    """A BCP-47 tag in its canonical case (tags are case-insensitive): the language lower
+    case, a four-letter script title case, a two-letter region upper case, the rest lower
+    case. "EN-us" and "en-US" are one locale, whose evidence must not split in two."""
+    parts = locale.split("-")
+    out = [parts[0].lower()]
+    for p in parts[1:]:
+        if len(p) == 4 and p.isalpha():
+            out.append(p.title())
+        elif len(p) == 2 and p.isalpha():
+            out.append(p.upper())
+        else:
+            out.append(p.lower())
+    return "-".join(out)
+
+
 def is_unspaced_char(ch: str) -> bool:
     """A character of a script written without spaces between words."""
     try:

@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 
 from selflearn.config import Settings
 from selflearn.core.keys import text_key
+from selflearn.core.text import canonical_locale
 from selflearn.core.rewrite_apply import Applied, RewriteIndex
 
 log = logging.getLogger("selflearn.serving.rewriter")
@@ -140,6 +141,7 @@ class LoadedRun:
         return text_key(text, self.scrub_pii, self.pii_min_digits)
 
     def answer(self, locale: str, text: str) -> dict:
+        locale = canonical_locale(locale)  # as ingest keyed it: "en-us" asks en-US's rewrites
         key = self.key(text)
         hit: Applied | None = self.index.lookup(locale, key) if key else None
         return {

@@ -51,7 +51,7 @@ import pyarrow as pa
 
 from selflearn.config import Settings
 from selflearn.schema import REASON_CODES, arrow_schema, required_fields
-from selflearn.core.text import normalize_text
+from selflearn.core.text import canonical_locale, normalize_text
 
 LOG_COLUMNS: tuple[str, ...] = tuple(arrow_schema("log").names)
 PASSTHROUGH = ("raw", "source", "order")
@@ -262,6 +262,7 @@ def _check(raw: Any, type_errors: Any, max_chars: int, lo_us: int, hi_us: int):
         return "bad_timestamp"
     if _LOCALE.fullmatch(locale) is None:
         return "bad_locale"
+    locale = canonical_locale(locale)
     if not utterance.strip() or (_ALNUM.search(utterance) is None and not normalize_text(utterance)):
         return "empty_utterance"
     if len(utterance) > max_chars:
