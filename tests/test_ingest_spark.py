@@ -269,3 +269,34 @@ def test_parquet_written_by_pandas_with_nanosecond_timestamps_is_read(spark, cfg
         want = sorted(pd.to_datetime([r["ts"] for r in rows], utc=True) + pd.Timedelta(microseconds=123_456))
         assert [pd.Timestamp(g).tz_localize("UTC") if pd.Timestamp(g).tzinfo is None else pd.Timestamp(g)
                 for g in got] == list(want)
+
+
+def test_columns_that_differ_only_in_case_fail_before_spark_with_one_line(tmp_path):
+    """Spark reads names case-insensitively: a contract column beside an extra one of the
+    same name in another case (or twice) once failed the run inside Spark."""
+    from selflearn.spark.readers import check_input
+
+    table = _parquet_turns([0, 1])
+    pq.write_table(table.append_column("User_Id", pa.array(["x", "y"])), tmp_path / "a.parquet")
+    with pytest.raises(InputError) as e:
+        check_input(tmp_path)
+    assert "User_Id, user_id" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_log_partitioned_by_locale_takes_the_locale_from_its_path(spark, cfg, tmp_path):
+    """Spark's partitionBy("locale") leaves the column out of the files and writes it into
+    the path: every row was `missing_field`. A file that has the column keeps its own."""
+    log = tmp_path / "log"
+    for loc, idx in (("en-US", [30, 31]), ("de-DE", [32])):
+        d = log / f"locale={loc}" / "dt=2026-11-24"
+        d.mkdir(parents=True)
+        pq.write_table(_parquet_turns(idx).drop(["locale"]), d / "part-0.parquet")
+    (log / "locale=__HIVE_DEFAULT_PARTITION__").mkdir()
+    pq.write_table(_parquet_turns([33]).drop(["locale"]), log / "locale=__HIVE_DEFAULT_PARTITION__" / "p.parquet")
+    own = log / "locale=fr-FR"
+    own.mkdir()
+    pq.write_table(_parquet_turns([34]), own / "p.parquet")  # its own en-US column wins
+    res = ingest(spark, log, cfg, now=NOW)
+    got = {r["event_id"]: r["locale"] for r in res.accepted.collect()}
+    assert got == {"ev30": "en-US", "ev31": "en-US", "ev32": "de-DE", "ev34": "en-US"}
+    assert res.counts()["by_reason"] == {"missing_field": 1}

@@ -39,6 +39,8 @@ from selflearn.config import Settings
 from selflearn.schema import arrow_schema, required_fields
 
 FILE_BITS = 40
+# Contract fields a hive path may hold (strings: a path holds text); see _read_parquet.
+_PATH_FIELDS = tuple(f.name for f in arrow_schema("log") if str(f.type) == "string")
 _HIDDEN = (".", "_")
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")
 _TS_FORMAT = "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"
@@ -283,6 +285,13 @@ def _parquet_groups(files: list[str]) -> dict[tuple, list[tuple[int, str]]]:
             reason = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise InputError(f"cannot read parquet file {f}: {reason}") from None
         names = set(schema.names)
+        folded: dict[str, list[str]] = {}
+        for name in schema.names:
+            folded.setdefault(name.casefold(), []).append(name)
+        clash = sorted(n for c in log_cols for n in folded.get(c.casefold(), []) if len(folded[c.casefold()]) > 1)
+        if clash:
+            raise InputError(f"parquet file has columns Spark cannot tell apart ({', '.join(clash)}: Spark reads "
+                             f"column names case-insensitively); drop or rename the extra one: {f}")
         if not names & required:
             raise InputError(f"parquet file cannot be a log (none of the required columns "
                              f"{', '.join(sorted(required))}): {f}")
@@ -297,6 +306,19 @@ def check_input(path: str | os.PathLike) -> tuple[str, list[str]]:
     if kind == "parquet":
         _parquet_groups(files)
     return kind, files
+
+
+def hive_values(path: str) -> dict[str, str]:
+    """{key: value} of the path's hive directories (`dt=2026-11-24`, `locale=en-US`), the
+    value unescaped as Spark's partitionBy escapes it."""
+    from urllib.parse import unquote
+
+    out = {}
+    for part in path.split(os.sep)[:-1]:
+        key, sep, value = part.partition("=")
+        if sep and key and value and value != "__HIVE_DEFAULT_PARTITION__":  # Spark's name for null
+            out[key] = unquote(value)
+    return out
 
 
 def _read_parquet(spark, files: list[str]):
@@ -321,16 +343,21 @@ def _read_parquet(spark, files: list[str]):
         if dict(key).get("ts", "").startswith("timestamp[ns"):
             df = df.withColumn("ts", F.expr("timestamp_micros(ts div 1000)"))
         wrong = ",".join(c for c in cols if not _compatible(c, df.schema[c].dataType))
-        files_df = spark.createDataFrame([(f, i << FILE_BITS) for i, f in members],
-                                         "_path string, _base long")
+        # A string field of the contract that the files leave out and their hive path holds
+        # (locale=en-US/part-0.parquet, as Spark's partitionBy writes it) comes from the path.
+        from_path = [c for c in _PATH_FIELDS if c not in cols and any(c in hive_values(f) for f in group_files)]
+        files_df = spark.createDataFrame([(f, i << FILE_BITS, *[hive_values(f).get(c) for c in from_path])
+                                          for i, f in members],
+                                         ", ".join(["_path string", "_base long"] + [f"`_hive_{c}` string" for c in from_path]))
         # _metadata.file_path is a URI (file:/a%20b/...): back to the plain local path.
         local = F.url_decode(F.regexp_replace(
             F.regexp_replace(F.col("_metadata.file_path"), r"^file:(//)?", ""), r"\+", "%2B"))
-        raw = F.to_json(F.struct(*[F.col(f"`{c}`") for c in cols]),
-                        {"timestampFormat": _TS_FORMAT, "timestampNTZFormat": _NTZ_FORMAT})
-        part = (df.select(raw.alias("raw"), local.alias("_path"),
+        fields = [F.col(f"`{c}`") for c in cols] + [F.col(f"`_hive_{c}`").alias(c) for c in from_path]
+        raw = F.to_json(F.struct(*fields), {"timestampFormat": _TS_FORMAT, "timestampNTZFormat": _NTZ_FORMAT})
+        part = (df.select(*[F.col(f"`{c}`") for c in cols], local.alias("_path"),
                           F.col("_metadata.row_index").alias("_row"))
                 .join(F.broadcast(files_df), "_path", "left")
+                .select(raw.alias("raw"), "_path", "_row", "_base")
                 .select("raw",
                         F.concat(F.col("_path"), F.lit(":"), F.col("_row").cast("string"))
                         .alias("source"),
