@@ -21,7 +21,10 @@ Blank JSONL lines (JSON whitespace only: space, tab, CR, LF) are not rows and ar
 like empty (0-byte) files of either format. Files are read under their own names: glob
 characters are escaped for Hadoop, a JSONL file with ':' in its path (which Hadoop cannot
 open) is read by Python, and a parquet one is refused with one line; symlinked
-directories are followed. pandas' TIMESTAMP(NANOS) `ts` is read as microseconds. Gzip files are read with Python's zlib (`_gz_records`): a
+directories are followed. pandas' TIMESTAMP(NANOS) `ts` is read as microseconds. A string
+field of the contract that parquet files leave out and their hive path holds
+(`locale=en-US/`, as Spark's partitionBy writes it) is taken from the path. Gzip files are
+read with Python's zlib (`_gz_records`): a
 truncated or corrupt stream keeps every line before the damage and adds one
 `unparseable` row where it broke; a `.gz` file that is not gzip at all fails the run.
 Parquet files are grouped by the types of their contract columns (read from each footer
