@@ -273,3 +273,13 @@ def test_locale_case_is_canonical():
     out = run([json.dumps(base_row(i, locale=t)) for i, t in enumerate(tags)])
     assert out["reason"].isna().all()
     assert out["locale"].tolist() == ["en-US", "en-US", "en-US", "zh-Hant-TW", "es-419", "pt-BR"]
+
+
+def test_blank_ids_are_missing_and_a_leap_second_is_a_time():
+    """A probe's last two: "   " as a user id identifies nobody (it would pool every such
+    row as one user); 23:59:60Z is a leap second, not a bad timestamp."""
+    assert reason_of(json.dumps(base_row(0, user_id="   "))) == "missing_field"
+    assert reason_of(json.dumps(base_row(0, event_id="\t"))) == "missing_field"
+    out = run([json.dumps(base_row(0, ts="2016-12-31T23:59:60Z"))])
+    assert out["reason"].iloc[0] is None
+    assert pd.Timestamp(out["ts"].iloc[0]).strftime("%Y-%m-%dT%H:%M:%S") == "2017-01-01T00:00:00"

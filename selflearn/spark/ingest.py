@@ -18,8 +18,8 @@ Checks, first failing one wins:
    quarantined); or a control character
    (C0 but tab, LF and CR; DEL; C1) in a string field of the contract (slot names and
    values included): text no ASR or id system emits, the mark of a broken producer;
-4. `missing_field`: a required field absent or null (an empty `event_id`/`user_id` counts
-   as missing: an id that identifies nothing);
+4. `missing_field`: a required field absent or null (an empty or blank `event_id`/`user_id`
+   counts as missing: an id that identifies nothing);
 5. `bad_type`: a field of the wrong JSON type, optional ones included: strings must be
    strings; confidences numbers in [0, 1]; `feedback` an integer in {-1, 0, 1};
    `dwell_ms` an integer in [0, 2^63) (an integral float such as 4200.0 counts); `barge_in` a boolean; `nlu_slots` a list
@@ -131,7 +131,8 @@ def parse_ts_us(ts: str) -> int | None:
     day, hh, mi, ss, frac, sign, oh, om = m.groups()
     base = _day_us(day)
     h, mn, s = int(hh), int(mi), int(ss) if ss else 0
-    if base is None or h > 23 or mn > 59 or s > 59:
+    # :60 is a leap second (ISO 8601, RFC 3339): read as the next second, as POSIX time does
+    if base is None or h > 23 or mn > 59 or s > 60:
         return None
     us = base + ((h * 60 + mn) * 60 + s) * _US
     if frac:
@@ -206,7 +207,8 @@ def _check(raw: Any, type_errors: Any, max_chars: int, lo_us: int, hi_us: int):
     event_id, user_id, ts = g("event_id"), g("user_id"), g("ts")
     locale, utterance, status = g("locale"), g("utterance"), g("response_status")
     if (event_id is None or user_id is None or ts is None or locale is None
-            or utterance is None or status is None or event_id == "" or user_id == ""):
+            or utterance is None or status is None
+            or (type(event_id) is str and not event_id.strip()) or (type(user_id) is str and not user_id.strip())):
         return "missing_field"
     if (type(event_id) is not str or type(user_id) is not str or type(locale) is not str
             or type(utterance) is not str or type(status) is not str):
