@@ -285,9 +285,11 @@ def test_operator_controls_apply_to_patterns():
 def test_pattern_labels_use_only_values_min_users_were_served_with():
     decided = _decide(_pairs(VALUES[:4], ["u1", "u2", "u3", "u4"]), _keys(VALUES[:4], VALUES))
     emitted = decided[decided["decision"] == "emit"]
-    served = pd.DataFrame([("en-US", "time", "noon", 7), ("en-US", "time", "six am", 3),
-                           ("en-US", "time", "five am", 2),  # said by too few users: never in a row
-                           ("en-US", "date", "friday", 9)], columns=["locale", "name", "value", "n_users"])
+    served = pd.DataFrame([("en-US", "alarm_set", "time", "noon", 7), ("en-US", "alarm_set", "time", "six am", 3),
+                           ("en-US", "alarm_set", "time", "five am", 2),  # said by too few users: never in a row
+                           # served in this slot, but of another intent: "wake me up at half an hour" is no alarm
+                           ("en-US", "cooking_recipe", "time", "half an hour", 40),
+                           ("en-US", "alarm_set", "date", "friday", 9)], columns=["locale", "intent", "name", "value", "n_users"])
     rows = pattern_labels(emitted, served, S)
     assert list(rows["text"]) == ["wake me up at noon please", "wake me up at six am please"]
     assert set(rows["label_source"]) == {"pattern"} and set(rows["intent"]) == {"alarm_set"}

@@ -419,25 +419,27 @@ def rejected_by_rule(decided: pd.DataFrame) -> dict[str, int]:
 def pattern_labels(patterns: pd.DataFrame, served_values: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """Training rows (TRAINING_COLUMNS less `split`) from published patterns: the source
     filled with slot values that at least min_users distinct users were served with in
-    that slot (template-based augmentation: no row reveals a value one user said), the
-    target's intent and domain, the filled values as slots, weight = confidence.
+    that slot of the target's intent (template-based augmentation: no row reveals a value
+    one user said, and no value of another intent makes a wrong label), the target's
+    intent and domain, the filled values as slots, weight = confidence.
 
     `patterns`: published patterns with target_intent and target_domain; `served_values`:
-    locale, name, value, n_users (distinct users served with that value in that slot).
-    Per pattern at most pattern_label_rows rows, the most used values first."""
+    locale, intent, name, value, n_users (distinct users served with that value in that
+    slot of that intent). Per pattern at most pattern_label_rows rows, the most used values
+    first."""
     out_cols = TRAINING_COLUMNS[:-1]
     if patterns.empty or served_values.empty:
         return pd.DataFrame(columns=out_cols)
     sv = served_values[served_values["n_users"] >= settings.min_users].sort_values(
-        ["locale", "name", "n_users", "value"], ascending=[True, True, False, True], kind="mergesort")
-    pool = {k: list(g["value"]) for k, g in sv.groupby(["locale", "name"], sort=False)}
+        ["locale", "intent", "name", "n_users", "value"], ascending=[True, True, True, False, True], kind="mergesort")
+    pool = {k: list(g["value"]) for k, g in sv.groupby(["locale", "intent", "name"], sort=False)}
     k = max(1, settings.pattern_label_rows)
     rows = []
     for p in patterns.itertuples(index=False):
         if not isinstance(p.target_intent, str):
             continue
         names = placeholder_names(p.source)
-        choices = [pool.get((p.locale, n), [])[:k] for n in names]
+        choices = [pool.get((p.locale, p.target_intent, n), [])[:k] for n in names]
         if not all(choices):
             continue
         made = 0

@@ -502,13 +502,16 @@ def pattern_candidates_step(reach: DataFrame, key_stats: DataFrame, settings: Se
 
 
 def served_values_step(enriched: DataFrame, settings: Settings) -> pd.DataFrame:
-    """(locale, name, value, n_users): slot values (as text keys) at least min_users
-    distinct users were served with in that slot, for pattern labels."""
+    """(locale, intent, name, value, n_users): slot values (as text keys) at least min_users
+    distinct users were served with in that slot of that intent, for pattern labels (a
+    device an iot_cleaning request names is no value for "activate the {device_type}"
+    of another intent)."""
     from selflearn.core.text import normalize_text
 
     good = _organic(enriched).where(is_good_turn(F.col("response_status"), F.col("defect_prob"), F.col("nlu_intent")))
-    slots = good.select("locale", "user_id", F.explode("nlu_slots").alias("s")).select(
-        "locale", "user_id", F.col("s.name").alias("name"), F.col("s.value").alias("value")).distinct()
+    slots = good.select("locale", "nlu_intent", "user_id", F.explode("nlu_slots").alias("s")).select(
+        "locale", F.col("nlu_intent").alias("intent"), "user_id", F.col("s.name").alias("name"),
+        F.col("s.value").alias("value")).distinct()
 
     def norm(batches):
         for pdf in batches:
@@ -516,10 +519,10 @@ def served_values_step(enriched: DataFrame, settings: Settings) -> pd.DataFrame:
             pdf["value"] = [normalize_text(str(v)) for v in pdf["value"]]
             yield pdf[pdf["value"] != ""]
 
-    normed = slots.mapInPandas(norm, "locale string, user_id string, name string, value string")
-    counted = normed.groupBy("locale", "name", "value").agg(F.countDistinct("user_id").alias("n_users")).where(
+    normed = slots.mapInPandas(norm, "locale string, intent string, user_id string, name string, value string")
+    counted = normed.groupBy("locale", "intent", "name", "value").agg(F.countDistinct("user_id").alias("n_users")).where(
         F.col("n_users") >= settings.min_users)
-    return counted.toPandas().sort_values(["locale", "name", "value"], kind="mergesort").reset_index(drop=True)
+    return counted.toPandas().sort_values(["locale", "intent", "name", "value"], kind="mergesort").reset_index(drop=True)
 
 
 CORRECTION_DDL = (
