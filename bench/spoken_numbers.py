@@ -9,8 +9,11 @@ nothing: this script is run by hand when a language is added, and its output is 
 For each MASSIVE language that num2words spells (36 of the 51 languages: not af, el, hi,
 hy, jv, ka, km, ml, mn, ms, my, sq, sw, ta, tl, ur; zh through the Han numerals):
 - `spaced`: {word: value} of the language's words for 0-9 (the scrubber counts one digit
-  each) and the single-word forms of 10-99 (two digits each: "zwanzig", "vingt",
-  "diecisiete"), case-folded; a number written in
+  each), the single-word forms of 10-99 (two digits each: "zwanzig", "vingt",
+  "diecisiete") and of the hundreds 100-900 (three each: "девятьсот", "quinientos": a
+  Russian mobile is said "восемь девятьсот шестнадцать сто двадцать три ..."; not French,
+  `NO_HUNDREDS`),
+  case-folded; a number written in
   several words ("vingt-sept", "treinta y dos") is not in the table, its parts that are
   ("vingt", "sept") count on their own. Every word is NFKC-normalised, as the scrubber's
   input is (num2words' Kannada and Telugu tens are not). Beside num2words' words, the
@@ -40,6 +43,10 @@ SPACED = {"am": "am", "ar": "ar", "az": "az", "en": "en", "bn": "bn", "ca": "ca"
           "kn": "kn", "lv": "lv", "nb": "no", "nl": "nl", "pl": "pl", "pt": "pt", "ro": "ro", "ru": "ru",
           "sl": "sl", "sv": "sv", "te": "te", "tr": "tr", "vi": "vi"}
 UNSPACED = {"th": "th", "ko": "ko"}
+# Languages whose hundreds are left out: French says 70-99 as compounds ("cent quatre vingt
+# dix neuf", 199), which read as more digits after a hundred; its radio frequencies in
+# MASSIVE were masked (7 utterances), and its phone numbers are said in pairs anyway.
+NO_HUNDREDS = {"fr"}
 # Forms of a number word num2words does not give (see the docstring), {language: {word: value}}.
 EXTRA_WORDS = {"en": {"oh": 0, "o": 0, "nought": 0, "niner": 9}, "fr": {"une": 1}, "pt": {"uma": 1, "duas": 2},
                "de": {"zwo": 2}, "ar": {"اثنين": 2, "إثنين": 2, "ثلاث": 3, "أربع": 4, "خمس": 5, "ست": 6, "سبع": 7,
@@ -65,7 +72,7 @@ def spaced_words(lang: str) -> dict[str, int]:
     from num2words import num2words
 
     words: dict[str, int] = {}
-    for n in range(100):
+    for n in list(range(100)) + (list(range(100, 1000, 100)) if lang not in NO_HUNDREDS else []):
         w = unicodedata.normalize("NFKC", num2words(n, lang=lang)).casefold().strip()
         if w and len(w.split()) == 1 and "-" not in w and w not in words:
             words[w] = n

@@ -321,6 +321,9 @@ def test_number_word_table_is_in_the_scrubbers_input_form():
     ("es-ES", "seis doce treinta y cuatro cincuenta y seis"),    # 6 12 34 56: pairs with 'y'
     ("pt-PT", "nove um dois trinta e quatro cinquenta e seis"),
     ("es-ES", "612.345.678"),                                    # a Spanish mobile as written
+    # hundreds, as Russian and Turkish say a number in 3-2-2 groups: 8 916 123 45 67, 532 45 67
+    ("ru-RU", "восемь девятьсот шестнадцать сто двадцать три сорок пять шестьдесят семь"),
+    ("tr-TR", "beş yüz otuz iki kırk beş altmış yedi"),
 ])
 def test_number_shapes_a_probe_found_are_masked(massive, locale, said):
     utt = massive(locale, 1)[0]["utt"]
@@ -334,6 +337,7 @@ def test_number_shapes_a_probe_found_are_masked(massive, locale, said):
     "can i increase my credit limit from 1000 to 2000 please",  # CLINC150
     "1.234.567 habitantes", "100.000.000 euros", "1.234.567,50 euros",  # amounts, grouped
     "treinta y cuatro personas y cinco mesas",  # a count, not a number of a person
+    "купи сто двадцать три яблока", "beş yüz otuz iki",  # one number with its hundred: 3 digits
 ])
 def test_counts_amounts_and_ranges_stay(text):
     assert scrub_utterance(text)[1] == 0, text

@@ -188,7 +188,7 @@ def _number_words() -> tuple[dict[str, dict[str, int]], str]:
     words: dict[str, dict[str, int]] = {}
     for lang, ws in table["spaced"].items():
         for w, value in ws.items():
-            words.setdefault(w, {})[lang] = 1 if int(value) < 10 else 2
+            words.setdefault(w, {})[lang] = 1 if int(value) < 10 else 2 if int(value) < 100 else 3
     unspaced = sorted({w for ws in table["unspaced"].values() for w in ws}, key=lambda w: (-len(w), w))
     return words, "|".join(re.escape(w) for w in unspaced)
 
@@ -206,19 +206,22 @@ def _unit_digits(unit: list[str], lang: str, table: dict[str, dict[str, int]]) -
     if lang not in table.get(unit[0], {}) or lang not in table.get(unit[-1], {}):
         return 0
     digits = [table[w][lang] for w in unit if lang in table.get(w, {})]
-    return 2 if 2 in digits else len(digits)
+    return max(digits) if max(digits) > 1 else len(digits)
 
 
 def _run_digits(units: list[list[str]], table: dict[str, dict[str, int]]) -> int:
     """The most digits consecutive units of one language spell. A digit word right after a
-    10-99 word is that number's unit ("vingt sept", "mười bảy": 27, 17) and adds nothing.
+    10-99 word is that number's unit ("vingt sept", "mười bảy": 27, 17) and adds nothing,
+    as does a 10-99 or digit word right after a hundreds word ("сто двадцать три": 123); a
+    hundreds word right after a digit word is that digit's hundred ("üç yüz": 300).
     A group of digits among the words ("555 one two three four") counts its digits, in a
     run that holds at least two number words: "170 to 190" (Norwegian 'to', 2) stays."""
     best = 0
     for lang in {lang for u in units for w in u for lang in table.get(w, {})}:
         run, prev, words, written = 0, 0, 0, False
         for u in units:
-            if u[0].isdecimal():
+            digits_as_written = u[0].isdecimal()
+            if digits_as_written:
                 d, written = len(u[0]), True
             else:
                 d = _unit_digits(u, lang, table)
@@ -226,8 +229,10 @@ def _run_digits(units: list[list[str]], table: dict[str, dict[str, int]]) -> int
             if d == 0:
                 run, words, written = 0, 0, False
             else:
-                run += 0 if d == 1 and prev == 2 and len(u) == 1 else d
-            prev = d
+                part_of_prev = len(u) == 1 and ((d == 1 and prev == 2) or (d < 3 and prev == 3))
+                multiplier = d == 3 and prev == 1  # "üç yüz", "fünf hundert": the digit was the hundreds' place
+                run += 0 if part_of_prev and not digits_as_written else 2 if multiplier else d
+            prev = 0 if digits_as_written else d  # "555" is three digits, not a hundred
             if words >= 2 or not written:
                 best = max(best, run)
     return best
