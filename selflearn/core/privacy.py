@@ -87,6 +87,17 @@ def _package_table(name: str) -> dict:
 
 
 @functools.lru_cache(maxsize=1)
+def _spoken_email_table() -> dict:
+    """{locale: {"at", "dot", "tld": words}} of selflearn/spoken_email.json, read once."""
+    return _package_table("spoken_email.json")["locales"]
+
+
+def _alt(words) -> str:
+    """A regex alternation of words, longest first; a two-word one ("snabel a.") takes any spacing."""
+    return "(?:" + "|".join(re.escape(w).replace("\\ ", r"\s+") for w in sorted(words, key=lambda w: (-len(w), w))) + ")"
+
+
+@functools.lru_cache(maxsize=1)
 def _spoken_email_any() -> tuple[re.Pattern, re.Pattern]:
     """(gate, rule): spoken e-mail addresses in the 52 MASSIVE languages, from
     selflearn/spoken_email.json (bench/spoken_email.py reads MASSIVE's own dictated
@@ -96,12 +107,9 @@ def _spoken_email_any() -> tuple[re.Pattern, re.Pattern]:
     country code, or a spelled domain ("punkt d. e."). A word common in one language
     ("point", "à", "et") so never pairs with another language's words ("at this point in").
     The gate (a '.' word right before a domain) is what almost every text fails, cheaply."""
-    table = _package_table("spoken_email.json")["locales"]
+    table = _spoken_email_table()
     every_dot = set().union(*(v["dot"] for v in table.values()))
     every_tld = set().union(*(v["tld"] for v in table.values()))
-
-    def alt(words) -> str:  # longest first; a two-word '@' ("snabel a.") takes any spacing
-        return "(?:" + "|".join(re.escape(w).replace("\\ ", r"\s+") for w in sorted(words, key=lambda w: (-len(w), w))) + ")"
 
     part = r"(?:(?:\w\.\s?)+|\w+(?:['\u2019\-]\w+)*)"  # a word (o'neil, t-online) or spelled letters
     spelled = r"(?:\w\.\s?){2,3}"
@@ -111,11 +119,11 @@ def _spoken_email_any() -> tuple[re.Pattern, re.Pattern]:
         tld = set(words["tld"]) | {"com", "net", "org", locale.split("-")[1].casefold()}
         tlds |= tld
         if at and words["dot"]:
-            dot = alt(words["dot"])
+            dot = _alt(words["dot"])
             # the '.' word may touch the domain: Korean "닷컴으로" (dot-com + a particle)
-            groups.add(rf"{part}(?:\s+{dot}\s+{part})*\s+{alt(at)}\s+{part}(?:\s+{dot}\s+{part})*?"
-                       rf"\s+{dot}\s*(?:{alt(tld)}|{spelled})")
-    gate = re.compile(rf"{alt(every_dot)}\s*(?:{alt(tlds)}|{spelled})(?!\w)", re.IGNORECASE)
+            groups.add(rf"{part}(?:\s+{dot}\s+{part})*\s+{_alt(at)}\s+{part}(?:\s+{dot}\s+{part})*?"
+                       rf"\s+{dot}\s*(?:{_alt(tld)}|{spelled})")
+    gate = re.compile(rf"{_alt(every_dot)}\s*(?:{_alt(tlds)}|{spelled})(?!\w)", re.IGNORECASE)
     rule = re.compile(r"(?<!\w)(?:" + "|".join(sorted(groups)) + r")(?!\w)", re.IGNORECASE)
     return gate, rule
 
@@ -126,10 +134,8 @@ def _written_at_email() -> re.Pattern:
     "juan@gmail punto com", "johndoe@yahoocom" (real SLURP and HWU64 transcripts: a typed
     '@' in a dictated address). The '@' is what makes it an address, so a domain may be
     one label; a '.' word is any MASSIVE language's (spoken_email.json) or English "dot"."""
-    table = _package_table("spoken_email.json")["locales"]
-    dots = set().union(*(v["dot"] for v in table.values())) | {"dot"}
-    dot = "(?:" + "|".join(re.escape(w).replace("\\ ", r"\s+") for w in sorted(dots, key=lambda w: (-len(w), w))) + ")"
-    return re.compile(rf"{_LOCAL}@{_LABEL}(?:(?:\s*\.\s*|\s+{dot}\s+){_LABEL})*(?!\w)", re.IGNORECASE)
+    dots = set().union(*(v["dot"] for v in _spoken_email_table().values())) | {"dot"}
+    return re.compile(rf"{_LOCAL}@{_LABEL}(?:(?:\s*\.\s*|\s+{_alt(dots)}\s+){_LABEL})*(?!\w)", re.IGNORECASE)
 
 
 # What may stand between two digits of one number: spaces of every kind (NBSP, narrow NBSP,

@@ -24,7 +24,7 @@ open) is read by Python, and a parquet one is refused with one line; symlinked
 directories are followed. pandas' TIMESTAMP(NANOS) `ts` is read as microseconds. A string
 field of the contract that parquet files leave out and their hive path holds
 (`locale=en-US/`, as Spark's partitionBy writes it) is taken from the path. Gzip files are
-read with Python's zlib (`_gz_records`): a
+read with Python's zlib (`_python_records`): a
 truncated or corrupt stream keeps every line before the damage and adds one
 `unparseable` row where it broke; a `.gz` file that is not gzip at all fails the run.
 Parquet files are grouped by the types of their contract columns (read from each footer
@@ -161,7 +161,7 @@ def _read_jsonl(spark, files: list[str]):
             # Python's zlib, not Hadoop's codec: a truncated or corrupt stream ends the file
             # (with an unparseable row where it broke) instead of failing the whole job. A
             # plain file Hadoop cannot open (a ':' in its name) is read by Python too.
-            rdds.append(sc.parallelize([(f, base)], 1).flatMap(_gz_records))
+            rdds.append(sc.parallelize([(f, base)], 1).flatMap(_python_records))
             continue
         rdds.append(sc.textFile(spark_path(f)).zipWithIndex()
                     .filter(lambda pair: not _blank(pair[0])).map(records))
@@ -190,7 +190,7 @@ def _inflate(d, data: bytes, out: list):
     return d
 
 
-def _gz_records(file_and_base: tuple[str, int]):
+def _python_records(file_and_base: tuple[str, int]):
     """Raw records of one gzip JSONL file (or of a plain one whose name does not end in .gz,
     read as it is), numbered as Hadoop's text reader numbers lines
     (split at LF, CRLF or CR; a leading UTF-8 BOM dropped; UTF-8 decoded with U+FFFD for
@@ -348,8 +348,9 @@ def _read_parquet(spark, files: list[str]):
         wrong = ",".join(c for c in cols if not _compatible(c, df.schema[c].dataType))
         # A string field of the contract that the files leave out and their hive path holds
         # (locale=en-US/part-0.parquet, as Spark's partitionBy writes it) comes from the path.
-        from_path = [c for c in _PATH_FIELDS if c not in cols and any(c in hive_values(f) for f in group_files)]
-        files_df = spark.createDataFrame([(f, i << FILE_BITS, *[hive_values(f).get(c) for c in from_path])
+        hive = {f: hive_values(f) for f in group_files}
+        from_path = [c for c in _PATH_FIELDS if c not in cols and any(c in h for h in hive.values())]
+        files_df = spark.createDataFrame([(f, i << FILE_BITS, *[hive[f].get(c) for c in from_path])
                                           for i, f in members],
                                          ", ".join(["_path string", "_base long"] + [f"`_hive_{c}` string" for c in from_path]))
         # _metadata.file_path is a URI (file:/a%20b/...): back to the plain local path.
