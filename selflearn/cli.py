@@ -117,7 +117,8 @@ def cmd_forget(args) -> int:
               f"later ingests drop the user's rows (exit {FORGET_NOT_FOUND_EXIT})", file=sys.stderr)
         return FORGET_NOT_FOUND_EXIT
     print(f"forgot one user: {r['evidence_rows']} evidence rows in {r['days']} days, {r['tail_turns']} session-tail "
-          f"turns, {r['quarantine_rows']} quarantined rows, {r['cached_keys']} cached embeddings removed; "
+          f"turns, {r['quarantine_rows']} quarantined rows, {r['cached_keys']} cached embeddings, "
+          f"{r['published_rows']} rows of operator tables in {r['published_runs']} published runs removed; "
           f"later ingests drop the user's rows")
     return 0
 

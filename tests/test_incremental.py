@@ -207,7 +207,25 @@ def test_forget_removes_the_user_and_the_rewrite_they_made(mini, spark, run_sett
     assert main(["forget", "--user", "user-r0", "--output", str(root)]) == 0
     summary = capsys.readouterr().out.strip().splitlines()
     assert len(summary) == 1 and summary[0].startswith("forgot one user: 2 evidence rows in 1 days")
+    assert "rows of operator tables in" in summary[0]
     assert not (state_rows(root)["user_id"] == forgotten).any()
+    # the operator tables of the runs already published lose the user's turns too, and
+    # their manifests carry the new checksums
+    from selflearn.run.publish import content_checksum
+
+    log = pd.read_parquet(base / "log")
+    theirs = set(log.loc[log["user_id"] == "user-r0", "event_id"])
+    runs = sorted((root / "runs").iterdir())
+    assert len(runs) == 2
+    for run in runs:
+        turns, pairs = pd.read_parquet(run / "turns"), pd.read_parquet(run / "rephrase_pairs")
+        assert not set(turns["event_id"]) & theirs
+        assert not (set(pairs["first_event_id"]) | set(pairs["second_event_id"])) & theirs
+        manifest = json.loads((run / "manifest.json").read_text())
+        for table in ("turns", "rephrase_pairs"):
+            assert manifest["checksums"][table] == content_checksum(run / table), (run.name, table)
+    amended = [a for r in runs for a in json.loads((r / "manifest.json").read_text()).get("forget_amendments", [])]
+    assert sum(a["rows_removed"].get("turns", 0) for a in amended) >= 2  # the user's two turns, at least once
 
     final, m = mine(spark, root, base / "log" / f"dt={DAYS[2]}", run_settings)
     assert not has_rewrite(final, keys)

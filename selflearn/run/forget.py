@@ -10,20 +10,30 @@ and caches of ROOT, under the ROOT lock, so the next run's outputs no longer dep
   time, written aside and renamed);
 * work directories of crashed runs (which may hold the user's rows) are deleted;
 * rows of the user in earlier runs' quarantine/<run_id>/ (rows as read, raw ids
-  included) are removed the same way (write aside, rename).
+  included) are removed the same way (write aside, rename);
+* the user's turns in the published operator tables of every run under runs/ (`turns/`
+  and `rephrase_pairs/`, which hold event ids and texts one user said) are removed the
+  same way, a file at a time, and the run's manifest gets the new checksums and a
+  `forget_amendments` entry (when, and how many rows of each table; never who).
+  The user's turns are known by their keyed event ids in the retained evidence and the
+  session tails: turns of days that left the evidence window before
+  the forget cannot be told apart from other users' and stay in runs that published them.
 
 ROOT must be a selflearn ROOT (state/, runs/ or LATEST in it): a mistyped path is refused,
 never created. `init=True` (`--init`) records the user in a new or empty ROOT before its
 first run. `found` says whether the user had any row in ROOT (the CLI exits
 FORGET_NOT_FOUND_EXIT when not); the user is recorded as forgotten either way.
 
-Plain pyarrow: no Spark needed. Published runs are not touched: they carry counts, never
-user ids (contract section 4).
+Plain pyarrow: no Spark needed. The customer-facing tables of published runs (`rewrites/`,
+`rewrite_patterns/`, `training/`, ...) are not rewritten: they carry no ids and rest on
+`min_users` users each; the next run leaves the user out of them.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import datetime as dt
 import uuid
 from pathlib import Path
 
@@ -32,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from selflearn.run.publish import RunDirs
+from selflearn.run.publish import RunDirs, content_checksum, table_files, write_json_atomic
 from selflearn.run.state import State
 
 
@@ -93,7 +103,9 @@ def _forget(dirs: RunDirs, user_id: str) -> dict:
     tag = f"forget-{uuid.uuid4().hex[:8]}"
     new = {"days": dict(committed["days"]), "tails": committed.get("tails")}
     said, others = set(), set()
-    removed = {"evidence_rows": 0, "days": 0, "tail_turns": 0, "cached_keys": 0, "quarantine_rows": 0}
+    removed = {"evidence_rows": 0, "days": 0, "tail_turns": 0, "cached_keys": 0, "quarantine_rows": 0,
+               "published_rows": 0, "published_runs": 0}
+    eids: set[str] = set()  # the user's event ids, keyed-hashed as evidence stores them
     for day, rel in sorted(committed["days"].items()):
         table = _read_dir(state.path(rel))
         mine = pc.equal(table["user_id"], user)
@@ -103,6 +115,7 @@ def _forget(dirs: RunDirs, user_id: str) -> dict:
         if not n:
             continue
         said |= _texts(table.filter(mine), ("text", "next_text"))
+        eids.update(table.filter(mine)["eid"].to_pylist())
         out = f"evidence/{tag}/day={day}"
         state.path(out).mkdir(parents=True)
         pq.write_table(rest, state.path(out) / "part-00000.parquet")
@@ -114,6 +127,7 @@ def _forget(dirs: RunDirs, user_id: str) -> dict:
         mine = pc.equal(table["user_id"], user)
         n = pc.sum(mine).as_py() or 0
         if n:
+            eids.update(state.hash_value(e) for e in table.filter(mine)["event_id"].to_pylist() if e is not None)
             out = f"tails/{tag}"
             state.path(out).mkdir(parents=True)
             pq.write_table(table.filter(pc.invert(mine)), state.path(out) / "part-00000.parquet")
@@ -122,6 +136,7 @@ def _forget(dirs: RunDirs, user_id: str) -> dict:
     state.commit(new)
     removed["cached_keys"] = _drop_cached(state.dir / "embeddings", said - others)
     removed["quarantine_rows"] = _drop_quarantined(dirs.root / "quarantine", user_id)
+    removed["published_rows"], removed["published_runs"] = _drop_published(dirs.root / "runs", eids, state.hash_value)
     # A crashed run's work data may hold the user's rows; no run is active (we hold the lock).
     if (dirs.root / ".work").is_dir():
         for d in (dirs.root / ".work").iterdir():
@@ -185,3 +200,54 @@ def _drop_cached(cache_dir: Path, texts: set[str]) -> int:
         pq.write_table(table.filter(pc.invert(hit)), tmp)
         os.replace(tmp, part)
     return dropped
+
+
+# Published operator tables that hold single turns, and their event-id columns.
+_OPERATOR_TABLES = {"turns": ("event_id",), "rephrase_pairs": ("first_event_id", "second_event_id")}
+
+
+def _drop_published(runs_dir: Path, eids: set[str], hash_value) -> tuple[int, int]:
+    """Remove rows whose event id (keyed with `hash_value`) is in `eids` from the operator
+    tables of every published run, a file at a time (write aside, rename); then write the
+    run's manifest again with the new checksums and a `forget_amendments` entry. Returns
+    (rows removed, runs changed)."""
+    if not eids or not runs_dir.is_dir():
+        return 0, 0
+    total, changed_runs = 0, 0
+    for run in sorted(d for d in runs_dir.iterdir() if d.is_dir() and (d / "manifest.json").is_file()):
+        dropped: dict[str, int] = {}
+        for table_name, id_columns in _OPERATOR_TABLES.items():
+            n_table = 0
+            for part in table_files(run / table_name) if (run / table_name).is_dir() else []:
+                table = pq.read_table(part)
+                cols = [c for c in id_columns if c in table.column_names]
+                if not cols:
+                    continue
+                hit = pa.array([any(v is not None and hash_value(v) in eids for v in row)
+                                for row in zip(*(table[c].to_pylist() for c in cols))], pa.bool_())
+                n = pc.sum(hit).as_py() or 0
+                if not n:
+                    continue
+                n_table += n
+                tmp = part.with_name(f".{part.name}.tmp")
+                # the part keeps its schema (and Spark's metadata) and its row order
+                pq.write_table(table.filter(pc.invert(hit)), tmp)
+                os.replace(tmp, part)
+            if n_table:
+                dropped[table_name] = n_table
+        if not dropped:
+            continue
+        manifest_path = run / "manifest.json"
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        for table_name in dropped:
+            if table_name in manifest.get("checksums", {}):
+                manifest["checksums"][table_name] = content_checksum(run / table_name)
+        manifest.setdefault("forget_amendments", []).append({
+            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "rows_removed": dropped,
+            "note": "one user's turns removed by selflearn forget; counts and report.html describe the run as published",
+        })
+        write_json_atomic(manifest_path, manifest)
+        total += sum(dropped.values())
+        changed_runs += 1
+    return total, changed_runs
