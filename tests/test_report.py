@@ -299,3 +299,24 @@ def test_evaluation_json_goes_outside_runs(tmp_path):
     run = tmp_path / "root" / "runs" / "20261205T000000Z-abcdef"
     assert evaluation_path(run) == tmp_path / "root" / "evaluations" / "20261205T000000Z-abcdef.json"
     assert evaluation_path(tmp_path / "copied-run") == tmp_path / "copied-run.evaluation.json"
+
+
+def test_a_top_patterns_example_uses_a_value_of_the_targets_intent(tmp_path):
+    """The report's example fills a pattern as its training rows are filled: with a value
+    min_users users were served in that slot of the target's intent, not the slot's most
+    served value of any intent ("wake me up at half an hour" is no alarm)."""
+    from selflearn.run.report import _patterns_section
+
+    run_dir, work = tmp_path / "run", tmp_path / "work"
+    run_dir.mkdir(), work.mkdir()
+    pattern = dict(locale="en-US", source="wake me up at {time} please", target="set an alarm for {time}",
+                   confidence=0.9, n_users=5, n_values=3, evidence="rephrase")
+    pd.DataFrame([pattern]).to_parquet(run_dir / "rewrite_patterns")
+    pd.DataFrame([{**pattern, "decision": "emit", "target_intent": "alarm_set", "source_n_keys": 4, "source_n_users": 6}]
+                 ).to_parquet(work / "patterns_decided.parquet")
+    pd.DataFrame([("en-US", "cooking_recipe", "time", "half an hour", 40), ("en-US", "alarm_set", "time", "noon", 7),
+                  ("en-US", "alarm_set", "time", "five am", 2)],  # too few users for an example
+                 columns=["locale", "intent", "name", "value", "n_users"]).to_parquet(work / "served_values.parquet")
+    page = "\n".join(_patterns_section(run_dir, work, {"counts": {}, "config": {"min_users": 3}}))
+    assert "wake me up at noon please -&gt; set an alarm for noon" in page
+    assert "half an hour" not in page and "five am" not in page

@@ -416,6 +416,36 @@ def rejected_by_rule(decided: pd.DataFrame) -> dict[str, int]:
 
 # --- weak labels ------------------------------------------------------------------------
 
+def served_value_pool(served_values: pd.DataFrame, min_users: int) -> dict[tuple[str, str, str], list[str]]:
+    """(locale, intent, slot name) -> the values at least `min_users` distinct users were
+    served with in that slot of that intent, the most used first."""
+    if served_values.empty:
+        return {}
+    sv = served_values[served_values["n_users"] >= min_users].sort_values(
+        ["locale", "intent", "name", "n_users", "value"], ascending=[True, True, True, False, True], kind="mergesort")
+    return {k: list(g["value"]) for k, g in sv.groupby(["locale", "intent", "name"], sort=False)}
+
+
+def pattern_bindings(locale: str, source: str, target_intent, pool: dict, k: int):
+    """Up to `k` bindings {slot name: value} for a pattern's source placeholders, each value
+    from `pool` (served_value_pool) for that slot of the target's intent; a binding that
+    gives two slots one value is skipped (not a real request)."""
+    if not isinstance(target_intent, str):
+        return
+    names = placeholder_names(source)
+    choices = [pool.get((locale, target_intent, n), [])[:k] for n in names]
+    if not all(choices):
+        return
+    made = 0
+    for combo in itertools.product(*choices):
+        if len(set(combo)) < len(combo):
+            continue
+        yield dict(zip(names, combo))
+        made += 1
+        if made >= k:
+            return
+
+
 def pattern_labels(patterns: pd.DataFrame, served_values: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """Training rows (TRAINING_COLUMNS less `split`) from published patterns: the source
     filled with slot values that at least min_users distinct users were served with in
@@ -430,29 +460,14 @@ def pattern_labels(patterns: pd.DataFrame, served_values: pd.DataFrame, settings
     out_cols = TRAINING_COLUMNS[:-1]
     if patterns.empty or served_values.empty:
         return pd.DataFrame(columns=out_cols)
-    sv = served_values[served_values["n_users"] >= settings.min_users].sort_values(
-        ["locale", "intent", "name", "n_users", "value"], ascending=[True, True, True, False, True], kind="mergesort")
-    pool = {k: list(g["value"]) for k, g in sv.groupby(["locale", "intent", "name"], sort=False)}
+    pool = served_value_pool(served_values, settings.min_users)
     k = max(1, settings.pattern_label_rows)
     rows = []
     for p in patterns.itertuples(index=False):
-        if not isinstance(p.target_intent, str):
-            continue
-        names = placeholder_names(p.source)
-        choices = [pool.get((p.locale, p.target_intent, n), [])[:k] for n in names]
-        if not all(choices):
-            continue
-        made = 0
-        for combo in itertools.product(*choices):
-            if len(set(combo)) < len(combo):  # two slots, one value: not a real request
-                continue
-            bind = dict(zip(names, combo))
-            text = fill(p.source, bind)
+        for bind in pattern_bindings(p.locale, p.source, p.target_intent, pool, k):
             slots = [{"name": n, "value": bind[n]} for n in placeholder_names(p.target)]
-            rows.append((p.locale, text, p.target_intent, p.target_domain, slots, float(p.confidence), "pattern"))
-            made += 1
-            if made >= k:
-                break
+            rows.append((p.locale, fill(p.source, bind), p.target_intent, p.target_domain, slots,
+                         float(p.confidence), "pattern"))
     return pd.DataFrame(rows, columns=out_cols)
 
 

@@ -645,8 +645,8 @@ def _patterns_section(run_dir: Path, work_dir: Path, manifest: dict, n: int = 10
     """Top pattern rewrites with one example each (the source filled with slot values at
     least min_users users were served with, never a value one user said) and what each
     reaches: the logged keys and users its source matches."""
-    from selflearn.core.patterns import top_patterns
-    from selflearn.core.rewrite_apply import fill, placeholder_names
+    from selflearn.core.patterns import pattern_bindings, served_value_pool, top_patterns
+    from selflearn.core.rewrite_apply import fill
 
     path = Path(run_dir) / "rewrite_patterns"
     patterns = pd.read_parquet(path) if path.exists() else pd.DataFrame()
@@ -658,15 +658,19 @@ def _patterns_section(run_dir: Path, work_dir: Path, manifest: dict, n: int = 10
     top = top_patterns(patterns.drop(corrections.index), n)
     decided_path, served_path = Path(work_dir) / "patterns_decided.parquet", Path(work_dir) / "served_values.parquet"
     if decided_path.is_file():
-        reach = pd.read_parquet(decided_path)[["locale", "source", "target", "source_n_keys", "source_n_users"]]
-        top = top.merge(reach, on=["locale", "source", "target"], how="left")
-    served = pd.read_parquet(served_path) if served_path.is_file() else pd.DataFrame(columns=["locale", "name", "value", "n_users"])
-    served = served.sort_values(["n_users", "value"], ascending=[False, True], kind="mergesort")
-    first = {(l, nm): v for l, nm, v in zip(served["locale"][::-1], served["name"][::-1], served["value"][::-1])}
+        reach = pd.read_parquet(decided_path)
+        reach = reach[reach["decision"] == "emit"] if "decision" in reach else reach
+        reach = reach[[c for c in ["locale", "source", "target", "source_n_keys", "source_n_users", "target_intent"] if c in reach]]
+        top = top.merge(reach.drop_duplicates(["locale", "source", "target"]), on=["locale", "source", "target"], how="left")
+    # the example is filled as the pattern's training rows are: values served to min_users
+    # users in that slot of the target's intent (a value of another intent is no example)
+    served = pd.read_parquet(served_path) if served_path.is_file() else pd.DataFrame()
+    pool = served_value_pool(served, int(manifest.get("config", {}).get("min_users", 3))) if "intent" in served else {}
     examples = []
-    for loc, src, tgt in zip(top["locale"], top["source"], top["target"]):
-        bind = {nm: first.get((loc, nm)) for nm in placeholder_names(src)}
-        examples.append(f"{fill(src, bind)} -> {fill(tgt, bind)}" if all(bind.values()) else "")
+    intents = top["target_intent"] if "target_intent" in top else [None] * len(top)
+    for loc, src, tgt, intent in zip(top["locale"], top["source"], top["target"], intents):
+        bind = next(pattern_bindings(loc, src, intent, pool, 1), None)
+        examples.append(f"{fill(src, bind)} -> {fill(tgt, bind)}" if bind else "")
     top["example"] = examples
     cols = [c for c in ["locale", "source", "target", "example", "n_users", "n_values", "confidence",
                         "source_n_keys", "source_n_users", "source_defect_rate"] if c in top]
