@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from selflearn.core.text import normalize_text
 from selflearn.evaluation.evaluate import auc, prf, rephrase_metrics
 
 
@@ -82,3 +83,25 @@ def test_replay_applies_patterns_after_exact_rewrites_and_reports_each_kind():
     assert denied["allowed_goals"]["requests"] == len(fresh) - n_denied
     assert r["allowed_goals"]["requests"] == len(fresh)  # no deny list: every goal allowed
     assert denied["allowed_goals"]["defects_before"] < r["defects_before"]
+
+
+def test_privacy_counts_published_texts_holding_an_annotated_address(tmp_path, massive):
+    """The truth's e-mail values (MASSIVE's own, spoken) found in published texts, per
+    table; a masked text and a one- or two-word value (an annotation slip) are no hit."""
+    from selflearn.core.privacy import scrub_utterance
+    from selflearn.evaluation.evaluate import pii_metrics
+
+    rec = next(r for r in massive("ru-RU") if "собака gmail точка com" in r["annot_utt"] and r["partition"] == "test")
+    value = rec["annot_utt"].split("[email_address : ")[1].split("]")[0]
+    truth = pd.DataFrame({"gold_slots": [[{"name": "email_address", "value": value}],
+                                         [{"name": "email_address", "value": "мои контакты"}], None]})
+    said, masked = normalize_text(rec["utt"]), normalize_text(scrub_utterance(rec["utt"])[0])
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame({"text": [said, "мои контакты открой"]}).to_parquet(run / "turns")
+    pd.DataFrame({"text": [masked]}).to_parquet(run / "training")
+    pd.DataFrame({"source": [masked], "target": [said]}).to_parquet(run / "rewrites")
+    m = pii_metrics(run, truth)
+    assert m["values"] == 1
+    assert m["by_table"] == {"rewrites": 1, "training": 0, "turns": 1}
+    assert m["published"] == 1 and m["operator"] == 1 and m["examples"]["rewrites"] == [said]

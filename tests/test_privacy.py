@@ -108,6 +108,22 @@ def test_spoken_email_and_spoken_digits_in_real_massive_utterances(massive):
     assert scrub_utterance(_insert(utt, "five five five"))[1] == 0  # three digit words: a count, not a number
 
 
+
+def test_a_spoken_address_touching_unspaced_words_is_masked(massive):
+    """Japanese, Chinese and Thai put no space between words, and a Korean particle attaches
+    to the word before it: a spoken address is still one when such a word touches it.
+    The Korean record is MASSIVE's own; the Japanese one is a ja-JP email record whose
+    sender ("母") is said as an address in the form ja-JP records write one (Latin,
+    spoken), with no space, as the simulator renders it and Japanese ASR writes it."""
+    rec = next(r for r in massive("ko-KR") if r["utt"].startswith("joanne at a. o. l. dot com으로"))
+    assert scrub_utterance(rec["utt"])[0].startswith(EMAIL_MASK + " 으로 ")
+    ja = next(r for r in massive("ja-JP") if r["utt"] == "母からの最後のメールの件名は何")
+    said = "john at gmail dot com" + ja["utt"][1:]
+    out = scrub_utterance(said)[0]
+    assert out == EMAIL_MASK + " からの最後のメールの件名は何", (said, out)
+    for text in ("3時に起こして", "iphoneの設定", "bts의 노래를 틀어 줘"):  # a seam alone is no address
+        assert scrub_utterance(text) == (text, 0)
+
 # --- spoken e-mail addresses outside English (selflearn/spoken_email.json, from MASSIVE) ---
 
 SPOKEN_EMAIL_LOCALES = ("es-ES", "ru-RU", "pl-PL", "it-IT", "he-IL", "ko-KR", "sv-SE", "hu-HU")

@@ -138,6 +138,13 @@ def _written_at_email() -> re.Pattern:
     return re.compile(rf"{_LOCAL}@{_LABEL}(?:(?:\s*\.\s*|\s+{_alt(dots)}\s+){_LABEL})*(?!\w)", re.IGNORECASE)
 
 
+# Where a Latin word (or a digit) touches a script written without spaces between words:
+# Han, kana, Thai, Lao, Khmer, Myanmar, and Hangul (a Korean particle attaches to the word).
+_UNSPACED = r"\p{scx=Han}\p{scx=Hiragana}\p{scx=Katakana}\p{scx=Hangul}\p{scx=Thai}\p{scx=Lao}\p{scx=Khmer}\p{scx=Myanmar}"
+_ASCII_ALNUM = re.compile(r"[A-Za-z0-9]")
+_SEAM = re.compile(rf"(?<=[\p{{Latin}}\p{{Nd}}])(?=[{_UNSPACED}])|(?<=[{_UNSPACED}])(?=[\p{{Latin}}\p{{Nd}}])")
+
+
 # What may stand between two digits of one number: spaces of every kind (NBSP, narrow NBSP,
 # ideographic), zero-width characters, every dash (Unicode Pd: U+2010 hyphen, en/em dash,
 # wave dash...), U+2212 minus, U+30FC (the katakana long mark, typed as a dash in Japanese
@@ -318,10 +325,21 @@ def scrub_utterance(text: str, min_digits: int = 7) -> tuple[str, int]:
         s = sub(_EMAIL, EMAIL_MASK, s)
         if "@" in s:
             s = sub(_written_at_email(), EMAIL_MASK, s)
-    s = sub(_SPOKEN_EMAIL, EMAIL_MASK, s)
     gate, spoken_any = _spoken_email_any()
-    if gate.search(s):
-        s = sub(spoken_any, EMAIL_MASK, s)
+
+    def spoken_emails(s: str) -> str:
+        s = sub(_SPOKEN_EMAIL, EMAIL_MASK, s)
+        return sub(spoken_any, EMAIL_MASK, s) if gate.search(s) else s
+
+    s = spoken_emails(s)
+    if max(s, default="") >= "\u0e00" and _ASCII_ALNUM.search(s) and _SEAM.search(s):  # cheap tests first
+        # a spoken address touching the words of a script written without spaces ("john at
+        # gmail dot com最後の…", MASSIVE ja-JP) is a word of its own: read it again with a
+        # space at each such seam, and keep that reading only if it masks more
+        before = n
+        seamed = spoken_emails(_SEAM.sub(" ", s))
+        if n > before:
+            s = seamed
 
     def digits(m):
         seq = m.group(0)

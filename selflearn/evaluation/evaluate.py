@@ -15,7 +15,11 @@ per locale:
   request fixed), losses (a working request broken, or a request sent to another goal
   that the system then acts on), win/loss ratio, relative defect reduction;
 - weak-label intent accuracy and slot F1 against the true goal of each training text;
-- whether a flooded bogus pair became a rewrite.
+- whether a flooded bogus pair became a rewrite;
+- privacy: published texts that hold a slot value the truth annotates as an e-mail
+  address (MASSIVE's `email_address`), in the customer-facing tables (target 0) and in
+  the operator tables `turns/` and `rephrase_pairs/` (a check of the PII masking with the
+  truth's labels, not with the scrubber's own rules).
 The JSON goes to ROOT/evaluations/<run_id>.json: outside runs/, which holds only run
 directories (contract section 4), and outside the published run itself.
 """
@@ -309,6 +313,47 @@ def label_metrics(training: pd.DataFrame, goals: pd.DataFrame, world=None) -> di
 SIM_FILES = ("summary.json", "truth.parquet", "log", "world")
 
 
+# Slot names whose values are personal data a published text must not hold unmasked.
+PII_SLOTS = ("email_address",)
+_PII_TABLES = {"rewrites": ("source", "target"), "rewrite_patterns": ("source", "target"), "training": ("text",),
+               "paraphrase_clusters": ("text",), "rewrite_graph/nodes": ("text",),
+               "turns": ("text",), "rephrase_pairs": ("first", "second")}
+
+
+def pii_metrics(run_dir: Path, truth: pd.DataFrame, examples: int = 5) -> dict:
+    """Published texts holding an annotated e-mail value of the truth (as a text key, three
+    words or more: a one- or two-word value is an annotation slip such as "my contact
+    list"), per table: `published` sums the customer-facing ones (target 0), `operator`
+    the tables kept in-house."""
+    import re
+
+    from selflearn.core.privacy import OPERATOR_DATA
+
+    values = {normalize_text(d["value"]) for slots in truth.get("gold_slots", pd.Series(dtype=object))
+              if slots is not None for d in slots if d["name"] in PII_SLOTS}
+    values = sorted(v for v in values if v and len(v.split()) >= 3)
+    out = {"values": len(values), "by_table": {}, "examples": {}}
+    if not values:
+        out["published"] = out["operator"] = 0
+        return out
+    # no word boundaries: in Japanese or Thai the words around an address touch it
+    holds = re.compile("|".join(re.escape(v) for v in sorted(values, key=len, reverse=True)))
+    for table, cols in _PII_TABLES.items():
+        path = run_dir / table
+        if not path.exists():
+            continue
+        texts = set()
+        for c in cols:
+            texts.update(pd.read_parquet(path, columns=[c])[c].dropna().unique())
+        hits = sorted(t for t in texts if holds.search(t))
+        out["by_table"][table] = len(hits)
+        if hits:
+            out["examples"][table] = hits[:examples]
+    out["operator"] = sum(n for t, n in out["by_table"].items() if t in OPERATOR_DATA)
+    out["published"] = sum(n for t, n in out["by_table"].items() if t not in OPERATOR_DATA)
+    return out
+
+
 def check_sim(sim_dir: str | Path) -> Path:
     """The folder `selflearn simulate` wrote, or one clear line saying it is not one."""
     sim = Path(sim_dir)
@@ -367,6 +412,7 @@ def evaluate(run_path: str | Path, sim_dir: str | Path) -> dict:
         "weak_labels": label_metrics(training, goals, world),
         "flood": {"pairs": [list(f) for f in flood], "emitted": any(f in emitted for f in flood),
                   "source_rewritten": any((f[0], f[1]) in sources for f in flood)},
+        "privacy": pii_metrics(run_dir, truth),
     }
     out = evaluation_path(run_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -415,6 +461,10 @@ def render(result: dict) -> str:
     for src, b in sorted(result["weak_labels"].get("by_label_source", {}).items()):
         lines.append(f"  {src:10s} rows={b['rows']} judged={b['judged']} intent acc={_fmt(b['intent_accuracy'])} slot F1={_fmt(b['slot_f1'])}")
     lines.append(f"flood     emitted={result['flood']['emitted']}")
+    pv = result.get("privacy")
+    if pv:
+        lines.append(f"privacy   texts holding an annotated e-mail address: published={pv['published']} "
+                     f"operator tables={pv['operator']} (of {pv['values']} such values in the truth)")
     lines.append("per locale: rephrase F1 | defect AUC | AUC success | rewrite P | win/loss | defect red. | label acc | pattern P | pattern red.")
     for loc in sorted(result["rephrase"]["per_locale"]):
         get = lambda sec, key: result[sec]["per_locale"].get(loc, {}).get(key)  # noqa: E731
