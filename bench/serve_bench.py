@@ -4,6 +4,7 @@ test on loopback with LATEST moved mid-load.
     PYTHONPATH=$PWD .venv/bin/python bench/serve_bench.py inprocess [--patterns 10000]
     PYTHONPATH=$PWD .venv/bin/python bench/serve_bench.py asgi [--patterns 10000]
     PYTHONPATH=$PWD .venv/bin/python bench/serve_bench.py http [--clients 8] [--requests 1500]
+    PYTHONPATH=$PWD .venv/bin/python bench/serve_bench.py adversarial [--patterns 10000] [--sample 60]
 
 The rewrites are built from real text: every distinct MASSIVE en-US carrier phrase (slot
 values replaced by `{name}` placeholders; SLURP's test and devel carriers added when
@@ -16,6 +17,12 @@ with its real values), exact hits, and misses.
 hits and misses, beside `dict.get` of the same keys in the same run (the ratio), and
 `Rewriter.rewrite` (masking + key + lookup) on raw text; plus a scan of every pattern in
 rank order (no index) on a sample, to show what the index saves.
+
+`adversarial` builds, for patterns of two or more placeholders, the key that makes the
+contract's regular expression backtrack longest before it fails (the pattern's head, then
+its inner literal parts repeated with one-letter fillers, to 999 characters: an adversarial
+probe's request, 2026-12-06), and times `Pattern.apply` (linear-time bindings) against the
+regex's own `fullmatch` on the same keys.
 
 `http` writes two runs (B drops a third of the patterns and changes every confidence, so
 an answer tells its run), starts `selflearn serve` in a subprocess, runs N client
@@ -48,7 +55,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from selflearn.core.keys import text_key  # noqa: E402
-from selflearn.core.rewrite_apply import Pattern, RewriteIndex, best_pattern  # noqa: E402
+from selflearn.core.rewrite_apply import Pattern, RewriteIndex, best_pattern, fill  # noqa: E402
 from selflearn.core.text import normalize_text  # noqa: E402
 
 DATA = (REPO.parent / "shared" / "data").resolve()
@@ -201,6 +208,45 @@ def inprocess(n_patterns: int) -> dict:
     out["key_plus_lookup_pattern"] = {"p50_us": round(float(np.percentile(ns, 50)) / 1e3, 2),
                                       "p99_us": round(float(np.percentile(ns, 99)) / 1e3, 2)}
     return out
+
+
+def adversarial(n_patterns: int, sample: int = 60, chars: int = 999, regex_max_placeholders: int = 4) -> dict:
+    """Pattern.bindings against the contract regex's fullmatch on keys built to make the
+    regex backtrack; the regex is timed only up to `regex_max_placeholders` placeholders
+    (past that one key takes it minutes)."""
+    from selflearn.core.rewrite_apply import PLACEHOLDER, pattern_regex
+
+    _, pt, *_ = build(n_patterns)
+    multi = [r for r in pt.itertuples(index=False) if len(PLACEHOLDER.findall(r.source)) >= 2]
+    multi.sort(key=lambda r: (-len(PLACEHOLDER.findall(r.source)), r.source))
+    step = max(1, len(multi) // sample)
+    rows = []
+    for r in multi[::step][:sample]:
+        pieces = PLACEHOLDER.split(r.source)
+        inner = "".join("a" + lit for lit in pieces[2:-1:2]) or "a "
+        key = (pieces[0] + inner * (chars // max(1, len(inner)) + 1))[:chars]
+        pat = Pattern.make(r.locale, r.source, r.target, r.confidence)
+        t0 = time.perf_counter_ns()
+        ours = pat.bindings(key)
+        ours_us = (time.perf_counter_ns() - t0) / 1e3
+        regex_us = None
+        if len(pieces) // 2 <= regex_max_placeholders:
+            rx = pattern_regex(r.source)
+            t0 = time.perf_counter_ns()
+            m = rx.fullmatch(key)
+            regex_us = (time.perf_counter_ns() - t0) / 1e3
+            assert ours == (m.groupdict() if m else None) or pat.plan is None, r.source
+        rows.append((len(pieces) // 2, pat.plan is not None, ours_us, regex_us))
+    ours_all = np.array([x[2] for x in rows])
+    timed = [x for x in rows if x[3] is not None]
+    summary = lambda a: {"p50": round(float(np.median(a)), 1), "max": round(float(np.max(a)), 1)}  # noqa: E731
+    return {"patterns_timed": len(rows), "key_chars": chars,
+            "by_placeholders": {str(k): sum(1 for x in rows if x[0] == k) for k in sorted({x[0] for x in rows})},
+            "with_a_repeated_name": sum(1 for x in rows if not x[1]),
+            "bindings_us": summary(ours_all),
+            f"on the {len(timed)} of <= {regex_max_placeholders} placeholders": {
+                "bindings_us": summary([x[2] for x in timed]), "regex_fullmatch_us": summary([x[3] for x in timed]),
+                "regex_over_bindings_at_max": round(max(x[3] for x in timed) / max(x[2] for x in timed), 1)} if timed else None}
 
 
 # ------------------------------------------------------------------------------ asgi
@@ -442,6 +488,9 @@ def main(argv=None) -> int:
     a.add_argument("--patterns", type=int, default=10000)
     g = sub.add_parser("asgi")
     g.add_argument("--patterns", type=int, default=10000)
+    d = sub.add_parser("adversarial")
+    d.add_argument("--patterns", type=int, default=10000)
+    d.add_argument("--sample", type=int, default=60)
     h = sub.add_parser("http")
     h.add_argument("--clients", type=int, default=8)
     h.add_argument("--requests", type=int, default=1500, help="per client")
@@ -450,6 +499,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.what == "inprocess":
         out = inprocess(args.patterns)
+    elif args.what == "adversarial":
+        out = adversarial(args.patterns, args.sample)
     elif args.what == "asgi":
         out = asgi_path(args.patterns)
     else:

@@ -124,3 +124,55 @@ def test_one_placeholder_patterns_answer_as_the_regex_does_without_compiling_it(
             want = fill(p.target, m.groupdict()) if m else None
             assert p.apply(key) == (None if want == key else want), (src, key)
         assert p._regex is None  # never compiled
+
+
+def test_bindings_are_the_regexs_own():
+    """Pattern.bindings against the contract's regular expression itself: random sources
+    of 1-4 placeholders, some names repeated ((?P=name)), over a small alphabet (so
+    literal parts recur, overlap and touch), and random keys, including keys built from
+    the source: the same bindings, or none, every time."""
+    from selflearn.core.rewrite_apply import fill, repeated_bindings
+
+    rng = random.Random(7)
+    alphabet = "ab "
+    checked = matched = repeated = 0
+    for _ in range(5000):
+        k = rng.randint(1, 4)
+        names = [f"p{rng.randint(0, k - 1) if rng.random() < 0.3 else i}" for i in range(k)]
+        lits = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 3))) for _ in range(k + 1)]
+        src = "".join(lits[i] + ("{%s}" % names[i] if i < k else "") for i in range(k + 1))
+        if not src.strip("{}"):
+            continue
+        values = {n: "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4))) for n in names}
+        built = fill(src, values)
+        p = Pattern.make("en-US", src, src, 0.5)
+        repeated += p.plan is None
+        for key in (built, "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 14)))):
+            m = pattern_regex(src).fullmatch(key)
+            want = m.groupdict() if m else None
+            assert p.bindings(key) == want, (src, key)
+            if p.plan is None:
+                assert repeated_bindings(p.pieces, key) == want, (src, key)
+            checked += 1
+            matched += m is not None
+    assert checked > 9000 and matched > checked // 2 and repeated > 500, (checked, matched, repeated)
+
+
+def test_a_key_built_to_make_the_regex_backtrack_never_reaches_the_regex():
+    """The probe's key: a four-placeholder de-DE pattern's head, then 'a am ' to 999
+    characters, on which the contract's regex backtracks for ~0.2 s before it fails
+    (bench/serve_bench.py times both). The pattern answers without compiling it."""
+    src = "erstelle ein {meal_type} am {date} {timeofday} mit mackenzie im {business_name}"
+    p = Pattern.make("de-DE", src, "plane {meal_type} am {date} {timeofday} im {business_name}", 0.9)
+    assert p.apply(("erstelle ein " + "a am " * 400)[:999]) is None
+    assert p.apply("erstelle ein frühstück am montag morgen mit mackenzie im café") == "plane frühstück am montag morgen im café"
+    assert p._regex is None
+    # a repeated name: a bounded search in the regex's own order, never the regex
+    repeated = Pattern.make("en-US", "{x} and {y} then {x} and {z} or {x}", "{x} {y} {z}", 0.5)
+    assert repeated.apply(("and then " * 120)[:999]) is None and repeated._regex is None
+    assert repeated.apply("ab and c then ab and d or ab") == "ab c d"
+    # (a natural key of such a source is left to the regex itself: cheap by the bound)
+    from selflearn.core.rewrite_apply import REGEX_WORK_LIMIT, regex_work_bound, repeated_bindings
+    natural = "ab and c then ab and d or ab"
+    assert regex_work_bound(repeated.pieces, natural) <= REGEX_WORK_LIMIT < regex_work_bound(repeated.pieces, ("and then " * 120)[:999])
+    assert repeated_bindings(repeated.pieces, natural) == {"x": "ab", "y": "c", "z": "d"}

@@ -219,8 +219,8 @@ def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float,
     for text, n, d, it, ev in zip(keys["text"], keys["n_users"].astype(float), keys["defect_rate"].astype(float), intents, reached):
         entries = None
         for p in index.candidates(text):
-            m = p.regex.fullmatch(text)
-            if m is None:
+            bound_values = p.bindings(text)
+            if bound_values is None:
                 continue
             if isinstance(ev, str):
                 if entries is None:  # (user, served intent, served values), parsed once per key
@@ -228,7 +228,7 @@ def match_stats(templates: list[str], keys: pd.DataFrame, working_defect: float,
                                 sorted({normalize_text(str(x["value"])) for x in parse_slots(e.get("target_slots_json"))}))
                                for e in json.loads(ev)]
                     judged_alone = len({e[0] for e in entries}) >= min_key_voters
-                bound = sorted(set(m.groupdict().values()))
+                bound = sorted(set(bound_values.values()))
                 votes = agree.setdefault(p.source, {})
                 key_votes: dict[str, set] = {}
                 if judged_alone:  # only keys with enough users of evidence are judged on their own

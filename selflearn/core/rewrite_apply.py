@@ -68,6 +68,126 @@ def pattern_regex(source: str) -> re.Pattern:
     return re.compile("".join(parts), re.DOTALL)
 
 
+def source_plan(source: str) -> tuple:
+    """(head, tail, ((name, literal after it), ...) for every placeholder but the last, the
+    last name): what `lazy_bindings` walks, split once per pattern. No placeholder: (source,
+    None, (), None)."""
+    pieces = PLACEHOLDER.split(source)
+    if len(pieces) == 1:
+        return source, None, (), None
+    return pieces[0], pieces[-1], tuple(zip(pieces[1:-2:2], pieces[2:-1:2])), pieces[-2]
+
+
+def lazy_bindings(plan: tuple, key: str) -> dict[str, str] | None:
+    """What the contract's regular expression binds when it fullmatches `key`, or None,
+    in one left-to-right pass, for a source (`source_plan`) whose placeholder names are
+    distinct.
+
+    The regular expression's lazy groups, tried shortest first, left to right, bind the
+    lexicographically smallest tuple of group lengths that fullmatches; backtracking finds
+    it in time exponential in the number of placeholders on a key built to fail (a 1 KB
+    key kept `selflearn serve` busy 0.2-0.65 s). Ending a group earlier only leaves the
+    groups after it more room, so each group's earliest end (the next occurrence of the
+    literal after it) is the smallest, and it works whenever any end does: one `find` per
+    placeholder decides."""
+    head, tail, inner, last = plan
+    if tail is None:
+        return {} if key == head else None
+    if not key.startswith(head) or not key.endswith(tail):
+        return None
+    last_end = len(key) - len(tail)  # where the last group ends
+    start = len(head)
+    out = {}
+    for name, lit in inner:
+        end = key.find(lit, start + 1, last_end)
+        if end < 0:
+            return None
+        out[name] = key[start:end]
+        start = end + len(lit)
+    if start >= last_end:
+        return None
+    out[last] = key[start:last_end]
+    return out
+
+
+# How many bindings `repeated_bindings` may try before it answers "no match": a natural key
+# needs a few hundred at most (a 100-character key holds ~15 spaces; two free groups try
+# ~15 x 15 ends); a key built to make a backtracking matcher explode would need billions.
+REPEATED_NAME_STEPS = 10_000
+
+
+# Below this bound on the regular expression's backtracking (characters tried), a repeated-
+# name source is left to the compiled regex itself (C, and exactly the contract); above it,
+# to repeated_bindings. A natural key is far below it; a key built to explode far above.
+REGEX_WORK_LIMIT = 20_000
+
+
+def regex_work_bound(pieces, key: str) -> int:
+    """An upper bound on the characters the contract's regex tries on `key`: each lazy
+    group tries every end up to the key's length, and goes deeper only where the literal
+    after it occurs (overlapping occurrences counted; the count stops once the bound passes
+    REGEX_WORK_LIMIT)."""
+    n, branches, work = len(key), 1, 0
+    for lit in pieces[2:-1:2]:
+        work += n * branches
+        occurrences, at = 0, key.find(lit, 1)
+        while at >= 0 and (occurrences + 1) * branches * n <= REGEX_WORK_LIMIT:
+            occurrences += 1
+            at = key.find(lit, at + 1)
+        branches *= occurrences + 1 + (at >= 0)  # + 1 more when the count stopped early
+        if branches * n > REGEX_WORK_LIMIT:
+            return branches * n
+    return work + n * branches
+
+
+class _OutOfSteps(Exception):
+    pass
+
+
+def repeated_bindings(pieces: tuple[str, ...] | list[str], key: str, steps: int = REPEATED_NAME_STEPS) -> dict[str, str] | None:
+    """The contract's bindings for a source that repeats a placeholder name (a later
+    occurrence must bind the same text: `(?P=name)`), by the regular expression's own
+    search order (each free group's ends tried earliest first, left to right), but with
+    at most `steps` tries: past them the key counts as no match. Deterministic, so every
+    run and every runtime answers alike; only a key built to explode reaches the bound."""
+    lits, names = pieces[::2], pieces[1::2]
+    k, n = len(names), len(key)
+    head, tail = lits[0], lits[-1]
+    if k == 0:
+        return {} if key == head else None
+    if not key.startswith(head) or not key.endswith(tail) or n - len(tail) < len(head):
+        return None
+    last_end = n - len(tail)
+    budget = [steps]
+
+    def group(j: int, start: int, bound: dict[str, str]) -> dict[str, str] | None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _OutOfSteps
+        name, lit = names[j], lits[j + 1]
+        if name in bound:  # a later occurrence: its text is fixed
+            end = start + len(bound[name])
+            if not key.startswith(bound[name], start):
+                return None
+            if j == k - 1:
+                return bound if end == last_end else None
+            return group(j + 1, end + len(lit), bound) if key.startswith(lit, end) else None
+        if j == k - 1:
+            return {**bound, name: key[start:last_end]} if last_end > start else None
+        end = key.find(lit, start + 1)
+        while 0 <= end <= last_end:
+            found = group(j + 1, end + len(lit), {**bound, name: key[start:end]})
+            if found is not None:
+                return found
+            end = key.find(lit, end + 1)
+        return None
+
+    try:
+        return group(0, len(head), {})
+    except _OutOfSteps:
+        return None
+
+
 def fill(template: str, bindings: dict[str, str]) -> str:
     """`template` with each `{name}` replaced by bindings[name]."""
     return PLACEHOLDER.sub(lambda m: bindings[m.group(1)], template)
@@ -87,12 +207,19 @@ class Pattern:
     # fullmatches exactly the keys that start with head, end with tail and hold at least
     # one character between them, which string tests decide without a regex.
     single: tuple | None = field(default=None, compare=False, repr=False)
+    # Bindings in linear time when the source's names are distinct (lazy_bindings over
+    # `plan`; every pattern the pipeline has published so far), else with a bounded
+    # search (repeated_bindings over `pieces`), never the backtracking regex itself.
+    plan: tuple | None = field(default=None, compare=False, repr=False)
+    pieces: tuple = field(default=(), compare=False, repr=False)
 
     @classmethod
     def make(cls, locale: str, source: str, target: str, confidence: float) -> "Pattern":
         pieces = PLACEHOLDER.split(source)
         single = (pieces[0], pieces[2], pieces[1]) if len(pieces) == 3 else None
-        return cls(locale, source, target, float(confidence), None, literal_chars(source), single)
+        names = pieces[1::2]
+        plan = source_plan(source) if len(set(names)) == len(names) else None
+        return cls(locale, source, target, float(confidence), None, literal_chars(source), single, plan, tuple(pieces))
 
     @property
     def regex(self) -> re.Pattern:
@@ -107,18 +234,27 @@ class Pattern:
         """Sort key of rule 3: the first matching pattern in this order wins."""
         return (-self.literal, -self.confidence, self.source)
 
-    def apply(self, key: str) -> str | None:
-        """The rewritten key, or None when the pattern does not match or would not change it."""
+    def bindings(self, key: str) -> dict[str, str] | None:
+        """What the contract's regular expression binds when it fullmatches `key`, or None;
+        never by backtracking (a key is text anyone may say)."""
         if self.single is not None:
             head, tail, name = self.single
             if len(key) <= len(head) + len(tail) or not key.startswith(head) or not key.endswith(tail):
                 return None
-            bindings = {name: key[len(head):len(key) - len(tail)]}
-        else:
+            return {name: key[len(head):len(key) - len(tail)]}
+        plan = self.plan
+        if plan is not None:
+            return lazy_bindings(plan, key)
+        if regex_work_bound(self.pieces, key) <= REGEX_WORK_LIMIT:
             m = self.regex.fullmatch(key)
-            if m is None:
-                return None
-            bindings = m.groupdict()
+            return m.groupdict() if m else None
+        return repeated_bindings(self.pieces, key)
+
+    def apply(self, key: str) -> str | None:
+        """The rewritten key, or None when the pattern does not match or would not change it."""
+        bindings = self.bindings(key)
+        if bindings is None:
+            return None
         result = fill(self.target, bindings)
         return None if result == key else result
 
