@@ -178,6 +178,23 @@ def test_a_session_across_midnight_is_completed_by_the_next_day(mini):
     assert ((pairs["first"] == keys["A"]) & (pairs["second"] == keys["C"]) & pairs["is_rephrase"]).sum() == 1
 
 
+def test_a_backfilled_older_day_leaves_the_newest_days_open_sessions(mini, spark, run_settings):
+    """Back-filling day 0 after day 1 must not replace the sessions left open at day 1's
+    end: the next day continues those (an adversarial probe lost five cross-midnight
+    rephrases that way)."""
+    base, _, _, _ = mini
+    root = base / "backfill"
+    shutil.copytree(base / "after-day-1", root)
+    before = json.loads((root / "state" / "evidence.json").read_text())
+    assert before["tails"]  # day 1 left sessions open
+    _, m = mine(spark, root, base / "log" / f"dt={DAYS[0]}", run_settings)
+    after = json.loads((root / "state" / "evidence.json").read_text())
+    assert m["gate"]["latest_moved"]  # committed: the state below is what the next run reads
+    assert m["evidence"]["backfill"] is True and m["evidence"]["tails_kept"] == 0
+    assert after["tails"] == before["tails"]
+    assert sorted(after["days"]) == sorted(before["days"])
+
+
 def test_evidence_older_than_the_window_no_longer_counts(mini, spark, run_settings):
     import dataclasses
 

@@ -184,13 +184,19 @@ def evidence(run: Run) -> Stats:
     rel = f"tails/{run.run_id}"
     tails.write.mode("overwrite").parquet(str(state.path(rel)))
     n_tails = run.spark.read.parquet(str(state.path(rel))).count()
-    if new_days:  # an input with no accepted turn leaves the open sessions open
+    # A back-fill (every input day older than the newest committed day) leaves the newest
+    # day's open sessions as they are: the next day continues those, not the back-filled
+    # day's (whose own tails into the day after it are lost: it is computed alone).
+    committed_days = list(state.committed()["days"])
+    backfill = bool(new_days) and bool(committed_days) and max(new_days) < max(committed_days)
+    if new_days and not backfill:  # an input with no accepted turn leaves the open sessions open
         pending["tails"] = rel if n_tails else None
     # Committed only after the run is published (the publish stage).
     run.path("pending_state").write_text(json.dumps(pending, sort_keys=True), encoding="utf-8")
     return {"input_days": new_days, "days_merged": sorted(pending["days"]),
             "days_dropped": info["dropped_days"], "days_written": info["touched_days"],
-            "window_days": run.settings.evidence_window_days, "tails_kept": n_tails,
+            "window_days": run.settings.evidence_window_days, "tails_kept": 0 if backfill else n_tails,
+            "backfill": backfill,
             **{k: info[k] for k in ("rows_retained_before", "rows_dropped", "drop_share")}}
 
 
