@@ -34,12 +34,17 @@ def run_dir(tmp_path, massive):
                          "domain": r["scenario"], "slots": slots, "weight": 0.5 + (i % 5) / 10,
                          "label_source": "rewrite" if i % 2 else "paraphrase", "split": "dev" if i % 7 == 0 else "train"})
     df = pd.DataFrame(rows).drop_duplicates(["locale", "text"])
-    run = tmp_path / "root" / "runs" / "r1"
-    (run / "training").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), run / "training" / "part-0.parquet")
-    (run / "_SUCCESS").write_text("")
+    run = _write_run(tmp_path / "root" / "runs" / "r1", df)
     (tmp_path / "root" / "LATEST").write_text("r1\n")
     return run, df
+
+
+def _write_run(run, df, schema=None):
+    """A run directory whose training/ is `df` (`schema`: the fixture's, for an empty `df`)."""
+    (run / "training").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pandas(df, schema=schema, preserve_index=False), run / "training" / "part-0.parquet")
+    (run / "_SUCCESS").write_text("")
+    return run
 
 
 def _cli(*args):
@@ -191,3 +196,130 @@ def test_rasa_marks_a_latin_value_written_against_japanese(massive):
         example = rasa_example(joined, slots)
         assert _MARK.sub(lambda m: m.group(1), example) == joined
         assert _marked(example) == sorted((s["name"], s["value"]) for s in slots), example
+
+
+def test_hf_export_of_a_run_without_dev_rows_loads_and_replaces_the_earlier_export(run_dir, tmp_path, capsys):
+    """A small run often has no `dev` row: its `validation` split is empty and must still
+    load (datasets saves an empty split with no shard, and `load_from_disk` then fails).
+    Exported into a folder that holds an earlier export, it replaces it whole."""
+    import datasets
+
+    from selflearn.serving.export import export
+
+    run, df = run_dir
+    export(run, tmp_path / "out", "hf")
+    (tmp_path / "out" / "hf" / "validation" / "data-00001-of-00002.arrow").write_text("an earlier export's shard")
+    train_only = df[df["split"] == "train"]
+    run2 = _write_run(tmp_path / "r2", train_only)
+    capsys.readouterr()
+    export(run2, tmp_path / "out", "hf")
+    ds = datasets.load_from_disk(str(tmp_path / "out" / "hf"))
+    assert set(ds) == {"train", "validation"}
+    assert len(ds["train"]) == len(train_only) and len(ds["validation"]) == 0
+    assert ds["validation"].features == ds["train"].features
+    assert ds["validation"].features["label"].names == sorted(train_only["intent"].unique())
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hf"]  # no temporary folder left
+    assert not (tmp_path / "out" / "hf" / "validation" / "data-00001-of-00002.arrow").exists()
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("selflearn")]  # datasets' progress bars apart
+    assert said == ["selflearn export: split validation is empty (the run has no dev row)"]
+
+
+@pytest.mark.parametrize("fmt", ["rasa", "hf"])
+def test_export_of_a_run_without_training_rows_is_refused_in_one_line(run_dir, tmp_path, fmt):
+    run, df = run_dir
+    schema = pa.Table.from_pandas(df, preserve_index=False).schema
+    empty = _write_run(tmp_path / "empty", df.iloc[:0], schema=schema)
+    r = _cli("export", "--run", str(empty), "--format", fmt, "--output", str(tmp_path / "o"))
+    assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.splitlines() == ["selflearn export: the run's training/ has no row: nothing to export"]
+    assert not (tmp_path / "o").exists()
+
+
+def _rasa_files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_rasa_export_replaces_the_earlier_export_whole(run_dir, tmp_path, monkeypatch):
+    """A second export into the same folder describes the second run only: no `test_nlu.yml`
+    or locale folder of the first survives. A crash while writing leaves the earlier export."""
+    import selflearn.serving.export as export_module
+
+    run, df = run_dir
+    out = tmp_path / "out"
+    export_module.export(run, out, "rasa")
+    assert _rasa_files(out) == ["rasa/en-US/nlu.yml", "rasa/en-US/test_nlu.yml", "rasa/ja-JP/nlu.yml", "rasa/ja-JP/test_nlu.yml"]
+    first = {f: (out / f).read_text(encoding="utf-8") for f in _rasa_files(out)}
+
+    en_train = df[(df["locale"] == "en-US") & (df["split"] == "train")]
+    run2 = _write_run(tmp_path / "r2", en_train)
+    calls = []
+    real = export_module._rasa_yaml
+
+    def crash_on_second(rows):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(rows)
+
+    monkeypatch.setattr(export_module, "_rasa_yaml", crash_on_second)
+    all_train = _write_run(tmp_path / "r3", df.assign(split="train"))
+    with pytest.raises(OSError):
+        export_module.export(all_train, out, "rasa")  # dies after writing en-US/nlu.yml of the new export
+    assert {f: (out / f).read_text(encoding="utf-8") for f in _rasa_files(out)} == first
+    assert sorted(p.name for p in out.iterdir()) == ["rasa"]
+    monkeypatch.setattr(export_module, "_rasa_yaml", real)
+
+    export_module.export(run2, out, "rasa")
+    assert _rasa_files(out) == ["rasa/en-US/nlu.yml"]
+    assert sorted(p.name for p in out.iterdir()) == ["rasa"]  # no temporary folder left
+    doc = yaml.safe_load((out / "rasa" / "en-US" / "nlu.yml").read_text(encoding="utf-8"))
+    assert sum(len(b["examples"].splitlines()) for b in doc["nlu"]) == len(en_train)
+
+
+# Rasa's own reading of an example's entity markup (rasa/shared/nlu/training_data/entities_parser.py,
+# ENTITY_REGEX of Rasa 3.x): `[text](entity)` or `[text](entity:synonym)`
+_RASA_ENTITY = re.compile(r"\[(?P<entity_text>[^\]]+?)\](\((?P<entity>[^:)]+?)(?:\:(?P<value>[^)]+))?\)|"
+                          r"\{(?P<entity_dict>[^}]+?)\}|\[(?P<list_entries>.*?)\])")
+_RASA_OK = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def test_rasa_leaves_out_rows_whose_names_rasa_would_misread(run_dir, tmp_path, capsys):
+    """The log puts no shape on slot names or intents. The fixture's real MASSIVE rows get
+    names Rasa reads otherwise (`sys:time`: entity `sys` with synonym `time`; `time)` ends
+    the markup early; `music/play_music`: a retrieval intent) and names it reads as written
+    (`sys.time`, `time-of-day`): the first rows are left out and counted in one stderr line,
+    the others exported with their names unchanged, read back with Rasa's own entity regex."""
+    from selflearn.serving.export import export
+
+    run, df = run_dir
+    df = df.copy()
+    names = iter(["sys:time", "sys.time", "time)", "time-of-day", "ti(me", "alarm.time", "time]"] * 20)
+    df["slots"] = [[{"name": next(names) if s["name"] == "time" and intent == "alarm_set" else s["name"], "value": s["value"]}
+                    for s in slots] for intent, slots in zip(df["intent"], df["slots"])]
+    df["intent"] = ["music/play_music" if any(s["name"] == "music_genre" for s in slots) else intent
+                    for intent, slots in zip(df["intent"], df["slots"])]
+    run2 = _write_run(tmp_path / "r2", df)
+
+    def readable(row):
+        return _RASA_OK.fullmatch(row.intent) and all(_RASA_OK.fullmatch(s["name"]) for s in row.slots if s["value"] in row.text)
+
+    ok = [bool(readable(row)) for row in df.itertuples()]
+    n_bad = ok.count(False)
+    kept = df[ok]
+    assert n_bad >= 8 and (kept["slots"].map(lambda ss: any(s["name"] in ("sys.time", "time-of-day") for s in ss))).sum() >= 2
+    export(run2, tmp_path / "out", "rasa")
+    seen = {}
+    for f in sorted((tmp_path / "out" / "rasa").rglob("*.yml")):
+        for block in yaml.safe_load(f.read_text(encoding="utf-8"))["nlu"]:
+            assert "/" not in block["intent"]
+            for line in block["examples"].splitlines():
+                marked = line[2:]
+                text = _RASA_ENTITY.sub(lambda m: m.group("entity_text"), marked)
+                ents = [(m.group("entity"), m.group("entity_text"), m.group("value")) for m in _RASA_ENTITY.finditer(marked)]
+                seen[(f.parent.name, text)] = (block["intent"], sorted(ents, key=str))
+    assert set(seen) == set(zip(kept["locale"], kept["text"]))
+    for row in kept.itertuples():
+        assert seen[(row.locale, row.text)] == (row.intent, sorted(
+            [(s["name"], s["value"], None) for s in row.slots if s["value"] in row.text], key=str)), row.text
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"selflearn export: left out {n_bad} of {len(df)} rows"), err

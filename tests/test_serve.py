@@ -116,6 +116,42 @@ def test_bad_runs_are_refused_and_the_old_one_keeps_serving(root, caplog):
     assert rw.refresh() is True and rw.current.run_id == "run-b"
 
 
+def test_a_latest_that_is_not_text_is_refused_once_and_the_old_run_keeps_serving(root, caplog):
+    """LATEST not UTF-8, or a directory: one log line with a reason, counted once while
+    LATEST stays so (the watcher polls it), never a watcher error; at start-up, the same."""
+    import os
+
+    latest = root / "LATEST"
+    rw = Rewriter.from_root(root)
+    with caplog.at_level("WARNING", logger="selflearn.serving.rewriter"):
+        (root / "LATEST.tmp").write_bytes(b"\xff\xfe\n")
+        os.replace(root / "LATEST.tmp", latest)
+        rw.start_watching(poll_s=0.01)
+        try:
+            deadline = time.time() + 10
+            while rw.n_refused == 0 and time.time() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)  # about 20 more polls of the same LATEST
+        finally:
+            rw.stop()
+        assert rw.refresh() is False
+        latest.unlink()
+        latest.mkdir()
+        assert rw.refresh() is False and rw.refresh() is False
+    assert "reloading failed" not in caplog.text
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 2 and rw.n_refused == 2, refusals
+    assert "not valid UTF-8" in refusals[0] and "is a directory" in refusals[1]
+    assert all(m.endswith("still serving run-a") for m in refusals)
+    assert rw.rewrite("en-US", "start my jazz playlist") == expected_answer(RUN_A, "run-a", "en-US", "start my jazz playlist")
+    # at start-up: refused (logged and counted), nothing loaded, no exception
+    fresh = Rewriter.from_root(root)
+    assert fresh.current is None and fresh.n_refused == 1 and "directory" in next(iter(fresh.refused.values()))
+    latest.rmdir()
+    move_latest_to(root, "run-a")
+    assert fresh.refresh() is True and fresh.current.run_id == "run-a"
+
+
 def test_a_reload_runs_no_garbage_collection_and_leaves_the_run_out_of_its_scans(root):
     """A load allocates many objects; a collection triggered by them would scan the whole
     heap with the GIL held, stalling live requests. None runs during a refresh, and the
@@ -178,6 +214,15 @@ def test_bad_requests_raise_with_a_reason(root):
         with pytest.raises(BadRequest, match=reason) as e:
             rw.rewrite(locale, text)
         assert e.value.status == status
+
+
+def test_a_text_or_locale_that_is_not_a_string_is_a_bad_request(root):
+    rw = Rewriter.from_root(root)
+    for locale, text, reason in [("en-US", 123, "text is not a string"), ("en-US", b"play", "text is not a string"),
+                                 (["en-US"], "play", "BCP-47")]:
+        with pytest.raises(BadRequest, match=reason) as e:
+            rw.rewrite(locale, text)
+        assert e.value.status == 400
 
 
 # --- the HTTP service ----------------------------------------------------------------

@@ -15,8 +15,9 @@ pattern, from an index built once per run).
 Following LATEST: a new run is loaded aside (tables read, patterns compiled) and swapped
 in with one reference assignment, so a request, which reads that reference once, sees
 one run, never a mix. A run that cannot be loaded (no `_SUCCESS`, a table that is not
-readable parquet or lacks a column) is refused with one log line and the old run keeps
-serving; it is tried again only when LATEST changes.
+readable parquet or lacks a column), or a LATEST that names none (a directory, not UTF-8,
+not a run id), is refused with one log line and the old run keeps serving; it is tried
+again only when LATEST changes.
 
 Loading aside without stalling requests: a load allocates a few hundred thousand objects,
 and CPython's cyclic garbage collector, triggered by those allocations, would scan the
@@ -219,22 +220,42 @@ class Rewriter:
         rw.refresh()
         return rw
 
-    def latest_id(self) -> str | None:
+    def _read_latest(self) -> tuple[str | None, str | None]:
+        """(what LATEST holds, None); (None, None) when there is no LATEST; (a stand-in for
+        what it holds, why) when LATEST cannot be read as text: a directory, not UTF-8, or
+        unreadable. The stand-in keys `refused`, so one such LATEST is refused once."""
         try:
-            return (self.root / "LATEST").read_text(encoding="utf-8").strip() or None
+            raw = (self.root / "LATEST").read_bytes()
         except (FileNotFoundError, NotADirectoryError):
-            return None
+            return None, None
+        except IsADirectoryError:
+            return "LATEST/", "LATEST is a directory, not a file naming a run"
+        except OSError as exc:
+            return f"LATEST ({type(exc).__name__})", f"LATEST is not readable ({type(exc).__name__}: {exc.strerror or exc})"
+        try:
+            return raw.decode("utf-8").strip() or None, None
+        except UnicodeDecodeError:
+            shown = raw.strip().decode("utf-8", "backslashreplace")
+            return shown, f"LATEST is not valid UTF-8 ({shown[:100]!r})"
+
+    def latest_id(self) -> str | None:
+        """The run id LATEST holds; None without a LATEST or when it cannot be read as text."""
+        run_id, why = self._read_latest()
+        return None if why else run_id
 
     def refresh(self) -> bool:
         """Load the run LATEST names if it is not the one serving; True when swapped."""
         with self._lock, _quiet_load():  # load, swap, freeze and release: no collection in between
-            run_id = self.latest_id()
+            run_id, why = self._read_latest()
             if run_id is None or (self.current is not None and self.current.run_id == run_id) or run_id in self.refused:
                 return False
-            return self._load_and_swap(run_id)
+            return self._load_and_swap(run_id, why)
 
-    def _load_and_swap(self, run_id: str) -> bool:
+    def _load_and_swap(self, run_id: str, unreadable: str | None = None) -> bool:
+        """`unreadable`: why LATEST names no run (`_read_latest`); `run_id` then stands for it."""
         try:
+            if unreadable:
+                raise RunRefused(unreadable)
             if "/" in run_id or run_id in (".", ".."):
                 raise RunRefused(f"LATEST holds {run_id!r}, not a run id")
             loaded = load_run(self.root / "runs" / run_id)
@@ -242,7 +263,10 @@ class Rewriter:
             self.refused = {run_id: str(exc)}
             self.n_refused += 1
             serving = self.current.run_id if self.current else "nothing"
-            log.warning("selflearn serve: refused run %s: %s; still serving %s", run_id, exc, serving)
+            if unreadable:
+                log.warning("selflearn serve: refused LATEST: %s; still serving %s", exc, serving)
+            else:
+                log.warning("selflearn serve: refused run %s: %s; still serving %s", run_id, exc, serving)
             return False
         self.refused = {}
         old, self.current = self.current, loaded  # the swap: one reference assignment
@@ -290,6 +314,8 @@ class Rewriter:
             raise BadRequest("missing query parameter 'text'")
         if not isinstance(locale, str) or LOCALE_SHAPE.fullmatch(locale) is None:
             raise BadRequest("locale is not BCP-47 shaped (e.g. en-US)")
+        if not isinstance(text, str):
+            raise BadRequest(f"text is not a string (got {type(text).__name__})")
         run = self.current
         limit = self.max_text_chars or (run.max_text_chars if run else Settings().max_utterance_chars)
         if len(text) > limit:
