@@ -111,15 +111,23 @@ def cmd_forget(args) -> int:
 
     if not args.user.strip():
         raise ValueError("--user must not be empty")
-    r = forget_user(args.output, args.user, init=args.init)
+    r = forget_user(args.output, args.user, init=args.init, purge_unlinked=args.purge_unlinked)
+    unlinked = ""
+    if r["unlinked_runs"]:
+        unlinked = (f"; {len(r['unlinked_runs'])} published runs (the oldest {r['unlinked_runs'][0]}) hold turns of days that "
+                    f"left the evidence window, which nothing links to a user any more: the user's may be among them "
+                    f"(--purge-unlinked removes those runs' turns/ and rephrase_pairs/)")
+    if r["purged_runs"]:
+        unlinked = f"; turns/ and rephrase_pairs/ removed from {len(r['purged_runs'])} runs that covered days past the evidence window"
     if not r["found"]:  # recorded anyway: a later ingest of an old log still drops the user
-        print(f"selflearn forget: user not found in {args.output}: nothing removed; recorded as forgotten, "
-              f"later ingests drop the user's rows (exit {FORGET_NOT_FOUND_EXIT})", file=sys.stderr)
+        print(f"selflearn forget: user not found in the retained evidence of {args.output}: nothing linked to the user "
+              f"removed; recorded as forgotten, later ingests drop the user's rows{unlinked} "
+              f"(exit {FORGET_NOT_FOUND_EXIT})", file=sys.stderr)
         return FORGET_NOT_FOUND_EXIT
     print(f"forgot one user: {r['evidence_rows']} evidence rows in {r['days']} days, {r['tail_turns']} session-tail "
           f"turns, {r['quarantine_rows']} quarantined rows, {r['cached_keys']} cached embeddings, "
           f"{r['published_rows']} rows of operator tables in {r['published_runs']} published runs removed; "
-          f"later ingests drop the user's rows")
+          f"later ingests drop the user's rows{unlinked}")
     return 0
 
 
@@ -204,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--user", required=True)
     f.add_argument("--output", required=True, help="an existing selflearn ROOT")
     f.add_argument("--init", action="store_true", help="allow a new or empty ROOT: record the user before its first run")
+    f.add_argument("--purge-unlinked", action="store_true",
+                   help="also remove turns/ and rephrase_pairs/ of published runs that covered days past the evidence "
+                        "window (their turns can no longer be linked to a user)")
     f.set_defaults(fn=cmd_forget)
     v = sub.add_parser("serve", help="answer GET /rewrite from the run ROOT/LATEST names (follows LATEST)")
     v.add_argument("--output", required=True, help="output ROOT of selflearn run")

@@ -73,3 +73,43 @@ def test_forget_says_when_the_user_is_not_found_and_cleans_old_quarantines(tmp_p
     assert main(["forget", "--user", "X", "--output", str(root)]) == 0
     assert "2 quarantined rows" in capsys.readouterr().out
     assert pq.read_table(qdir).to_pydict()["raw"] == [raws[2]]
+
+
+def _published_run(root, run_id, days, event_ids):
+    run = root / "runs" / run_id
+    for table, cols in (("turns", {"event_id": event_ids, "locale": ["en-US"] * len(event_ids)}),
+                        ("rephrase_pairs", {"first_event_id": event_ids, "second_event_id": event_ids[::-1]})):
+        (run / table).mkdir(parents=True)
+        pq.write_table(pa.table(cols), run / table / "part-00000.parquet")
+    (run / "_SUCCESS").write_text("")
+    (run / "manifest.json").write_text(json.dumps({"evidence": {"days_merged": days}, "checksums": {}}))
+    return run
+
+
+def test_forget_finds_the_users_turns_in_a_held_run_and_names_runs_it_cannot_link(tmp_path, capsys):
+    """A run the publish gate held published turns of a day it never committed: forget
+    finds the user's turns there through the uncommitted evidence version (an adversarial
+    probe found them left behind). A run of a day that left the evidence window holds
+    turns nothing links to a user any more: forget says so, and --purge-unlinked removes
+    its operator tables."""
+    root = tmp_path / "root"
+    state = State(root / "state")
+    day = root / "state" / "evidence" / "20261103T000000Z-held00" / "day=2026-11-03"
+    day.mkdir(parents=True)
+    pq.write_table(pa.table({"eid": [state.hash_value(e) for e in ("e1", "e2", "e3")],
+                             "user_id": [state.hash_value(u) for u in ("X", "Y", "X")]}), day / "part-00000.parquet")
+    held = _published_run(root, "20261103T000000Z-held00", ["2026-11-03"], ["e1", "e2", "e3"])
+    old = _published_run(root, "20261001T000000Z-old000", ["2026-10-01"], ["e7", "e8"])
+    assert main(["forget", "--user", "X", "--output", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "4 rows of operator tables in 1 published runs removed" in out and "1 published runs (the oldest 20261001T000000Z-old000)" in out
+    assert pq.read_table(held / "turns").to_pydict()["event_id"] == ["e2"]
+    assert pq.read_table(held / "rephrase_pairs").to_pydict()["first_event_id"] == ["e2"]
+    assert json.loads((held / "manifest.json").read_text())["forget_amendments"][0]["rows_removed"] == {"turns": 2, "rephrase_pairs": 2}
+    assert (old / "turns").is_dir()  # only said, not done, without --purge-unlinked
+    # (forget committed the state: the held run's uncommitted evidence is gone with it, so
+    # nothing links that run's turns any more either)
+    assert main(["forget", "--user", "Z", "--output", str(root), "--purge-unlinked"]) == FORGET_NOT_FOUND_EXIT
+    assert "removed from 2 runs that covered days past the evidence window" in capsys.readouterr().err
+    assert not (old / "turns").exists() and not (old / "rephrase_pairs").exists() and (old / "_SUCCESS").exists()
+    assert json.loads((old / "manifest.json").read_text())["forget_amendments"][0]["operator_tables_removed"] == ["turns", "rephrase_pairs"]

@@ -83,19 +83,22 @@ def check_root(root: str | Path, init: bool = False) -> None:
     raise NotARootError(f"{p} is not a selflearn output ROOT (no state/, runs/ or LATEST){hint}")
 
 
-def forget_user(root: str | Path, user_id: str, init: bool = False) -> dict:
-    """Forget `user_id` in ROOT; returns what was removed, and `found`."""
+def forget_user(root: str | Path, user_id: str, init: bool = False, purge_unlinked: bool = False) -> dict:
+    """Forget `user_id` in ROOT; returns what was removed, and `found`. `unlinked_runs`:
+    published runs that hold turns of days no retained evidence links to a user (they may
+    hold the user's); with `purge_unlinked` their operator tables are removed
+    (`purged_runs`)."""
     check_root(root, init)
     dirs = RunDirs(root, f"forget-{uuid.uuid4().hex[:8]}")
     dirs.acquire()
     try:
-        return _forget(dirs, user_id)
+        return _forget(dirs, user_id, purge_unlinked)
     finally:
         dirs.release()
         shutil.rmtree(dirs.staging, ignore_errors=True)
 
 
-def _forget(dirs: RunDirs, user_id: str) -> dict:
+def _forget(dirs: RunDirs, user_id: str, purge_unlinked: bool = False) -> dict:
     state = State(dirs.state)
     user = state.hash_value(user_id)
     state.add_forgotten(user)  # first: whatever happens next, later ingests drop the user
@@ -104,7 +107,7 @@ def _forget(dirs: RunDirs, user_id: str) -> dict:
     new = {"days": dict(committed["days"]), "tails": committed.get("tails")}
     said, others = set(), set()
     removed = {"evidence_rows": 0, "days": 0, "tail_turns": 0, "cached_keys": 0, "quarantine_rows": 0,
-               "published_rows": 0, "published_runs": 0}
+               "published_rows": 0, "published_runs": 0, "purged_runs": []}
     eids: set[str] = set()  # the user's event ids, keyed-hashed as evidence stores them
     for day, rel in sorted(committed["days"].items()):
         table = _read_dir(state.path(rel))
@@ -122,6 +125,10 @@ def _forget(dirs: RunDirs, user_id: str) -> dict:
         new["days"][day] = out
         removed["evidence_rows"] += n
         removed["days"] += 1
+    # every evidence and tail version on disk, committed or not: a run the publish gate held
+    # published turns of days it never committed, and commit() below deletes those versions
+    eids |= _user_eids(state, user)
+    linked_days = set(committed["days"]) | {d.name[len("day="):] for d in state.path("evidence").glob("*/day=*")}
     if committed.get("tails"):
         table = _read_dir(state.path(committed["tails"]))
         mine = pc.equal(table["user_id"], user)
@@ -137,11 +144,17 @@ def _forget(dirs: RunDirs, user_id: str) -> dict:
     removed["cached_keys"] = _drop_cached(state.dir / "embeddings", said - others)
     removed["quarantine_rows"] = _drop_quarantined(dirs.root / "quarantine", user_id)
     removed["published_rows"], removed["published_runs"] = _drop_published(dirs.root / "runs", eids, state.hash_value)
+    # runs that published turns of days no retained evidence links to a user any more
+    removed["unlinked_runs"] = _runs_with_unlinked_days(dirs.root / "runs", linked_days)
+    if purge_unlinked and removed["unlinked_runs"]:
+        removed["purged_runs"] = _purge_operator_tables(dirs.root / "runs", removed["unlinked_runs"])
+        removed["unlinked_runs"] = []
     # A crashed run's work data may hold the user's rows; no run is active (we hold the lock).
     if (dirs.root / ".work").is_dir():
         for d in (dirs.root / ".work").iterdir():
             shutil.rmtree(d, ignore_errors=True)
-    removed["found"] = bool(removed["evidence_rows"] or removed["tail_turns"] or removed["quarantine_rows"])
+    removed["found"] = bool(removed["evidence_rows"] or removed["tail_turns"] or removed["quarantine_rows"]
+                            or removed["published_rows"])
     return removed
 
 
@@ -251,3 +264,57 @@ def _drop_published(runs_dir: Path, eids: set[str], hash_value) -> tuple[int, in
         total += sum(dropped.values())
         changed_runs += 1
     return total, changed_runs
+
+
+def _user_eids(state: State, user: str) -> set[str]:
+    """The keyed event ids of `user`'s rows in every evidence and tail version under state/,
+    committed or not."""
+    out: set[str] = set()
+    for d in sorted(state.path("evidence").glob("*/day=*")) + sorted(state.path("tails").glob("*")):
+        if not d.is_dir() or not any(d.rglob("*.parquet")):
+            continue
+        table = _read_dir(d)
+        if "user_id" not in table.column_names:
+            continue
+        mine = table.filter(pc.equal(table["user_id"], user))
+        if "eid" in mine.column_names:
+            out.update(mine["eid"].to_pylist())
+        elif "event_id" in mine.column_names:
+            out.update(state.hash_value(e) for e in mine["event_id"].to_pylist() if e is not None)
+    return out
+
+
+def _runs_with_unlinked_days(runs_dir: Path, linked: set[str]) -> list[str]:
+    """Runs under runs/ whose evidence covered a day no evidence under state/ holds any
+    more (it left the window): their operator tables hold turns nothing links to a user."""
+    out = []
+    for run in sorted(d for d in runs_dir.iterdir() if d.is_dir()) if runs_dir.is_dir() else []:
+        try:
+            days = json.loads((run / "manifest.json").read_text(encoding="utf-8")).get("evidence", {}).get("days_merged", [])
+        except (OSError, ValueError):
+            continue
+        if any(d not in linked for d in days) and any((run / t).exists() for t in _OPERATOR_TABLES):
+            out.append(run.name)
+    return out
+
+
+def _purge_operator_tables(runs_dir: Path, run_ids: list[str]) -> list[str]:
+    """Remove `turns/` and `rephrase_pairs/` of those runs (renamed aside, then deleted) and
+    record it in each manifest (`forget_amendments`, and the checksums dropped)."""
+    for run_id in run_ids:
+        run = runs_dir / run_id
+        manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+        for t in _OPERATOR_TABLES:
+            if (run / t).exists():
+                aside = run / f".{t}.purged-{uuid.uuid4().hex[:8]}"
+                os.rename(run / t, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+            manifest.get("checksums", {}).pop(t, None)
+        manifest.setdefault("forget_amendments", []).append({
+            "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "operator_tables_removed": list(_OPERATOR_TABLES),
+            "note": "selflearn forget --purge-unlinked: the run covered days that left the evidence window, "
+                    "so its turns could no longer be linked to a user",
+        })
+        write_json_atomic(run / "manifest.json", manifest)
+    return list(run_ids)
