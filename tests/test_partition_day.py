@@ -83,3 +83,18 @@ def test_evidence_drop_counts_rows_and_the_gate_refuses_most(tmp_path):
     assert "70 of 70 retained evidence rows" in held["reason"]
     assert verdict(evidence_drop(state, committed, slid))["passed"]
     assert set(verdict({})["checks"]) == {"quarantine_rate"}  # nothing retained yet: not judged
+
+
+def test_a_latest_naming_no_run_holds_the_gate_for_review(tmp_path):
+    """LATEST names a run that is not under runs/ (deleted, or a typo): the volume and churn
+    checks have nothing to compare with, so the gate holds LATEST and says why, where it
+    published unjudged before (an adversarial probe)."""
+    from selflearn.run.gate import gate_message
+
+    base = {"rows_in": 100, "rows_quarantined": 0}
+    first = evaluate_gate(base, None, tmp_path, Settings())
+    assert first["passed"] and set(first["checks"]) == {"quarantine_rate"}  # a first run: no LATEST at all
+    gone = evaluate_gate(base, None, tmp_path, Settings(), latest_names="20991231T000000Z-gone00")
+    assert gone["failed"] == ["previous_run"] and not gone["latest_moved"]
+    assert "LATEST names run '20991231T000000Z-gone00'" in gate_message({"gate": gone}, tmp_path)
+    assert evaluate_gate(base, None, tmp_path, Settings(), force=True, latest_names="x")["latest_moved"]

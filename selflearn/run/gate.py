@@ -75,9 +75,14 @@ def published_rewrites(run_dir: Path) -> pd.DataFrame:
 
 
 def evaluate_gate(manifest: dict, previous_run: Path | None, staging: Path, settings: Settings, force: bool = False,
-                  controls: Controls | None = None) -> dict:
-    """The gate's verdict for a run whose outputs are in `staging`."""
+                  controls: Controls | None = None, latest_names: str | None = None) -> dict:
+    """The gate's verdict for a run whose outputs are in `staging`. `latest_names`: what
+    ROOT/LATEST holds when it names no complete run (`previous_run` None): the volume and
+    churn checks would have nothing to compare with, so the check `previous_run` fails
+    and holds LATEST for review rather than publishing unjudged."""
     checks: dict[str, dict] = {}
+    if previous_run is None and latest_names:
+        checks["previous_run"] = {"value": latest_names, "passed": False}
     rows_in = manifest.get("rows_in") or 0
     q_rate = (manifest.get("rows_quarantined") or 0) / rows_in if rows_in else 0.0
     checks["quarantine_rate"] = {"value": round(q_rate, 6), "threshold": settings.gate_max_quarantine_rate,
@@ -122,6 +127,9 @@ def _describe(name: str, c: dict) -> str:
     if name == "evidence_drop":
         return (f"the run would drop {c['rows_dropped']} of {c['rows_retained_before']} retained evidence rows "
                 f"({c['value']:.3f} > {c['threshold']})")
+    if name == "previous_run":
+        return (f"LATEST names run {c['value']!r}, which is not a complete run under runs/: the volume and churn "
+                f"checks have nothing to compare with")
     if name == "volume_ratio":
         return f"input volume {c['rows_in']} rows vs {c['previous_rows_in']} before (x{c['value']:.2f} > x{c['threshold']})"
     return f"rewrite churn {c['value']:.3f} > {c['threshold']} ({c['added']} added, {c['removed']} removed, {c['kept']} kept)"

@@ -315,8 +315,14 @@ def publish(run: Run) -> Stats:
         manifest = json.loads((run.dirs.final / "manifest.json").read_text(encoding="utf-8"))
     else:
         previous = latest_run(run.dirs.root)
+        latest_file = run.dirs.root / "LATEST"
+        try:
+            names = latest_file.read_text(encoding="utf-8").strip() if latest_file.is_file() else None
+        except (OSError, UnicodeDecodeError):
+            names = "(unreadable)"
         manifest = run.manifest()
-        manifest["gate"] = evaluate_gate(manifest, previous, run.dirs.staging, run.settings, run.force_publish, run.controls)
+        manifest["gate"] = evaluate_gate(manifest, previous, run.dirs.staging, run.settings, run.force_publish, run.controls,
+                                         latest_names=names if previous is None else None)
         write_json_atomic(run.path("manifest.json"), manifest)
         write_report(run.dirs.staging, manifest, run.dirs.work, previous)
     move_into_place(run.dirs, move_latest=manifest["gate"]["latest_moved"])
