@@ -73,15 +73,38 @@ def test_evaluate_against_another_simulation_is_one_line(tmp_path):
     (run / "manifest.json").write_text("{}")
     pd.DataFrame({"event_id": ["run-e1", "run-e2"], "locale": ["en-US"] * 2, "text": ["a", "b"],
                   "defect_prob": [0.1, 0.2]}).to_parquet(run / "turns" / "part-0.parquet")
-    sim = tmp_path / "sim"
-    for d in ("log", "world"):
-        (sim / d).mkdir(parents=True)
-    (sim / "summary.json").write_text("{}")
+    sim = _sim_folder(tmp_path / "sim")
     pd.DataFrame({"event_id": ["other-e1"], "goal_id": ["g"]}).to_parquet(sim / "truth.parquet")
     pd.DataFrame({"event_id": ["other-e1"]}).to_parquet(sim / "log" / "part-0.parquet")
     r = run_cli("evaluate", "--run", str(run), "--sim", str(sim))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "was not mined from" in r.stderr and "none of its 2 turns" in r.stderr
+
+
+def _sim_folder(sim):
+    """The names `selflearn simulate` writes (contents aside: the checks below stop first)."""
+    from selflearn.evaluation.evaluate import WORLD_FILES
+
+    for d in ("log", "world"):
+        (sim / d).mkdir(parents=True)
+    for f in WORLD_FILES:
+        (sim / "world" / f).write_text("")
+    (sim / "summary.json").write_text('{"malformed": [], "locales": ["en-US"], "config": {}}')
+    return sim
+
+
+def test_evaluate_names_what_an_incomplete_simulation_lacks(tmp_path):
+    """A simulation folder missing a world file, or with an empty summary.json, was judged
+    with a bare path as the error, or scored its quarantine check 0/0 and exited 0."""
+    import pandas as pd
+
+    sim = _sim_folder(tmp_path / "sim")
+    pd.DataFrame({"event_id": ["e1"], "goal_id": ["g"]}).to_parquet(sim / "truth.parquet")
+    (sim / "world" / "nlu.parquet").unlink()
+    (sim / "summary.json").write_text("{}")
+    r = run_cli("evaluate", "--run", str(tmp_path / "root"), "--sim", str(sim))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "incomplete simulation: missing world/nlu.parquet; summary.json lacks malformed, locales, config" in r.stderr
 
 
 def test_evaluate_sim_has_help_text():

@@ -311,6 +311,9 @@ def label_metrics(training: pd.DataFrame, goals: pd.DataFrame, world=None) -> di
 
 
 SIM_FILES = ("summary.json", "truth.parquet", "log", "world")
+# What World.load and the quarantine check read: a simulation missing one is refused by name.
+WORLD_FILES = ("world.json", "templates.parquet", "goals.parquet", "nlu.parquet", "users.parquet")
+SUMMARY_KEYS = ("malformed", "locales", "config")
 
 
 # Slot names whose values are personal data a published text must not hold unmasked.
@@ -361,6 +364,17 @@ def check_sim(sim_dir: str | Path) -> Path:
     if missing:
         raise ValueError(f"{sim} is not a simulation folder (no {', '.join(missing)}; "
                          f"`selflearn simulate --output DIR` writes one)")
+    missing = [f"world/{f}" for f in WORLD_FILES if not (sim / "world" / f).is_file()]
+    try:
+        summary = json.loads((sim / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{sim} is an incomplete simulation: summary.json is not readable JSON ({exc})") from None
+    lacking = [k for k in SUMMARY_KEYS if not isinstance(summary, dict) or k not in summary]
+    if missing or lacking:
+        raise ValueError(f"{sim} is an incomplete simulation: "
+                         + "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                                        f"summary.json lacks {', '.join(lacking)}" if lacking else "") if part)
+                         + " (simulate again with `selflearn simulate --output DIR`)")
     return sim
 
 
