@@ -73,7 +73,7 @@ def frames(spec: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def write_run(root: Path, run_id: str, spec: dict, move_latest: bool = True, config: dict | None = None,
-              success: bool = True, patterns: bool = True) -> Path:
+              success: bool = True, patterns: bool = True, key_fingerprint: str | None = None) -> Path:
     run = Path(root) / "runs" / run_id
     for name in ("rewrites", "rewrite_patterns"):
         (run / name).mkdir(parents=True, exist_ok=True)
@@ -83,7 +83,11 @@ def write_run(root: Path, run_id: str, spec: dict, move_latest: bool = True, con
         pq.write_table(pa.Table.from_pandas(pt, preserve_index=False), run / "rewrite_patterns" / "part-0.parquet")
     else:
         (run / "rewrite_patterns").rmdir()
-    (run / "manifest.json").write_text(json.dumps({"run_id": run_id, "config": config or {}}), encoding="utf-8")
+    from selflearn.core.keys import key_fingerprint as current
+
+    privacy = {"key_fingerprint": key_fingerprint or current()}  # as the pipeline records it
+    (run / "manifest.json").write_text(json.dumps({"run_id": run_id, "config": config or {}, "privacy": privacy}),
+                                       encoding="utf-8")
     if success:
         (run / "_SUCCESS").write_text("")
     if move_latest:

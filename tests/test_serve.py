@@ -90,6 +90,28 @@ def test_the_served_runs_pii_settings_make_the_key(tmp_path):
     assert got["rewrite"] is None
 
 
+def test_a_run_keyed_by_other_keying_code_is_served_with_a_warning(tmp_path, caplog):
+    """The manifest records the keying code's fingerprint (privacy.key_fingerprint): a run
+    made by a scrubber that masked less keys some texts otherwise than this service does
+    (an adversarial probe found a run's own exact rewrite unreachable that way), so the
+    service says so when it loads such a run; a run of this code loads without a word."""
+    import logging
+
+    from selflearn.core.keys import key_fingerprint
+    from selflearn.core.privacy import privacy_block
+    from selflearn.config import Settings
+
+    assert privacy_block(Settings())["key_fingerprint"] == key_fingerprint() and len(key_fingerprint()) == 16
+    with caplog.at_level(logging.WARNING, logger="selflearn.serving.rewriter"):
+        write_run(tmp_path / "same", "run-same", RUN_A)
+        assert Rewriter.from_root(tmp_path / "same").rewrite("en-US", "start my jazz playlist")["kind"] == "exact"
+        assert not [r for r in caplog.records if "keyed its log with" in r.getMessage()]
+        write_run(tmp_path / "other", "run-other", RUN_A, key_fingerprint="0123456789abcdef")
+        assert Rewriter.from_root(tmp_path / "other").rewrite("en-US", "start my jazz playlist")["kind"] == "exact"
+    said = [r.getMessage() for r in caplog.records if "keyed its log with" in r.getMessage()]
+    assert len(said) == 1 and "run-other keyed its log with code 0123456789abcdef" in said[0]
+
+
 def test_a_run_without_rewrite_patterns_serves_exact_rewrites_only(tmp_path):
     write_run(tmp_path, "run-old", RUN_A, patterns=False)
     rw = Rewriter.from_root(tmp_path)

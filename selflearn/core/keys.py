@@ -8,6 +8,10 @@ number the same way, so nothing else may build a key from raw text.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+from importlib import resources
+
 import pandas as pd
 
 from selflearn.core.privacy import scrub_text
@@ -29,3 +33,21 @@ def text_keys(texts: pd.Series, scrub_pii: bool = True, pii_min_digits: int = 7)
     """text_key over a column, computing each distinct string once."""
     uniq = pd.unique(texts)
     return texts.map({t: text_key(t, scrub_pii, pii_min_digits) for t in uniq})
+
+
+# What decides a text key: the masking and normalization code and the word tables they read.
+_KEY_SOURCES = ("core/keys.py", "core/privacy.py", "core/text.py", "spoken_email.json", "spoken_numbers.json")
+
+
+@functools.lru_cache(maxsize=1)
+def key_fingerprint() -> str:
+    """A short SHA-256 over the files that decide `text_key` (_KEY_SOURCES, as installed).
+    A run records it in its manifest (`privacy.key_fingerprint`); a runtime serving the run
+    with other keying code may key a request otherwise than the run keyed its log (a
+    scrubber that learned a new address shape masks a text the run kept), so serve warns.
+    Equal fingerprints mean equal code; unequal ones only that the code changed."""
+    h = hashlib.sha256()
+    pkg = resources.files("selflearn")
+    for rel in _KEY_SOURCES:
+        h.update(rel.encode() + b"\0" + pkg.joinpath(rel).read_bytes() + b"\0")
+    return h.hexdigest()[:16]

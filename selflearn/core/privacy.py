@@ -387,8 +387,10 @@ def privacy_block(settings) -> dict:
     """The manifest's `privacy` block: the floor the run kept, whether it went below the
     documented one (min_users_override), and which tables are operator data."""
     from selflearn.config import MIN_USERS_FLOOR
+    from selflearn.core.keys import key_fingerprint
 
     return {
+        "key_fingerprint": key_fingerprint(),  # the keying code the run's keys were made with
         "min_users": int(settings.min_users),
         "min_users_override": bool(settings.min_users_override),
         "below_floor": int(settings.min_users) < MIN_USERS_FLOOR,

@@ -47,7 +47,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from selflearn.config import Settings
-from selflearn.core.keys import text_key
+from selflearn.core.keys import key_fingerprint, text_key
 from selflearn.core.text import canonical_locale
 from selflearn.core.rewrite_apply import Applied, RewriteIndex
 
@@ -178,12 +178,22 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     patterns = _read_table(run_dir / "rewrite_patterns", "rewrite_patterns") if (run_dir / "rewrite_patterns").exists() else None
     defaults = Settings()
     config: dict = {}
+    privacy: dict = {}
     manifest = run_dir / "manifest.json"
     if manifest.is_file():
         try:
-            config = json.loads(manifest.read_text(encoding="utf-8")).get("config") or {}
-        except ValueError:
+            loaded = json.loads(manifest.read_text(encoding="utf-8"))
+            config, privacy = loaded.get("config") or {}, loaded.get("privacy") or {}
+        except (ValueError, AttributeError):
             raise RunRefused(f"run {run_dir.name} has an unreadable manifest.json") from None
+    made_with, serving_with = privacy.get("key_fingerprint"), key_fingerprint()
+    if made_with != serving_with:
+        # served all the same: most keys agree, and refusing would stop every rewrite
+        log.warning("selflearn serve: run %s keyed its log with %s, this service keys with code %s: "
+                    "a request may be keyed otherwise than the run's own texts (rerun the pipeline with this "
+                    "version, or serve with the one that made the run)", run_dir.name,
+                    f"code {made_with}" if made_with else "code of unknown version (no privacy.key_fingerprint)",
+                    serving_with)
     index = RewriteIndex.from_frames(rewrites, patterns)
     return LoadedRun(
         run_id=run_dir.name, path=run_dir, index=index,
