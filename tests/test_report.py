@@ -293,6 +293,7 @@ def _evaluation_result():
         "weak_labels": {"overall": {"rows": 5, "judged": 5, "intent_accuracy": 0.8, "slot_f1": 0.9},
                         "per_locale": {x: {"judged": 2, "intent_accuracy": 1.0, "slot_f1": 1.0} for x in loc}},
         "flood": {"pairs": [], "emitted": False, "source_rewritten": False},
+        "privacy": {"values": 44, "by_table": {"rewrites": 0, "turns": 13}, "examples": {}, "published": 0, "operator": 13},
     }
 
 
@@ -309,6 +310,7 @@ def test_evaluate_fills_the_report_section_once(tmp_path):
     t = _tables(text)
     kinds = {r[0]: r[2] for r in t.tables["evaluation-kinds"][1:]}
     assert kinds["rewrites"] == "0.750 of 4 judged" and kinds["replay of fresh traffic"].startswith("7 / 1 / 0.300")
+    assert kinds["privacy"] == "0 / 13 (of 44 such values)"
     head, *rows = t.tables["evaluation-locales"]
     assert [r[0] for r in rows] == ["de-DE", "ja-JP"] and dict(zip(head, rows[1]))["rewrite P"] == "0.667"
     assert add_evaluation(tmp_path / "no-report", _evaluation_result()) is None

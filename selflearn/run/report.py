@@ -243,6 +243,9 @@ def evaluation_tables(result: dict) -> list[str]:
          f"{o['replay']['wins']} / {o['replay']['losses']} / {_f(o['replay']['relative_defect_reduction'])} over {o['replay']['requests']} requests"),
         ("weak labels", "intent accuracy / slot F1", f"{_f(o['weak_labels']['intent_accuracy'])} / {_f(o['weak_labels']['slot_f1'])} over {o['weak_labels']['judged']} rows"),
         ("flooded bogus pair", "became a rewrite", str(result["flood"]["emitted"])),
+        *([("privacy", "texts holding an e-mail address the truth annotates: customer-facing / operator tables",
+            f"{result['privacy']['published']} / {result['privacy']['operator']} "
+            f"(of {result['privacy']['values']} such values)")] if result.get("privacy") else []),
     ], columns=["kind", "measure", "value"])
     rows = []
     for loc in sorted(result["rephrase"]["per_locale"]):
