@@ -127,7 +127,7 @@ def _forget(dirs: RunDirs, user_id: str, purge_unlinked: bool = False) -> dict:
         removed["days"] += 1
     # every evidence and tail version on disk, committed or not: a run the publish gate held
     # published turns of days it never committed, and commit() below deletes those versions
-    eids |= _user_eids(state, user)
+    eids |= _user_eids(state, user, skip={state.path(rel) for rel in committed["days"].values()})
     linked_days = set(committed["days"]) | {d.name[len("day="):] for d in state.path("evidence").glob("*/day=*")}
     if committed.get("tails"):
         table = _read_dir(state.path(committed["tails"]))
@@ -159,7 +159,6 @@ def _forget(dirs: RunDirs, user_id: str, purge_unlinked: bool = False) -> dict:
 
 
 def _raw_user(raw: str | None) -> str | None:
-    import json
     import re
 
     if raw is None:
@@ -266,12 +265,12 @@ def _drop_published(runs_dir: Path, eids: set[str], hash_value) -> tuple[int, in
     return total, changed_runs
 
 
-def _user_eids(state: State, user: str) -> set[str]:
+def _user_eids(state: State, user: str, skip: set[Path] = frozenset()) -> set[str]:
     """The keyed event ids of `user`'s rows in every evidence and tail version under state/,
-    committed or not."""
+    committed or not (`skip`: versions already read)."""
     out: set[str] = set()
     for d in sorted(state.path("evidence").glob("*/day=*")) + sorted(state.path("tails").glob("*")):
-        if not d.is_dir() or not any(d.rglob("*.parquet")):
+        if d in skip or not d.is_dir() or not any(d.rglob("*.parquet")):
             continue
         table = _read_dir(d)
         if "user_id" not in table.column_names:
