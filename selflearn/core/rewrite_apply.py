@@ -12,9 +12,11 @@ the one code path:
 3. among matching patterns whose result is a rewrite, the most literal characters in
    `source` win, then the higher confidence, then the smaller `source` in code-point order.
 
-`RewriteIndex` compiles every pattern once and buckets it by its literal prefix (or
+`RewriteIndex` prepares every pattern once and buckets it by its literal prefix (or
 suffix), so a lookup tries only the patterns whose fixed text the key can carry, not every
-pattern of the locale.
+pattern of the locale. What rule 2's regular expression binds is computed without running
+it into backtracking (`Pattern.bindings`: `lazy_bindings`, `repeated_bindings`): a key is
+text anyone may say, and one built to fail kept the regex busy for seconds.
 """
 from __future__ import annotations
 
