@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True, help="ROOT (its LATEST run) or a run directory")
     e.add_argument("--sim", required=True, help="the folder `selflearn simulate --output DIR` wrote (log/, truth.parquet, world/)")
     e.set_defaults(fn=cmd_evaluate)
-    f = sub.add_parser("forget", help="remove a user's evidence from state, caches and quarantine "
+    f = sub.add_parser("forget", help="remove a user's evidence from state, caches, quarantine and published operator tables "
                                         "(exit 4: the user had no row in ROOT, recorded anyway)")
     f.add_argument("--user", required=True)
     f.add_argument("--output", required=True, help="an existing selflearn ROOT")
