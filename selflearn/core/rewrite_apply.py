@@ -153,10 +153,8 @@ def repeated_bindings(pieces: tuple[str, ...] | list[str], key: str, steps: int 
     at most `steps` tries: past them the key counts as no match. Deterministic, so every
     run and every runtime answers alike; only a key built to explode reaches the bound."""
     lits, names = pieces[::2], pieces[1::2]
-    k, n = len(names), len(key)
+    k, n = len(names), len(key)  # a repeated name: k >= 2
     head, tail = lits[0], lits[-1]
-    if k == 0:
-        return {} if key == head else None
     if not key.startswith(head) or not key.endswith(tail) or n - len(tail) < len(head):
         return None
     last_end = n - len(tail)

@@ -345,9 +345,8 @@ def pii_metrics(run_dir: Path, truth: pd.DataFrame, examples: int = 5) -> dict:
         path = run_dir / table
         if not path.exists():
             continue
-        texts = set()
-        for c in cols:
-            texts.update(pd.read_parquet(path, columns=[c])[c].dropna().unique())
+        frame = pd.read_parquet(path, columns=list(cols))
+        texts = set().union(*(frame[c].dropna().unique() for c in cols))
         hits = sorted(t for t in texts if holds.search(t))
         out["by_table"][table] = len(hits)
         if hits:

@@ -173,6 +173,23 @@ def _raw_user(raw: str | None) -> str | None:
     return m.group(1) if m else None
 
 
+def _rewrite_without(part: Path, table: pa.Table, hit: pa.Array, unlink_empty: bool = False) -> int:
+    """Write `part` again without the rows `hit` marks (aside, then renamed over it: a
+    reader sees the old file or the new one); with `unlink_empty`, a part left with no row
+    is deleted instead. The part keeps its schema (and Spark's metadata) and its row order.
+    Returns the rows removed."""
+    n = pc.sum(hit).as_py() or 0
+    if not n:
+        return 0
+    if unlink_empty and n == table.num_rows:
+        part.unlink()
+        return n
+    tmp = part.with_name(f".{part.name}.tmp")
+    pq.write_table(table.filter(pc.invert(hit)), tmp)
+    os.replace(tmp, part)
+    return n
+
+
 def _drop_quarantined(quarantine_dir: Path, user_id: str) -> int:
     """Remove the user's rows from every quarantine/<run_id>/ part file (rows as read: the
     raw id is matched), a file at a time (write aside, rename)."""
@@ -182,13 +199,7 @@ def _drop_quarantined(quarantine_dir: Path, user_id: str) -> int:
         if "raw" not in table.column_names:
             continue
         hit = pa.array([_raw_user(r) == user_id for r in table["raw"].to_pylist()], pa.bool_())
-        n = pc.sum(hit).as_py() or 0
-        if not n:
-            continue
-        dropped += n
-        tmp = part.with_name(f".{part.name}.tmp")
-        pq.write_table(table.filter(pc.invert(hit)), tmp)
-        os.replace(tmp, part)
+        dropped += _rewrite_without(part, table, hit)
     return dropped
 
 
@@ -201,16 +212,7 @@ def _drop_cached(cache_dir: Path, texts: set[str]) -> int:
     for part in sorted(cache_dir.glob("*/part-*.parquet")):
         table = pq.read_table(part)
         hit = pc.is_in(table["text"], value_set=wanted)
-        n = pc.sum(hit).as_py() or 0
-        if not n:
-            continue
-        dropped += n
-        if n == table.num_rows:
-            part.unlink()
-            continue
-        tmp = part.with_name(f".{part.name}.tmp")
-        pq.write_table(table.filter(pc.invert(hit)), tmp)
-        os.replace(tmp, part)
+        dropped += _rewrite_without(part, table, hit, unlink_empty=True)
     return dropped
 
 
@@ -237,14 +239,7 @@ def _drop_published(runs_dir: Path, eids: set[str], hash_value) -> tuple[int, in
                     continue
                 hit = pa.array([any(v is not None and hash_value(v) in eids for v in row)
                                 for row in zip(*(table[c].to_pylist() for c in cols))], pa.bool_())
-                n = pc.sum(hit).as_py() or 0
-                if not n:
-                    continue
-                n_table += n
-                tmp = part.with_name(f".{part.name}.tmp")
-                # the part keeps its schema (and Spark's metadata) and its row order
-                pq.write_table(table.filter(pc.invert(hit)), tmp)
-                os.replace(tmp, part)
+                n_table += _rewrite_without(part, table, hit)
             if n_table:
                 dropped[table_name] = n_table
         if not dropped:

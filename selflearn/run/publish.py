@@ -301,12 +301,18 @@ def publish(dirs: RunDirs, move_latest: bool = True) -> Path:
     return dirs.final
 
 
+def latest_name(root: str | Path) -> str | None:
+    """What ROOT/LATEST holds, or None without a LATEST file."""
+    latest = Path(root) / "LATEST"
+    return latest.read_text(encoding="utf-8").strip() if latest.is_file() else None
+
+
 def latest_run(root: str | Path) -> Path | None:
-    root = Path(root)
-    latest = root / "LATEST"
-    if not latest.is_file():
+    """The complete run LATEST names, or None."""
+    name = latest_name(root)
+    if name is None:
         return None
-    run = root / "runs" / latest.read_text(encoding="utf-8").strip()
+    run = Path(root) / "runs" / name
     return run if (run / "_SUCCESS").is_file() else None
 
 

@@ -648,6 +648,7 @@ def _patterns_section(run_dir: Path, work_dir: Path, manifest: dict, n: int = 10
     """Top pattern rewrites with one example each (the source filled with slot values at
     least min_users users were served with, never a value one user said) and what each
     reaches: the logged keys and users its source matches."""
+    from selflearn.config import Settings
     from selflearn.core.patterns import pattern_bindings, served_value_pool, top_patterns
     from selflearn.core.rewrite_apply import fill
 
@@ -668,7 +669,8 @@ def _patterns_section(run_dir: Path, work_dir: Path, manifest: dict, n: int = 10
     # the example is filled as the pattern's training rows are: values served to min_users
     # users in that slot of the target's intent (a value of another intent is no example)
     served = pd.read_parquet(served_path) if served_path.is_file() else pd.DataFrame()
-    pool = served_value_pool(served, int(manifest.get("config", {}).get("min_users", 3))) if "intent" in served else {}
+    min_users = int(manifest.get("config", {}).get("min_users", Settings().min_users))
+    pool = served_value_pool(served, min_users) if "intent" in served else {}
     examples = []
     intents = top["target_intent"] if "target_intent" in top else [None] * len(top)
     for loc, src, tgt, intent in zip(top["locale"], top["source"], top["target"], intents):

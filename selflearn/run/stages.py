@@ -308,21 +308,16 @@ def labels(run: Run) -> Stats:
 
 def publish(run: Run) -> Stats:
     from selflearn.run.gate import evaluate_gate
-    from selflearn.run.publish import latest_run, publish as move_into_place, write_json_atomic
+    from selflearn.run.publish import latest_name, latest_run, publish as move_into_place, write_json_atomic
     from selflearn.run.report import write_report
 
     if (run.dirs.final / "_SUCCESS").is_file():  # a retry after the move: keep its verdict
         manifest = json.loads((run.dirs.final / "manifest.json").read_text(encoding="utf-8"))
     else:
         previous = latest_run(run.dirs.root)
-        latest_file = run.dirs.root / "LATEST"
-        try:
-            names = latest_file.read_text(encoding="utf-8").strip() if latest_file.is_file() else None
-        except (OSError, UnicodeDecodeError):
-            names = "(unreadable)"
         manifest = run.manifest()
         manifest["gate"] = evaluate_gate(manifest, previous, run.dirs.staging, run.settings, run.force_publish, run.controls,
-                                         latest_names=names if previous is None else None)
+                                         latest_names=latest_name(run.dirs.root) if previous is None else None)
         write_json_atomic(run.path("manifest.json"), manifest)
         write_report(run.dirs.staging, manifest, run.dirs.work, previous)
     move_into_place(run.dirs, move_latest=manifest["gate"]["latest_moved"])
