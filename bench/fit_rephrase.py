@@ -13,6 +13,8 @@ acts on half the users).
   fit        seed 1, the default locales, traps.yaml
   seed       seed 2, other knobs (below), the default locales
   locales    seed 3, six other MASSIVE locales, traps.yaml
+  restate    seed 4, restate.yaml: traps.yaml and restatements (restate_prob 0.15: the same
+             request again right after it was served, as DSTC2's dev set has them)
   DSTC2      the test set (selflearn.evaluation.dstc2): acts mapped, and blinded (no acts, all success),
              and the dev set with acts (unread while the converter's truth rules were written);
              each against the full truth (re-asks after failure prompts, corrected confirmations,
@@ -55,6 +57,9 @@ OTHER_KNOBS = dict(TRAPS, topic_switch_prob=0.25, follow_up_prob=0.25, elicit_pr
                    abandon_prob=0.35, repeat_prob_mean=0.15, retry_gap_s=(1.0, 30.0), quick_switch_prob=0.7,
                    same_intent_next_prob=0.5, supported_share=0.6)
 OTHER_LOCALES = ("fr-FR", "es-ES", "tr-TR", "ko-KR", "zh-CN", "sw-KE")
+# DSTC2's dev set: callers restating a request the system got ("gastropub" -> api_call
+# gastropub -> "gastropub food"); the traps plus the simulator's restate trap (SimConfig.restate_prob)
+RESTATE = yaml.safe_load((ROOT / "bench" / "restate.yaml").read_text(encoding="utf-8"))
 DSTC2_TEST = (ROOT.parent / "shared" / "data" / "dstc2_babi_task6" / "dialog-babi-task6-dstc2-tst.txt").resolve()
 # the dev set: not read while writing the converter's truth rules (the test set's false
 # positives were), so it checks those rules too
@@ -112,6 +117,7 @@ def prf(pred, truth) -> dict:
                 f1=2 * p * r / (p + r) if p + r else 0.0)
 
 
+TRAP_KINDS = ("topic_switch", "follow_up", "elicit", "restate")
 VETO = -8.0  # w_unrelated and w_elicit: vetoes, not fitted weights
 FIXED = ("w_unrelated", "w_elicit", "w_confirm")  # w_confirm: no simulated confirmations, stays 0
 UNRELATED_Z = (1.0, 1.5, 2.0, 2.5)  # unrelated_max_meaning_z candidates (the veto's meaning bound)
@@ -148,7 +154,7 @@ def fit(pairs: pd.DataFrame, settings: Settings) -> RephraseModel:
 def report(name: str, pairs: pd.DataFrame, settings: Settings) -> dict:
     pred = predict(pairs, settings)
     row = {"set": name, **prf(pred, pairs["label"])}
-    for trap in ("topic_switch", "follow_up", "elicit"):
+    for trap in TRAP_KINDS:
         sel = (pairs["trap"] == trap).to_numpy() & ~pairs["label"].to_numpy(bool)
         row[f"fpr_{trap}"] = float(pred[sel].mean()) if sel.any() else None
     per_loc = {loc: prf(pred[(pairs["locale"] == loc).to_numpy()], pairs.loc[pairs["locale"] == loc, "label"])["f1"]
@@ -187,7 +193,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=600)
     ap.add_argument("--out", default=str(ROOT / "bench" / "fit_rephrase.md"))
     ap.add_argument("--cache", default="", help="folder keeping the scored pairs of each set (refits skip scoring)")
-    ap.add_argument("--only", default="", help="with --cache: only score this set (fit, seed, loc, dstc2, dstc2b, dstc2dev) and stop")
+    ap.add_argument("--only", default="", help="with --cache: only score this set (fit, seed, loc, restate, dstc2, dstc2b, dstc2dev) and stop")
     args = ap.parse_args()
     t0 = time.perf_counter()
     base = Settings()
@@ -224,6 +230,8 @@ def main() -> None:
                                                                         users=args.users, seed=2, **OTHER_KNOBS))
         sets["other locales (seed 3)"] = cached("loc", lambda: sim_pairs(
             tmp / "loc", base, EncoderMeaning.for_settings(base), users=args.users, seed=3, locales=list(OTHER_LOCALES), **TRAPS))
+        sets["seed 4, restatements"] = cached("restate", lambda: sim_pairs(
+            tmp / "restate", base, EncoderMeaning.for_settings(base), users=args.users, seed=4, **RESTATE))
     sets["DSTC2 test, acts"] = cached("dstc2", lambda: dstc2_pairs(base, EncoderMeaning.for_settings(base), blinded=False))
     sets["DSTC2 test, blinded"] = cached("dstc2b", lambda: dstc2_pairs(base, EncoderMeaning.for_settings(base), blinded=True))
     sets["DSTC2 dev, acts"] = cached("dstc2dev", lambda: dstc2_pairs(base, EncoderMeaning.for_settings(base), blinded=False,
@@ -252,13 +260,13 @@ def main() -> None:
     for k in ("bias", *WEIGHTS, "unrelated_max_meaning_z", "threshold"):
         lines.append(f"  {k}: {getattr(fitted, k)}")
     lines += ["```", "", f"Features: {', '.join(FEATURES)}.", "",
-              "| weights | set | pairs | positives | P | R | F1 | min locale F1 | FPR topic switch | FPR follow-up | FPR elicit |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| weights | set | pairs | positives | P | R | F1 | min locale F1 | FPR topic switch | FPR follow-up | FPR elicit | FPR restate |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     f3 = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for r in rows:
         lines.append(f"| {r['weights']} | {r['set']} | {r['pairs']} | {r['positives']} | {f3(r['precision'])} | "
                      f"{f3(r['recall'])} | {f3(r['f1'])} | {f3(r['min_locale_f1'])} | {f3(r['fpr_topic_switch'])} | "
-                     f"{f3(r['fpr_follow_up'])} | {f3(r['fpr_elicit'])} |")
+                     f"{f3(r['fpr_follow_up'])} | {f3(r['fpr_elicit'])} | {f3(r['fpr_restate'])} |")
     lines += ["", "Held-out precision at the fitting set's mix (`precision_at_mix`: each set's recall and "
               "false-positive rate per kind of negative, weighted as the fitting set has them per re-ask):", "",
               "| weights | set | P | P at the fitting set's mix |", "|---|---|---:|---:|"]

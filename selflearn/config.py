@@ -85,6 +85,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "rephrase_model.meaning_z_max": (0.0, 100.0),
     "rephrase_model.unrelated_max_meaning_z": (-100.0, 100.0),
     "rephrase_model.unrelated_max_similarity": (0.0, 1.0),
+    "rephrase_model.slot_value_near": (0.0, 2.0),
     "rephrase_model.other_intent_min_rank": (1, 10**6),
     "rephrase_model.other_intent_max_meaning_z": (-100.0, 100.0),
     "rephrase_model.meaning_baseline_keys": (30, 10**6),
@@ -153,6 +154,8 @@ class RephraseModel:
                     + w_meaning * clip(z, meaning_z_min, meaning_z_max)
                     + w_unrelated * [z < unrelated_max_meaning_z and sim < unrelated_max_similarity]
                     + w_slots_changed * (share of the first turn's NLU slot values missing from the second) * (1 - o)
+                      (a value counts as said again when a span of the second is at least
+                      slot_value_near alike: a misheard value said right; above 1: verbatim only)
                     + w_reprompt * [act = reprompt] + w_elicit * [act = elicit]
                     + w_confirm * [act = confirm]
                     + w_other_intent * [r >= other_intent_min_rank and z < other_intent_max_meaning_z
@@ -190,6 +193,7 @@ class RephraseModel:
     meaning_z_max: float = 6.0
     unrelated_max_meaning_z: float = 1.5
     unrelated_max_similarity: float = 0.35
+    slot_value_near: float = 0.8
     w_other_intent: float = -8.0
     other_intent_min_rank: int = 2
     other_intent_max_meaning_z: float = 3.0

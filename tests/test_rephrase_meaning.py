@@ -116,6 +116,57 @@ def test_slots_changed_marks_a_follow_up_not_a_reask(massive):
     assert slots_changed([two], [normalize_text(a)]).tolist() == [0.5]
 
 
+def _misheard_and_followup(massive):
+    """A real en-US MASSIVE request with a person's name in it, the same request with the
+    name misheard by one character (the simulator's ASR perturbation), and another real
+    request of that intent with another person."""
+    import random
+    import re
+
+    from selflearn.simulate.world import _perturb
+
+    by_person = {}
+    for r in massive("en-US"):
+        m = re.findall(r"\[person : ([^\]]+)\]", r["annot_utt"])
+        if len(m) == 1 and len(m[0].strip()) >= 6:
+            by_person.setdefault((r["intent"], m[0].strip()), r["utt"])
+    names = {}
+    for i, n in sorted(by_person):
+        names.setdefault(i, []).append(n)
+    intent = max(sorted(names), key=lambda i: len(names[i]))  # the intent with the most people
+    name, other = names[intent][:2]
+    utt = by_person[(intent, name)]
+    # the first perturbation that is not a part of the right text (a dropped last letter is)
+    misheard = next(m for seed in range(20) if (m := _perturb(name, random.Random(seed), "abcdefghijklmnopqrstuvwxyz"))
+                    and normalize_text(m) not in normalize_text(utt))
+    return intent, name, misheard, utt, utt.replace(name, misheard), by_person[(intent, other)]
+
+
+def test_a_misheard_value_said_right_is_not_a_changed_value(massive):
+    """After a silent failure (served, so `success`) the caller says the misheard value right:
+    that value is said again, nearly the same, so the pair is not a follow-up with another
+    value; a follow-up with another person still is. `slot_value_near` above 1 (verbatim
+    only, the rule before) reads the correction as a changed value."""
+    from selflearn.core.rephrase import says_value_again, slots_changed
+
+    intent, name, misheard, right_utt, misheard_utt, followup_utt = _misheard_and_followup(massive)
+    slots = [[{"name": "person", "value": misheard}]] * 2
+    nexts = [normalize_text(right_utt), normalize_text(followup_utt)]
+    assert slots_changed(slots, nexts, [normalize_text(misheard_utt)] * 2, near=0.8).tolist() == [0.0, 1.0]
+    assert slots_changed(slots, nexts, [normalize_text(misheard_utt)] * 2, near=2.0).tolist() == [1.0, 1.0]
+    assert not says_value_again("tuesday", "set an alarm for thursday", 0.8)  # 0.75 alike: another day
+
+    def pair(second):  # served (`success`), the wrong answer cut short (barge-in, 1.5 s), a quick second turn
+        rows = [turn("a", misheard_utt, 0, nlu_intent=intent, nlu_slots=[{"name": "person", "value": misheard}],
+                     barge_in=True, dwell_ms=1500), turn("b", second, 6)]
+        return lambda near: enrich_turns(frame(rows), Settings(rephrase_model=dataclasses.replace(
+            Settings().rephrase_model, slot_value_near=near))).set_index("event_id").loc["a", "is_rephrase"]
+
+    corrected, follow_up = pair(right_utt), pair(followup_utt)
+    assert corrected(0.8) and not corrected(2.0), (misheard_utt, right_utt)
+    assert not follow_up(0.8), (misheard_utt, followup_utt)
+
+
 def test_changed_values_count_against_a_rephrase_only_after_a_turn_that_worked():
     """After a success, other values are a follow-up; after a failure by the turn's own
     signals the re-ask often says the misheard value again the right way, so the slots

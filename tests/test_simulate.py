@@ -245,11 +245,12 @@ def test_traps(tmp_path):
     all negatives, at a re-ask's gap; system acts on the chosen share of users."""
     kw = dict(users=60, locales=["en-US", "de-DE"], max_goals_per_locale=400, seed=5)
     s = simulate(str(tmp_path / "t"), topic_switch_prob=0.3, follow_up_prob=0.3, elicit_prob=0.3,
-                 system_act_share=0.5, **kw)
+                 restate_prob=0.2, system_act_share=0.5, **kw)
     log = pd.read_parquet(tmp_path / "t" / "log")
     truth = pd.read_parquet(tmp_path / "t" / "truth.parquet")
-    assert all(s["traps"][k] > 0 for k in ("topic_switch", "follow_up", "elicit")) and s["traps"]["value_change"] == 0
-    assert set(truth["trap"].dropna()) == {"topic_switch", "follow_up", "elicit"}
+    assert all(s["traps"][k] > 0 for k in ("topic_switch", "follow_up", "elicit", "restate"))
+    assert s["traps"]["value_change"] == 0
+    assert set(truth["trap"].dropna()) == {"topic_switch", "follow_up", "elicit", "restate"}
     assert truth.loc[truth["trap"].notna(), "rephrase_of"].isna().all()
     m = log.drop_duplicates("event_id").merge(truth, on="event_id").sort_values(["user_id", "ts"])  # no planted copies
     m["prev_ts"] = m.groupby("user_id")["ts"].shift()
@@ -257,8 +258,15 @@ def test_traps(tmp_path):
     m["prev_goal"] = m.groupby("user_id")["goal_id"].shift()
     gap = (m["ts"] - m["prev_ts"]).dt.total_seconds()
     lo, hi = SimConfig().retry_gap_s
-    for trap in ("follow_up", "elicit"):
+    for trap in ("follow_up", "elicit", "restate"):
         assert gap[m["trap"] == trap].between(lo - 1e-3, hi + 1e-3).all(), gap[m["trap"] == trap].describe()
+    # a restatement: the same goal again right after it was served, in the same or in other words
+    m["prev_status"] = m.groupby("user_id")["response_status"].shift()
+    m["prev_text"] = m.groupby("user_id")["utterance"].shift()
+    restated = m[m["trap"] == "restate"]
+    assert (restated["goal_id"] == restated["prev_goal"]).all() and (restated["prev_status"] == "success").all()
+    same_words = (restated["utterance"] == restated["prev_text"]).mean()
+    assert 0.1 < same_words < 0.9, same_words
     answers = m[m["trap"] == "elicit"]
     assert (answers["goal_id"] == answers["prev_goal"]).all() and (answers["response_status"] == "success").all()
     acts = answers["prev_act"].dropna()
@@ -268,7 +276,7 @@ def test_traps(tmp_path):
     users_with_acts = log.groupby("user_id")["system_act"].apply(lambda a: a.notna().any())
     assert 0.25 < users_with_acts.mean() < 0.75
     off = simulate(str(tmp_path / "off"), **kw)
-    assert off["traps"] == {"topic_switch": 0, "follow_up": 0, "elicit": 0, "value_change": 0}
+    assert off["traps"] == {"topic_switch": 0, "follow_up": 0, "elicit": 0, "value_change": 0, "restate": 0}
     assert pd.read_parquet(tmp_path / "off" / "log")["system_act"].isna().all()
 
 

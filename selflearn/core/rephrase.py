@@ -42,6 +42,7 @@ import json
 
 import numpy as np
 import pandas as pd
+from rapidfuzz.distance import OSA
 
 from selflearn.config import RephraseModel
 from selflearn.core.text import normalize_text, similarity_features
@@ -59,7 +60,27 @@ def pair_similarity(first: str, second: str) -> float:
     return max(f["token_dice"], f["char3_dice"], f["edit_sim"])
 
 
-def slots_changed(first_slots, next_texts, first_texts=None) -> np.ndarray:
+def says_value_again(value: str, text: str, near: float) -> bool:
+    """Does `text` (a key) say `value` (a normalized slot value) again: verbatim, or as a
+    span of as many words (one more or less) whose optimal-string-alignment similarity to it
+    is at least `near`? A misheard value said right ("orrganism" -> "organism", "tonay" ->
+    "today", "elton joyn" -> "elton john") is the same value, while a follow-up's new one
+    ("five" -> "six", "tuesday" -> "thursday": 0.75) is not. `near` above 1 turns the
+    near match off."""
+    if value in text:
+        return True
+    if near > 1.0:
+        return False
+    words = text.split()
+    n = len(value.split())
+    for k in sorted({max(1, n - 1), n, n + 1}):
+        for i in range(len(words) - k + 1):
+            if OSA.normalized_similarity(value, " ".join(words[i:i + k])) >= near:
+                return True
+    return False
+
+
+def slots_changed(first_slots, next_texts, first_texts=None, near: float = 2.0) -> np.ndarray:
     """The share of the first turn's NLU slot values that are absent from the second turn's
     key, in [0, 1]: a follow-up of the same frame changes values ("alarm for five" -> "alarm
     for six": 1.0; "meeting on monday at one" -> "meeting on tuesday at three": 1.0; "on monday
@@ -70,7 +91,12 @@ def slots_changed(first_slots, next_texts, first_texts=None) -> np.ndarray:
     `first_texts` (the first turns' keys): only the values the first turn itself says count.
     A value the NLU heard that the caller never said ("what about thai food" understood as
     romanian) is the system's mistake, not the caller's value: its absence from the second
-    turn is the caller saying the right value again (a re-ask), not changing it."""
+    turn is the caller saying the right value again (a re-ask), not changing it.
+
+    `near` (`RephraseModel.slot_value_near`): a value the second turn says again nearly the
+    same (`says_value_again`) is kept, not dropped: after a silent failure the caller says
+    the misheard value right, and the first turn looked fine, so the value's change would
+    otherwise read as a follow-up's."""
     out = np.zeros(len(next_texts))
     firsts = first_texts if first_texts is not None else [None] * len(out)
     for i, (slots, nxt, first) in enumerate(zip(first_slots, next_texts, firsts)):
@@ -79,7 +105,7 @@ def slots_changed(first_slots, next_texts, first_texts=None) -> np.ndarray:
         values = [normalize_text(str(s["value"])) for s in slots if s is not None and s.get("value")]
         values = [v for v in values if v and (not isinstance(first, str) or v in first)]
         if values:
-            out[i] = sum(v not in nxt for v in values) / len(values)
+            out[i] = sum(not says_value_again(v, nxt, near) for v in values) / len(values)
     return out
 
 

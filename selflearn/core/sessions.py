@@ -98,7 +98,7 @@ def enrich_turns(turns: pd.DataFrame, settings: Settings, meaning=None) -> pd.Da
     # (steps.next_intent_ranks); bench/rephrase_intent_probe.py computes it the same way
     df["next_intent_rank"] = np.nan
     df["slots_changed"] = slots_changed(df["nlu_slots"].to_numpy(dtype=object), df["next_text"].to_numpy(dtype=object),
-                                        df["text"].to_numpy(dtype=object))
+                                        df["text"].to_numpy(dtype=object), settings.rephrase_model.slot_value_near)
     return score_pairs(df, settings)[[f.name for f in ENRICHED_TURNS]]
 
 

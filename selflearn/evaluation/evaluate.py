@@ -87,7 +87,7 @@ def rephrase_metrics(pairs: pd.DataFrame, truth: pd.DataFrame, turn_locale: pd.S
 
 
 def trap_metrics(pairs: pd.DataFrame, truth: pd.DataFrame, pred_set: set, true_set: set) -> dict:
-    """Per simulator trap (truth `trap`: topic_switch, follow_up, elicit; pairs whose second
+    """Per simulator trap (truth `trap`: topic_switch, follow_up, elicit, value_change, restate; pairs whose second
     turn is the trap's turn, all true negatives): pairs scored, false positives, their
     rate, and overall P/R/F1 with only that trap's pairs as negatives (every true rephrase
     kept), so each trap's cost to precision shows alone."""

@@ -201,6 +201,19 @@ class SimConfig:
     seed-0 log), the case value corrections between unlike values must still refuse. Every
     user of a goal changes it the same way, so the users always agree."""
 
+    restate_prob: float = 0.0
+    """After a served goal, probability the user says the same request again at once, with
+    the gap of a re-ask, although nothing failed: in the user's own phrasing again or in
+    another phrasing of the frame, with the same slot values. DSTC2's dev set is full of these ("gastropub" ->
+    `api_call gastropub ...` -> "gastropub food"; "thank you good bye" twice): a caller
+    restating a request the system got. Nothing failed, so it is not a re-ask, and a rewrite
+    learned from it fixes nothing. Truth ``trap`` = ``restate``."""
+
+    restate_same_words: float = 0.5
+    """Share of ``restate_prob``'s restatements said in the user's habitual phrasing again
+    (the same words, up to the simulated ASR's noise); the others take another phrasing of
+    the frame."""
+
     elicit_prob: float = 0.0
     """Probability that a goal with slots starts as an elicitation dialogue: the user says
     the request without its slot values ("set an alarm"), the system asks for them

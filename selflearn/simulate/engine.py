@@ -50,7 +50,7 @@ TRUTH_SCHEMA = pa.schema([
     ("gold_slots", SLOTS_TYPE),
     ("is_defect", pa.bool_()),
     ("rephrase_of", pa.string()),
-    ("trap", pa.string()),  # topic_switch, follow_up, elicit, value_change (SimConfig); null otherwise
+    ("trap", pa.string()),  # topic_switch, follow_up, elicit, value_change, restate (SimConfig); null otherwise
 ])
 
 MALFORMED_VARIANTS = [
@@ -95,7 +95,7 @@ class _Sim:
                           quick_switch_after_give_up=0, same_intent_next=0,
                           same_intent_next_within_60s=0, sessions=0,
                           trap_topic_switch=0, trap_follow_up=0, trap_elicit=0,
-                          trap_value_change=0)
+                          trap_value_change=0, trap_restate=0)
 
     # ------------------------------------------------------------------ one turn
     def _canon(self, pairs):
@@ -186,9 +186,14 @@ class _Sim:
         w, cfg = self.w, self.cfg
         self.stats["goals"] += 1
         t = w.habit(u["user_id"], g["frame_id"])
+        restating = ctx.pop("restate", False)
+        if restating and rng.random() >= cfg.restate_same_words:  # the same request in other words
+            others = [x for x in w.frames[g["frame_id"]] if x != t["tid"]]
+            if others:
+                t = w.templates[rng.choices(others, weights=[w.templates[x]["weight"] for x in others])[0]]
         tried = [t["tid"]]
         trap = ctx.pop("trap", None)
-        if cfg.elicit_prob and g["slots"] and rng.random() < cfg.elicit_prob:
+        if not restating and cfg.elicit_prob and g["slots"] and rng.random() < cfg.elicit_prob:
             if self.elicitation(rng, u, g, t, ctx, trap):
                 return "served"
         mis = g["mishear_value"] is not None and rng.random() < cfg.mishear_prob
@@ -331,6 +336,12 @@ class _Sim:
                 g = self._unrelated_goal(rng, u, g)
                 ctx["trap"] = "topic_switch"
                 self.stats["trap_topic_switch"] += 1
+            elif out == "served" and cfg.restate_prob and rng.random() < cfg.restate_prob:
+                # at once, with a re-ask's gap, the same goal again although it was served
+                self._advance(ctx, rng, *cfg.retry_gap_s)
+                ctx["trap"] = "restate"
+                ctx["restate"] = True
+                self.stats["trap_restate"] += 1
             elif out == "served" and cfg.follow_up_prob and rng.random() < cfg.follow_up_prob:
                 same = [i for i in w.goals_by_intent[(g["locale"], g["intent"])]
                         if i != g["gidx"] and w.goals[i]["frame_id"] == g["frame_id"]]
@@ -599,7 +610,8 @@ def run_simulation(world: World, out_dir: str) -> dict:
         "same_intent_next_goal": s["same_intent_next"],
         "same_intent_next_goal_within_60s": s["same_intent_next_within_60s"],
         "traps": {"topic_switch": s["trap_topic_switch"], "follow_up": s["trap_follow_up"],
-                  "elicit": s["trap_elicit"], "value_change": s["trap_value_change"]},
+                  "elicit": s["trap_elicit"], "value_change": s["trap_value_change"],
+                  "restate": s["trap_restate"]},
         "response_status": dict(sorted(status_counts.items())),
         "turns_per_locale": dict(sorted(per_locale.items())),
         "world": {
