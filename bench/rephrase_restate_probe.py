@@ -28,7 +28,6 @@ Run:  .venv/bin/python -m bench.rephrase_restate_probe --cache DIR [--users 300]
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import tempfile

@@ -80,7 +80,8 @@ def says_value_again(value: str, text: str, near: float) -> bool:
     return False
 
 
-def slots_changed(first_slots, next_texts, first_texts=None, near: float = 2.0) -> np.ndarray:
+def slots_changed(first_slots, next_texts, first_texts=None,
+                  near: float = RephraseModel.slot_value_near) -> np.ndarray:
     """The share of the first turn's NLU slot values that are absent from the second turn's
     key, in [0, 1]: a follow-up of the same frame changes values ("alarm for five" -> "alarm
     for six": 1.0; "meeting on monday at one" -> "meeting on tuesday at three": 1.0; "on monday

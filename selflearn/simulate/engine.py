@@ -181,6 +181,11 @@ class _Sim:
         ctx["ts"] += gap_us
         return gap
 
+    def _popular_phrasing(self, rng, template_ids):
+        """One of the templates, drawn by popularity: how a user picks another phrasing."""
+        ws = [self.w.templates[x]["weight"] for x in template_ids]
+        return self.w.templates[rng.choices(template_ids, weights=ws)[0]]
+
     # ------------------------------------------------------------------ a goal
     def goal(self, rng, u, g, ctx):
         w, cfg = self.w, self.cfg
@@ -190,7 +195,7 @@ class _Sim:
         if restating and rng.random() >= cfg.restate_same_words:  # the same request in other words
             others = [x for x in w.frames[g["frame_id"]] if x != t["tid"]]
             if others:
-                t = w.templates[rng.choices(others, weights=[w.templates[x]["weight"] for x in others])[0]]
+                t = self._popular_phrasing(rng, others)
         tried = [t["tid"]]
         trap = ctx.pop("trap", None)
         if not restating and cfg.elicit_prob and g["slots"] and rng.random() < cfg.elicit_prob:
@@ -230,8 +235,7 @@ class _Sim:
                         good = [x for x in others if w.templates[x]["supported"]]
                         if good:
                             others = good
-                    ws = [w.templates[x]["weight"] for x in others]
-                    t = w.templates[rng.choices(others, weights=ws)[0]]
+                    t = self._popular_phrasing(rng, others)
                     tried.append(t["tid"])
             p = cfg.mishear_prob if kind == "repeat" else cfg.mishear_prob_rephrase
             mis = g["mishear_value"] is not None and rng.random() < p
