@@ -232,6 +232,10 @@ def test_bad_requests_raise_with_a_reason(root):
         (None, "play", 400, "missing query parameter 'locale'"), ("en-US", None, 400, "missing query parameter 'text'"),
         ("english", "play", 400, "BCP-47"), ("en-US", "a" * 100_000, 413, "longer than 1000"),
         ("en-US", "play \udcff", 400, "surrogate"),
+        # what ingest quarantines is no request either: no key was learned for it
+        ("en-US", "", 400, "empty_utterance"), ("en-US", "  \t", 400, "empty_utterance"),
+        ("en-US", "?!", 400, "empty_utterance"), ("en-US", "play\x00music", 400, "control character"),
+        ("en-US", "play \x85", 400, "control character"),
     ]:
         with pytest.raises(BadRequest, match=reason) as e:
             rw.rewrite(locale, text)
@@ -285,6 +289,8 @@ def test_http_bad_input_gets_4xx_with_a_reason_never_500(server):
         (None, "locale=en-US&text=play%FF%FEmusic", 400, "UTF-8"),
         (None, "locale=en-US&text=%C3", 400, "UTF-8"),
         (None, "locale=en-US&locale=de-DE&text=x", 400, "more than once"),
+        ({"locale": "en-US", "text": ""}, None, 400, "empty"),
+        (None, "locale=en-US&text=play%00music", 400, "control character"),
     ]
     for params, raw, status, reason in cases:
         got, body = _get(conn, "/rewrite", params, raw)

@@ -5,6 +5,7 @@ in batches: the JVM's lower-casing and regexes differ from Python's (ß, Unicode
 """
 from __future__ import annotations
 
+import re
 import unicodedata
 from functools import lru_cache
 
@@ -53,6 +54,21 @@ def normalize_text(text: str) -> str:
 
 # Scripts written without spaces between words: there a "token" is a character bigram.
 # (Korean Hangul is written with spaces between words, so it is not listed.)
+# Control characters but the whitespace ones (tab, LF, CR): C0, DEL, C1. Ingest quarantines
+# a turn holding one (`bad_encoding`); `serve` refuses a request holding one, for the same
+# reason: no key the pipeline learned can hold it.
+CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# An alphanumeric character survives normalize_text: no need to normalize to know the key
+# is not empty.
+_ALNUM = re.compile(r"[^\W_]")
+
+
+def is_empty_utterance(text: str) -> bool:
+    """True for a text with no key: empty after `str.strip`, or only punctuation and symbols
+    (which no turn can be compared or counted by). Ingest quarantines it (`empty_utterance`)."""
+    return not text.strip() or (_ALNUM.search(text) is None and not normalize_text(text))
+
+
 _UNSPACED_PREFIXES = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN")
 
 

@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 
 from selflearn.config import Settings
 from selflearn.core.keys import key_fingerprint, text_key
-from selflearn.core.text import canonical_locale
+from selflearn.core.text import CONTROL_CHARS, canonical_locale, is_empty_utterance
 from selflearn.core.rewrite_apply import Applied, RewriteIndex
 
 log = logging.getLogger("selflearn.serving.rewriter")
@@ -334,6 +334,12 @@ class Rewriter:
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise BadRequest("text is not valid Unicode (a lone surrogate)") from None
+        # The pipeline never keys such a turn (ingest quarantines it), so no rewrite can be
+        # learned for it; a 200 with a null rewrite would hide a broken client.
+        if CONTROL_CHARS.search(text) is not None:
+            raise BadRequest("text holds a control character (ingest quarantines such a turn: bad_encoding)")
+        if is_empty_utterance(text):
+            raise BadRequest("text is empty or only punctuation (ingest quarantines such a turn: empty_utterance)")
 
     def rewrite(self, locale, text) -> dict:
         """The contract's answer for one request, from one run (NotLoaded before any)."""

@@ -51,7 +51,7 @@ import pyarrow as pa
 
 from selflearn.config import Settings
 from selflearn.schema import REASON_CODES, arrow_schema, required_fields
-from selflearn.core.text import canonical_locale, normalize_text
+from selflearn.core.text import CONTROL_CHARS, canonical_locale, is_empty_utterance
 
 LOG_COLUMNS: tuple[str, ...] = tuple(arrow_schema("log").names)
 PASSTHROUGH = ("raw", "source", "order")
@@ -68,17 +68,14 @@ _MAX_I64 = 2**63 - 1
 
 _BAD_CHARS = re.compile("[\ud800-\udfff\ufffd]")
 _BAD_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|[fF]{3}[dD])")
-# Control characters but the whitespace ones (tab, LF, CR): C0, DEL, C1.
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Control characters but the whitespace ones (tab, LF, CR): C0, DEL, C1 (shared with serve).
+_CONTROL = CONTROL_CHARS
 # Where the raw JSON text can hold one: an escape (\\u00XX, \\b, \\f; the literal "\\" first
 # keeps the scan fast), a raw DEL, or a raw C1 (UTF-8 C2 80..C2 9F).
 _CONTROL_ESC = re.compile(r"\\(?:u00[0189][0-9a-fA-F]|u007[fF]|[bf])")
 _C1_UTF8 = re.compile(b"\xc2[\x80-\x9f]")
 _TEXT_FIELDS = ("event_id", "user_id", "device_id", "session_id", "locale", "utterance",
                 "nlu_domain", "nlu_intent", "rewritten_from", "nlu_model_version")
-# An alphanumeric character survives normalize_text: no need to normalize to know the key
-# is not empty.
-_ALNUM = re.compile(r"[^\W_]")
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:-[A-Za-z0-9]{2,8})*")
 _TS = re.compile(
     r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:[.,]([0-9]{1,9}))?)?"
@@ -265,7 +262,7 @@ def _check(raw: Any, type_errors: Any, max_chars: int, lo_us: int, hi_us: int):
     if _LOCALE.fullmatch(locale) is None:
         return "bad_locale"
     locale = canonical_locale(locale)
-    if not utterance.strip() or (_ALNUM.search(utterance) is None and not normalize_text(utterance)):
+    if is_empty_utterance(utterance):
         return "empty_utterance"
     if len(utterance) > max_chars:
         return "utterance_too_long"
