@@ -80,7 +80,8 @@ RANGES: dict[str, tuple[float, float]] = {
     # the rephrase score's weights (fitted: bench/fit_rephrase.py): a logit of +-50 is certainty
     **{f"rephrase_model.{w}": (-50.0, 50.0) for w in (
         "bias", "w_similarity", "w_defect", "w_sim_defect", "w_own_defect", "w_sim_own_defect", "w_gap",
-        "w_meaning", "w_unrelated", "w_slots_changed", "w_reprompt", "w_elicit", "w_confirm", "w_other_intent")},
+        "w_meaning", "w_unrelated", "w_slots_changed", "w_reprompt", "w_elicit", "w_confirm", "w_other_intent",
+        "graph_w_slots_changed")},
     "rephrase_model.meaning_z_min": (-100.0, 0.0),
     "rephrase_model.meaning_z_max": (0.0, 100.0),
     "rephrase_model.unrelated_max_meaning_z": (-100.0, 100.0),
@@ -174,7 +175,18 @@ class RephraseModel:
     w_unrelated, w_elicit and w_other_intent (vetoes, fixed: a pair sharing neither words
     nor meaning; an answer to the system's question; a second turn served as another goal)
     and w_confirm (no simulated confirmations: left 0). other_intent_min_rank and
-    other_intent_max_meaning_z were picked by F1 on the fitting set (bench/fit_rephrase.py)."""
+    other_intent_max_meaning_z were picked by F1 on the fitting set (bench/fit_rephrase.py).
+
+    graph_w_slots_changed takes w_slots_changed's place in the score a pair carries into the
+    rewrite graph and the rewrites' chains (enriched `graph_score`; `pair_score` and
+    `is_rephrase`, what rephrase_pairs/ and evaluations read, keep w_slots_changed). A changed
+    value after a turn that looked served is a follow-up ("... for five" -> "... for six") or
+    the correction of a value misheard without any sign ("play rod stewart" served for "play
+    john legend"); one pair cannot tell them apart, the graph can: a follow-up's new value
+    differs from user to user, so it never gathers min_users behind one rewrite, while a
+    misheard value is corrected the same way by everyone it happens to. 0 (the default) lets
+    the graph see those corrections; w_slots_changed's value gives the graph the pair
+    decision (docs/rephrase.md, "The rewrite graph's own slots weight")."""
 
     bias: float = -3.22
     w_similarity: float = -1.82
@@ -197,6 +209,7 @@ class RephraseModel:
     w_other_intent: float = -8.0
     other_intent_min_rank: int = 2
     other_intent_max_meaning_z: float = 3.0
+    graph_w_slots_changed: float = 0.0
     meaning_baseline_keys: int = 1000
     threshold: float = 0.55
 

@@ -17,7 +17,7 @@ def test_one_user_saying_three_keys_of_a_cluster_counts_once(spark, settings, ma
     said = [("a", keys[0]), ("a", keys[1]), ("a", keys[2]), ("b", keys[0]), ("c", keys[1])]  # 3 people, per-key sum 5
     rows = [dict(eid=f"e{i}", user_id=u, session=f"{u}-s{i}", locale="en-US", seq=0, text=t, response_status="unhandled",
                  nlu_intent=None, nlu_domain=None, nlu_slots=None, rewritten_from=None, defect_prob=0.9,
-                 next_text=None, pair_score=None, is_rephrase=False) for i, (u, t) in enumerate(said)]
+                 next_text=None, pair_score=None, is_rephrase=False, graph_score=None) for i, (u, t) in enumerate(said)]
     evidence = spark.createDataFrame(pd.DataFrame(rows)[EVIDENCE_SCHEMA.fieldNames()], EVIDENCE_SCHEMA)
     stats = key_stats_step(evidence, settings)
     # three near-identical unit vectors: one cluster (the clustering itself is tested elsewhere)

@@ -67,10 +67,10 @@ def _enriched(keys, real_users: int, colluders: int, colluder_turns: int) -> pd.
 
     def pair(user, target, n):
         for _ in range(n):
-            rows.append(dict(locale="en-US", user_id=user, text=keys["source"], next_text=target, is_rephrase=True,
-                             pair_score=0.9, defect_prob=0.95, rewritten_from=None))
-            rows.append(dict(locale="en-US", user_id=user, text=target, next_text=None, is_rephrase=False,
-                             pair_score=None, defect_prob=0.05, rewritten_from=None))
+            rows.append(dict(locale="en-US", user_id=user, text=keys["source"], next_text=target, graph_score=0.9,
+                             defect_prob=0.95, rewritten_from=None))
+            rows.append(dict(locale="en-US", user_id=user, text=target, next_text=None, graph_score=None,
+                             defect_prob=0.05, rewritten_from=None))
 
     for u in range(real_users):
         pair(f"real{u}", keys["real"], 1)
@@ -85,8 +85,8 @@ def test_colluders_redirect_a_popular_source_only_by_outnumbering_its_users(spar
     real users going elsewhere, however many turns they send."""
     def best(real, sybils):
         df = spark.createDataFrame(_enriched(keys, real, sybils, colluder_turns=200),
-                                   "locale string, user_id string, text string, next_text string, is_rephrase boolean, "
-                                   "pair_score double, defect_prob double, rewritten_from string")
+                                   "locale string, user_id string, text string, next_text string, graph_score double, "
+                                   "defect_prob double, rewritten_from string")
         e = edges_step(df, Settings()).toPandas()
         out = solve_rewrite_targets(e[["src", "dst", "prob"]], [keys["source"]]).set_index("source")
         return out.loc[keys["source"], "target"]

@@ -54,6 +54,7 @@ def test_fast_unrelated_request_after_a_failure_is_not_a_rephrase(massive, meani
     assert lexical_only.loc["a", "is_rephrase"], lexical_only.loc["a", "pair_score"]
     assert out.loc["a", "meaning_z"] < 1.0
     assert not out.loc["a", "is_rephrase"], (alarm, other, out.loc["a", "pair_score"])
+    assert np.isnan(out.loc["a", "graph_score"])  # nor evidence for the rewrite graph
 
 
 def test_reask_in_other_words_after_reprompt_is_a_rephrase(massive, meaning):
@@ -165,6 +166,24 @@ def test_a_misheard_value_said_right_is_not_a_changed_value(massive):
     corrected, follow_up = pair(right_utt), pair(followup_utt)
     assert corrected(0.8) and not corrected(2.0), (misheard_utt, right_utt)
     assert not follow_up(0.8), (misheard_utt, followup_utt)
+
+
+def test_a_changed_value_after_a_served_turn_counts_for_the_graph_not_as_a_pair(massive):
+    """A served turn (cut short: barge-in, 1.5 s), then another person's name at a re-ask's
+    gap: a follow-up or the correction of a value misheard as another real one. The pair
+    decision (is_rephrase, what rephrase_pairs/ holds) says follow-up; the rewrite graph,
+    which needs min_users users correcting one key the same way, takes it as evidence
+    (graph_w_slots_changed 0). With graph_w_slots_changed = w_slots_changed the graph
+    follows the pair decision, as before the setting existed."""
+    intent, _, misheard, _, misheard_utt, other_utt = _misheard_and_followup(massive)
+    rows = [turn("a", misheard_utt, 0, nlu_intent=intent, nlu_slots=[{"name": "person", "value": misheard}],
+                 barge_in=True, dwell_ms=1500), turn("b", other_utt, 6)]
+    m = Settings().rephrase_model
+    out = enrich_turns(frame(rows), Settings()).set_index("event_id").loc["a"]
+    assert not out["is_rephrase"] and out["pair_score"] < m.threshold, (misheard_utt, other_utt)
+    assert out["graph_score"] >= m.threshold, (misheard_utt, other_utt, out["graph_score"])
+    as_pairs = Settings(rephrase_model=dataclasses.replace(m, graph_w_slots_changed=m.w_slots_changed))
+    assert np.isnan(enrich_turns(frame(rows), as_pairs).set_index("event_id").loc["a", "graph_score"])
 
 
 def test_changed_values_count_against_a_rephrase_only_after_a_turn_that_worked():

@@ -8,15 +8,17 @@ from selflearn.core.transitions import pooled_transitions, turn_outcomes
 
 
 def _turns(rows):
-    return pd.DataFrame(rows, columns=["locale", "user_id", "text", "is_rephrase", "pair_score", "defect_prob", "next_text"])
+    cols = ["locale", "user_id", "text", "graph_score", "defect_prob", "next_text"]
+    return pd.DataFrame(rows, columns=cols).astype({"graph_score": "float64"})
 
 
 TURNS = _turns([
-    # user a: re-asked "k" as "k2" (score 0.8; the turn itself half failed), then failed at "k"
-    ("en-US", "a", "k", True, 0.8, 0.5, "k2"),
-    ("en-US", "a", "k", False, 0.3, 0.9, "x"),
+    # user a: re-asked "k" as "k2" (graph score 0.8; the turn itself half failed), then failed
+    # at "k" (its next turn "x" does not count: no graph score)
+    ("en-US", "a", "k", 0.8, 0.5, "k2"),
+    ("en-US", "a", "k", None, 0.9, "x"),
     # user b: served at "k"
-    ("en-US", "b", "k", False, None, 0.1, None),
+    ("en-US", "b", "k", None, 0.1, None),
 ])
 
 
@@ -41,14 +43,14 @@ def test_users_vote_with_weight_capped_at_per_user_edge_cap():
 
 
 def test_one_user_repeating_a_failure_cannot_outvote_others():
-    rows = [("en-US", "loud", "k", False, None, 1.0, None)] * 50
-    rows += [("en-US", u, "k", False, None, 0.0, None) for u in ("u1", "u2", "u3")]
+    rows = [("en-US", "loud", "k", None, 1.0, None)] * 50
+    rows += [("en-US", u, "k", None, 0.0, None) for u in ("u1", "u2", "u3")]
     probs = _probs(pooled_transitions(_turns(rows), 1))
     assert probs[("k", FAILURE)] == (0.25, 1) and probs[("k", SUCCESS)] == (0.75, 3)
 
 
 def test_probabilities_of_each_key_sum_to_one_and_keys_stay_apart():
-    more = pd.concat([TURNS, _turns([("de-DE", "a", "k", False, None, 0.2, None), ("en-US", "c", "k2", False, None, 0.0, None)])])
+    more = pd.concat([TURNS, _turns([("de-DE", "a", "k", None, 0.2, None), ("en-US", "c", "k2", None, 0.0, None)])])
     edges = pooled_transitions(more, 3)
     assert edges.groupby(["locale", "src"])["prob"].sum().round(9).eq(1.0).all()
     assert _probs(edges[edges["locale"] == "de-DE"]) == {("k", SUCCESS): (0.8, 1), ("k", FAILURE): (0.2, 1)}
@@ -61,8 +63,8 @@ def test_spark_edges_step_places_the_same_model(spark):
     from selflearn.spark.steps import edges_step
 
     enriched = TURNS.assign(rewritten_from=None)  # organic turns only
-    df = spark.createDataFrame(enriched, "locale string, user_id string, text string, is_rephrase boolean, "
-                                         "pair_score double, defect_prob double, next_text string, rewritten_from string")
+    df = spark.createDataFrame(enriched, "locale string, user_id string, text string, graph_score double, "
+                                         "defect_prob double, next_text string, rewritten_from string")
     got = edges_step(df, Settings(per_user_edge_cap=2)).toPandas()
     assert _probs(got) == _probs(pooled_transitions(TURNS, 2))
 

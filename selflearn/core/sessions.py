@@ -103,19 +103,29 @@ def enrich_turns(turns: pd.DataFrame, settings: Settings, meaning=None) -> pd.Da
 
 
 def score_pairs(df: pd.DataFrame, settings: Settings) -> pd.DataFrame:
-    """pair_score and is_rephrase of enriched turns from their pair features (similarity,
-    gap_s, defect_prob, own_defect_prob, meaning_z, system_act, slots_changed, next_intent_rank):
-    NaN / False outside the rephrase window."""
+    """pair_score, is_rephrase and graph_score of enriched turns from their pair features
+    (similarity, gap_s, defect_prob, own_defect_prob, meaning_z, system_act, slots_changed,
+    next_intent_rank): NaN / False / NaN outside the rephrase window. graph_score is the
+    score with rephrase_model.graph_w_slots_changed for w_slots_changed, kept where it
+    reaches the threshold (NaN elsewhere): the rewrite graph's evidence (config.RephraseModel)."""
     df = df.copy()
+    model = settings.rephrase_model
     in_window = (df["next_event_id"].notna() & (df["gap_s"] <= settings.rephrase_window_s)).to_numpy()
-    score = rephrase_score(
-        df["similarity"].fillna(0.0), df["gap_s"].fillna(settings.rephrase_window_s), df["defect_prob"],
-        settings.rephrase_window_s, settings.rephrase_model,
-        meaning_z=df["meaning_z"].to_numpy(dtype=np.float64), system_act=df["system_act"].to_numpy(dtype=object),
-        own_defect_prob=df["own_defect_prob"].to_numpy(dtype=np.float64),
-        changed=df["slots_changed"].to_numpy(dtype=np.float64),
-        intent_rank=df["next_intent_rank"].to_numpy(dtype=np.float64) if "next_intent_rank" in df else None,
-    )
-    df["pair_score"] = np.where(in_window, score, np.nan)
-    df["is_rephrase"] = in_window & (df["pair_score"] >= settings.rephrase_model.threshold)
+
+    def score(m):
+        return rephrase_score(
+            df["similarity"].fillna(0.0), df["gap_s"].fillna(settings.rephrase_window_s), df["defect_prob"],
+            settings.rephrase_window_s, m,
+            meaning_z=df["meaning_z"].to_numpy(dtype=np.float64), system_act=df["system_act"].to_numpy(dtype=object),
+            own_defect_prob=df["own_defect_prob"].to_numpy(dtype=np.float64),
+            changed=df["slots_changed"].to_numpy(dtype=np.float64),
+            intent_rank=df["next_intent_rank"].to_numpy(dtype=np.float64) if "next_intent_rank" in df else None,
+        )
+
+    pair = np.where(in_window, score(model), np.nan)
+    df["pair_score"] = pair
+    df["is_rephrase"] = in_window & (pair >= model.threshold)
+    graph = pair if model.graph_w_slots_changed == model.w_slots_changed else np.where(
+        in_window, score(dataclasses.replace(model, w_slots_changed=model.graph_w_slots_changed)), np.nan)
+    df["graph_score"] = np.where(in_window & (graph >= model.threshold), graph, np.nan)
     return df

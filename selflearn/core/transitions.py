@@ -6,8 +6,8 @@ over its outcomes, and how the turns of many users at one key are pooled into th
 transition probabilities. Pure pandas; `selflearn.spark.steps.edges_step` only groups the
 turns of each key together and calls `pooled_transitions`.
 
-One turn at key k, whose next turn (at key k') was scored as a rephrase with score s
-(0 when it is not a rephrase) and whose own defect probability is d:
+One turn at key k, whose next turn (at key k') counts as its re-ask with graph score s
+(enriched `graph_score`; 0 when it does not count) and whose own defect probability is d:
     k -> k'       with mass s          (the user re-asked in other words)
     k -> SUCCESS  with mass (1-s)(1-d)
     k -> FAILURE  with mass (1-s) d
@@ -24,15 +24,15 @@ import pandas as pd
 from selflearn.core.graph import FAILURE, SUCCESS
 
 
-TURN_COLUMNS = ("locale", "user_id", "text", "is_rephrase", "pair_score", "defect_prob", "next_text")
+TURN_COLUMNS = ("locale", "user_id", "text", "graph_score", "defect_prob", "next_text")
 EDGE_COLUMNS = ("locale", "src", "dst", "prob", "n_users")
 
 
 def turn_outcomes(turns: pd.DataFrame) -> pd.DataFrame:
     """(locale, user_id, text, dst, mass) for every outcome of every turn with mass > 0
     (a missing score or defect probability gives no mass)."""
-    rephrase = turns["is_rephrase"].fillna(False).astype(bool).to_numpy()
-    s = np.where(rephrase, turns["pair_score"].astype("float64").to_numpy(), 0.0)
+    # graph_score is null where the pair does not count (sessions.score_pairs)
+    s = np.nan_to_num(turns["graph_score"].astype("float64").to_numpy(), nan=0.0)
     d = turns["defect_prob"].astype("float64").to_numpy()
     base = turns[["locale", "user_id", "text"]].reset_index(drop=True)
     parts = [

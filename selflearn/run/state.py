@@ -33,7 +33,7 @@ from typing import Any
 # turn's day and a hashed event id (to replace a re-computed turn's row).
 EVIDENCE_COLUMNS = ("day", "eid", "user_id", "session", "locale", "seq", "text", "response_status",
                     "nlu_intent", "nlu_domain", "nlu_slots", "rewritten_from", "defect_prob",
-                    "next_text", "pair_score", "is_rephrase")
+                    "next_text", "pair_score", "is_rephrase", "graph_score")
 
 _DT = re.compile(r"(?:^|[/\\])dt=(\d{4}-\d{2}-\d{2})(?=[/\\]|$)")
 

@@ -145,6 +145,15 @@ def evidence_rows(enriched: DataFrame, state: State) -> DataFrame:
     return enriched.select(*cols)
 
 
+def _read_days(spark, paths: list[str]) -> DataFrame:
+    """Evidence parquet as stored. Evidence written before `graph_score` existed reads it as
+    null; such a turn's graph evidence was its rephrase decision, so it gets that back
+    (pair_score where is_rephrase): old days keep the rewrites they supported."""
+    old_rule = F.when(F.col("is_rephrase"), F.col("pair_score"))
+    return spark.read.schema(EVIDENCE_SCHEMA).parquet(*paths).withColumn(
+        "graph_score", F.coalesce(F.col("graph_score"), old_rule))
+
+
 def _rows_in(path) -> int:
     """Rows of a parquet directory, from the files' footers (nothing read)."""
     import pyarrow.parquet as pq
@@ -182,7 +191,7 @@ def write_evidence(spark, state: State, evidence: DataFrame, new_days: list[str]
     rows = evidence
     for d in carried_days:
         if d in committed["days"]:
-            old = spark.read.schema(EVIDENCE_SCHEMA).parquet(str(state.path(committed["days"][d])))
+            old = _read_days(spark, [str(state.path(committed["days"][d]))])
             kept = old.join(evidence.where(F.col("day") == d).select("eid"), "eid", "left_anti")
             rows = rows.unionByName(kept.withColumn("day", F.lit(d)).select(*EVIDENCE_COLUMNS))
     rel = f"evidence/{tag}"
@@ -200,4 +209,4 @@ def read_evidence(spark, state: State, pending: dict[str, Any]) -> DataFrame:
     paths = [str(state.path(p)) for _, p in sorted(pending["days"].items())]
     if not paths:
         return spark.createDataFrame([], EVIDENCE_SCHEMA)
-    return spark.read.schema(EVIDENCE_SCHEMA).parquet(*paths)
+    return _read_days(spark, paths)

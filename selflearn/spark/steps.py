@@ -279,7 +279,9 @@ def reach_step(enriched: DataFrame) -> DataFrame:
     chain of rephrases in one session (rewrites.rephrase_chain_pairs), many whole
     sessions per pandas batch."""
     schema = "locale string, source string, target string, user_id string, session string"
-    org = _organic(enriched).select("locale", "user_id", "session", "seq", "text", "is_rephrase")
+    # a chain follows the graph's evidence (graph_score), as the edges do
+    org = _organic(enriched).select("locale", "user_id", "session", "seq", "text",
+                                    F.col("graph_score").isNotNull().alias("is_rephrase"))
     return map_groups(org, ["user_id", "session"], ["seq"], rephrase_chain_pairs, schema)
 
 
