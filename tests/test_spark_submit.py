@@ -87,6 +87,13 @@ def _stop(proc: subprocess.Popen) -> None:
         pass
 
 
+def _executor_logs(root: Path) -> list[Path]:
+    """The executors' stderr files under a cluster's folder. os.walk, not Path.rglob: the
+    worker deletes an executor's block-manager folders as the application ends, and rglob
+    fails (FileNotFoundError) on a folder that goes while it walks; os.walk skips it."""
+    return sorted(Path(d) / "stderr" for d, _, files in os.walk(root) if "stderr" in files)
+
+
 def _tail(path: Path, n: int = 4000) -> str:
     try:
         return path.read_text(errors="replace")[-n:]
@@ -266,7 +273,7 @@ def test_cluster_run_publishes_what_the_local_run_does(cluster, dist, sim, worke
         _stop(proc)
         raise
     rc = _wait_then_stop(proc)
-    logs = "\n".join(f"--- {p.name}\n{_tail(p, 1500)}" for p in sorted(cluster["dir"].rglob("stderr")))
+    logs = "\n".join(f"--- {p.name}\n{_tail(p, 1500)}" for p in _executor_logs(cluster["dir"]))
     assert rc == 0, f"spark-submit exit {rc}:\n{_tail(submit_log)}\n{logs}"
 
     cluster_dir = Path(_tail(submit_log, 100_000).strip().splitlines()[-1])
