@@ -47,7 +47,7 @@ import yaml
 from selflearn.evaluation import dstc2
 from selflearn.encoders.embed import route_backend
 from selflearn.config import RephraseModel, Settings
-from selflearn.core.rephrase import FEATURES, WEIGHTS, EncoderMeaning, pair_features
+from selflearn.core.rephrase import FEATURES, WEIGHTS, EncoderMeaning, pair_features, score_of
 from selflearn.core.sessions import enrich_turns
 from selflearn.simulate import simulate
 
@@ -104,8 +104,7 @@ def features(pairs: pd.DataFrame, settings: Settings) -> np.ndarray:
 
 def predict(pairs: pd.DataFrame, settings: Settings) -> np.ndarray:
     m = settings.rephrase_model
-    logit = m.bias + features(pairs, settings) @ np.array([getattr(m, w) for w in WEIGHTS])
-    return 1.0 / (1.0 + np.exp(-logit)) >= m.threshold
+    return score_of(features(pairs, settings), m) >= m.threshold
 
 
 def prf(pred, truth) -> dict:

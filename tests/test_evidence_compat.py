@@ -4,8 +4,7 @@ so the days a ROOT already holds keep supporting the rewrites they supported. Re
 Spark over real parquet."""
 from __future__ import annotations
 
-import math
-
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -26,4 +25,4 @@ def test_evidence_without_graph_score_reads_as_its_rephrase_decision(spark, tmp_
     pq.write_table(pa.Table.from_pydict(rows, schema=pa.schema(old_columns)), d / "part-00000.parquet")
     got = read_evidence(spark, state, {"days": {"2026-11-01": "evidence/v1/day=2026-11-01"}}).toPandas()
     by_eid = got.set_index("eid")["graph_score"].to_dict()
-    assert by_eid["e1"] == 0.9 and all(math.isnan(by_eid[e]) or by_eid[e] is None for e in ("e2", "e3"))
+    assert by_eid["e1"] == 0.9 and all(pd.isna(by_eid[e]) for e in ("e2", "e3"))

@@ -150,14 +150,13 @@ def weights_of(model: RephraseModel) -> np.ndarray:
     return np.array([getattr(model, w) for w in WEIGHTS], dtype=np.float64)
 
 
-def rephrase_score(similarity, gap_s, first_defect_prob, window_s: float, model: RephraseModel,
-                   meaning_z=None, system_act=None, own_defect_prob=None, changed=None,
-                   intent_rank=None) -> np.ndarray:
-    """Vectorised score in [0, 1] for arrays of pair features."""
-    x = pair_features(similarity, gap_s, first_defect_prob, meaning_z, system_act, window_s, model,
-                      own_defect_prob, changed, intent_rank)
-    logit = model.bias + x @ weights_of(model)
-    return 1.0 / (1.0 + np.exp(-logit))
+def score_of(x: np.ndarray, model: RephraseModel, w_slots_changed: float | None = None) -> np.ndarray:
+    """The score in [0, 1] of each row of `pair_features`; `w_slots_changed` in place of the
+    model's when given (the rewrite graph's score: RephraseModel.graph_w_slots_changed)."""
+    w = weights_of(model)
+    if w_slots_changed is not None:
+        w[WEIGHTS.index("w_slots_changed")] = w_slots_changed
+    return 1.0 / (1.0 + np.exp(-(model.bias + x @ w)))
 
 
 # --- the second turn's served intent ----------------------------------------------------

@@ -16,7 +16,7 @@ from selflearn.config import Settings
 from selflearn.core.defects import defect_probability
 from selflearn.core.keys import text_keys
 from selflearn.core.privacy import scrub_slots
-from selflearn.core.rephrase import pair_similarity, rephrase_score, slots_changed
+from selflearn.core.rephrase import pair_features, pair_similarity, score_of, slots_changed
 from selflearn.schema import arrow_schema
 from selflearn.core.text import normalize_text
 
@@ -112,20 +112,16 @@ def score_pairs(df: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     model = settings.rephrase_model
     in_window = (df["next_event_id"].notna() & (df["gap_s"] <= settings.rephrase_window_s)).to_numpy()
 
-    def score(m):
-        return rephrase_score(
-            df["similarity"].fillna(0.0), df["gap_s"].fillna(settings.rephrase_window_s), df["defect_prob"],
-            settings.rephrase_window_s, m,
-            meaning_z=df["meaning_z"].to_numpy(dtype=np.float64), system_act=df["system_act"].to_numpy(dtype=object),
-            own_defect_prob=df["own_defect_prob"].to_numpy(dtype=np.float64),
-            changed=df["slots_changed"].to_numpy(dtype=np.float64),
-            intent_rank=df["next_intent_rank"].to_numpy(dtype=np.float64) if "next_intent_rank" in df else None,
-        )
-
-    pair = np.where(in_window, score(model), np.nan)
+    x = pair_features(
+        df["similarity"].fillna(0.0), df["gap_s"].fillna(settings.rephrase_window_s), df["defect_prob"],
+        df["meaning_z"].to_numpy(dtype=np.float64), df["system_act"].to_numpy(dtype=object),
+        settings.rephrase_window_s, model, own_defect_prob=df["own_defect_prob"].to_numpy(dtype=np.float64),
+        changed=df["slots_changed"].to_numpy(dtype=np.float64),
+        intent_rank=df["next_intent_rank"].to_numpy(dtype=np.float64) if "next_intent_rank" in df else None,
+    )
+    pair = np.where(in_window, score_of(x, model), np.nan)
+    graph = np.where(in_window, score_of(x, model, model.graph_w_slots_changed), np.nan)
     df["pair_score"] = pair
     df["is_rephrase"] = in_window & (pair >= model.threshold)
-    graph = pair if model.graph_w_slots_changed == model.w_slots_changed else np.where(
-        in_window, score(dataclasses.replace(model, w_slots_changed=model.graph_w_slots_changed)), np.nan)
     df["graph_score"] = np.where(in_window & (graph >= model.threshold), graph, np.nan)
     return df

@@ -52,8 +52,6 @@ def normalize_text(text: str) -> str:
 
 # --- script-aware tokens -------------------------------------------------------------
 
-# Scripts written without spaces between words: there a "token" is a character bigram.
-# (Korean Hangul is written with spaces between words, so it is not listed.)
 # Control characters but the whitespace ones (tab, LF, CR): C0, DEL, C1. Ingest quarantines
 # a turn holding one (`bad_encoding`); `serve` refuses a request holding one, for the same
 # reason: no key the pipeline learned can hold it.
@@ -69,6 +67,8 @@ def is_empty_utterance(text: str) -> bool:
     return not text.strip() or (_ALNUM.search(text) is None and not normalize_text(text))
 
 
+# Scripts written without spaces between words: there a "token" is a character bigram.
+# (Korean Hangul is written with spaces between words, so it is not listed.)
 _UNSPACED_PREFIXES = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR", "TIBETAN")
 
 

@@ -68,9 +68,7 @@ _MAX_I64 = 2**63 - 1
 
 _BAD_CHARS = re.compile("[\ud800-\udfff\ufffd]")
 _BAD_ESCAPE = re.compile(r"\\u(?:[dD][89a-fA-F]|[fF]{3}[dD])")
-# Control characters but the whitespace ones (tab, LF, CR): C0, DEL, C1 (shared with serve).
-_CONTROL = CONTROL_CHARS
-# Where the raw JSON text can hold one: an escape (\\u00XX, \\b, \\f; the literal "\\" first
+# Where the raw JSON text can hold a control character (core.text.CONTROL_CHARS): an escape (\\u00XX, \\b, \\f; the literal "\\" first
 # keeps the scan fast), a raw DEL, or a raw C1 (UTF-8 C2 80..C2 9F).
 _CONTROL_ESC = re.compile(r"\\(?:u00[0189][0-9a-fA-F]|u007[fF]|[bf])")
 _C1_UTF8 = re.compile(b"\xc2[\x80-\x9f]")
@@ -162,14 +160,14 @@ def _bad_strings(obj: Any) -> bool:
 def _has_control(obj: dict) -> bool:
     for name in _TEXT_FIELDS:
         v = obj.get(name)
-        if type(v) is str and _CONTROL.search(v) is not None:
+        if type(v) is str and CONTROL_CHARS.search(v) is not None:
             return True
     slots = obj.get("nlu_slots")
     if type(slots) is list:
         for s in slots:
             if type(s) is dict:
                 for v in (s.get("name"), s.get("value")):
-                    if type(v) is str and _CONTROL.search(v) is not None:
+                    if type(v) is str and CONTROL_CHARS.search(v) is not None:
                         return True
     return False
 
